@@ -1,0 +1,111 @@
+//! Server configuration: every limit a production deployment tunes, with safe defaults.
+
+use std::time::Duration;
+
+/// What to do when a connection's queue of unsent bytes would pass `max_queue_bytes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlowConsumerPolicy {
+    /// Close the connection with 1008 "slow consumer" (default): the client reconnects and resyncs.
+    Close,
+    /// Drop the message for this connection only and keep it open. Pong and close frames are
+    /// never dropped.
+    Drop,
+}
+
+/// Configuration of a [`crate::Server`]. Start from `Config::default()` and change what you need.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to listen on, "host:port"; port 0 picks a free port (see `ServerHandle::local_addr`).
+    pub listen: String,
+    /// Request path that accepts WebSocket upgrades (default "/ws"); other paths get 404.
+    pub path: String,
+    /// Number of I/O threads; 0 means one per available core.
+    pub threads: usize,
+    /// Open plus handshaking connections beyond which new sockets are answered 503 and closed.
+    pub max_connections: usize,
+    /// Largest message (after reassembly of fragments) a client may send; larger closes with 1009.
+    pub max_message_size: usize,
+    /// A connection silent for this long is sent a ping.
+    pub ping_interval: Duration,
+    /// A connection silent for this long is closed (the peer is gone).
+    pub idle_timeout: Duration,
+    /// Time allowed from accept to a completed upgrade, including a deferred decision.
+    pub handshake_timeout: Duration,
+    /// Cap on bytes queued for one connection that the socket has not taken yet.
+    pub max_queue_bytes: usize,
+    /// What happens when `max_queue_bytes` would be passed.
+    pub slow_consumer: SlowConsumerPolicy,
+    /// When non-empty, only upgrades whose `Origin` header is in this list are accepted (else 403).
+    pub allowed_origins: Vec<String>,
+    /// Largest HTTP request head (request line plus headers); larger gets 431.
+    pub max_header_bytes: usize,
+    /// Handshakes in progress per I/O thread beyond which that thread stops accepting for a while:
+    /// a reconnect storm waits in the kernel's backlog instead of taking the server down.
+    pub max_handshakes_per_thread: usize,
+    /// Connections one user may hold at once; 0 means no limit. The next one is rejected with 429.
+    pub max_connections_per_user: usize,
+    /// How long a graceful stop waits for queued data and close handshakes before closing sockets.
+    pub drain_timeout: Duration,
+    /// How long a connection we are closing waits for the peer's close frame.
+    pub close_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".to_string(),
+            path: "/ws".to_string(),
+            threads: 0,
+            max_connections: 1_000_000,
+            max_message_size: 64 * 1024,
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            handshake_timeout: Duration::from_secs(10),
+            max_queue_bytes: 1024 * 1024,
+            slow_consumer: SlowConsumerPolicy::Close,
+            allowed_origins: Vec::new(),
+            max_header_bytes: 8 * 1024,
+            max_handshakes_per_thread: 1024,
+            max_connections_per_user: 0,
+            drain_timeout: Duration::from_secs(5),
+            close_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Config {
+    /// Checks values that would make the server misbehave; returns what is wrong.
+    pub(crate) fn validate(&self) -> Result<(), &'static str> {
+        if !self.path.starts_with('/') {
+            return Err("path must start with '/'");
+        }
+        if self.max_message_size == 0 {
+            return Err("max_message_size must be > 0");
+        }
+        if self.max_connections == 0 {
+            return Err("max_connections must be > 0");
+        }
+        if self.threads > 255 {
+            return Err("threads must be <= 255");
+        }
+        if self.ping_interval.is_zero() || self.idle_timeout.is_zero() || self.handshake_timeout.is_zero() {
+            return Err("timeouts must be > 0");
+        }
+        if self.max_header_bytes < 256 {
+            return Err("max_header_bytes must be >= 256");
+        }
+        if self.max_handshakes_per_thread == 0 {
+            return Err("max_handshakes_per_thread must be > 0");
+        }
+        Ok(())
+    }
+
+    /// The thread count actually used.
+    pub(crate) fn io_threads(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(255)
+        }
+    }
+}

@@ -1,0 +1,596 @@
+//! The connection state machine: handshake → open → closing, input parsing into frames and
+//! messages, and output with a per-connection queue that exists only while bytes wait.
+//!
+//! An idle open connection is a [`Conn`] of 40 bytes: the socket, its generation, the tick of its
+//! last input, state, flags, close code, its user ID (shared) and one `Option<Box<Spill>>` that is
+//! `None` unless input or output is actually pending.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read};
+use std::os::fd::AsRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use mio::net::TcpStream;
+
+use crate::codec::{self, close, Frame, FrameInfo, Opcode, Utf8Check};
+use crate::config::SlowConsumerPolicy;
+use crate::event_loop::{stats, IoThread, READS_PER_ROUND};
+use crate::handler::{MessageKind, UpgradeDecision};
+use crate::handshake::{self, Head, MAX_HEADERS};
+use crate::registry::UserId;
+use crate::server::check_user_id;
+use crate::socket;
+use crate::stats::{bump, drop_by};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Reading the HTTP request head.
+    Handshake,
+    /// Waiting for the host's deferred upgrade decision.
+    Deciding,
+    /// Upgraded: frames flow.
+    Open,
+    /// Our last bytes (close frame or HTTP error) are queued; input is discarded until the peer
+    /// closes or the close timeout passes.
+    Closing,
+}
+
+const PINGED: u8 = 1;
+const WRITE_SHUT: u8 = 2;
+
+pub(crate) struct Conn {
+    stream: TcpStream,
+    pub(crate) generation: u32,
+    /// Tick of the last input (or of accept, or of the start of closing).
+    pub(crate) last_rx: u32,
+    pub(crate) state: State,
+    flags: u8,
+    /// Code reported to `on_close`.
+    pub(crate) close_code: u16,
+    user: Option<UserId>,
+    spill: Option<Box<Spill>>,
+}
+
+/// Whatever a connection holds only while bytes are in flight.
+#[derive(Default)]
+struct Spill {
+    /// Received bytes not consumed yet: part of a request head or of a frame.
+    input: Vec<u8>,
+    /// A fragmented message being reassembled.
+    fragments: Option<Fragments>,
+    /// Frames the socket has not taken yet; the front one may be partly sent.
+    queue: VecDeque<Frame>,
+    front_sent: usize,
+    queued_bytes: usize,
+    /// Sec-WebSocket-Accept for a deferred upgrade.
+    accept_key: Option<Box<str>>,
+}
+
+struct Fragments {
+    kind: MessageKind,
+    data: Vec<u8>,
+    utf8: Utf8Check,
+}
+
+impl Spill {
+    fn is_empty(&self) -> bool {
+        self.input.is_empty() && self.fragments.is_none() && self.queue.is_empty() && self.accept_key.is_none()
+    }
+}
+
+impl Conn {
+    pub(crate) fn new(stream: TcpStream, generation: u32, now: u32) -> Conn {
+        Conn {
+            stream,
+            generation,
+            last_rx: now,
+            state: State::Handshake,
+            flags: 0,
+            close_code: close::ABNORMAL,
+            user: None,
+            spill: None,
+        }
+    }
+
+    pub(crate) fn pinged(&self) -> bool {
+        self.flags & PINGED != 0
+    }
+
+    pub(crate) fn set_pinged(&mut self) {
+        self.flags |= PINGED;
+    }
+
+    fn spill(&mut self) -> &mut Spill {
+        self.spill.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the spill once nothing is pending: idle connections own no buffer.
+    fn release_spill(&mut self) {
+        if self.spill.as_ref().is_some_and(|s| s.is_empty()) {
+            self.spill = None;
+        }
+    }
+
+    fn has_queued_output(&self) -> bool {
+        self.spill.as_ref().is_some_and(|s| !s.queue.is_empty())
+    }
+}
+
+/// Runs a host callback; a panic in it is contained (and reported as `None`).
+fn guarded<R>(callback: impl FnOnce() -> R) -> Option<R> {
+    catch_unwind(AssertUnwindSafe(callback)).ok()
+}
+
+impl IoThread {
+    // ---------------------------------------------------------------- input
+
+    pub(crate) fn on_readable(&mut self, slot: usize) {
+        for _ in 0..READS_PER_ROUND {
+            let Some(conn) = self.conns.get_mut(slot) else { return };
+            let read = conn.stream.read(&mut self.scratch);
+            match read {
+                Ok(0) => return self.on_peer_gone(slot),
+                Ok(n) => {
+                    if conn.state == State::Closing {
+                        continue; // discard until the peer closes
+                    }
+                    conn.last_rx = self.wheel.now();
+                    conn.flags &= !PINGED;
+                    self.process_input(slot, n);
+                    if n < self.scratch.len() {
+                        return; // short read: the socket is drained, epoll reports the next data
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.on_peer_gone(slot),
+            }
+        }
+        self.again.push(slot);
+    }
+
+    /// The peer closed or reset the connection.
+    fn on_peer_gone(&mut self, slot: usize) {
+        let code = self.conns[slot].close_code;
+        self.finish(slot, code);
+    }
+
+    /// Consumes `n` fresh bytes in the scratch buffer, keeping any unconsumed tail in the spill.
+    fn process_input(&mut self, slot: usize, n: usize) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let pending = self.conns[slot].spill.as_mut().map(|s| std::mem::take(&mut s.input)).unwrap_or_default();
+        if pending.is_empty() {
+            let used = self.consume(slot, &mut scratch[..n]);
+            if used < n {
+                if let Some(conn) = self.conns.get_mut(slot) {
+                    conn.spill().input.extend_from_slice(&scratch[used..n]);
+                }
+            }
+        } else {
+            let mut input = pending;
+            input.extend_from_slice(&scratch[..n]);
+            let used = self.consume(slot, &mut input);
+            input.drain(..used);
+            if let Some(conn) = self.conns.get_mut(slot) {
+                if !input.is_empty() {
+                    conn.spill().input = input;
+                }
+            }
+        }
+        self.scratch = scratch;
+        if let Some(conn) = self.conns.get_mut(slot) {
+            conn.release_spill();
+        }
+    }
+
+    /// Feeds `buf` to the state machine; returns how many bytes it consumed.
+    fn consume(&mut self, slot: usize, buf: &mut [u8]) -> usize {
+        let mut pos = 0;
+        loop {
+            let Some(conn) = self.conns.get(slot) else { return buf.len() };
+            match conn.state {
+                State::Handshake => match self.handshake(slot, &buf[pos..]) {
+                    Some(used) => pos += used,
+                    None => return pos,
+                },
+                State::Deciding => {
+                    if buf.len() - pos > self.config().max_header_bytes {
+                        self.finish(slot, close::ABNORMAL);
+                        return buf.len();
+                    }
+                    return pos;
+                }
+                State::Closing => return buf.len(),
+                State::Open => {
+                    let max = self.config().max_message_size;
+                    let info = match codec::parse_header(&buf[pos..], max) {
+                        Ok(Some(info)) => info,
+                        Ok(None) => return pos,
+                        Err(code) => {
+                            self.fail(slot, code);
+                            return buf.len();
+                        }
+                    };
+                    let end = pos + info.header_len + info.payload_len;
+                    if end > buf.len() {
+                        return pos;
+                    }
+                    let payload = &mut buf[pos + info.header_len..end];
+                    codec::apply_mask(payload, info.mask, 0);
+                    self.on_frame(slot, info, payload);
+                    pos = end;
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, slot: usize, info: FrameInfo, payload: &[u8]) {
+        let max = self.config().max_message_size;
+        let conn = &mut self.conns[slot];
+        match info.opcode {
+            Opcode::Text | Opcode::Binary => {
+                let kind = if info.opcode == Opcode::Text { MessageKind::Text } else { MessageKind::Binary };
+                if conn.spill.as_ref().is_some_and(|s| s.fragments.is_some()) {
+                    return self.fail(slot, close::PROTOCOL); // new message inside a fragmented one
+                }
+                if info.fin {
+                    if kind == MessageKind::Text && std::str::from_utf8(payload).is_err() {
+                        return self.fail(slot, close::INVALID_PAYLOAD);
+                    }
+                    return self.deliver(slot, kind, payload);
+                }
+                let mut utf8 = Utf8Check::default();
+                if kind == MessageKind::Text && !utf8.feed(payload, false) {
+                    return self.fail(slot, close::INVALID_PAYLOAD);
+                }
+                conn.spill().fragments = Some(Fragments { kind, data: payload.to_vec(), utf8 });
+            }
+            Opcode::Continuation => {
+                let Some(fragments) = conn.spill.as_mut().and_then(|s| s.fragments.as_mut()) else {
+                    return self.fail(slot, close::PROTOCOL); // continuation without a start
+                };
+                if fragments.data.len() + payload.len() > max {
+                    return self.fail(slot, close::TOO_BIG);
+                }
+                fragments.data.extend_from_slice(payload);
+                if fragments.kind == MessageKind::Text && !fragments.utf8.feed(&fragments.data, info.fin) {
+                    return self.fail(slot, close::INVALID_PAYLOAD);
+                }
+                if info.fin {
+                    if let Some(done) = conn.spill.as_mut().and_then(|s| s.fragments.take()) {
+                        self.deliver(slot, done.kind, &done.data);
+                    }
+                }
+            }
+            Opcode::Ping => self.send_control(slot, codec::control(Opcode::Pong, payload).as_bytes()),
+            Opcode::Pong => {}
+            Opcode::Close => match codec::parse_close_payload(payload) {
+                Ok(code) => {
+                    // Echo the peer's code (an empty close is answered with an empty one).
+                    let reply = if code == close::NO_STATUS {
+                        codec::control(Opcode::Close, b"")
+                    } else {
+                        codec::control(Opcode::Close, &payload[..2])
+                    };
+                    self.enter_closing(slot, code, reply.as_bytes());
+                }
+                Err(code) => self.fail(slot, code),
+            },
+        }
+    }
+
+    fn deliver(&mut self, slot: usize, kind: MessageKind, payload: &[u8]) {
+        bump(&stats!(self).messages_in_total, 1);
+        let id = self.conn_id(slot);
+        let Some(user) = self.conns[slot].user.clone() else { return };
+        let (handler, server) = (&self.shared.handler, &self.server);
+        guarded(|| handler.on_message(server, id, &user, kind, payload));
+    }
+
+    /// Fails the connection for a protocol violation (RFC 6455 §7.1.7).
+    fn fail(&mut self, slot: usize, code: u16) {
+        bump(&stats!(self).protocol_errors_total, 1);
+        let reason = match code {
+            close::TOO_BIG => "message too big",
+            close::INVALID_PAYLOAD => "invalid UTF-8",
+            _ => "protocol error",
+        };
+        self.enter_closing(slot, code, codec::close_frame(code, reason).as_bytes());
+    }
+
+    // ---------------------------------------------------------------- handshake
+
+    /// Handles the request head at the start of `buf`; `None` while it is incomplete.
+    fn handshake(&mut self, slot: usize, buf: &[u8]) -> Option<usize> {
+        let ticket = self.conn_id(slot);
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let stream = &self.conns[slot].stream;
+        let head = handshake::parse(buf, &mut headers, &self.shared.config, ticket, || stream.peer_addr().ok());
+        let (handler, server) = (&self.shared.handler, &self.server);
+        match head {
+            Head::Incomplete => None,
+            Head::Reject(status) => {
+                self.reject(slot, status);
+                Some(buf.len())
+            }
+            Head::Plain { request } => {
+                let response = guarded(|| handler.on_http(server, &request));
+                let bytes = match response {
+                    Some(Some(response)) => handshake::host_response(&response),
+                    Some(None) => handshake::error_response(426),
+                    None => handshake::error_response(500),
+                };
+                self.leave_handshake(slot);
+                self.enter_closing(slot, close::ABNORMAL, &bytes);
+                Some(buf.len())
+            }
+            Head::Upgrade { len, request, accept_key } => {
+                let decision = guarded(|| handler.on_upgrade(server, &request)).unwrap_or(UpgradeDecision::Reject(500));
+                match decision {
+                    UpgradeDecision::Accept(user) => self.open(slot, &user, &accept_key),
+                    UpgradeDecision::Reject(status) => self.reject(slot, status),
+                    UpgradeDecision::Defer => {
+                        let conn = &mut self.conns[slot];
+                        conn.state = State::Deciding;
+                        conn.spill().accept_key = Some(accept_key.into());
+                    }
+                }
+                Some(len)
+            }
+        }
+    }
+
+    /// Applies the host's deferred decision and resumes any input that arrived meanwhile.
+    pub(crate) fn decide(&mut self, slot: usize, decision: UpgradeDecision) {
+        let key = self.conns[slot].spill.as_mut().and_then(|s| s.accept_key.take()).unwrap_or_default();
+        match decision {
+            UpgradeDecision::Accept(user) => self.open(slot, &user, &key),
+            UpgradeDecision::Reject(status) => self.reject(slot, status),
+            UpgradeDecision::Defer => {
+                self.conns[slot].spill().accept_key = Some(key);
+                return;
+            }
+        }
+        let pending = self.conns.get_mut(slot).and_then(|c| c.spill.as_mut()).map(|s| std::mem::take(&mut s.input));
+        if let Some(mut input) = pending.filter(|i| !i.is_empty()) {
+            let used = self.consume(slot, &mut input);
+            input.drain(..used);
+            if let Some(conn) = self.conns.get_mut(slot) {
+                if !input.is_empty() {
+                    conn.spill().input = input;
+                }
+            }
+        }
+        if let Some(conn) = self.conns.get_mut(slot) {
+            conn.release_spill();
+        }
+    }
+
+    fn leave_handshake(&mut self, slot: usize) {
+        if matches!(self.conns[slot].state, State::Handshake | State::Deciding) {
+            self.handshakes -= 1;
+            drop_by(&stats!(self).handshakes, 1);
+            if self.handshakes + 1 == self.config().max_handshakes_per_thread {
+                self.accept_pending = true; // accepting had paused at the limit: resume
+            }
+        }
+    }
+
+    fn reject(&mut self, slot: usize, status: u16) {
+        let status = if (400..=599).contains(&status) { status } else { 500 };
+        bump(&stats!(self).rejected_total, 1);
+        self.leave_handshake(slot);
+        self.enter_closing(slot, close::ABNORMAL, &handshake::error_response(status));
+    }
+
+    fn open(&mut self, slot: usize, user: &[u8], accept_key: &str) {
+        if check_user_id(user).is_err() {
+            return self.reject(slot, 500);
+        }
+        let id = self.conn_id(slot);
+        let limit = self.config().max_connections_per_user;
+        let Ok(user) = self.shared.registry.add(user, id, limit) else {
+            return self.reject(slot, 429);
+        };
+        self.leave_handshake(slot);
+        let now = self.wheel.now();
+        let conn = &mut self.conns[slot];
+        conn.state = State::Open;
+        conn.last_rx = now;
+        conn.user = Some(user.clone());
+        bump(&stats!(self).upgrades_total, 1);
+        bump(&stats!(self).connections, 1);
+        self.send_control(slot, &handshake::switching_protocols(accept_key));
+        if self.conns.contains(slot) {
+            let (handler, server) = (&self.shared.handler, &self.server);
+            guarded(|| handler.on_open(server, id, &user));
+        }
+    }
+
+    // ---------------------------------------------------------------- output
+
+    /// Queues a data message, applying the slow-consumer policy.
+    pub(crate) fn queue_message(&mut self, slot: usize, frame: Frame) {
+        let max_queue = self.config().max_queue_bytes;
+        let conn = &mut self.conns[slot];
+        bump(&stats!(self).messages_out_total, 1);
+        if !conn.has_queued_output() {
+            let sent = match socket::send(conn.stream.as_raw_fd(), &frame) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(_) => return self.on_peer_gone(slot),
+            };
+            bump(&stats!(self).bytes_out_total, sent as u64);
+            if sent < frame.len() {
+                let spill = conn.spill();
+                spill.front_sent = sent;
+                spill.queued_bytes = frame.len() - sent;
+                spill.queue.push_back(frame);
+            }
+            return;
+        }
+        let spill = conn.spill();
+        if spill.queued_bytes + frame.len() <= max_queue {
+            spill.queued_bytes += frame.len();
+            spill.queue.push_back(frame);
+            return;
+        }
+        match self.shared.config.slow_consumer {
+            SlowConsumerPolicy::Drop => {
+                bump(&stats!(self).dropped_total, 1);
+                let id = self.conn_id(slot);
+                if let Some(user) = self.conns[slot].user.clone() {
+                    let (handler, server) = (&self.shared.handler, &self.server);
+                    guarded(|| handler.on_drop(server, id, &user, frame.len()));
+                }
+            }
+            SlowConsumerPolicy::Close => {
+                bump(&stats!(self).slow_consumer_closes_total, 1);
+                // Keep only the partly sent frame so the close frame follows a frame boundary.
+                let spill = conn.spill();
+                let keep = usize::from(spill.front_sent > 0).min(spill.queue.len());
+                spill.queue.truncate(keep);
+                spill.queued_bytes = spill.queue.front().map_or(0, |f| f.len() - spill.front_sent) * keep;
+                if keep == 0 {
+                    spill.front_sent = 0;
+                }
+                self.enter_closing(slot, close::POLICY, codec::close_frame(close::POLICY, "slow consumer").as_bytes());
+            }
+        }
+    }
+
+    /// Sends bytes that must never be dropped (handshake responses, pong, ping, close), after
+    /// anything already queued.
+    pub(crate) fn send_control(&mut self, slot: usize, bytes: &[u8]) {
+        let conn = &mut self.conns[slot];
+        let mut sent = 0;
+        if !conn.has_queued_output() {
+            sent = match socket::send(conn.stream.as_raw_fd(), bytes) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(_) => return self.on_peer_gone(slot),
+            };
+            bump(&stats!(self).bytes_out_total, sent as u64);
+        }
+        if sent < bytes.len() {
+            let rest: Frame = Arc::from(&bytes[sent..]);
+            let spill = conn.spill();
+            spill.queued_bytes += rest.len();
+            spill.queue.push_back(rest);
+        }
+    }
+
+    pub(crate) fn on_writable(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else { return };
+        let fd = conn.stream.as_raw_fd();
+        let mut written_total = 0u64;
+        let mut gone = false;
+        if let Some(spill) = conn.spill.as_mut() {
+            while !spill.queue.is_empty() {
+                let mut slices = [IoSlice::new(&[]); 64];
+                let mut count = 0;
+                let mut offered = 0;
+                for (i, frame) in spill.queue.iter().take(slices.len()).enumerate() {
+                    let bytes = if i == 0 { &frame[spill.front_sent..] } else { &frame[..] };
+                    slices[i] = IoSlice::new(bytes);
+                    offered += bytes.len();
+                    count += 1;
+                }
+                let written = match socket::send_vectored(fd, &slices[..count]) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        gone = true;
+                        break;
+                    }
+                };
+                written_total += written as u64;
+                spill.queued_bytes = spill.queued_bytes.saturating_sub(written);
+                let mut left = written;
+                while let Some(front) = spill.queue.front() {
+                    let remaining = front.len() - spill.front_sent;
+                    if left < remaining {
+                        spill.front_sent += left;
+                        break;
+                    }
+                    left -= remaining;
+                    spill.front_sent = 0;
+                    spill.queue.pop_front();
+                }
+                if written < offered {
+                    break; // the socket is full; wait for the next writable edge
+                }
+            }
+            if spill.queue.is_empty() {
+                spill.queued_bytes = 0;
+                spill.queue = VecDeque::new();
+            }
+        }
+        bump(&stats!(self).bytes_out_total, written_total);
+        if gone {
+            return self.on_peer_gone(slot);
+        }
+        conn.release_spill();
+        self.shut_write_when_flushed(slot);
+    }
+
+    // ---------------------------------------------------------------- closing
+
+    /// Starts the close handshake from our side (host close, stop, ...).
+    pub(crate) fn start_close(&mut self, slot: usize, code: u16, reason: &str) {
+        self.enter_closing(slot, code, codec::close_frame(code, reason).as_bytes());
+    }
+
+    /// Sends our last bytes, then waits (bounded by close_timeout) for the peer to close.
+    fn enter_closing(&mut self, slot: usize, code: u16, last_bytes: &[u8]) {
+        let now = self.wheel.now();
+        let conn = &mut self.conns[slot];
+        if conn.state == State::Closing {
+            return;
+        }
+        conn.state = State::Closing;
+        conn.close_code = code;
+        conn.last_rx = now;
+        if let Some(spill) = conn.spill.as_mut() {
+            spill.input = Vec::new();
+            spill.fragments = None;
+            spill.accept_key = None;
+        }
+        let generation = conn.generation;
+        self.wheel.schedule((slot as u32, generation), now + self.ticks.close);
+        self.send_control(slot, last_bytes);
+        self.shut_write_when_flushed(slot);
+    }
+
+    /// Once a closing connection's output is flushed, send FIN; the socket is closed when the
+    /// peer answers with its own FIN (so our last bytes are not lost to a reset).
+    fn shut_write_when_flushed(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else { return };
+        if conn.state == State::Closing && conn.flags & WRITE_SHUT == 0 && !conn.has_queued_output() {
+            conn.flags |= WRITE_SHUT;
+            let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+        }
+    }
+
+    /// Removes the connection, closes its socket and, if it was opened, unregisters it and fires
+    /// `on_close` once.
+    pub(crate) fn finish(&mut self, slot: usize, code: u16) {
+        if !self.conns.contains(slot) {
+            return;
+        }
+        self.leave_handshake(slot);
+        let id = self.conn_id(slot);
+        let conn = self.conns.remove(slot);
+        self.me().live.clear(slot);
+        self.shared.open_sockets.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        drop(conn.stream); // closing the descriptor also removes it from epoll
+        if let Some(user) = conn.user {
+            self.shared.registry.remove(&user, id);
+            drop_by(&stats!(self).connections, 1);
+            let (handler, server) = (&self.shared.handler, &self.server);
+            guarded(|| handler.on_close(server, id, &user, code));
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Errors returned by the Rust API (the C surface maps each to a `wspush_result`).
+
+use std::fmt;
+use std::io;
+
+/// Why a call failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is out of range; the text says which.
+    InvalidConfig(&'static str),
+    /// The listen address is not "host:port" or does not resolve.
+    InvalidAddress,
+    /// Binding or setting up the listening socket failed.
+    Bind(io::Error),
+    /// Creating the engine's threads or pollers failed.
+    Io(io::Error),
+    /// A user ID must be 1 to 255 bytes long.
+    InvalidUserId,
+    /// Close codes must be 1000-1003, 1007-1014 or 3000-4999.
+    InvalidCloseCode,
+    /// The close reason must be at most 123 bytes of UTF-8.
+    InvalidCloseReason,
+    /// HTTP status for a rejected upgrade must be 400-599.
+    InvalidStatus,
+    /// The payload is larger than a WebSocket frame can carry here (max_queue_bytes).
+    MessageTooLarge,
+    /// No live connection (or pending upgrade) with that ID.
+    NotFound,
+    /// The server is stopping or stopped.
+    Stopped,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidConfig(what) => write!(f, "invalid configuration: {what}"),
+            Error::InvalidAddress => f.write_str("invalid listen address"),
+            Error::Bind(e) => write!(f, "cannot listen: {e}"),
+            Error::Io(e) => write!(f, "I/O error: {e}"),
+            Error::InvalidUserId => f.write_str("user ID must be 1 to 255 bytes"),
+            Error::InvalidCloseCode => f.write_str("invalid close code"),
+            Error::InvalidCloseReason => f.write_str("close reason must be at most 123 bytes of UTF-8"),
+            Error::InvalidStatus => f.write_str("HTTP status must be 400-599"),
+            Error::MessageTooLarge => f.write_str("message larger than max_queue_bytes"),
+            Error::NotFound => f.write_str("no such connection"),
+            Error::Stopped => f.write_str("server is stopped"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Bind(e) | Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}

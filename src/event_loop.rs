@@ -1,0 +1,346 @@
+//! One I/O thread: its own epoll (`mio::Poll`), listener, slab of connections, timer wheel and
+//! read scratch buffer. Other threads reach it only through its inbox of [`Command`]s.
+
+use std::io;
+use std::net::TcpListener as StdTcpListener;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::codec::{close, Frame};
+use crate::config::Config;
+use crate::conn_id::{self, MAX_SLOTS};
+use crate::connection::{Conn, State};
+use crate::handler::{ConnId, UpgradeDecision};
+use crate::server::{ServerHandle, Shared, ThreadShared, ENGINE_OF_THIS_THREAD};
+use crate::stats::bump;
+use crate::timer::{Entry, Ticks, TimerWheel};
+use crate::{handshake, socket};
+
+/// This thread's counters, borrowing only the `shared` field (so a connection may stay borrowed).
+macro_rules! stats {
+    ($io:expr) => {
+        &$io.shared.threads[$io.index].stats
+    };
+}
+pub(crate) use stats;
+
+/// Work queued to an I/O thread by other threads (and by callbacks on this one).
+pub(crate) enum Command {
+    /// Queue a framed message to one connection (publish, send).
+    Deliver { conn: ConnId, frame: Frame },
+    /// Queue a framed message to every open connection of this thread.
+    Broadcast { frame: Frame },
+    /// Start the close handshake.
+    Close { conn: ConnId, code: u16, reason: Box<str> },
+    /// The host's late answer to a deferred upgrade.
+    Decide { conn: ConnId, decision: UpgradeDecision },
+    /// Graceful stop.
+    Stop,
+}
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+/// Connection tokens are slab slots offset past the two fixed tokens.
+pub(crate) const FIRST_CONN_TOKEN: usize = 2;
+/// One read buffer per thread, shared by all its connections.
+const SCRATCH_BYTES: usize = 64 * 1024;
+/// Reads per connection per round before others get a turn.
+pub(crate) const READS_PER_ROUND: usize = 16;
+
+/// What `Server::start` builds before the shared state exists.
+pub(crate) struct IoThreadSetup {
+    index: u8,
+    poll: Poll,
+    listener: TcpListener,
+}
+
+impl IoThreadSetup {
+    pub(crate) fn new(index: u8, listener: StdTcpListener) -> io::Result<(IoThreadSetup, Waker)> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        Ok((IoThreadSetup { index, poll, listener }, waker))
+    }
+
+    pub(crate) fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// The thread body.
+    pub(crate) fn run(self, server: ServerHandle) {
+        ENGINE_OF_THIS_THREAD.with(|engine| engine.set(Arc::as_ptr(&server.shared)));
+        let (wheel, ticks) = TimerWheel::new(&server.shared.config);
+        let mut io = IoThread {
+            index: self.index as usize,
+            shared: server.shared.clone(),
+            server,
+            poll: self.poll,
+            listener: Some(self.listener),
+            conns: Slab::new(),
+            wheel,
+            ticks,
+            scratch: vec![0u8; SCRATCH_BYTES].into_boxed_slice(),
+            next_generation: 1,
+            handshakes: 0,
+            accept_pending: false,
+            again: Vec::new(),
+            drain_deadline: None,
+        };
+        if catch_unwind(AssertUnwindSafe(|| io.event_loop())).is_err() {
+            eprintln!("wspush: I/O thread {} panicked; its connections are closed", io.index);
+        }
+        io.close_all();
+    }
+}
+
+pub(crate) struct IoThread {
+    pub(crate) index: usize,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) server: ServerHandle,
+    pub(crate) poll: Poll,
+    listener: Option<TcpListener>,
+    pub(crate) conns: Slab<Conn>,
+    pub(crate) wheel: TimerWheel,
+    pub(crate) ticks: Ticks,
+    pub(crate) scratch: Box<[u8]>,
+    next_generation: u32,
+    /// Connections of this thread not yet upgraded.
+    pub(crate) handshakes: usize,
+    /// The listener may hold connections we left there (handshake limit, out of descriptors).
+    pub(crate) accept_pending: bool,
+    /// Connections that still had input when their read budget ran out.
+    pub(crate) again: Vec<usize>,
+    drain_deadline: Option<Instant>,
+}
+
+impl IoThread {
+    pub(crate) fn me(&self) -> &ThreadShared {
+        &self.shared.threads[self.index]
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    fn event_loop(&mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut inbox = Vec::new();
+        let mut due: Vec<Entry> = Vec::new();
+        let mut again = Vec::new();
+        loop {
+            let timeout = if self.again.is_empty() && !self.accept_pending {
+                self.wheel.timeout().max(Duration::from_millis(1))
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    eprintln!("wspush: poll failed on I/O thread {}: {e}", self.index);
+                    return;
+                }
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_pending = true,
+                    WAKER => {}
+                    Token(token) => {
+                        let slot = token - FIRST_CONN_TOKEN;
+                        if event.is_writable() {
+                            self.on_writable(slot);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(slot);
+                        }
+                    }
+                }
+            }
+            std::mem::swap(&mut again, &mut self.again);
+            for slot in again.drain(..) {
+                self.on_readable(slot);
+            }
+            self.me().take_inbox(&mut inbox);
+            for command in inbox.drain(..) {
+                self.execute(command);
+            }
+            if self.accept_pending {
+                self.accept();
+            }
+            let now = self.wheel.now();
+            self.wheel.expire(now, &mut due);
+            for entry in due.drain(..) {
+                self.on_timer(entry, now);
+            }
+            if let Some(deadline) = self.drain_deadline {
+                if self.conns.is_empty() || Instant::now() >= deadline {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn execute(&mut self, command: Command) {
+        match command {
+            Command::Deliver { conn, frame } => {
+                if let Some(slot) = self.lookup(conn, State::Open) {
+                    self.queue_message(slot, frame);
+                }
+            }
+            Command::Broadcast { frame } => {
+                for slot in 0..self.conns.capacity() {
+                    if self.conns.get(slot).is_some_and(|c| c.state == State::Open) {
+                        self.queue_message(slot, frame.clone());
+                    }
+                }
+            }
+            Command::Close { conn, code, reason } => {
+                if let Some(slot) = self.lookup(conn, State::Open) {
+                    self.start_close(slot, code, &reason);
+                }
+            }
+            Command::Decide { conn, decision } => {
+                if let Some(slot) = self.lookup(conn, State::Deciding) {
+                    self.decide(slot, decision);
+                }
+            }
+            Command::Stop => self.begin_stop(),
+        }
+    }
+
+    /// The slot of connection `id` if it is still alive and in `state`.
+    fn lookup(&self, id: ConnId, state: State) -> Option<usize> {
+        let (thread, slot, generation) = conn_id::split(id);
+        let conn = self.conns.get(slot)?;
+        (thread == self.index && conn.generation == generation && conn.state == state).then_some(slot)
+    }
+
+    pub(crate) fn conn_id(&self, slot: usize) -> ConnId {
+        conn_id::make(self.index, slot, self.conns[slot].generation)
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = &self.listener else { return };
+            if self.handshakes >= self.config().max_handshakes_per_thread {
+                // Storm control: leave the rest in the kernel's backlog until handshakes finish.
+                self.accept_pending = true;
+                return;
+            }
+            match listener.accept() {
+                Ok((stream, _)) => self.admit(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_pending = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    // Out of descriptors or memory: retry on a later round, keep serving the rest.
+                    self.accept_pending = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: mio::net::TcpStream) {
+        bump(&stats!(self).accepted_total, 1);
+        let total = self.shared.open_sockets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if total >= self.config().max_connections || self.conns.vacant_key() >= MAX_SLOTS {
+            self.shared.open_sockets.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            bump(&stats!(self).over_capacity_total, 1);
+            let _ = socket::send(std::os::fd::AsRawFd::as_raw_fd(&stream), &handshake::error_response(503));
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let slot = self.conns.vacant_key();
+        let token = Token(slot + FIRST_CONN_TOKEN);
+        if self.poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE).is_err() {
+            self.shared.open_sockets.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.checked_add(1).unwrap_or(1);
+        let now = self.wheel.now();
+        self.conns.insert(Conn::new(stream, generation, now));
+        self.me().live.set(slot, generation);
+        self.handshakes += 1;
+        bump(&stats!(self).handshakes, 1);
+        self.wheel.schedule((slot as u32, generation), now + self.ticks.handshake);
+    }
+
+    fn on_timer(&mut self, (slot, generation): Entry, now: u32) {
+        let slot = slot as usize;
+        let Some(conn) = self.conns.get_mut(slot) else { return };
+        if conn.generation != generation {
+            return; // the connection this entry was for is gone
+        }
+        let since = conn.last_rx;
+        let (deadline, fire) = match conn.state {
+            State::Handshake | State::Deciding => (since + self.ticks.handshake, TimerAction::Timeout),
+            State::Open if conn.pinged() => (since + self.ticks.idle, TimerAction::Timeout),
+            State::Open => (since + self.ticks.ping, TimerAction::Ping),
+            State::Closing => (since + self.ticks.close, TimerAction::Finish),
+        };
+        if now < deadline {
+            self.wheel.schedule((slot as u32, generation), deadline);
+            return;
+        }
+        match fire {
+            TimerAction::Ping => {
+                conn.set_pinged();
+                bump(&stats!(self).pings_total, 1);
+                self.send_control(slot, crate::codec::control(crate::codec::Opcode::Ping, b"").as_bytes());
+                if self.conns.contains(slot) {
+                    self.wheel.schedule((slot as u32, generation), since + self.ticks.idle);
+                }
+            }
+            TimerAction::Timeout => {
+                bump(&stats!(self).timeouts_total, 1);
+                self.finish(slot, close::ABNORMAL);
+            }
+            TimerAction::Finish => {
+                let code = self.conns[slot].close_code;
+                self.finish(slot, code);
+            }
+        }
+    }
+
+    fn begin_stop(&mut self) {
+        if self.drain_deadline.is_some() {
+            return;
+        }
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.accept_pending = false;
+        self.drain_deadline = Some(Instant::now() + self.config().drain_timeout);
+        for slot in 0..self.conns.capacity() {
+            match self.conns.get(slot).map(|c| c.state) {
+                Some(State::Open) => self.start_close(slot, close::GOING_AWAY, "server shutting down"),
+                Some(State::Handshake | State::Deciding) => self.finish(slot, close::GOING_AWAY),
+                _ => {}
+            }
+        }
+    }
+
+    /// Closes whatever is left (drain deadline passed, or the loop ended), firing `on_close`.
+    fn close_all(&mut self) {
+        for slot in 0..self.conns.capacity() {
+            if let Some(conn) = self.conns.get(slot) {
+                let code = if conn.state == State::Open { close::GOING_AWAY } else { conn.close_code };
+                self.finish(slot, code);
+            }
+        }
+    }
+}
+
+enum TimerAction {
+    Ping,
+    Timeout,
+    Finish,
+}

@@ -1,0 +1,1 @@
+//! The C surface (see include/wspush.h).
