@@ -132,11 +132,16 @@ impl IoThread {
             match read {
                 Ok(0) => return self.on_peer_gone(slot),
                 Ok(n) => {
-                    if conn.state == State::Closing {
-                        continue; // discard until the peer closes
+                    match conn.state {
+                        State::Closing => continue, // discard until the peer closes
+                        // Only an open connection's input counts as life: a handshake that
+                        // trickles bytes (slowloris) must not push its deadline back.
+                        State::Open => {
+                            conn.last_rx = self.wheel.now();
+                            conn.flags &= !PINGED;
+                        }
+                        State::Handshake | State::Deciding => {}
                     }
-                    conn.last_rx = self.wheel.now();
-                    conn.flags &= !PINGED;
                     self.process_input(slot, n);
                     if n < self.scratch.len() {
                         return; // short read: the socket is drained, epoll reports the next data
@@ -414,8 +419,8 @@ impl IoThread {
     pub(crate) fn queue_message(&mut self, slot: usize, frame: Frame) {
         let max_queue = self.config().max_queue_bytes;
         let conn = &mut self.conns[slot];
-        bump(&stats!(self).messages_out_total, 1);
         if !conn.has_queued_output() {
+            bump(&stats!(self).messages_out_total, 1);
             let sent = match socket::send(conn.stream.as_raw_fd(), &frame) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
@@ -432,6 +437,7 @@ impl IoThread {
         }
         let spill = conn.spill();
         if spill.queued_bytes + frame.len() <= max_queue {
+            bump(&stats!(self).messages_out_total, 1);
             spill.queued_bytes += frame.len();
             spill.queue.push_back(frame);
             return;
@@ -447,13 +453,15 @@ impl IoThread {
             }
             SlowConsumerPolicy::Close => {
                 bump(&stats!(self).slow_consumer_closes_total, 1);
-                // Keep only the partly sent frame so the close frame follows a frame boundary.
+                // Free the backlog now, keeping only a partly sent frame so that the close frame
+                // starts on a frame boundary.
                 let spill = conn.spill();
-                let keep = usize::from(spill.front_sent > 0).min(spill.queue.len());
-                spill.queue.truncate(keep);
-                spill.queued_bytes = spill.queue.front().map_or(0, |f| f.len() - spill.front_sent) * keep;
-                if keep == 0 {
-                    spill.front_sent = 0;
+                if spill.front_sent > 0 {
+                    spill.queue.truncate(1);
+                    spill.queued_bytes = spill.queue.front().map_or(0, |f| f.len() - spill.front_sent);
+                } else {
+                    spill.queue.clear();
+                    spill.queued_bytes = 0;
                 }
                 self.enter_closing(slot, close::POLICY, codec::close_frame(close::POLICY, "slow consumer").as_bytes());
             }

@@ -194,7 +194,7 @@ impl ServerHandle {
     }
 
     fn check_payload(&self, payload: &[u8]) -> Result<(), Error> {
-        if payload.len() > self.shared.config.max_queue_bytes.max(self.shared.config.max_message_size) {
+        if payload.len() > self.shared.config.max_queue_bytes {
             Err(Error::MessageTooLarge)
         } else {
             Ok(())
