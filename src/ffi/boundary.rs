@@ -245,3 +245,46 @@ pub(crate) fn out_text(text: &str) -> (*const c_char, usize) {
     let (ptr, len) = out_bytes(text.as_bytes());
     (ptr.cast(), len)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_the_panic_code_or_null() {
+        let code: wspush_result = ffi_boundary(|| panic!("bug"));
+        assert_eq!(code, wspush_result::Panic);
+        let pointer: *const u8 = ffi_boundary(|| panic!("bug"));
+        assert!(pointer.is_null());
+    }
+
+    #[test]
+    fn an_error_becomes_its_code_or_null() {
+        let code: wspush_result = ffi_boundary(|| Err(wspush_result::NotFound));
+        assert_eq!(code, wspush_result::NotFound);
+        let pointer: *mut u8 = ffi_boundary(|| Err(wspush_result::NullArgument));
+        assert!(pointer.is_null());
+    }
+
+    #[test]
+    fn buffers_follow_the_null_and_length_rules() {
+        // SAFETY: NULL pointers only; non-NULL ones point to live locals of the given length.
+        unsafe {
+            assert_eq!(bytes(std::ptr::null(), 0), Ok(&[][..]));
+            assert_eq!(bytes(std::ptr::null(), 1), Err(wspush_result::NullArgument));
+            assert_eq!(text(b"h\xffi".as_ptr().cast(), 3), Err(wspush_result::InvalidUtf8));
+            assert_eq!(text(b"hi".as_ptr().cast(), 2), Ok("hi"));
+        }
+        assert!(!out_bytes(&[]).0.is_null());
+    }
+
+    #[test]
+    fn result_codes_round_trip_and_are_described() {
+        for (value, code) in ALL_RESULTS.iter().enumerate() {
+            assert_eq!(*code as u32, value as u32, "codes are dense and in order");
+            assert_eq!(wspush_result::from_raw(value as u32), Some(*code));
+            assert!(code.text().len() > 1 && code.text().ends_with('\0'));
+        }
+        assert_eq!(wspush_result::from_raw(ALL_RESULTS.len() as u32), None);
+    }
+}
