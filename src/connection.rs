@@ -93,6 +93,10 @@ impl Conn {
         }
     }
 
+    pub(crate) fn user(&self) -> Option<&[u8]> {
+        self.user.as_deref()
+    }
+
     pub(crate) fn pinged(&self) -> bool {
         self.flags & PINGED != 0
     }

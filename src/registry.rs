@@ -1,10 +1,13 @@
 //! The user registry: user ID → its open connections, across all I/O threads.
 //!
 //! Memory is the whole game here (one entry per idle user), so the registry stores no user bytes:
-//! a user is keyed by a 128-bit keyed hash of its ID (two SipHash-1-3 with random per-server keys;
-//! two of 3 million users collide with probability ~1e-26), and the ID bytes live only in the
-//! connections, inline when short. A user with one connection costs one 24-byte map entry. Shards
-//! keep publishers on different threads off each other's lock.
+//! a user is keyed by a 64-bit keyed hash of its ID (SipHash-1-3, random key per server) and a
+//! single-connection user costs one 16-byte map entry. The ID bytes live only in the connections
+//! (inline when short). Two users whose keys collide (probability ~2^-64 per pair) are told apart
+//! by a second, independent 64-bit keyed hash, the [`UserCheck`], that travels with every publish
+//! and that the owning I/O thread compares before delivering: a message never reaches another
+//! user's connection; only the counts returned for such a pair could be off. Shards keep
+//! publishers on different threads off each other's lock.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -48,7 +51,11 @@ impl std::ops::Deref for UserId {
 }
 
 /// The registry's name for a user.
-pub(crate) type UserKey = u128;
+type UserKey = u64;
+
+/// A second keyed hash of a user ID, never 0, that proves a connection belongs to the user a
+/// message was published to (see the module docs).
+pub(crate) type UserCheck = u64;
 
 /// The keys are already uniformly random, so the maps use them as their own hash.
 #[derive(Default)]
@@ -64,8 +71,8 @@ impl Hasher for KeyIsHash {
             self.0 = self.0.rotate_left(8) ^ u64::from(b);
         }
     }
-    fn write_u128(&mut self, key: u128) {
-        self.0 = key as u64 ^ (key >> 64) as u64;
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
     }
 }
 
@@ -77,7 +84,7 @@ const SEVERAL: ConnId = 0;
 #[derive(Default)]
 struct Shard {
     /// The user's connection, or `SEVERAL` (IDs are never 0). Most users have one connection,
-    /// so they cost one 24-byte entry here and nothing in `many`.
+    /// so they cost one 16-byte entry here and nothing in `many`.
     first: KeyMap<ConnId>,
     many: KeyMap<Vec<ConnId>>,
 }
@@ -100,12 +107,18 @@ impl Registry {
         }
     }
 
-    pub(crate) fn key(&self, user: &[u8]) -> UserKey {
-        (u128::from(self.keys.0.hash_one(user)) << 64) | u128::from(self.keys.1.hash_one(user))
+    fn key(&self, user: &[u8]) -> UserKey {
+        self.keys.0.hash_one(user)
+    }
+
+    /// The check value that must match for `user` (see [`UserCheck`]).
+    pub(crate) fn check(&self, user: &[u8]) -> UserCheck {
+        self.keys.1.hash_one(user).max(1)
     }
 
     fn shard(&self, key: UserKey) -> &Mutex<Shard> {
-        &self.shards[(key >> 64) as usize % SHARDS]
+        // The low bits pick the bucket inside a shard's map; use high bits for the shard.
+        &self.shards[(key >> 58) as usize % SHARDS]
     }
 
     /// Registers `conn` under `user`, unless the user already has `limit` connections (0 = none).
@@ -162,20 +175,22 @@ impl Registry {
         }
     }
 
-    /// Calls `f` for each connection of `user` while holding its shard lock (so messages from one
-    /// publisher reach each connection in call order); returns how many there were.
-    pub(crate) fn for_each_conn(&self, user: &[u8], mut f: impl FnMut(ConnId)) -> usize {
+    /// Calls `f` for each connection of `user` with the user's check value, while holding its
+    /// shard lock (so messages from one publisher reach each connection in call order); returns
+    /// how many there were.
+    pub(crate) fn for_each_conn(&self, user: &[u8], mut f: impl FnMut(ConnId, UserCheck)) -> usize {
         let key = self.key(user);
+        let check = self.check(user);
         let shard = self.shard(key).lock();
         match shard.first.get(&key).copied() {
             None => 0,
             Some(SEVERAL) => {
                 let list = shard.many.get(&key).map_or(&[][..], Vec::as_slice);
-                list.iter().for_each(|&id| f(id));
+                list.iter().for_each(|&id| f(id, check));
                 list.len()
             }
             Some(only) => {
-                f(only);
+                f(only, check);
                 1
             }
         }
@@ -192,7 +207,10 @@ mod tests {
 
     fn conns(registry: &Registry, user: &[u8]) -> Vec<ConnId> {
         let mut out = Vec::new();
-        registry.for_each_conn(user, |id| out.push(id));
+        registry.for_each_conn(user, |id, check| {
+            assert_eq!(check, registry.check(user));
+            out.push(id)
+        });
         out
     }
 

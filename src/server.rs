@@ -16,7 +16,7 @@ use crate::codec::{self, Frame, Opcode};
 use crate::config::Config;
 use crate::conn_id::{self, LiveTable};
 use crate::error::Error;
-use crate::event_loop::{Command, IoThreadSetup};
+use crate::event_loop::{Command, IoThreadSetup, ANY_USER};
 use crate::handler::{ConnId, Handler, MessageKind};
 use crate::registry::Registry;
 use crate::stats::{Stats, ThreadStats};
@@ -214,10 +214,10 @@ impl ServerHandle {
         self.ensure_running()?;
         self.shared.publishes.fetch_add(1, Ordering::Relaxed);
         let mut frame: Option<Frame> = None;
-        let delivered = self.shared.registry.for_each_conn(user, |conn| {
+        let delivered = self.shared.registry.for_each_conn(user, |conn, user_check| {
             let (thread, _, _) = conn_id::split(conn);
             let frame = frame.get_or_insert_with(|| codec::encode(Opcode::from(kind), payload)).clone();
-            self.shared.threads[thread].push(Command::Deliver { conn, frame });
+            self.shared.threads[thread].push(Command::Deliver { conn, frame, user_check });
         });
         Ok(delivered)
     }
@@ -242,7 +242,7 @@ impl ServerHandle {
         self.check_payload(payload)?;
         self.ensure_running()?;
         let owner = self.thread_of(conn).ok_or(Error::NotFound)?;
-        owner.push(Command::Deliver { conn, frame: codec::encode(Opcode::from(kind), payload) });
+        owner.push(Command::Deliver { conn, frame: codec::encode(Opcode::from(kind), payload), user_check: ANY_USER });
         Ok(())
     }
 
@@ -256,7 +256,7 @@ impl ServerHandle {
         }
         self.ensure_running()?;
         let owner = self.thread_of(conn).ok_or(Error::NotFound)?;
-        owner.push(Command::Close { conn, code, reason: reason.into() });
+        owner.push(Command::Close { conn, code, reason: reason.into(), user_check: ANY_USER });
         Ok(())
     }
 
@@ -267,9 +267,9 @@ impl ServerHandle {
             return Err(Error::InvalidCloseCode);
         }
         self.ensure_running()?;
-        Ok(self.shared.registry.for_each_conn(user, |conn| {
+        Ok(self.shared.registry.for_each_conn(user, |conn, user_check| {
             let (thread, _, _) = conn_id::split(conn);
-            self.shared.threads[thread].push(Command::Close { conn, code, reason: Box::default() });
+            self.shared.threads[thread].push(Command::Close { conn, code, reason: Box::default(), user_check });
         }))
     }
 
