@@ -17,7 +17,7 @@ use crate::conn_id::{self, MAX_SLOTS};
 use crate::connection::{Conn, State};
 use crate::handler::{ConnId, UpgradeDecision};
 use crate::registry::UserCheck;
-use crate::server::{ServerHandle, Shared, ThreadShared, ENGINE_OF_THIS_THREAD};
+use crate::server::{ServerHandle, Shared, ThreadShared, ENGINE_OF_THIS_THREAD, OWNING_IO_THREAD};
 use crate::stats::bump;
 use crate::timer::{Entry, Ticks, TimerWheel};
 use crate::{handshake, socket};
@@ -79,6 +79,7 @@ impl IoThreadSetup {
     /// The thread body.
     pub(crate) fn run(self, server: ServerHandle) {
         ENGINE_OF_THIS_THREAD.with(|engine| engine.set(Arc::as_ptr(&server.shared)));
+        OWNING_IO_THREAD.with(|me| me.set(&server.shared.threads[usize::from(self.index)]));
         let (wheel, ticks) = TimerWheel::new(&server.shared.config);
         let mut io = IoThread {
             index: self.index as usize,
@@ -149,7 +150,8 @@ impl IoThread {
         let mut due: Vec<Entry> = Vec::new();
         let mut again = Vec::new();
         loop {
-            let timeout = if self.again.is_empty() && !self.accept_pending {
+            let idle = self.again.is_empty() && !self.accept_pending && !self.me().has_commands();
+            let timeout = if idle {
                 self.wheel.timeout().max(Duration::from_millis(1))
             } else {
                 Duration::ZERO

@@ -56,10 +56,18 @@ impl ThreadShared {
             inbox.push(command);
             inbox.len() == 1
         };
-        if was_empty {
+        // The owning thread drains its inbox after every round of events, so a command it queues
+        // to itself (a callback answering its own connection) needs no wake-up syscall.
+        let from_owner = OWNING_IO_THREAD.with(|current| std::ptr::eq(current.get(), self));
+        if was_empty && !from_owner {
             // A failed wake means the poller is gone, i.e. the thread has exited; nothing to do.
             let _ = self.waker.wake();
         }
+    }
+
+    /// Whether commands are waiting (the owning thread queues to itself without a wake-up).
+    pub(crate) fn has_commands(&self) -> bool {
+        !self.inbox.lock().is_empty()
     }
 
     /// Moves every queued command into `batch` (which the I/O thread reuses between rounds).
@@ -71,6 +79,8 @@ impl ThreadShared {
 thread_local! {
     /// The server whose I/O thread this is (null elsewhere): lets `stop()` avoid joining itself.
     pub(crate) static ENGINE_OF_THIS_THREAD: Cell<*const Shared> = const { Cell::new(std::ptr::null()) };
+    /// This I/O thread's own `ThreadShared` (null elsewhere).
+    pub(crate) static OWNING_IO_THREAD: Cell<*const ThreadShared> = const { Cell::new(std::ptr::null()) };
 }
 
 /// A cloneable handle to a running server. All methods are thread-safe, never block on I/O, and
