@@ -252,8 +252,7 @@ fn serve_connection(mut stream: &TcpStream, admin: &Admin) -> io::Result<()> {
             output.clear();
         }
         if !keep_going {
-            // Tell the peer we're done, then let the socket close on drop.
-            let _ = stream.shutdown(std::net::Shutdown::Write);
+            linger_close(stream);
             return Ok(());
         }
 
@@ -267,6 +266,7 @@ fn serve_connection(mut stream: &TcpStream, admin: &Admin) -> io::Result<()> {
                 Some(left) if !left.is_zero() => left,
                 _ => {
                     stream.write_all(&error_response(408, "request not received in time", false))?;
+                    linger_close(stream);
                     return Ok(());
                 }
             }
@@ -286,6 +286,31 @@ fn serve_connection(mut stream: &TcpStream, admin: &Admin) -> io::Result<()> {
                 return Ok(());
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Ends a connection without losing the response just written: closing a socket that still has
+/// unread input makes the kernel send RST, which can discard the response before the client reads
+/// it (e.g. a 413 while the client is still sending the body). So: send FIN, then read and discard
+/// what the client still sends, for a bounded time and amount.
+fn linger_close(mut stream: &TcpStream) {
+    const LINGER_TIME: Duration = Duration::from_secs(2);
+    const LINGER_BYTES: usize = 4 * 1024 * 1024;
+    if stream.shutdown(std::net::Shutdown::Write).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut discarded = 0;
+    let mut sink = [0u8; 8192];
+    while discarded < LINGER_BYTES {
+        let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else { return };
+        if stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => discarded += n,
         }
     }
 }
