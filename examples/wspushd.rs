@@ -78,11 +78,9 @@ impl Handler for Daemon {
             body: body.as_bytes().to_vec(),
         };
         match (&self.demo_page, path) {
-            (Some(page), "/" | "/index.html") if request.method() == "GET" => Some(HttpResponse {
-                status: 200,
-                content_type: "text/html; charset=utf-8".into(),
-                body: page.clone(),
-            }),
+            (Some(page), "/" | "/index.html") if request.method() == "GET" => {
+                Some(HttpResponse { status: 200, content_type: "text/html; charset=utf-8".into(), body: page.clone() })
+            }
             (Some(_), "/" | "/index.html") => Some(text(405, "Method Not Allowed\n")),
             _ => Some(text(404, "Not Found\n")),
         }
@@ -209,12 +207,19 @@ fn run(options: Options, shutdown_signals: &libc::sigset_t) {
     let open = server.stats().connections;
     println!("wspushd stopping on {}: closing {open} connections with 1001", signal_name(signal));
     let _ = std::io::stdout().flush();
-    // A second signal means "now": don't make an operator wait out the drain.
-    let second_signals = *shutdown_signals;
+    // Further signals must not turn the graceful stop into a failure: some senders deliver one
+    // twice (GNU timeout signals the child and its process group), and the drain is bounded by
+    // --drain-timeout-ms anyway. Keep taking them so they stay harmless.
+    let later_signals = *shutdown_signals;
     spawn("wspushd-signal", move || {
-        let signal = wait_for_signal(&second_signals);
-        eprintln!("wspushd: {} during shutdown, exiting without draining", signal_name(signal));
-        exit(RUNTIME_ERROR);
+        let signal = wait_for_signal(&later_signals);
+        eprintln!(
+            "wspushd: {} while stopping: already stopping, the drain ends within --drain-timeout-ms",
+            signal_name(signal)
+        );
+        loop {
+            wait_for_signal(&later_signals);
+        }
     });
     let started = Instant::now();
     server.stop();
@@ -285,5 +290,19 @@ fn signal_name(signal: libc::c_int) -> &'static str {
         libc::SIGINT => "SIGINT",
         libc::SIGTERM => "SIGTERM",
         _ => "signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_page_configuration_cannot_break_out_of_its_script() {
+        assert_eq!(js_string("/ws"), "\"/ws\"");
+        assert_eq!(js_string("/a\"b\\c</script>\n"), "\"/a\\\"b\\\\c\\u003c/script>\\u000a\"");
+        let page = String::from_utf8(demo_page("/push", "127.0.0.1:9".parse().unwrap())).unwrap();
+        assert!(page.contains("const CONFIG = {\"path\": \"/push\", \"admin\": \"http://127.0.0.1:9\"};"));
+        assert!(!page.contains("/*CONFIG*/"));
     }
 }

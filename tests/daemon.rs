@@ -237,7 +237,8 @@ fn read_text(ws: &mut WebSocket<TcpStream>) -> String {
 fn assert_nothing_arrives(ws: &mut WebSocket<TcpStream>) {
     ws.get_ref().set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     match ws.read() {
-        Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+        Err(tungstenite::Error::Io(e))
+            if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
         other => panic!("expected nothing, got {other:?}"),
     }
     ws.get_ref().set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -293,12 +294,8 @@ fn octet_stream_publishes_binary_frames_and_anything_else_text() {
     let daemon = Daemon::start(&[]);
     let mut alice = daemon.connect("user=alice");
     let payload = [0u8, 159, 146, 150, 255];
-    let response = daemon.request(
-        "POST",
-        "/publish?user=alice",
-        &[("Content-Type", "application/octet-stream")],
-        &payload,
-    );
+    let response =
+        daemon.request("POST", "/publish?user=alice", &[("Content-Type", "application/octet-stream")], &payload);
     assert_eq!(response.text(), r#"{"delivered":1}"#);
     assert_eq!(alice.read().unwrap(), Message::Binary(payload.to_vec().into()));
 
@@ -712,6 +709,20 @@ fn sigint_also_stops_gracefully() {
     let mut client = daemon.connect("user=alice");
     // SAFETY: kill(2) with a valid signal number on the child we started and have not reaped.
     assert_eq!(unsafe { libc::kill(daemon.child.id() as libc::pid_t, libc::SIGINT) }, 0);
+    assert_eq!(read_close_code(&mut client), CloseCode::Away);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn a_signal_delivered_twice_still_stops_gracefully() {
+    // GNU timeout, for one, signals both the child and its process group.
+    let mut daemon = Daemon::start(&[]);
+    let mut client = daemon.connect("user=alice");
+    let pid = daemon.child.id() as libc::pid_t;
+    for _ in 0..2 {
+        // SAFETY: kill(2) with a valid signal number on the child we started and have not reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    }
     assert_eq!(read_close_code(&mut client), CloseCode::Away);
     assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }

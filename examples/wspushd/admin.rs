@@ -63,6 +63,10 @@ pub fn serve(listener: TcpListener, admin: Arc<Admin>) {
         };
         if admin.open_connections.fetch_add(1, Ordering::AcqRel) >= MAX_ADMIN_CONNECTIONS {
             admin.open_connections.fetch_sub(1, Ordering::AcqRel);
+            admin.errors.report(
+                ErrorClass::AdminAccept,
+                &format!("over {MAX_ADMIN_CONNECTIONS} admin connections, answering 503"),
+            );
             let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
             let _ = (&stream).write_all(&response(503, "text/plain", b"too many admin connections\n", true, &[]));
             continue;
@@ -165,7 +169,10 @@ fn parse_head(buf: &[u8]) -> Parsed {
             seen_length = true;
             head.content_length = length;
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Parsed::Invalid(Fatal { status: 411, reason: "send the body with Content-Length, not Transfer-Encoding" });
+            return Parsed::Invalid(Fatal {
+                status: 411,
+                reason: "send the body with Content-Length, not Transfer-Encoding",
+            });
         } else if header.name.eq_ignore_ascii_case("content-type") {
             let media_type = value.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
             head.binary = media_type.eq_ignore_ascii_case(b"application/octet-stream");
@@ -205,13 +212,14 @@ fn serve_connection(mut stream: &TcpStream, admin: &Admin) -> io::Result<()> {
                 Parsed::Incomplete => break true,
                 Parsed::Invalid(fatal) => {
                     admin.client_errors_total.fetch_add(1, Ordering::Relaxed);
-                    admin.errors.report(ErrorClass::AdminBadRequest, fatal.reason);
+                    admin.errors.report(ErrorClass::AdminBadRequest, &format!("{} {}", fatal.status, fatal.reason));
                     output.extend(error_response(fatal.status, fatal.reason, false));
                     break false;
                 }
                 Parsed::Complete(head) => {
                     if head.content_length > admin.max_body {
                         admin.client_errors_total.fetch_add(1, Ordering::Relaxed);
+                        admin.errors.report(ErrorClass::AdminBadRequest, "413 request body too large");
                         output.extend(error_response(413, "request body too large", false));
                         break false;
                     }
@@ -225,11 +233,16 @@ fn serve_connection(mut stream: &TcpStream, admin: &Admin) -> io::Result<()> {
                     }
                     let body = &input[served + head.head_len..served + total];
                     let reply = handle(admin, &head, body);
-                    if reply.status >= 400 {
+                    if (400..500).contains(&reply.status) {
                         admin.client_errors_total.fetch_add(1, Ordering::Relaxed);
+                        let reason = String::from_utf8_lossy(&reply.body);
+                        admin
+                            .errors
+                            .report(ErrorClass::AdminBadRequest, &format!("{} {}", reply.status, reason.trim_end()));
                     }
                     admin.requests_total.fetch_add(1, Ordering::Relaxed);
-                    let mut bytes = response(reply.status, reply.content_type, &reply.body, !head.keep_alive, reply.extra_headers);
+                    let mut bytes =
+                        response(reply.status, reply.content_type, &reply.body, !head.keep_alive, reply.extra_headers);
                     if head.method == "HEAD" {
                         // Same headers (Content-Length included) as GET, without the body.
                         bytes.truncate(bytes.len() - reply.body.len());
@@ -361,7 +374,10 @@ fn handle(admin: &Admin, head: &Head, body: &[u8]) -> Reply {
         "/publish" | "/broadcast" => {
             let kind = if head.binary { MessageKind::Binary } else { MessageKind::Text };
             if kind == MessageKind::Text && std::str::from_utf8(body).is_err() {
-                return Reply::error(400, "text payload is not UTF-8 (send binary with Content-Type: application/octet-stream)");
+                return Reply::error(
+                    400,
+                    "text payload is not UTF-8 (send binary with Content-Type: application/octet-stream)",
+                );
             }
             let result = if path == "/publish" {
                 let user = match user_param(param("user")) {
@@ -402,7 +418,9 @@ fn handle(admin: &Admin, head: &Head, body: &[u8]) -> Reply {
             extra_headers: &[],
         },
         "/healthz" if server.is_stopped() => Reply::error(503, "stopping"),
-        "/healthz" => Reply { status: 200, content_type: "text/plain; charset=utf-8", body: b"ok".to_vec(), extra_headers: &[] },
+        "/healthz" => {
+            Reply { status: 200, content_type: "text/plain; charset=utf-8", body: b"ok".to_vec(), extra_headers: &[] }
+        }
         _ => Reply::error(404, "unknown path"),
     }
 }
@@ -477,16 +495,36 @@ fn stats_fields(s: &Stats) -> [StatField; 17] {
         ("accepted_total", s.accepted_total, "counter", "Sockets accepted."),
         ("upgrades_total", s.upgrades_total, "counter", "Successful WebSocket upgrades."),
         ("rejected_total", s.rejected_total, "counter", "Requests answered with an HTTP error."),
-        ("over_capacity_total", s.over_capacity_total, "counter", "Sockets answered 503 because max connections was reached."),
+        (
+            "over_capacity_total",
+            s.over_capacity_total,
+            "counter",
+            "Sockets answered 503 because max connections was reached.",
+        ),
         ("messages_in_total", s.messages_in_total, "counter", "Messages received from clients."),
-        ("messages_out_total", s.messages_out_total, "counter", "Messages handed to sockets, one per recipient connection."),
+        (
+            "messages_out_total",
+            s.messages_out_total,
+            "counter",
+            "Messages handed to sockets, one per recipient connection.",
+        ),
         ("bytes_out_total", s.bytes_out_total, "counter", "Bytes written to sockets, frame headers included."),
         ("publishes_total", s.publishes_total, "counter", "Publish calls."),
         ("broadcasts_total", s.broadcasts_total, "counter", "Broadcast calls."),
         ("dropped_total", s.dropped_total, "counter", "Messages dropped for slow consumers (policy drop)."),
-        ("slow_consumer_closes_total", s.slow_consumer_closes_total, "counter", "Connections closed with 1008 as slow consumers (policy close)."),
+        (
+            "slow_consumer_closes_total",
+            s.slow_consumer_closes_total,
+            "counter",
+            "Connections closed with 1008 as slow consumers (policy close).",
+        ),
         ("protocol_errors_total", s.protocol_errors_total, "counter", "Connections closed for a protocol violation."),
-        ("timeouts_total", s.timeouts_total, "counter", "Connections closed by the handshake deadline or the idle timeout."),
+        (
+            "timeouts_total",
+            s.timeouts_total,
+            "counter",
+            "Connections closed by the handshake deadline or the idle timeout.",
+        ),
         ("pings_total", s.pings_total, "counter", "Heartbeat pings sent."),
     ]
 }
@@ -512,7 +550,12 @@ fn metrics_text(stats: &Stats, admin: &Admin) -> String {
     let requests = admin.requests_total.load(Ordering::Relaxed);
     let client_errors = admin.client_errors_total.load(Ordering::Relaxed);
     metric("wspushd_admin_requests_total", "counter", "Admin API requests answered.", requests);
-    metric("wspushd_admin_client_errors_total", "counter", "Admin API requests answered with a 4xx status.", client_errors);
+    metric(
+        "wspushd_admin_client_errors_total",
+        "counter",
+        "Admin API requests answered with a 4xx status.",
+        client_errors,
+    );
     text
 }
 
@@ -567,7 +610,10 @@ mod tests {
         assert!(url_decode("%zz").is_err());
         assert!(url_decode("%4").is_err());
         assert!(url_decode("%+1").is_err());
-        assert_eq!(parse_query("user=a%20b&&code=4000").unwrap(), [(b"user".to_vec(), b"a b".to_vec()), (b"code".to_vec(), b"4000".to_vec())]);
+        assert_eq!(
+            parse_query("user=a%20b&&code=4000").unwrap(),
+            [(b"user".to_vec(), b"a b".to_vec()), (b"code".to_vec(), b"4000".to_vec())]
+        );
     }
 
     #[test]
@@ -578,15 +624,23 @@ mod tests {
         assert_eq!((head.content_length, head.binary, head.keep_alive), (5, true, true));
         let Parsed::Complete(head) = parse_head(b"GET / HTTP/1.0\r\n\r\n") else { panic!("not parsed") };
         assert!(!head.keep_alive);
-        let Parsed::Complete(head) = parse_head(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n") else { panic!("not parsed") };
+        let Parsed::Complete(head) = parse_head(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n") else {
+            panic!("not parsed")
+        };
         assert!(!head.keep_alive);
         assert!(matches!(parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n"), Parsed::Incomplete));
-        assert!(matches!(parse_head(b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), Parsed::Invalid(Fatal { status: 400, .. })));
+        assert!(matches!(
+            parse_head(b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
+            Parsed::Invalid(Fatal { status: 400, .. })
+        ));
         assert!(matches!(
             parse_head(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
             Parsed::Invalid(Fatal { status: 400, .. })
         ));
-        assert!(matches!(parse_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), Parsed::Invalid(Fatal { status: 411, .. })));
+        assert!(matches!(
+            parse_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Parsed::Invalid(Fatal { status: 411, .. })
+        ));
         assert!(matches!(parse_head(&[b'A'; MAX_HEAD_BYTES + 1]), Parsed::Invalid(Fatal { status: 400 | 431, .. })));
     }
 }

@@ -59,8 +59,8 @@ ADMIN API (on --admin-listen; query values are URL-decoded: %XX, and '+' for spa
     --max-queue-bytes) bytes (else 413). HTTP/1.1 keep-alive and pipelining are supported.
 
 SIGNALS:
-    SIGINT, SIGTERM                Graceful stop: close every connection with 1001, drain,
-                                   exit 0. A second signal exits at once (status 1).
+    SIGINT, SIGTERM                Graceful stop: close every connection with 1001, drain
+                                   (at most --drain-timeout-ms), exit 0.
 
 EXIT STATUS: 0 after a graceful stop, 1 on a runtime error (e.g. address in use), 2 on a usage
 error.
@@ -116,7 +116,10 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--path" => {
                 config.path = value()?;
                 if !config.path.starts_with('/') || config.path.contains(['?', '#', ' ']) {
-                    return Err(format!("--path must start with '/' and contain no '?', '#' or space, got '{}'", config.path));
+                    return Err(format!(
+                        "--path must start with '/' and contain no '?', '#' or space, got '{}'",
+                        config.path
+                    ));
                 }
             }
             "--admin-listen" => options.admin_listen = value()?,
@@ -140,7 +143,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--allowed-origin" => {
                 let origin = value()?;
                 if origin.is_empty() || origin.ends_with('/') {
-                    return Err(format!("--allowed-origin takes an origin like https://mail.example.com (no path), got '{origin}'"));
+                    return Err(format!(
+                        "--allowed-origin takes an origin like https://mail.example.com (no path), got '{origin}'"
+                    ));
                 }
                 config.allowed_origins.push(origin);
             }
@@ -182,9 +187,7 @@ fn check(options: &Options) -> Result<(), String> {
 }
 
 fn number(flag: &str, value: &str) -> Result<usize, String> {
-    value
-        .parse::<usize>()
-        .map_err(|_| format!("{flag} takes a non-negative integer, got '{value}'"))
+    value.parse::<usize>().map_err(|_| format!("{flag} takes a non-negative integer, got '{value}'"))
 }
 
 fn millis(flag: &str, value: &str) -> Result<Duration, String> {

@@ -27,7 +27,9 @@ impl ErrorClass {
             ErrorClass::OverCapacity => "over capacity: --max-connections reached, new sockets answered 503",
             ErrorClass::SlowConsumerClose => "slow consumer: closed connections whose send queue was full (1008)",
             ErrorClass::SlowConsumerDrop => "slow consumer: dropped messages for connections whose send queue was full",
-            ErrorClass::ProtocolError => "protocol error: closed client connections that broke RFC 6455 (1002/1007/1009)",
+            ErrorClass::ProtocolError => {
+                "protocol error: closed client connections that broke RFC 6455 (1002/1007/1009)"
+            }
         }
     }
 
