@@ -1,9 +1,9 @@
 //! The connection state machine: handshake → open → closing, input parsing into frames and
 //! messages, and output with a per-connection queue that exists only while bytes wait.
 //!
-//! An idle open connection is a [`Conn`] of 40 bytes: the socket, its generation, the tick of its
-//! last input, state, flags, close code, its user ID (shared) and one `Option<Box<Spill>>` that is
-//! `None` unless input or output is actually pending.
+//! An idle open connection is a [`Conn`] of 48 bytes: the socket, its generation, the tick of its
+//! last input, state, flags, close code, its user ID (inline when ≤ 22 bytes) and one
+//! `Option<Box<Spill>>` that stays `None` unless input or output is actually pending.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read};
@@ -91,6 +91,10 @@ impl Conn {
             user: None,
             spill: None,
         }
+    }
+
+    pub(crate) fn user(&self) -> Option<&[u8]> {
+        self.user.as_deref()
     }
 
     pub(crate) fn pinged(&self) -> bool {
@@ -288,9 +292,9 @@ impl IoThread {
     fn deliver(&mut self, slot: usize, kind: MessageKind, payload: &[u8]) {
         bump(&stats!(self).messages_in_total, 1);
         let id = self.conn_id(slot);
-        let Some(user) = self.conns[slot].user.clone() else { return };
+        let Some(user) = &self.conns[slot].user else { return };
         let (handler, server) = (&self.shared.handler, &self.server);
-        guarded(|| handler.on_message(server, id, &user, kind, payload));
+        guarded(|| handler.on_message(server, id, user, kind, payload));
     }
 
     /// Fails the connection for a protocol violation (RFC 6455 §7.1.7).
@@ -395,21 +399,21 @@ impl IoThread {
         }
         let id = self.conn_id(slot);
         let limit = self.config().max_connections_per_user;
-        let Ok(user) = self.shared.registry.add(user, id, limit) else {
+        if self.shared.registry.add(user, id, limit).is_err() {
             return self.reject(slot, 429);
-        };
+        }
         self.leave_handshake(slot);
         let now = self.wheel.now();
         let conn = &mut self.conns[slot];
         conn.state = State::Open;
         conn.last_rx = now;
-        conn.user = Some(user.clone());
+        conn.user = Some(UserId::new(user));
         bump(&stats!(self).upgrades_total, 1);
         bump(&stats!(self).connections, 1);
         self.send_control(slot, &handshake::switching_protocols(accept_key));
         if self.conns.contains(slot) {
             let (handler, server) = (&self.shared.handler, &self.server);
-            guarded(|| handler.on_open(server, id, &user));
+            guarded(|| handler.on_open(server, id, user));
         }
     }
 
@@ -446,9 +450,9 @@ impl IoThread {
             SlowConsumerPolicy::Drop => {
                 bump(&stats!(self).dropped_total, 1);
                 let id = self.conn_id(slot);
-                if let Some(user) = self.conns[slot].user.clone() {
+                if let Some(user) = &self.conns[slot].user {
                     let (handler, server) = (&self.shared.handler, &self.server);
-                    guarded(|| handler.on_drop(server, id, &user, frame.len()));
+                    guarded(|| handler.on_drop(server, id, user, frame.len()));
                 }
             }
             SlowConsumerPolicy::Close => {
