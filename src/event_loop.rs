@@ -151,11 +151,7 @@ impl IoThread {
         let mut again = Vec::new();
         loop {
             let idle = self.again.is_empty() && !self.accept_pending && !self.me().has_commands();
-            let timeout = if idle {
-                self.wheel.timeout().max(Duration::from_millis(1))
-            } else {
-                Duration::ZERO
-            };
+            let timeout = if idle { self.wheel.timeout().max(Duration::from_millis(1)) } else { Duration::ZERO };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     eprintln!("wspush: poll failed on I/O thread {}: {e}", self.index);
@@ -235,8 +231,8 @@ impl IoThread {
         let (thread, slot, generation) = conn_id::split(id);
         let conn = self.conns.get(slot)?;
         let alive = thread == self.index && conn.generation == generation && conn.state == state;
-        let users_match = user_check == ANY_USER
-            || conn.user().is_some_and(|user| self.shared.registry.check(user) == user_check);
+        let users_match =
+            user_check == ANY_USER || conn.user().is_some_and(|user| self.shared.registry.check(user) == user_check);
         (alive && users_match).then_some(slot)
     }
 

@@ -105,12 +105,8 @@ impl Server {
     /// Like [`Server::start`] with an already boxed handler.
     pub fn start_boxed(config: Config, handler: Box<dyn Handler>) -> Result<Server, Error> {
         config.validate().map_err(Error::InvalidConfig)?;
-        let addr = config
-            .listen
-            .to_socket_addrs()
-            .map_err(|_| Error::InvalidAddress)?
-            .next()
-            .ok_or(Error::InvalidAddress)?;
+        let addr =
+            config.listen.to_socket_addrs().map_err(|_| Error::InvalidAddress)?.next().ok_or(Error::InvalidAddress)?;
         let thread_count = config.io_threads();
         let listeners = socket::bind_listeners(addr, thread_count).map_err(Error::Bind)?;
         let local_addr = listeners[0].local_addr().map_err(Error::Bind)?;
@@ -321,12 +317,7 @@ impl ServerHandle {
     /// Calling it again is harmless. Called from inside a callback it only starts the stop (an
     /// I/O thread cannot join itself); the threads finish on their own.
     pub fn stop(&self) {
-        if self
-            .shared
-            .state
-            .compare_exchange(RUNNING, STOPPING, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+        if self.shared.state.compare_exchange(RUNNING, STOPPING, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             for thread in self.shared.threads.iter() {
                 thread.push(Command::Stop);
             }
