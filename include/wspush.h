@@ -122,7 +122,7 @@ enum wspush_result
      */
     WSPUSH_RESULT_INVALID_STATUS = 9,
     /**
-     * The payload is larger than max(max_queue_bytes, max_message_size).
+     * The payload is larger than max_queue_bytes (it could never be queued).
      */
     WSPUSH_RESULT_MESSAGE_TOO_LARGE = 10,
     /**
@@ -762,7 +762,8 @@ wspush_result wspush_server_free(const struct wspush_server *server);
 /**
  * Sends `payload` to every open connection of `user` (1-255 bytes). `*delivered` (optional,
  * may be NULL) receives how many connections it was queued to, 0 when the user has none.
- * Errors: NULL_ARGUMENT, INVALID_USER_ID, INVALID_ARGUMENT (kind), MESSAGE_TOO_LARGE, STOPPED.
+ * Errors: NULL_ARGUMENT, INVALID_USER_ID, INVALID_ARGUMENT (kind), MESSAGE_TOO_LARGE (payload
+ * larger than max_queue_bytes), STOPPED.
  *
  * # Safety
  * `server` must be NULL or a live server; `user` and `payload` NULL or readable for their
@@ -832,7 +833,9 @@ wspush_result wspush_disconnect_user(const struct wspush_server *server,
 
 /**
  * Completes a deferred upgrade (see `wspush_request_defer`) by accepting it as `user`.
- * NOT_FOUND when the ticket is unknown, already decided, or the client is gone.
+ * NOT_FOUND when no pending upgrade or connection has that ticket (unknown, timed out, client
+ * gone). The decision is applied asynchronously: one for a ticket that is no longer waiting
+ * (already decided) is ignored.
  *
  * # Safety
  * `server` must be NULL or a live server; `user` NULL or readable for `user_len` bytes.
@@ -843,7 +846,8 @@ wspush_result wspush_upgrade_accept(const struct wspush_server *server,
                                     size_t user_len);
 
 /**
- * Completes a deferred upgrade by answering HTTP `status` (400-599) and closing.
+ * Completes a deferred upgrade by answering HTTP `status` (400-599, else INVALID_STATUS) and
+ * closing. NOT_FOUND and late decisions as for `wspush_upgrade_accept`.
  *
  * # Safety
  * `server` must be NULL or a live server.

@@ -145,12 +145,10 @@ impl Drop for Host {
 fn connect(port: u16, query: &str) -> Result<WebSocket<TcpStream>, tungstenite::Error> {
     let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
-    tungstenite::client(format!("ws://127.0.0.1:{port}/ws?{query}"), stream)
-        .map(|(ws, _)| ws)
-        .map_err(|e| match e {
-            tungstenite::HandshakeError::Failure(e) => e,
-            tungstenite::HandshakeError::Interrupted(_) => panic!("blocking handshake interrupted"),
-        })
+    tungstenite::client(format!("ws://127.0.0.1:{port}/ws?{query}"), stream).map(|(ws, _)| ws).map_err(|e| match e {
+        tungstenite::HandshakeError::Failure(e) => e,
+        tungstenite::HandshakeError::Interrupted(_) => panic!("blocking handshake interrupted"),
+    })
 }
 
 fn read_text(ws: &mut WebSocket<TcpStream>) -> String {

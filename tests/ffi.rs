@@ -22,15 +22,46 @@ const OK: wspush_result = wspush_result::Ok;
 
 #[derive(Clone, Debug, PartialEq)]
 enum Event {
-    Upgrade { method: String, path: String, query: String, peer: String, origin: Option<Vec<u8>>, headers: usize, ticket: u64 },
-    Deferred { ticket: u64, user: String },
-    Open { conn: u64, user: String },
-    Message { conn: u64, user: String, kind: wspush_message_kind, payload: Vec<u8> },
-    Close { conn: u64, user: String, code: u16 },
-    Dropped { conn: u64, bytes: usize },
-    Http { path: String },
+    Upgrade {
+        method: String,
+        path: String,
+        query: String,
+        peer: String,
+        origin: Option<Vec<u8>>,
+        headers: usize,
+        ticket: u64,
+    },
+    Deferred {
+        ticket: u64,
+        user: String,
+    },
+    Open {
+        conn: u64,
+        user: String,
+    },
+    Message {
+        conn: u64,
+        user: String,
+        kind: wspush_message_kind,
+        payload: Vec<u8>,
+    },
+    Close {
+        conn: u64,
+        user: String,
+        code: u16,
+    },
+    Dropped {
+        conn: u64,
+        bytes: usize,
+    },
+    Http {
+        path: String,
+    },
     /// The result of a wspush call made from inside a callback.
-    Called { what: &'static str, result: wspush_result },
+    Called {
+        what: &'static str,
+        result: wspush_result,
+    },
 }
 
 /// The callbacks' userdata: shared by all I/O threads.
@@ -65,7 +96,9 @@ impl Recorder {
             if let Some(found) = find(&events) {
                 return found;
             }
-            let left = deadline.checked_duration_since(Instant::now()).unwrap_or_else(|| panic!("timed out waiting for {what}; events: {events:?}"));
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .unwrap_or_else(|| panic!("timed out waiting for {what}; events: {events:?}"));
             events = self.changed.wait_timeout(events, left).unwrap().0;
         }
     }
@@ -147,7 +180,11 @@ unsafe extern "C" fn on_upgrade(userdata: *mut c_void, server: *const wspush_ser
         // Error cases: none of them may change the decision.
         let mut len = 0usize;
         rec.expect("path, NULL value", wspush_request_path(request, null_mut(), &mut len), wspush_result::NullArgument);
-        rec.expect("path, NULL length", wspush_request_path(request, &mut null(), null_mut()), wspush_result::NullArgument);
+        rec.expect(
+            "path, NULL length",
+            wspush_request_path(request, &mut null(), null_mut()),
+            wspush_result::NullArgument,
+        );
         rec.expect(
             "query_param, NULL name",
             wspush_request_query_param(request, null(), 4, &mut null(), &mut len),
@@ -174,7 +211,11 @@ unsafe extern "C" fn on_upgrade(userdata: *mut c_void, server: *const wspush_ser
         rec.expect("accept, NULL user", wspush_request_accept(request, null(), 3), wspush_result::NullArgument);
         rec.expect("accept, empty user", wspush_request_accept(request, null(), 0), wspush_result::InvalidUserId);
         let long_user = [b'u'; 256];
-        rec.expect("accept, 256-byte user", wspush_request_accept(request, long_user.as_ptr(), 256), wspush_result::InvalidUserId);
+        rec.expect(
+            "accept, 256-byte user",
+            wspush_request_accept(request, long_user.as_ptr(), 256),
+            wspush_result::InvalidUserId,
+        );
         rec.expect("reject, status 200", wspush_request_reject(request, 200), wspush_result::InvalidStatus);
         rec.expect(
             "respond in on_upgrade",
@@ -195,7 +236,13 @@ unsafe extern "C" fn on_upgrade(userdata: *mut c_void, server: *const wspush_ser
     }
 }
 
-unsafe extern "C" fn on_open(userdata: *mut c_void, _: *const wspush_server, conn: u64, user: *const u8, user_len: usize) {
+unsafe extern "C" fn on_open(
+    userdata: *mut c_void,
+    _: *const wspush_server,
+    conn: u64,
+    user: *const u8,
+    user_len: usize,
+) {
     unsafe { recorder(userdata) }.push(Event::Open { conn, user: string(user, user_len) });
 }
 
@@ -217,7 +264,18 @@ unsafe extern "C" fn on_message(
         match payload.as_slice() {
             b"echo" => {
                 let reply = b"echo: echo";
-                ("publish", wspush_publish(server, user, user_len, reply.as_ptr(), reply.len(), WSPUSH_MESSAGE_KIND_TEXT, null_mut()))
+                (
+                    "publish",
+                    wspush_publish(
+                        server,
+                        user,
+                        user_len,
+                        reply.as_ptr(),
+                        reply.len(),
+                        WSPUSH_MESSAGE_KIND_TEXT,
+                        null_mut(),
+                    ),
+                )
             }
             b"close" => ("close", wspush_close(server, conn, 4000, "bye".as_ptr().cast(), 3)),
             b"free" => ("free", wspush_server_free(server)),
@@ -228,11 +286,25 @@ unsafe extern "C" fn on_message(
     rec.push(Event::Called { what, result });
 }
 
-unsafe extern "C" fn on_close(userdata: *mut c_void, _: *const wspush_server, conn: u64, user: *const u8, user_len: usize, code: u16) {
+unsafe extern "C" fn on_close(
+    userdata: *mut c_void,
+    _: *const wspush_server,
+    conn: u64,
+    user: *const u8,
+    user_len: usize,
+    code: u16,
+) {
     unsafe { recorder(userdata) }.push(Event::Close { conn, user: string(user, user_len), code });
 }
 
-unsafe extern "C" fn on_drop(userdata: *mut c_void, _: *const wspush_server, conn: u64, _: *const u8, _: usize, bytes: usize) {
+unsafe extern "C" fn on_drop(
+    userdata: *mut c_void,
+    _: *const wspush_server,
+    conn: u64,
+    _: *const u8,
+    _: usize,
+    bytes: usize,
+) {
     unsafe { recorder(userdata) }.push(Event::Dropped { conn, bytes });
 }
 
@@ -243,7 +315,11 @@ unsafe extern "C" fn on_http(userdata: *mut c_void, _: *const wspush_server, req
         let path = text_out(|v, l| wspush_request_path(request, v, l)).unwrap_or_default();
         rec.push(Event::Http { path: path.clone() });
         rec.expect("reject in on_http", wspush_request_reject(request, 403), wspush_result::InvalidArgument);
-        rec.expect("accept in on_http", wspush_request_accept(request, "u".as_ptr(), 1), wspush_result::InvalidArgument);
+        rec.expect(
+            "accept in on_http",
+            wspush_request_accept(request, "u".as_ptr(), 1),
+            wspush_result::InvalidArgument,
+        );
         let injected = "text/plain\r\nSet-Cookie: x=1";
         rec.expect(
             "respond, CRLF in content type",
@@ -260,7 +336,14 @@ unsafe extern "C" fn on_http(userdata: *mut c_void, _: *const wspush_server, req
             let content_type = "application/json";
             rec.expect(
                 "respond",
-                wspush_request_respond(request, 200, content_type.as_ptr().cast(), content_type.len(), body.as_ptr(), body.len()),
+                wspush_request_respond(
+                    request,
+                    200,
+                    content_type.as_ptr().cast(),
+                    content_type.len(),
+                    body.as_ptr(),
+                    body.len(),
+                ),
                 OK,
             );
         }
@@ -323,7 +406,9 @@ impl TestServer {
 
     fn publish(&self, user: &[u8], payload: &[u8], kind: wspush_message_kind) -> (wspush_result, usize) {
         let mut delivered = usize::MAX;
-        let result = unsafe { wspush_publish(self.ptr, user.as_ptr(), user.len(), payload.as_ptr(), payload.len(), kind, &mut delivered) };
+        let result = unsafe {
+            wspush_publish(self.ptr, user.as_ptr(), user.len(), payload.as_ptr(), payload.len(), kind, &mut delivered)
+        };
         (result, delivered)
     }
 
@@ -354,8 +439,9 @@ type Client = WebSocket<TcpStream>;
 fn connect(port: u16, query: &str) -> Result<Client, tungstenite::Error> {
     let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
-    let request = tungstenite::client::ClientRequestBuilder::new(format!("ws://127.0.0.1:{port}/ws?{query}").parse().unwrap())
-        .with_header("Origin", "https://mail.example");
+    let request =
+        tungstenite::client::ClientRequestBuilder::new(format!("ws://127.0.0.1:{port}/ws?{query}").parse().unwrap())
+            .with_header("Origin", "https://mail.example");
     tungstenite::client(request, stream).map(|(ws, _)| ws).map_err(|e| match e {
         tungstenite::HandshakeError::Failure(e) => e,
         tungstenite::HandshakeError::Interrupted(_) => unreachable!("blocking socket"),
@@ -615,7 +701,9 @@ fn publish_reaches_every_tab_of_the_user_and_nobody_else() {
     let server = TestServer::start(|_, _| {});
     let mut alice_tabs = [connect(server.port, "user=alice").unwrap(), connect(server.port, "user=alice").unwrap()];
     let mut bob = connect(server.port, "user=bob").unwrap();
-    server.rec.wait_for("three on_open", |events| (events.iter().filter(|e| matches!(e, Event::Open { .. })).count() == 3).then_some(()));
+    server.rec.wait_for("three on_open", |events| {
+        (events.iter().filter(|e| matches!(e, Event::Open { .. })).count() == 3).then_some(())
+    });
 
     assert_eq!(server.publish(b"alice", b"new mail for alice", WSPUSH_MESSAGE_KIND_TEXT), (OK, 2));
     for tab in &mut alice_tabs {
@@ -629,7 +717,12 @@ fn publish_reaches_every_tab_of_the_user_and_nobody_else() {
 
     let mut count = 0usize;
     let everyone = b"maintenance at noon";
-    assert_eq!(unsafe { wspush_broadcast(server.ptr, everyone.as_ptr(), everyone.len(), WSPUSH_MESSAGE_KIND_TEXT, &mut count) }, OK);
+    assert_eq!(
+        unsafe {
+            wspush_broadcast(server.ptr, everyone.as_ptr(), everyone.len(), WSPUSH_MESSAGE_KIND_TEXT, &mut count)
+        },
+        OK
+    );
     assert_eq!(count, 3);
     for client in alice_tabs.iter_mut().chain([&mut bob]) {
         assert_eq!(read_text(client), "maintenance at noon");
@@ -638,7 +731,10 @@ fn publish_reaches_every_tab_of_the_user_and_nobody_else() {
     let bob_conn = server.rec.opened("bob");
     assert_eq!(unsafe { wspush_send(server.ptr, bob_conn, "just bob".as_ptr(), 8, WSPUSH_MESSAGE_KIND_TEXT) }, OK);
     assert_eq!(read_text(&mut bob), "just bob");
-    assert_eq!(unsafe { wspush_send(server.ptr, bob_conn ^ (1 << 40), null(), 0, WSPUSH_MESSAGE_KIND_TEXT) }, wspush_result::NotFound);
+    assert_eq!(
+        unsafe { wspush_send(server.ptr, bob_conn ^ (1 << 40), null(), 0, WSPUSH_MESSAGE_KIND_TEXT) },
+        wspush_result::NotFound
+    );
 
     let stats = server.stats();
     assert_eq!((stats.connections, stats.users, stats.upgrades_total), (3, 2, 3));
@@ -661,7 +757,10 @@ fn publish_reaches_every_tab_of_the_user_and_nobody_else() {
     for tab in &mut alice_tabs {
         assert_eq!(read_close(tab).0, 4001);
     }
-    assert_eq!(unsafe { wspush_disconnect_user(server.ptr, b"bob".as_ptr(), 3, 1005, null_mut()) }, wspush_result::InvalidCloseCode);
+    assert_eq!(
+        unsafe { wspush_disconnect_user(server.ptr, b"bob".as_ptr(), 3, 1005, null_mut()) },
+        wspush_result::InvalidCloseCode
+    );
     server.rec.assert_no_failures();
 }
 
@@ -670,7 +769,8 @@ fn the_request_accessors_see_the_upgrade_request() {
     let server = TestServer::start(|_, _| {});
     let client = connect(server.port, "user=alice&tab=2").unwrap();
     let local = client.get_ref().local_addr().unwrap();
-    let upgrade = server.rec.wait_for("on_upgrade", |events| events.iter().find(|e| matches!(e, Event::Upgrade { .. })).cloned());
+    let upgrade =
+        server.rec.wait_for("on_upgrade", |events| events.iter().find(|e| matches!(e, Event::Upgrade { .. })).cloned());
     let Event::Upgrade { method, path, query, peer, origin, headers, ticket } = upgrade else { unreachable!() };
     assert_eq!((method.as_str(), path.as_str(), query.as_str()), ("GET", "/ws", "user=alice&tab=2"));
     assert_eq!(peer, local.to_string());
@@ -716,9 +816,13 @@ fn deferred_upgrades_are_decided_from_another_thread() {
 
     unsafe {
         assert_eq!(wspush_upgrade_accept(server.ptr, 12345, b"x".as_ptr(), 1), wspush_result::NotFound);
-        assert_eq!(wspush_upgrade_reject(server.ptr, carol_ticket, 403), wspush_result::NotFound, "already open");
+        // A decision for a ticket no longer waiting changes nothing: carol stays connected.
+        let late = wspush_upgrade_reject(server.ptr, carol_ticket, 403);
+        assert!(late == OK || late == wspush_result::NotFound, "{late:?}");
         assert_eq!(wspush_upgrade_reject(server.ptr, carol_ticket, 200), wspush_result::InvalidStatus);
     }
+    assert_eq!(server.publish(b"carol", b"still here", WSPUSH_MESSAGE_KIND_TEXT), (OK, 1));
+    assert_eq!(read_text(&mut carol), "still here");
     // Without a user the callback decides nothing: 401. With reject=429, that status.
     assert_eq!(rejected_status(connect(server.port, "nouser=1")), 401);
     assert_eq!(rejected_status(connect(server.port, "user=erin&reject=429")), 429);
@@ -758,7 +862,12 @@ fn callbacks_may_publish_close_and_not_free_from_inside() {
     });
     assert_eq!(code, 4000);
     let events = server.rec.snapshot();
-    assert!(events.contains(&Event::Message { conn, user: "alice".into(), kind: WSPUSH_MESSAGE_KIND_BINARY, payload: vec![9; 3] }));
+    assert!(events.contains(&Event::Message {
+        conn,
+        user: "alice".into(),
+        kind: WSPUSH_MESSAGE_KIND_BINARY,
+        payload: vec![9; 3]
+    }));
     assert!(events.contains(&Event::Called { what: "publish", result: OK }));
     assert!(events.contains(&Event::Called { what: "close", result: OK }));
     server.rec.assert_no_failures();
@@ -768,9 +877,11 @@ fn callbacks_may_publish_close_and_not_free_from_inside() {
 fn stop_closes_everyone_with_1001_then_calls_report_stopped() {
     let mut server = TestServer::start(|_, _| {});
     let s = server.ptr;
-    let mut clients: Vec<Client> = ["alice", "alice", "bob"].iter().map(|u| connect(server.port, &format!("user={u}")).unwrap()).collect();
+    let mut clients: Vec<Client> =
+        ["alice", "alice", "bob"].iter().map(|u| connect(server.port, &format!("user={u}")).unwrap()).collect();
     let conns: Vec<u64> = server.rec.wait_for("three on_open", |events| {
-        let conns: Vec<u64> = events.iter().filter_map(|e| if let Event::Open { conn, .. } = e { Some(*conn) } else { None }).collect();
+        let conns: Vec<u64> =
+            events.iter().filter_map(|e| if let Event::Open { conn, .. } = e { Some(*conn) } else { None }).collect();
         (conns.len() == 3).then_some(conns)
     });
 
@@ -778,7 +889,12 @@ fn stop_closes_everyone_with_1001_then_calls_report_stopped() {
     // stop returned: every on_close has already run, with 1001.
     let events = server.rec.snapshot();
     for conn in &conns {
-        let codes: Vec<u16> = events.iter().filter_map(|e| if let Event::Close { conn: c, code, .. } = e { (c == conn).then_some(*code) } else { None }).collect();
+        let codes: Vec<u16> = events
+            .iter()
+            .filter_map(
+                |e| if let Event::Close { conn: c, code, .. } = e { (c == conn).then_some(*code) } else { None },
+            )
+            .collect();
         assert_eq!(codes, [1001], "conn {conn}: exactly one on_close, with 1001");
     }
     for client in &mut clients {
@@ -861,7 +977,10 @@ fn callbacks_past_the_hosts_size_are_not_called() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let events = server.rec.snapshot();
-    assert!(!events.iter().any(|e| matches!(e, Event::Message { .. })), "on_message was past the host's size: {events:?}");
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Message { .. })),
+        "on_message was past the host's size: {events:?}"
+    );
 }
 
 #[test]
@@ -877,10 +996,14 @@ fn per_user_limit_and_allowed_origins_apply() {
 
     let stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
-    let request = tungstenite::client::ClientRequestBuilder::new(format!("ws://127.0.0.1:{}/ws?user=bob", server.port).parse().unwrap())
-        .with_header("Origin", "https://evil.example");
+    let request = tungstenite::client::ClientRequestBuilder::new(
+        format!("ws://127.0.0.1:{}/ws?user=bob", server.port).parse().unwrap(),
+    )
+    .with_header("Origin", "https://evil.example");
     match tungstenite::client(request, stream) {
-        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => assert_eq!(response.status(), 403),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            assert_eq!(response.status(), 403)
+        }
         other => panic!("expected 403, got {:?}", other.map(|_| ())),
     }
 }
@@ -889,7 +1012,7 @@ fn per_user_limit_and_allowed_origins_apply() {
 fn slow_consumer_drop_policy_calls_on_drop() {
     let server = TestServer::start(|config, _| unsafe {
         assert_eq!(wspush_config_set_slow_consumer_policy(config, WSPUSH_SLOW_CONSUMER_DROP), OK);
-        assert_eq!(wspush_config_set_max_queue_bytes(config, 16 * 1024), OK);
+        assert_eq!(wspush_config_set_max_queue_bytes(config, 40 * 1024), OK);
     });
     let _reads_nothing = connect(server.port, "user=alice").unwrap();
     let conn = server.rec.opened("alice");
@@ -907,5 +1030,8 @@ fn slow_consumer_drop_policy_calls_on_drop() {
     assert!(dropped > chunk.len(), "the framed size of one message: {dropped}");
     let stats = server.stats();
     assert!(stats.dropped_total > 0 && stats.connections == 1, "{stats:?}");
-    assert_eq!(server.publish(b"alice", &vec![0u8; 65 * 1024], WSPUSH_MESSAGE_KIND_BINARY).0, wspush_result::MessageTooLarge);
+    assert_eq!(
+        server.publish(b"alice", &vec![0u8; 41 * 1024], WSPUSH_MESSAGE_KIND_BINARY).0,
+        wspush_result::MessageTooLarge
+    );
 }

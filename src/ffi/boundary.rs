@@ -35,7 +35,7 @@ pub enum wspush_result {
     InvalidCloseReason = 8,
     /// An HTTP status is out of range (400-599 to reject, 200-599 to respond).
     InvalidStatus = 9,
-    /// The payload is larger than max(max_queue_bytes, max_message_size).
+    /// The payload is larger than max_queue_bytes (it could never be queued).
     MessageTooLarge = 10,
     /// No such open connection, pending upgrade, query parameter, header or peer address.
     NotFound = 11,

@@ -39,7 +39,13 @@ pub type wspush_on_upgrade_fn =
 
 /// A connection was upgraded and registered under `user` (1-255 bytes, borrowed for the call).
 pub type wspush_on_open_fn = Option<
-    unsafe extern "C" fn(userdata: *mut c_void, server: *const wspush_server, conn: u64, user: *const u8, user_len: usize),
+    unsafe extern "C" fn(
+        userdata: *mut c_void,
+        server: *const wspush_server,
+        conn: u64,
+        user: *const u8,
+        user_len: usize,
+    ),
 >;
 
 /// A complete message arrived from a client (fragments reassembled; text validated as UTF-8,
@@ -178,7 +184,9 @@ fn looks_like_listen_address(address: &str) -> bool {
 /// no callbacks. Returns NULL only on an internal error. Release with `wspush_config_free`.
 #[no_mangle]
 pub extern "C" fn wspush_config_new() -> *mut wspush_config {
-    ffi_boundary(|| Ok(Box::into_raw(Box::new(wspush_config { config: Config::default(), callbacks: wspush_callbacks::none() }))))
+    ffi_boundary(|| {
+        Ok(Box::into_raw(Box::new(wspush_config { config: Config::default(), callbacks: wspush_callbacks::none() })))
+    })
 }
 
 /// Releases a configuration. NULL is a no-op. A running server does not need its configuration:
@@ -230,7 +238,11 @@ pub unsafe extern "C" fn wspush_config_set_listen(
 /// # Safety
 /// As for `wspush_config_set_listen`.
 #[no_mangle]
-pub unsafe extern "C" fn wspush_config_set_path(config: *mut wspush_config, path: *const c_char, path_len: usize) -> wspush_result {
+pub unsafe extern "C" fn wspush_config_set_path(
+    config: *mut wspush_config,
+    path: *const c_char,
+    path_len: usize,
+) -> wspush_result {
     // SAFETY: forwarded contract.
     unsafe {
         update(config, |c| {
@@ -298,7 +310,10 @@ pub unsafe extern "C" fn wspush_config_set_threads(config: *mut wspush_config, t
 /// # Safety
 /// `config` must be NULL or a live configuration not used by another thread.
 #[no_mangle]
-pub unsafe extern "C" fn wspush_config_set_max_connections(config: *mut wspush_config, max_connections: usize) -> wspush_result {
+pub unsafe extern "C" fn wspush_config_set_max_connections(
+    config: *mut wspush_config,
+    max_connections: usize,
+) -> wspush_result {
     // SAFETY: forwarded contract.
     unsafe {
         update(config, |c| {
@@ -328,7 +343,10 @@ pub unsafe extern "C" fn wspush_config_set_max_message_size(config: *mut wspush_
 /// # Safety
 /// `config` must be NULL or a live configuration not used by another thread.
 #[no_mangle]
-pub unsafe extern "C" fn wspush_config_set_ping_interval_ms(config: *mut wspush_config, ping_interval_ms: u64) -> wspush_result {
+pub unsafe extern "C" fn wspush_config_set_ping_interval_ms(
+    config: *mut wspush_config,
+    ping_interval_ms: u64,
+) -> wspush_result {
     // SAFETY: forwarded contract.
     unsafe {
         update(config, |c| {
@@ -343,7 +361,10 @@ pub unsafe extern "C" fn wspush_config_set_ping_interval_ms(config: *mut wspush_
 /// # Safety
 /// `config` must be NULL or a live configuration not used by another thread.
 #[no_mangle]
-pub unsafe extern "C" fn wspush_config_set_idle_timeout_ms(config: *mut wspush_config, idle_timeout_ms: u64) -> wspush_result {
+pub unsafe extern "C" fn wspush_config_set_idle_timeout_ms(
+    config: *mut wspush_config,
+    idle_timeout_ms: u64,
+) -> wspush_result {
     // SAFETY: forwarded contract.
     unsafe {
         update(config, |c| {
@@ -358,7 +379,10 @@ pub unsafe extern "C" fn wspush_config_set_idle_timeout_ms(config: *mut wspush_c
 /// # Safety
 /// `config` must be NULL or a live configuration not used by another thread.
 #[no_mangle]
-pub unsafe extern "C" fn wspush_config_set_handshake_timeout_ms(config: *mut wspush_config, handshake_timeout_ms: u64) -> wspush_result {
+pub unsafe extern "C" fn wspush_config_set_handshake_timeout_ms(
+    config: *mut wspush_config,
+    handshake_timeout_ms: u64,
+) -> wspush_result {
     // SAFETY: forwarded contract.
     unsafe {
         update(config, |c| {
@@ -405,7 +429,10 @@ pub unsafe extern "C" fn wspush_config_set_max_header_bytes(config: *mut wspush_
 /// # Safety
 /// `config` must be NULL or a live configuration not used by another thread.
 #[no_mangle]
-pub unsafe extern "C" fn wspush_config_set_max_handshakes_per_thread(config: *mut wspush_config, handshakes: usize) -> wspush_result {
+pub unsafe extern "C" fn wspush_config_set_max_handshakes_per_thread(
+    config: *mut wspush_config,
+    handshakes: usize,
+) -> wspush_result {
     // SAFETY: forwarded contract.
     unsafe {
         update(config, |c| {
@@ -420,7 +447,10 @@ pub unsafe extern "C" fn wspush_config_set_max_handshakes_per_thread(config: *mu
 /// # Safety
 /// `config` must be NULL or a live configuration not used by another thread.
 #[no_mangle]
-pub unsafe extern "C" fn wspush_config_set_max_connections_per_user(config: *mut wspush_config, connections: usize) -> wspush_result {
+pub unsafe extern "C" fn wspush_config_set_max_connections_per_user(
+    config: *mut wspush_config,
+    connections: usize,
+) -> wspush_result {
     // SAFETY: forwarded contract.
     unsafe {
         update(config, |c| {
@@ -435,7 +465,10 @@ pub unsafe extern "C" fn wspush_config_set_max_connections_per_user(config: *mut
 /// # Safety
 /// `config` must be NULL or a live configuration not used by another thread.
 #[no_mangle]
-pub unsafe extern "C" fn wspush_config_set_drain_timeout_ms(config: *mut wspush_config, drain_timeout_ms: u64) -> wspush_result {
+pub unsafe extern "C" fn wspush_config_set_drain_timeout_ms(
+    config: *mut wspush_config,
+    drain_timeout_ms: u64,
+) -> wspush_result {
     // SAFETY: forwarded contract.
     unsafe {
         update(config, |c| {
@@ -450,7 +483,10 @@ pub unsafe extern "C" fn wspush_config_set_drain_timeout_ms(config: *mut wspush_
 /// # Safety
 /// `config` must be NULL or a live configuration not used by another thread.
 #[no_mangle]
-pub unsafe extern "C" fn wspush_config_set_close_timeout_ms(config: *mut wspush_config, close_timeout_ms: u64) -> wspush_result {
+pub unsafe extern "C" fn wspush_config_set_close_timeout_ms(
+    config: *mut wspush_config,
+    close_timeout_ms: u64,
+) -> wspush_result {
     // SAFETY: forwarded contract.
     unsafe {
         update(config, |c| {
@@ -466,7 +502,10 @@ pub unsafe extern "C" fn wspush_config_set_close_timeout_ms(config: *mut wspush_
 /// # Safety
 /// `config` must be NULL or a live configuration not used by another thread.
 #[no_mangle]
-pub unsafe extern "C" fn wspush_config_set_slow_consumer_policy(config: *mut wspush_config, policy: wspush_slow_consumer_policy) -> wspush_result {
+pub unsafe extern "C" fn wspush_config_set_slow_consumer_policy(
+    config: *mut wspush_config,
+    policy: wspush_slow_consumer_policy,
+) -> wspush_result {
     // SAFETY: forwarded contract.
     unsafe {
         update(config, |c| {
@@ -508,7 +547,11 @@ pub unsafe extern "C" fn wspush_config_set_callbacks(
         // `size_of::<wspush_callbacks>() >= copied` bytes; they don't overlap; every byte
         // pattern of a pointer or nullable function pointer is a valid value (NULL is None).
         unsafe {
-            std::ptr::copy_nonoverlapping(callbacks.cast::<u8>(), (&mut accepted as *mut wspush_callbacks).cast::<u8>(), copied);
+            std::ptr::copy_nonoverlapping(
+                callbacks.cast::<u8>(),
+                (&mut accepted as *mut wspush_callbacks).cast::<u8>(),
+                copied,
+            );
         }
         accepted.size = size_of::<wspush_callbacks>();
         builder.callbacks = accepted;

@@ -59,7 +59,16 @@ impl Handler for CallbackHandler {
             let (payload, payload_len) = out_bytes(payload);
             // SAFETY: see the comment on this impl.
             unsafe {
-                callback(self.callbacks.userdata, server_ptr(server), conn, user, user_len, kind_code(kind), payload, payload_len)
+                callback(
+                    self.callbacks.userdata,
+                    server_ptr(server),
+                    conn,
+                    user,
+                    user_len,
+                    kind_code(kind),
+                    payload,
+                    payload_len,
+                )
             };
         }
     }

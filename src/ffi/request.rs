@@ -192,7 +192,11 @@ pub unsafe extern "C" fn wspush_request_peer(
     value_len: *mut usize,
 ) -> wspush_result {
     // SAFETY: forwarded contract.
-    unsafe { text_of_request(request, value, value_len, |v| v.peer_text.get_or_init(|| v.request.peer_addr().map(|a| a.to_string())).as_deref()) }
+    unsafe {
+        text_of_request(request, value, value_len, |v| {
+            v.peer_text.get_or_init(|| v.request.peer_addr().map(|a| a.to_string())).as_deref()
+        })
+    }
 }
 
 /// The value of the first query parameter called `name` (`name_len` bytes, UTF-8), as sent
@@ -251,7 +255,10 @@ pub unsafe extern "C" fn wspush_request_header(
 /// # Safety
 /// `request` must be NULL or the request of a running callback; `count` NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn wspush_request_header_count(request: *const wspush_request, count: *mut usize) -> wspush_result {
+pub unsafe extern "C" fn wspush_request_header_count(
+    request: *const wspush_request,
+    count: *mut usize,
+) -> wspush_result {
     ffi_boundary(|| {
         // SAFETY: per this function's contract.
         let view = unsafe { view(request) }?;
@@ -317,7 +324,11 @@ pub unsafe extern "C" fn wspush_request_ticket(request: *const wspush_request, t
 /// `request` must be NULL or the request of a running callback; `user` NULL or `user_len`
 /// readable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn wspush_request_accept(request: *mut wspush_request, user: *const u8, user_len: usize) -> wspush_result {
+pub unsafe extern "C" fn wspush_request_accept(
+    request: *mut wspush_request,
+    user: *const u8,
+    user_len: usize,
+) -> wspush_result {
     ffi_boundary(|| {
         // SAFETY: per this function's contract.
         let view = unsafe { view(request) }?;

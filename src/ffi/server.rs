@@ -93,7 +93,10 @@ pub extern "C" fn wspush_result_str(result: u32) -> *const c_char {
 /// # Safety
 /// `config` must be NULL or a live configuration; `server` NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn wspush_server_start(config: *const wspush_config, server: *mut *const wspush_server) -> wspush_result {
+pub unsafe extern "C" fn wspush_server_start(
+    config: *const wspush_config,
+    server: *mut *const wspush_server,
+) -> wspush_result {
     ffi_boundary(|| {
         // SAFETY: per this function's contract.
         let config = unsafe { arg(config) }?;
@@ -156,7 +159,8 @@ pub unsafe extern "C" fn wspush_server_free(server: *const wspush_server) -> wsp
         if server.is_null() {
             return Ok(wspush_result::Ok);
         }
-        let inside_own_callback = ENGINE_OF_THIS_THREAD.with(|engine| std::ptr::eq(engine.get(), server.cast::<Shared>()));
+        let inside_own_callback =
+            ENGINE_OF_THIS_THREAD.with(|engine| std::ptr::eq(engine.get(), server.cast::<Shared>()));
         if inside_own_callback {
             return Err(wspush_result::InCallback);
         }
@@ -170,7 +174,8 @@ pub unsafe extern "C" fn wspush_server_free(server: *const wspush_server) -> wsp
 
 /// Sends `payload` to every open connection of `user` (1-255 bytes). `*delivered` (optional,
 /// may be NULL) receives how many connections it was queued to, 0 when the user has none.
-/// Errors: NULL_ARGUMENT, INVALID_USER_ID, INVALID_ARGUMENT (kind), MESSAGE_TOO_LARGE, STOPPED.
+/// Errors: NULL_ARGUMENT, INVALID_USER_ID, INVALID_ARGUMENT (kind), MESSAGE_TOO_LARGE (payload
+/// larger than max_queue_bytes), STOPPED.
 ///
 /// # Safety
 /// `server` must be NULL or a live server; `user` and `payload` NULL or readable for their
@@ -187,7 +192,8 @@ pub unsafe extern "C" fn wspush_publish(
 ) -> wspush_result {
     ffi_boundary(|| {
         // SAFETY: per this function's contract.
-        let (server, user, payload) = unsafe { (server_arg(server)?, bytes(user, user_len)?, bytes(payload, payload_len)?) };
+        let (server, user, payload) =
+            unsafe { (server_arg(server)?, bytes(user, user_len)?, bytes(payload, payload_len)?) };
         let count = engine(server.publish(user, payload, message_kind(kind)?))?;
         // SAFETY: per this function's contract.
         unsafe { write_optional(delivered, count) };
@@ -286,7 +292,9 @@ pub unsafe extern "C" fn wspush_disconnect_user(
 }
 
 /// Completes a deferred upgrade (see `wspush_request_defer`) by accepting it as `user`.
-/// NOT_FOUND when the ticket is unknown, already decided, or the client is gone.
+/// NOT_FOUND when no pending upgrade or connection has that ticket (unknown, timed out, client
+/// gone). The decision is applied asynchronously: one for a ticket that is no longer waiting
+/// (already decided) is ignored.
 ///
 /// # Safety
 /// `server` must be NULL or a live server; `user` NULL or readable for `user_len` bytes.
@@ -305,12 +313,17 @@ pub unsafe extern "C" fn wspush_upgrade_accept(
     })
 }
 
-/// Completes a deferred upgrade by answering HTTP `status` (400-599) and closing.
+/// Completes a deferred upgrade by answering HTTP `status` (400-599, else INVALID_STATUS) and
+/// closing. NOT_FOUND and late decisions as for `wspush_upgrade_accept`.
 ///
 /// # Safety
 /// `server` must be NULL or a live server.
 #[no_mangle]
-pub unsafe extern "C" fn wspush_upgrade_reject(server: *const wspush_server, ticket: u64, status: u16) -> wspush_result {
+pub unsafe extern "C" fn wspush_upgrade_reject(
+    server: *const wspush_server,
+    ticket: u64,
+    status: u16,
+) -> wspush_result {
     ffi_boundary(|| {
         // SAFETY: per this function's contract.
         let server = unsafe { server_arg(server) }?;
@@ -395,7 +408,10 @@ impl From<Stats> for wspush_stats_snapshot {
 /// `server` must be NULL or a live server; `stats` NULL or valid for reads and writes of
 /// `stats->size` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn wspush_stats(server: *const wspush_server, stats: *mut wspush_stats_snapshot) -> wspush_result {
+pub unsafe extern "C" fn wspush_stats(
+    server: *const wspush_server,
+    stats: *mut wspush_stats_snapshot,
+) -> wspush_result {
     ffi_boundary(|| {
         // SAFETY: per this function's contract.
         let server = unsafe { server_arg(server) }?;
