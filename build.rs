@@ -9,6 +9,9 @@ fn main() {
     println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-changed=build.rs");
+    // Also when the header is deleted or edited by hand: it is restored. (Writing it below makes
+    // cargo run this script once more on the next build, which then finds it current.)
+    println!("cargo:rerun-if-changed=include/wspush.h");
 
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let config = cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("cbindgen.toml is readable and valid");
@@ -26,9 +29,17 @@ fn main() {
     if fs::read(&path).ok().as_deref() == Some(header.as_slice()) {
         return;
     }
-    let written = fs::create_dir_all(root.join("include")).and_then(|()| fs::write(&path, &header));
+    // Written to a temporary file and renamed, so a concurrent build (debug and release at once)
+    // or a C compiler reading the header never sees it half-written.
+    let temporary = root.join(format!("include/.wspush.h.{}.tmp", std::process::id()));
+    let written = fs::create_dir_all(root.join("include"))
+        .and_then(|()| fs::write(&temporary, &header))
+        .and_then(|()| fs::rename(&temporary, &path));
     match written {
         Ok(()) => println!("cargo:warning=include/wspush.h was regenerated from src/ffi: commit it"),
-        Err(e) => println!("cargo:warning=cannot write {}: {e}", path.display()),
+        Err(e) => {
+            let _ = fs::remove_file(&temporary);
+            println!("cargo:warning=cannot write {}: {e}", path.display());
+        }
     }
 }

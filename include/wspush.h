@@ -739,8 +739,9 @@ wspush_result wspush_server_local_port(const struct wspush_server *server, uint1
  * Graceful stop: stop accepting, close every connection with 1001, flush for up to the drain
  * timeout, call `on_close` for every open connection, then end the I/O threads. Blocks until
  * all that is done, except when called from inside a callback: then it only starts the stop
- * and returns (an I/O thread cannot wait for itself). Calling it again is harmless. After it,
- * publish/broadcast/send/close/disconnect/upgrade_* return STOPPED.
+ * and returns (an I/O thread cannot wait for itself). Calling it again is harmless; while
+ * another thread is still inside a stop of the same server, it may return before that stop has
+ * finished. After it, publish/broadcast/send/close/disconnect/upgrade_* return STOPPED.
  *
  * # Safety
  * `server` must be NULL or a live server.

@@ -49,6 +49,11 @@ unsafe fn server_arg(server: *const wspush_server) -> Result<BorrowedServer, wsp
     Ok(BorrowedServer(ManuallyDrop::new(ServerHandle { shared })))
 }
 
+/// Whether the calling thread is one of this server's I/O threads, i.e. inside its callback.
+fn on_own_io_thread(server: *const wspush_server) -> bool {
+    ENGINE_OF_THIS_THREAD.with(|engine| std::ptr::eq(engine.get(), server.cast::<Shared>()))
+}
+
 fn message_kind(kind: wspush_message_kind) -> Result<MessageKind, wspush_result> {
     match kind {
         WSPUSH_MESSAGE_KIND_TEXT => Ok(MessageKind::Text),
@@ -130,8 +135,9 @@ pub unsafe extern "C" fn wspush_server_local_port(server: *const wspush_server, 
 /// Graceful stop: stop accepting, close every connection with 1001, flush for up to the drain
 /// timeout, call `on_close` for every open connection, then end the I/O threads. Blocks until
 /// all that is done, except when called from inside a callback: then it only starts the stop
-/// and returns (an I/O thread cannot wait for itself). Calling it again is harmless. After it,
-/// publish/broadcast/send/close/disconnect/upgrade_* return STOPPED.
+/// and returns (an I/O thread cannot wait for itself). Calling it again is harmless; while
+/// another thread is still inside a stop of the same server, it may return before that stop has
+/// finished. After it, publish/broadcast/send/close/disconnect/upgrade_* return STOPPED.
 ///
 /// # Safety
 /// `server` must be NULL or a live server.
@@ -139,8 +145,9 @@ pub unsafe extern "C" fn wspush_server_local_port(server: *const wspush_server, 
 pub unsafe extern "C" fn wspush_server_stop(server: *const wspush_server) -> wspush_result {
     ffi_boundary(|| {
         // SAFETY: per this function's contract.
-        let server = unsafe { server_arg(server) }?;
-        server.stop();
+        let handle = unsafe { server_arg(server) }?;
+        // On one of its own I/O threads this only starts the stop (the engine checks that too).
+        handle.stop();
         Ok(wspush_result::Ok)
     })
 }
@@ -159,15 +166,13 @@ pub unsafe extern "C" fn wspush_server_free(server: *const wspush_server) -> wsp
         if server.is_null() {
             return Ok(wspush_result::Ok);
         }
-        let inside_own_callback =
-            ENGINE_OF_THIS_THREAD.with(|engine| std::ptr::eq(engine.get(), server.cast::<Shared>()));
-        if inside_own_callback {
+        if on_own_io_thread(server) {
             return Err(wspush_result::InCallback);
         }
-        // SAFETY: per this function's contract.
-        unsafe { server_arg(server) }?.stop();
         // SAFETY: the host's reference from `wspush_server_start`, given up now (contract).
-        drop(unsafe { Arc::from_raw(server.cast::<Shared>()) });
+        // Dropping it at the end releases the engine's state, callbacks and all.
+        let handle = ServerHandle { shared: unsafe { Arc::from_raw(server.cast::<Shared>()) } };
+        handle.stop();
         Ok(wspush_result::Ok)
     })
 }
