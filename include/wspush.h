@@ -484,7 +484,8 @@ wspush_result wspush_config_set_handshake_timeout_ms(struct wspush_config *confi
 
 /**
  * Cap on bytes queued for one connection that its socket has not taken yet; what happens
- * beyond it is the slow-consumer policy.
+ * beyond it is the slow-consumer policy. Also the largest payload publish/send accept
+ * (larger: MESSAGE_TOO_LARGE).
  *
  * # Safety
  * `config` must be NULL or a live configuration not used by another thread.

@@ -393,7 +393,8 @@ pub unsafe extern "C" fn wspush_config_set_handshake_timeout_ms(
 }
 
 /// Cap on bytes queued for one connection that its socket has not taken yet; what happens
-/// beyond it is the slow-consumer policy.
+/// beyond it is the slow-consumer policy. Also the largest payload publish/send accept
+/// (larger: MESSAGE_TOO_LARGE).
 ///
 /// # Safety
 /// `config` must be NULL or a live configuration not used by another thread.
