@@ -164,7 +164,8 @@ typedef struct wspush_config wspush_config;
 /**
  * An HTTP request seen by `on_upgrade` or `on_http`. Borrowed: valid only until that callback
  * returns, and so is every pointer the accessors hand out (none is NUL-terminated; use the
- * length, e.g. `printf("%.*s", (int)len, ptr)`).
+ * length, e.g. `printf("%.*s", (int)len, ptr)`). Use it only on the callback's own thread; to
+ * decide elsewhere, defer and pass the ticket.
  */
 typedef struct wspush_request wspush_request;
 

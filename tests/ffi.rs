@@ -3,6 +3,10 @@
 //!
 //! Callbacks must not panic (a panic cannot unwind out of `extern "C"`), so checks made inside
 //! them are recorded in the `Recorder` and asserted by the test afterwards.
+//!
+//! SAFETY, for every `unsafe` block calling a `wspush_*` function: each pointer passed is NULL
+//! (on purpose, where a test says so) or points to a live local, literal or server/request of
+//! the right type for the length given, as the header requires.
 
 use std::ffi::{c_char, c_void, CStr};
 use std::io::{Read, Write};
@@ -127,10 +131,13 @@ impl Recorder {
 /// # Safety
 /// `userdata` is the `Recorder` every test server is configured with.
 unsafe fn recorder<'a>(userdata: *mut c_void) -> &'a Recorder {
+    // SAFETY: the test owning the server keeps the Arc<Recorder> alive until after the free.
     unsafe { &*(userdata as *const Recorder) }
 }
 
+/// Copies bytes wspush lent to a callback or accessor.
 fn string(ptr: *const u8, len: usize) -> String {
+    // SAFETY: wspush hands out non-NULL pointers valid for `len` bytes during the call.
     String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(ptr, len) }).into_owned()
 }
 
@@ -146,6 +153,7 @@ fn text_out(call: impl FnOnce(*mut *const c_char, *mut usize) -> wspush_result) 
 fn bytes_out(call: impl FnOnce(*mut *const u8, *mut usize) -> wspush_result) -> Result<Vec<u8>, wspush_result> {
     let (mut ptr, mut len) = (null(), 0usize);
     match call(&mut ptr, &mut len) {
+        // SAFETY: on success the accessor wrote a pointer valid for `len` bytes.
         OK => Ok(unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec()),
         error => Err(error),
     }
@@ -258,6 +266,7 @@ unsafe extern "C" fn on_message(
     payload_len: usize,
 ) {
     let rec = unsafe { recorder(userdata) };
+    // SAFETY: the payload is lent for the call, `payload_len` bytes, never NULL.
     let payload = unsafe { std::slice::from_raw_parts(payload, payload_len) }.to_vec();
     rec.push(Event::Message { conn, user: string(user, user_len), kind, payload: payload.clone() });
     let (what, result) = unsafe {
