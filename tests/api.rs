@@ -160,6 +160,22 @@ fn deferred_upgrade_accepted_from_another_thread() {
 }
 
 #[test]
+fn frames_sent_before_a_deferred_decision_are_processed_after_it() {
+    let (server, mut events, tickets) = deferring_server(config());
+    let mut raw = Raw::connect(server.local_addr());
+    let mut bytes = upgrade_request("/ws", "").into_bytes();
+    bytes.extend(frame(0x81, b"early bird"));
+    raw.send(&bytes);
+    let ticket = tickets.recv_timeout(WAIT).unwrap();
+    assert!(raw.silent_for(Duration::from_millis(30)), "no answer before the decision");
+    assert_eq!(server.publish(b"dave", b"too early", MessageKind::Text).unwrap(), 0, "not registered yet");
+    server.accept_upgrade(ticket, b"dave").unwrap();
+    assert_eq!(raw.read_response_head().status, 101);
+    assert_eq!(events.opened(b"dave"), ticket);
+    assert_eq!(events.message(ticket), (MessageKind::Text, b"early bird".to_vec()));
+}
+
+#[test]
 fn deferred_upgrade_rejected_from_another_thread() {
     let (server, mut events, tickets) = deferring_server(config());
     let handle = server.handle();

@@ -164,9 +164,8 @@ fn on_upgrade_sees_the_request() {
             UpgradeDecision::Accept(b"u".to_vec())
         })
         .start();
-    let raw = Raw::upgrade(server.local_addr(), "/ws?a=1&b=two%20words");
-    let local = raw.stream.local_addr().unwrap();
-    let _ = raw;
+    let first = Raw::upgrade(server.local_addr(), "/ws?a=1&b=two%20words");
+    let local = first.stream.local_addr().unwrap();
     let (method, path, query, b, client, peer, header_count) = seen.lock().unwrap().take().unwrap();
     assert_eq!(method, "GET");
     assert_eq!(path, "/ws");
