@@ -314,9 +314,7 @@ fn dropping_the_server_stops_it() {
 
 #[test]
 fn stop_from_inside_a_callback_does_not_deadlock() {
-    let (server, mut events) = Harness::new(config())
-        .on_message(|server, _, _, _, _| server.stop())
-        .start();
+    let (server, mut events) = Harness::new(config()).on_message(|server, _, _, _, _| server.stop()).start();
     let mut ws = ws_connect(server.local_addr(), "alice");
     let conn = events.opened(b"alice");
     ws.send(Message::text("stop please")).unwrap();
@@ -408,13 +406,17 @@ fn user_ids_are_validated() {
 #[test]
 fn oversized_payloads_are_refused() {
     let mut cfg = config();
-    cfg.max_queue_bytes = 1000;
-    cfg.max_message_size = 2000;
-    let (server, _events) = start(cfg);
-    let too_big = vec![0u8; 2001];
+    cfg.max_queue_bytes = 1000; // the cap on what one connection may have waiting
+    let (server, mut events) = start(cfg);
+    let mut ws = ws_connect(server.local_addr(), "a");
+    let conn = events.opened(b"a");
+    let too_big = vec![7u8; 1001];
     assert!(matches!(server.publish(b"a", &too_big, MessageKind::Binary), Err(Error::MessageTooLarge)));
     assert!(matches!(server.broadcast(&too_big, MessageKind::Binary), Err(Error::MessageTooLarge)));
-    assert_eq!(server.publish(b"a", &too_big[..2000], MessageKind::Binary).unwrap(), 0);
+    assert!(matches!(server.send(conn, &too_big, MessageKind::Binary), Err(Error::MessageTooLarge)));
+    assert_eq!(server.publish(b"a", &too_big[..1000], MessageKind::Binary).unwrap(), 1);
+    assert_eq!(ws_binary(&mut ws), too_big[..1000]);
+    assert_eq!(server.stats().publishes_total, 1, "refused publishes are not counted");
 }
 
 #[test]
@@ -475,7 +477,10 @@ fn concurrent_publishers_deliver_everything_once_and_in_order() {
                     }
                     let publisher = frame.payload[0] as usize;
                     let seq = u32::from_le_bytes(frame.payload[1..5].try_into().unwrap()) as usize;
-                    assert_eq!(seq, next[publisher], "user {user} publisher {publisher}: missing, duplicate or reordered");
+                    assert_eq!(
+                        seq, next[publisher],
+                        "user {user} publisher {publisher}: missing, duplicate or reordered"
+                    );
                     next[publisher] += USERS;
                 }
                 for (publisher, next) in next.into_iter().enumerate() {

@@ -56,9 +56,11 @@ fn silent_peer_is_closed_by_the_idle_timeout_while_a_live_one_stays() {
     assert_eq!(server.publish(b"live", b"still here?", MessageKind::Text).unwrap(), 1);
     let (pings, _live) = live_reader.join().unwrap();
     assert!(pings >= 3, "pinged repeatedly, got {pings}");
-    events.assert_none("on_close of the live connection", Duration::ZERO, |e| {
-        matches!(e, Event::Close { conn, .. } if *conn == live_id)
-    });
+    events.assert_none(
+        "on_close of the live connection",
+        Duration::ZERO,
+        |e| matches!(e, Event::Close { conn, .. } if *conn == live_id),
+    );
     let s = server.stats();
     assert_eq!((s.timeouts_total, s.connections), (1, 1));
     assert!(s.pings_total >= 4, "{s:?}");
@@ -176,9 +178,11 @@ fn slow_consumer_is_closed_with_1008_and_others_keep_receiving() {
     let _fast = reader.join().unwrap();
     assert_eq!(events.closed(slow_id), 1008);
     assert_eq!(server.publish(b"slow", b"gone", MessageKind::Text).unwrap(), 0);
-    events.assert_none("on_close of the fast client", Duration::ZERO, |e| {
-        matches!(e, Event::Close { conn, .. } if *conn == fast_id)
-    });
+    events.assert_none(
+        "on_close of the fast client",
+        Duration::ZERO,
+        |e| matches!(e, Event::Close { conn, .. } if *conn == fast_id),
+    );
     let s = server.stats();
     assert_eq!((s.slow_consumer_closes_total, s.dropped_total, s.connections), (1, 0, 1));
     drop(slow);

@@ -158,7 +158,9 @@ impl Events {
             match self.rx.recv_timeout(left) {
                 Ok(event) if pred(&event) => return event,
                 Ok(event) => self.backlog.push(event),
-                Err(RecvTimeoutError::Timeout) => panic!("timed out waiting for {what}; other events: {:?}", self.backlog),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("timed out waiting for {what}; other events: {:?}", self.backlog)
+                }
                 Err(RecvTimeoutError::Disconnected) => panic!("handler dropped while waiting for {what}"),
             }
         }
