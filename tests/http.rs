@@ -413,7 +413,6 @@ fn thread_cpu_ticks(tid: i32) -> u64 {
 }
 
 #[test]
-#[ignore = "engine bug: at max_handshakes_per_thread the I/O thread polls with a zero timeout (busy loop)"]
 fn paused_accepting_does_not_spin() {
     let io_thread = Arc::new(Mutex::new(0));
     let record = io_thread.clone();
