@@ -88,7 +88,9 @@ fn write_header(opcode: Opcode, payload_len: usize, out: &mut [u8; MAX_SERVER_HE
 pub(crate) fn encode(opcode: Opcode, payload: &[u8]) -> Frame {
     let mut header = [0u8; MAX_SERVER_HEADER];
     let header_len = write_header(opcode, payload.len(), &mut header);
-    let mut frame: Arc<[u8]> = Arc::from(vec![0u8; header_len + payload.len()].into_boxed_slice());
+    // One allocation for the shared frame (Arc::from(Vec) would allocate and copy twice).
+    // SAFETY: all-zero bytes are a valid `u8`, so the zeroed slice is initialized.
+    let mut frame: Arc<[u8]> = unsafe { Arc::new_zeroed_slice(header_len + payload.len()).assume_init() };
     if let Some(bytes) = Arc::get_mut(&mut frame) {
         bytes[..header_len].copy_from_slice(&header[..header_len]);
         bytes[header_len..].copy_from_slice(payload);

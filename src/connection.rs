@@ -1,9 +1,9 @@
 //! The connection state machine: handshake → open → closing, input parsing into frames and
 //! messages, and output with a per-connection queue that exists only while bytes wait.
 //!
-//! An idle open connection is a [`Conn`] of 40 bytes: the socket, its generation, the tick of its
-//! last input, state, flags, close code, its user ID (shared) and one `Option<Box<Spill>>` that is
-//! `None` unless input or output is actually pending.
+//! An idle open connection is a [`Conn`] of 48 bytes: the socket, its generation, the tick of its
+//! last input, state, flags, close code, its user ID (inline when ≤ 22 bytes) and one
+//! `Option<Box<Spill>>` that stays `None` unless input or output is actually pending.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read};
@@ -93,6 +93,10 @@ impl Conn {
         }
     }
 
+    pub(crate) fn user(&self) -> Option<&[u8]> {
+        self.user.as_deref()
+    }
+
     pub(crate) fn pinged(&self) -> bool {
         self.flags & PINGED != 0
     }
@@ -132,11 +136,16 @@ impl IoThread {
             match read {
                 Ok(0) => return self.on_peer_gone(slot),
                 Ok(n) => {
-                    if conn.state == State::Closing {
-                        continue; // discard until the peer closes
+                    match conn.state {
+                        State::Closing => continue, // discard until the peer closes
+                        // Only an open connection's input counts as life: a handshake that
+                        // trickles bytes (slowloris) must not push its deadline back.
+                        State::Open => {
+                            conn.last_rx = self.wheel.now();
+                            conn.flags &= !PINGED;
+                        }
+                        State::Handshake | State::Deciding => {}
                     }
-                    conn.last_rx = self.wheel.now();
-                    conn.flags &= !PINGED;
                     self.process_input(slot, n);
                     if n < self.scratch.len() {
                         return; // short read: the socket is drained, epoll reports the next data
@@ -283,9 +292,9 @@ impl IoThread {
     fn deliver(&mut self, slot: usize, kind: MessageKind, payload: &[u8]) {
         bump(&stats!(self).messages_in_total, 1);
         let id = self.conn_id(slot);
-        let Some(user) = self.conns[slot].user.clone() else { return };
+        let Some(user) = &self.conns[slot].user else { return };
         let (handler, server) = (&self.shared.handler, &self.server);
-        guarded(|| handler.on_message(server, id, &user, kind, payload));
+        guarded(|| handler.on_message(server, id, user, kind, payload));
     }
 
     /// Fails the connection for a protocol violation (RFC 6455 §7.1.7).
@@ -390,21 +399,21 @@ impl IoThread {
         }
         let id = self.conn_id(slot);
         let limit = self.config().max_connections_per_user;
-        let Ok(user) = self.shared.registry.add(user, id, limit) else {
+        if self.shared.registry.add(user, id, limit).is_err() {
             return self.reject(slot, 429);
-        };
+        }
         self.leave_handshake(slot);
         let now = self.wheel.now();
         let conn = &mut self.conns[slot];
         conn.state = State::Open;
         conn.last_rx = now;
-        conn.user = Some(user.clone());
+        conn.user = Some(UserId::new(user));
         bump(&stats!(self).upgrades_total, 1);
         bump(&stats!(self).connections, 1);
         self.send_control(slot, &handshake::switching_protocols(accept_key));
         if self.conns.contains(slot) {
             let (handler, server) = (&self.shared.handler, &self.server);
-            guarded(|| handler.on_open(server, id, &user));
+            guarded(|| handler.on_open(server, id, user));
         }
     }
 
@@ -414,8 +423,8 @@ impl IoThread {
     pub(crate) fn queue_message(&mut self, slot: usize, frame: Frame) {
         let max_queue = self.config().max_queue_bytes;
         let conn = &mut self.conns[slot];
-        bump(&stats!(self).messages_out_total, 1);
         if !conn.has_queued_output() {
+            bump(&stats!(self).messages_out_total, 1);
             let sent = match socket::send(conn.stream.as_raw_fd(), &frame) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
@@ -432,6 +441,7 @@ impl IoThread {
         }
         let spill = conn.spill();
         if spill.queued_bytes + frame.len() <= max_queue {
+            bump(&stats!(self).messages_out_total, 1);
             spill.queued_bytes += frame.len();
             spill.queue.push_back(frame);
             return;
@@ -440,20 +450,22 @@ impl IoThread {
             SlowConsumerPolicy::Drop => {
                 bump(&stats!(self).dropped_total, 1);
                 let id = self.conn_id(slot);
-                if let Some(user) = self.conns[slot].user.clone() {
+                if let Some(user) = &self.conns[slot].user {
                     let (handler, server) = (&self.shared.handler, &self.server);
-                    guarded(|| handler.on_drop(server, id, &user, frame.len()));
+                    guarded(|| handler.on_drop(server, id, user, frame.len()));
                 }
             }
             SlowConsumerPolicy::Close => {
                 bump(&stats!(self).slow_consumer_closes_total, 1);
-                // Keep only the partly sent frame so the close frame follows a frame boundary.
+                // Free the backlog now, keeping only a partly sent frame so that the close frame
+                // starts on a frame boundary.
                 let spill = conn.spill();
-                let keep = usize::from(spill.front_sent > 0).min(spill.queue.len());
-                spill.queue.truncate(keep);
-                spill.queued_bytes = spill.queue.front().map_or(0, |f| f.len() - spill.front_sent) * keep;
-                if keep == 0 {
-                    spill.front_sent = 0;
+                if spill.front_sent > 0 {
+                    spill.queue.truncate(1);
+                    spill.queued_bytes = spill.queue.front().map_or(0, |f| f.len() - spill.front_sent);
+                } else {
+                    spill.queue.clear();
+                    spill.queued_bytes = 0;
                 }
                 self.enter_closing(slot, close::POLICY, codec::close_frame(close::POLICY, "slow consumer").as_bytes());
             }

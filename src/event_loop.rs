@@ -16,7 +16,8 @@ use crate::config::Config;
 use crate::conn_id::{self, MAX_SLOTS};
 use crate::connection::{Conn, State};
 use crate::handler::{ConnId, UpgradeDecision};
-use crate::server::{ServerHandle, Shared, ThreadShared, ENGINE_OF_THIS_THREAD};
+use crate::registry::UserCheck;
+use crate::server::{ServerHandle, Shared, ThreadShared, ENGINE_OF_THIS_THREAD, OWNING_IO_THREAD};
 use crate::stats::bump;
 use crate::timer::{Entry, Ticks, TimerWheel};
 use crate::{handshake, socket};
@@ -32,16 +33,19 @@ pub(crate) use stats;
 /// Work queued to an I/O thread by other threads (and by callbacks on this one).
 pub(crate) enum Command {
     /// Queue a framed message to one connection (publish, send).
-    Deliver { conn: ConnId, frame: Frame },
+    Deliver { conn: ConnId, frame: Frame, user_check: UserCheck },
     /// Queue a framed message to every open connection of this thread.
     Broadcast { frame: Frame },
     /// Start the close handshake.
-    Close { conn: ConnId, code: u16, reason: Box<str> },
+    Close { conn: ConnId, code: u16, reason: Box<str>, user_check: UserCheck },
     /// The host's late answer to a deferred upgrade.
     Decide { conn: ConnId, decision: UpgradeDecision },
     /// Graceful stop.
     Stop,
 }
+
+/// `user_check` of commands addressed by connection ID rather than by user.
+pub(crate) const ANY_USER: UserCheck = 0;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -75,6 +79,7 @@ impl IoThreadSetup {
     /// The thread body.
     pub(crate) fn run(self, server: ServerHandle) {
         ENGINE_OF_THIS_THREAD.with(|engine| engine.set(Arc::as_ptr(&server.shared)));
+        OWNING_IO_THREAD.with(|me| me.set(&server.shared.threads[usize::from(self.index)]));
         let (wheel, ticks) = TimerWheel::new(&server.shared.config);
         let mut io = IoThread {
             index: self.index as usize,
@@ -85,7 +90,7 @@ impl IoThreadSetup {
             conns: Slab::new(),
             wheel,
             ticks,
-            scratch: vec![0u8; SCRATCH_BYTES].into_boxed_slice(),
+            scratch: resident_buffer(SCRATCH_BYTES),
             next_generation: 1,
             handshakes: 0,
             accept_pending: false,
@@ -97,6 +102,17 @@ impl IoThreadSetup {
         }
         io.close_all();
     }
+}
+
+/// A zeroed buffer whose pages are made resident now: the scratch buffer is part of the
+/// server's fixed footprint, paid at start rather than showing up on the first connections.
+fn resident_buffer(len: usize) -> Box<[u8]> {
+    let mut buffer = vec![0u8; len].into_boxed_slice();
+    for page in buffer.chunks_mut(4096) {
+        // calloc'd pages may still be unmapped; a write the optimizer can't drop maps them.
+        page[0] = std::hint::black_box(0);
+    }
+    buffer
 }
 
 pub(crate) struct IoThread {
@@ -134,11 +150,8 @@ impl IoThread {
         let mut due: Vec<Entry> = Vec::new();
         let mut again = Vec::new();
         loop {
-            let timeout = if self.again.is_empty() && !self.accept_pending {
-                self.wheel.timeout().max(Duration::from_millis(1))
-            } else {
-                Duration::ZERO
-            };
+            let idle = self.again.is_empty() && !self.accept_pending && !self.me().has_commands();
+            let timeout = if idle { self.wheel.timeout().max(Duration::from_millis(1)) } else { Duration::ZERO };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     eprintln!("wspush: poll failed on I/O thread {}: {e}", self.index);
@@ -186,8 +199,8 @@ impl IoThread {
 
     fn execute(&mut self, command: Command) {
         match command {
-            Command::Deliver { conn, frame } => {
-                if let Some(slot) = self.lookup(conn, State::Open) {
+            Command::Deliver { conn, frame, user_check } => {
+                if let Some(slot) = self.lookup(conn, State::Open, user_check) {
                     self.queue_message(slot, frame);
                 }
             }
@@ -198,13 +211,13 @@ impl IoThread {
                     }
                 }
             }
-            Command::Close { conn, code, reason } => {
-                if let Some(slot) = self.lookup(conn, State::Open) {
+            Command::Close { conn, code, reason, user_check } => {
+                if let Some(slot) = self.lookup(conn, State::Open, user_check) {
                     self.start_close(slot, code, &reason);
                 }
             }
             Command::Decide { conn, decision } => {
-                if let Some(slot) = self.lookup(conn, State::Deciding) {
+                if let Some(slot) = self.lookup(conn, State::Deciding, ANY_USER) {
                     self.decide(slot, decision);
                 }
             }
@@ -212,11 +225,15 @@ impl IoThread {
         }
     }
 
-    /// The slot of connection `id` if it is still alive and in `state`.
-    fn lookup(&self, id: ConnId, state: State) -> Option<usize> {
+    /// The slot of connection `id` if it is still alive, in `state`, and (unless `ANY_USER`)
+    /// belongs to the user `user_check` was computed for.
+    fn lookup(&self, id: ConnId, state: State, user_check: UserCheck) -> Option<usize> {
         let (thread, slot, generation) = conn_id::split(id);
         let conn = self.conns.get(slot)?;
-        (thread == self.index && conn.generation == generation && conn.state == state).then_some(slot)
+        let alive = thread == self.index && conn.generation == generation && conn.state == state;
+        let users_match =
+            user_check == ANY_USER || conn.user().is_some_and(|user| self.shared.registry.check(user) == user_check);
+        (alive && users_match).then_some(slot)
     }
 
     pub(crate) fn conn_id(&self, slot: usize) -> ConnId {

@@ -1,42 +1,97 @@
 //! The user registry: user ID → its open connections, across all I/O threads.
 //!
-//! Sharded by a keyed hash of the user ID so publishers on different threads rarely meet on a lock.
-//! A user's ID bytes are stored once (`UserId`, shared with each of its connections); a user with a
-//! single connection costs one map entry of 32 bytes plus that allocation.
+//! Memory is the whole game here (one entry per idle user), so the registry stores no user bytes:
+//! a user is keyed by a 64-bit keyed hash of its ID (SipHash-1-3, random key per server) and a
+//! single-connection user costs one 16-byte map entry. The ID bytes live only in the connections
+//! (inline when short). Two users whose keys collide (probability ~2^-64 per pair) are told apart
+//! by a second, independent 64-bit keyed hash, the [`UserCheck`], that travels with every publish
+//! and that the owning I/O thread compares before delivering: a message never reaches another
+//! user's connection; only the counts returned for such a pair could be off. Shards keep
+//! publishers on different threads off each other's lock.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::handler::ConnId;
 
-/// A user ID, shared between the registry and the user's connections.
-pub(crate) type UserId = Arc<[u8]>;
-
 const SHARDS: usize = 64;
+/// User IDs up to this length are stored inside the connection without an allocation.
+const INLINE_USER: usize = 22;
 
-/// One user's connections. Almost every user has one or a few, so one inline ID and a boxed slice
-/// beyond that (reallocated on change: opening a tab is rare next to publishing to it).
-enum ConnSet {
-    One(ConnId),
-    Many(Box<[ConnId]>),
+/// A user ID as a connection keeps it: inline when short, else on the heap.
+#[derive(Clone)]
+pub(crate) enum UserId {
+    Inline { len: u8, bytes: [u8; INLINE_USER] },
+    Heap(Box<[u8]>),
 }
 
-impl ConnSet {
-    fn as_slice(&self) -> &[ConnId] {
-        match self {
-            ConnSet::One(id) => std::slice::from_ref(id),
-            ConnSet::Many(ids) => ids,
+impl UserId {
+    pub(crate) fn new(user: &[u8]) -> UserId {
+        if user.len() <= INLINE_USER {
+            let mut bytes = [0u8; INLINE_USER];
+            bytes[..user.len()].copy_from_slice(user);
+            UserId::Inline { len: user.len() as u8, bytes }
+        } else {
+            UserId::Heap(user.into())
         }
     }
 }
 
+impl std::ops::Deref for UserId {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            UserId::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            UserId::Heap(bytes) => bytes,
+        }
+    }
+}
+
+/// The registry's name for a user.
+type UserKey = u64;
+
+/// A second keyed hash of a user ID, never 0, that proves a connection belongs to the user a
+/// message was published to (see the module docs).
+pub(crate) type UserCheck = u64;
+
+/// The keys are already uniformly random, so the maps use them as their own hash.
+#[derive(Default)]
+struct KeyIsHash(u64);
+
+impl Hasher for KeyIsHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for keys other than u128, which the registry doesn't use; fold anyway.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
+}
+
+type KeyMap<V> = HashMap<UserKey, V, BuildHasherDefault<KeyIsHash>>;
+
+/// Marks a user with more than one connection in `Shard::first`; the list is in `Shard::many`.
+const SEVERAL: ConnId = 0;
+
+#[derive(Default)]
+struct Shard {
+    /// The user's connection, or `SEVERAL` (IDs are never 0). Most users have one connection,
+    /// so they cost one 16-byte entry here and nothing in `many`.
+    first: KeyMap<ConnId>,
+    many: KeyMap<Vec<ConnId>>,
+}
+
 pub(crate) struct Registry {
-    shards: Box<[Mutex<HashMap<UserId, ConnSet>>]>,
-    shard_hasher: RandomState,
+    shards: Box<[Mutex<Shard>]>,
+    keys: (RandomState, RandomState),
     users: AtomicUsize,
 }
 
@@ -46,63 +101,99 @@ pub(crate) struct UserFull;
 impl Registry {
     pub(crate) fn new() -> Self {
         Registry {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            shard_hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            keys: (RandomState::new(), RandomState::new()),
             users: AtomicUsize::new(0),
         }
     }
 
-    fn shard(&self, user: &[u8]) -> &Mutex<HashMap<UserId, ConnSet>> {
-        &self.shards[self.shard_hasher.hash_one(user) as usize % SHARDS]
+    fn key(&self, user: &[u8]) -> UserKey {
+        self.keys.0.hash_one(user)
     }
 
-    /// Registers `conn` under `user`, unless the user already has `limit` connections (0 = no
-    /// limit). Returns the shared ID to keep in the connection.
-    pub(crate) fn add(&self, user: &[u8], conn: ConnId, limit: usize) -> Result<UserId, UserFull> {
-        let mut map = self.shard(user).lock();
-        if let Some((key, set)) = map.get_key_value(user) {
-            let ids = set.as_slice();
-            if limit != 0 && ids.len() >= limit {
-                return Err(UserFull);
+    /// The check value that must match for `user` (see [`UserCheck`]).
+    pub(crate) fn check(&self, user: &[u8]) -> UserCheck {
+        self.keys.1.hash_one(user).max(1)
+    }
+
+    fn shard(&self, key: UserKey) -> &Mutex<Shard> {
+        // The low bits pick the bucket inside a shard's map; use high bits for the shard.
+        &self.shards[(key >> 58) as usize % SHARDS]
+    }
+
+    /// Registers `conn` under `user`, unless the user already has `limit` connections (0 = none).
+    pub(crate) fn add(&self, user: &[u8], conn: ConnId, limit: usize) -> Result<(), UserFull> {
+        let key = self.key(user);
+        let mut shard = self.shard(key).lock();
+        let shard = &mut *shard;
+        match shard.first.get(&key).copied() {
+            None => {
+                shard.first.insert(key, conn);
+                self.users.fetch_add(1, Ordering::Relaxed);
             }
-            let key = key.clone();
-            let grown: Box<[ConnId]> = ids.iter().copied().chain(std::iter::once(conn)).collect();
-            map.insert(key.clone(), ConnSet::Many(grown));
-            return Ok(key);
+            Some(SEVERAL) => {
+                let list = shard.many.entry(key).or_default();
+                if limit != 0 && list.len() >= limit {
+                    return Err(UserFull);
+                }
+                list.push(conn);
+            }
+            Some(only) => {
+                if limit == 1 {
+                    return Err(UserFull);
+                }
+                shard.first.insert(key, SEVERAL);
+                shard.many.insert(key, vec![only, conn]);
+            }
         }
-        let key: UserId = Arc::from(user);
-        map.insert(key.clone(), ConnSet::One(conn));
-        self.users.fetch_add(1, Ordering::Relaxed);
-        Ok(key)
+        Ok(())
     }
 
     /// Unregisters `conn` from `user`.
     pub(crate) fn remove(&self, user: &[u8], conn: ConnId) {
-        let mut map = self.shard(user).lock();
-        let Some(set) = map.get_mut(user) else { return };
-        let remaining: Vec<ConnId> = set.as_slice().iter().copied().filter(|&id| id != conn).collect();
-        match remaining.as_slice() {
-            [] => {
-                map.remove(user);
-                self.users.fetch_sub(1, Ordering::Relaxed);
-                // Give memory back when a shard empties after a storm of disconnects.
-                if map.capacity() > 64 && map.len() * 4 < map.capacity() {
-                    map.shrink_to_fit();
+        let key = self.key(user);
+        let mut shard = self.shard(key).lock();
+        let shard = &mut *shard;
+        match shard.first.get(&key).copied() {
+            Some(SEVERAL) => {
+                let Some(list) = shard.many.get_mut(&key) else { return };
+                list.retain(|&id| id != conn);
+                if let [last] = list[..] {
+                    shard.many.remove(&key);
+                    shard.first.insert(key, last);
                 }
             }
-            [one] => *set = ConnSet::One(*one),
-            _ => *set = ConnSet::Many(remaining.into_boxed_slice()),
+            Some(only) if only == conn => {
+                shard.first.remove(&key);
+                self.users.fetch_sub(1, Ordering::Relaxed);
+                // Give memory back when a shard empties after a storm of disconnects.
+                if shard.first.capacity() > 64 && shard.first.len() * 4 < shard.first.capacity() {
+                    shard.first.shrink_to_fit();
+                }
+            }
+            _ => {}
         }
     }
 
-    /// Calls `f` for each connection of `user` while holding its shard lock (so messages from one
-    /// publisher reach each connection in call order); returns how many there were.
-    pub(crate) fn for_each_conn(&self, user: &[u8], mut f: impl FnMut(ConnId)) -> usize {
-        let map = self.shard(user).lock();
-        let Some(set) = map.get(user) else { return 0 };
-        let ids = set.as_slice();
-        ids.iter().for_each(|&id| f(id));
-        ids.len()
+    /// Calls `f` for each connection of `user` with the user's check value, while holding its
+    /// shard lock (so messages from one publisher reach each connection in call order); returns
+    /// how many there were.
+    pub(crate) fn for_each_conn(&self, user: &[u8], mut f: impl FnMut(ConnId, UserCheck)) -> usize {
+        let key = self.key(user);
+        let check = self.check(user);
+        let shard = self.shard(key).lock();
+        match shard.first.get(&key).copied() {
+            None => 0,
+            Some(SEVERAL) => {
+                let list = shard.many.get(&key).map_or(&[][..], Vec::as_slice);
+                list.iter().for_each(|&id| f(id, check));
+                list.len()
+            }
+            Some(only) => {
+                f(only, check);
+                1
+            }
+        }
     }
 
     pub(crate) fn user_count(&self) -> usize {
@@ -116,24 +207,32 @@ mod tests {
 
     fn conns(registry: &Registry, user: &[u8]) -> Vec<ConnId> {
         let mut out = Vec::new();
-        registry.for_each_conn(user, |id| out.push(id));
+        registry.for_each_conn(user, |id, check| {
+            assert_eq!(check, registry.check(user));
+            out.push(id)
+        });
         out
     }
 
     #[test]
-    fn tabs_share_one_user_id_and_leave_cleanly() {
+    fn tabs_of_a_user_come_and_go() {
         let registry = Registry::new();
-        let first = registry.add(b"alice", 1, 0).ok().unwrap();
-        let second = registry.add(b"alice", 2, 0).ok().unwrap();
-        assert!(Arc::ptr_eq(&first, &second));
+        registry.add(b"alice", 1, 0).ok().unwrap();
+        registry.add(b"alice", 2, 0).ok().unwrap();
         registry.add(b"bob", 3, 0).ok().unwrap();
         assert_eq!(conns(&registry, b"alice"), vec![1, 2]);
+        assert_eq!(conns(&registry, b"bob"), vec![3]);
         assert_eq!(registry.user_count(), 2);
         registry.remove(b"alice", 1);
         assert_eq!(conns(&registry, b"alice"), vec![2]);
+        registry.add(b"alice", 4, 0).ok().unwrap();
+        assert_eq!(conns(&registry, b"alice"), vec![2, 4]);
+        registry.remove(b"alice", 4);
         registry.remove(b"alice", 2);
         assert_eq!(conns(&registry, b"alice"), Vec::<ConnId>::new());
         assert_eq!(registry.user_count(), 1);
+        registry.remove(b"bob", 99); // not bob's: no effect
+        assert_eq!(conns(&registry, b"bob"), vec![3]);
     }
 
     #[test]
@@ -144,5 +243,14 @@ mod tests {
         assert!(registry.add(b"u", 3, 2).is_err());
         registry.remove(b"u", 1);
         assert!(registry.add(b"u", 3, 2).is_ok());
+        assert!(registry.add(b"v", 5, 1).is_ok());
+        assert!(registry.add(b"v", 6, 1).is_err());
+    }
+
+    #[test]
+    fn user_ids_inline_and_long() {
+        assert_eq!(&*UserId::new(b"short"), b"short");
+        let long = vec![7u8; 255];
+        assert_eq!(&*UserId::new(&long), &long[..]);
     }
 }

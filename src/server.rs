@@ -16,7 +16,7 @@ use crate::codec::{self, Frame, Opcode};
 use crate::config::Config;
 use crate::conn_id::{self, LiveTable};
 use crate::error::Error;
-use crate::event_loop::{Command, IoThreadSetup};
+use crate::event_loop::{Command, IoThreadSetup, ANY_USER};
 use crate::handler::{ConnId, Handler, MessageKind};
 use crate::registry::Registry;
 use crate::stats::{Stats, ThreadStats};
@@ -56,10 +56,18 @@ impl ThreadShared {
             inbox.push(command);
             inbox.len() == 1
         };
-        if was_empty {
+        // The owning thread drains its inbox after every round of events, so a command it queues
+        // to itself (a callback answering its own connection) needs no wake-up syscall.
+        let from_owner = OWNING_IO_THREAD.with(|current| std::ptr::eq(current.get(), self));
+        if was_empty && !from_owner {
             // A failed wake means the poller is gone, i.e. the thread has exited; nothing to do.
             let _ = self.waker.wake();
         }
+    }
+
+    /// Whether commands are waiting (the owning thread queues to itself without a wake-up).
+    pub(crate) fn has_commands(&self) -> bool {
+        !self.inbox.lock().is_empty()
     }
 
     /// Moves every queued command into `batch` (which the I/O thread reuses between rounds).
@@ -71,6 +79,8 @@ impl ThreadShared {
 thread_local! {
     /// The server whose I/O thread this is (null elsewhere): lets `stop()` avoid joining itself.
     pub(crate) static ENGINE_OF_THIS_THREAD: Cell<*const Shared> = const { Cell::new(std::ptr::null()) };
+    /// This I/O thread's own `ThreadShared` (null elsewhere).
+    pub(crate) static OWNING_IO_THREAD: Cell<*const ThreadShared> = const { Cell::new(std::ptr::null()) };
 }
 
 /// A cloneable handle to a running server. All methods are thread-safe, never block on I/O, and
@@ -95,12 +105,8 @@ impl Server {
     /// Like [`Server::start`] with an already boxed handler.
     pub fn start_boxed(config: Config, handler: Box<dyn Handler>) -> Result<Server, Error> {
         config.validate().map_err(Error::InvalidConfig)?;
-        let addr = config
-            .listen
-            .to_socket_addrs()
-            .map_err(|_| Error::InvalidAddress)?
-            .next()
-            .ok_or(Error::InvalidAddress)?;
+        let addr =
+            config.listen.to_socket_addrs().map_err(|_| Error::InvalidAddress)?.next().ok_or(Error::InvalidAddress)?;
         let thread_count = config.io_threads();
         let listeners = socket::bind_listeners(addr, thread_count).map_err(Error::Bind)?;
         let local_addr = listeners[0].local_addr().map_err(Error::Bind)?;
@@ -194,7 +200,7 @@ impl ServerHandle {
     }
 
     fn check_payload(&self, payload: &[u8]) -> Result<(), Error> {
-        if payload.len() > self.shared.config.max_queue_bytes.max(self.shared.config.max_message_size) {
+        if payload.len() > self.shared.config.max_queue_bytes {
             Err(Error::MessageTooLarge)
         } else {
             Ok(())
@@ -214,10 +220,10 @@ impl ServerHandle {
         self.ensure_running()?;
         self.shared.publishes.fetch_add(1, Ordering::Relaxed);
         let mut frame: Option<Frame> = None;
-        let delivered = self.shared.registry.for_each_conn(user, |conn| {
+        let delivered = self.shared.registry.for_each_conn(user, |conn, user_check| {
             let (thread, _, _) = conn_id::split(conn);
             let frame = frame.get_or_insert_with(|| codec::encode(Opcode::from(kind), payload)).clone();
-            self.shared.threads[thread].push(Command::Deliver { conn, frame });
+            self.shared.threads[thread].push(Command::Deliver { conn, frame, user_check });
         });
         Ok(delivered)
     }
@@ -242,7 +248,7 @@ impl ServerHandle {
         self.check_payload(payload)?;
         self.ensure_running()?;
         let owner = self.thread_of(conn).ok_or(Error::NotFound)?;
-        owner.push(Command::Deliver { conn, frame: codec::encode(Opcode::from(kind), payload) });
+        owner.push(Command::Deliver { conn, frame: codec::encode(Opcode::from(kind), payload), user_check: ANY_USER });
         Ok(())
     }
 
@@ -256,7 +262,7 @@ impl ServerHandle {
         }
         self.ensure_running()?;
         let owner = self.thread_of(conn).ok_or(Error::NotFound)?;
-        owner.push(Command::Close { conn, code, reason: reason.into() });
+        owner.push(Command::Close { conn, code, reason: reason.into(), user_check: ANY_USER });
         Ok(())
     }
 
@@ -267,9 +273,9 @@ impl ServerHandle {
             return Err(Error::InvalidCloseCode);
         }
         self.ensure_running()?;
-        Ok(self.shared.registry.for_each_conn(user, |conn| {
+        Ok(self.shared.registry.for_each_conn(user, |conn, user_check| {
             let (thread, _, _) = conn_id::split(conn);
-            self.shared.threads[thread].push(Command::Close { conn, code, reason: Box::default() });
+            self.shared.threads[thread].push(Command::Close { conn, code, reason: Box::default(), user_check });
         }))
     }
 
@@ -311,12 +317,7 @@ impl ServerHandle {
     /// Calling it again is harmless. Called from inside a callback it only starts the stop (an
     /// I/O thread cannot join itself); the threads finish on their own.
     pub fn stop(&self) {
-        if self
-            .shared
-            .state
-            .compare_exchange(RUNNING, STOPPING, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+        if self.shared.state.compare_exchange(RUNNING, STOPPING, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             for thread in self.shared.threads.iter() {
                 thread.push(Command::Stop);
             }

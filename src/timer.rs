@@ -47,12 +47,8 @@ impl TimerWheel {
             handshake: to_ticks(config.handshake_timeout),
             close: to_ticks(config.close_timeout),
         };
-        let wheel = TimerWheel {
-            start: Instant::now(),
-            tick,
-            next: 0,
-            buckets: (0..BUCKETS).map(|_| Vec::new()).collect(),
-        };
+        let wheel =
+            TimerWheel { start: Instant::now(), tick, next: 0, buckets: (0..BUCKETS).map(|_| Vec::new()).collect() };
         (wheel, ticks)
     }
 

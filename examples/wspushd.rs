@@ -1,0 +1,308 @@
+//! wspushd: a standalone WebSocket push daemon on the wspush engine's Rust API.
+//!
+//! Clients connect to the public port; the backend pushes to users through a plain-HTTP admin API
+//! on a separate address (see `wspushd --help`, or examples/wspushd/cli.rs for the text).
+//!
+//! ```text
+//! cargo run --release --example wspushd -- --demo
+//! # open http://127.0.0.1:8080/?user=alice, then:
+//! curl -d 'You have new mail' 'http://127.0.0.1:8081/publish?user=alice'
+//! ```
+
+#[path = "wspushd/admin.rs"]
+mod admin;
+#[path = "wspushd/cli.rs"]
+mod cli;
+#[path = "wspushd/log.rs"]
+mod log;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::process::exit;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wspush::{
+    ConnId, Handler, HttpResponse, MessageKind, Request, Server, ServerHandle, Stats, UpgradeDecision, MAX_USER_ID_LEN,
+};
+
+use crate::admin::Admin;
+use crate::cli::{Command, Options};
+use crate::log::{ErrorClass, ErrorLog};
+
+/// Exit status for command-line mistakes (as the contract and sysexits-style tools expect).
+const USAGE_ERROR: i32 = 2;
+/// Exit status for failures at run time (address in use, ...).
+const RUNTIME_ERROR: i32 = 1;
+
+const DEMO_PAGE: &str = include_str!("wspushd/demo.html");
+
+/// The engine callbacks: who a connection belongs to, echo, and the demo page.
+struct Daemon {
+    demo: bool,
+    echo: bool,
+    ws_path: String,
+    /// The demo page with its configuration filled in (demo mode only).
+    demo_page: Option<Vec<u8>>,
+}
+
+impl Handler for Daemon {
+    fn on_upgrade(&self, _: &ServerHandle, request: &Request<'_>) -> UpgradeDecision {
+        if !self.demo {
+            // No authentication mode is configured: let nobody in.
+            return UpgradeDecision::Reject(401);
+        }
+        // Demo mode: the user is whoever the client claims to be.
+        let user = request.query_param("user").map(|raw| admin::url_decode(raw));
+        match user {
+            Some(Ok(user)) if !user.is_empty() && user.len() <= MAX_USER_ID_LEN => UpgradeDecision::Accept(user),
+            _ => UpgradeDecision::Reject(400),
+        }
+    }
+
+    fn on_message(&self, server: &ServerHandle, conn: ConnId, _: &[u8], kind: MessageKind, payload: &[u8]) {
+        if self.echo {
+            // Fails only when the connection is already gone or the server is stopping.
+            let _ = server.send(conn, payload, kind);
+        }
+    }
+
+    fn on_http(&self, _: &ServerHandle, request: &Request<'_>) -> Option<HttpResponse> {
+        let path = request.path();
+        if path == self.ws_path {
+            return None; // the engine's 426 Upgrade Required
+        }
+        let text = |status: u16, body: &str| HttpResponse {
+            status,
+            content_type: "text/plain; charset=utf-8".into(),
+            body: body.as_bytes().to_vec(),
+        };
+        match (&self.demo_page, path) {
+            (Some(page), "/" | "/index.html") if request.method() == "GET" => {
+                Some(HttpResponse { status: 200, content_type: "text/html; charset=utf-8".into(), body: page.clone() })
+            }
+            (Some(_), "/" | "/index.html") => Some(text(405, "Method Not Allowed\n")),
+            _ => Some(text(404, "Not Found\n")),
+        }
+    }
+}
+
+/// The demo page with the WebSocket path and the admin URL (for its curl hint) filled in.
+fn demo_page(ws_path: &str, admin_addr: SocketAddr) -> Vec<u8> {
+    let config = format!(
+        "const CONFIG = {{\"path\": {}, \"admin\": {}}};",
+        js_string(ws_path),
+        js_string(&format!("http://{admin_addr}"))
+    );
+    DEMO_PAGE.replacen("/*CONFIG*/", &config, 1).into_bytes()
+}
+
+/// A JavaScript string literal safe inside a <script> element.
+fn js_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '<' => out.push_str("\\u003c"), // no "</script>" inside the literal
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn main() {
+    let options = match cli::parse(std::env::args().skip(1)) {
+        Ok(Command::Run(options)) => *options,
+        Ok(Command::Help) => {
+            print!("{}", cli::USAGE);
+            exit(0);
+        }
+        Ok(Command::Version) => {
+            println!("wspushd {}", wspush::VERSION);
+            exit(0);
+        }
+        Err(reason) => {
+            eprintln!("wspushd: {reason}\n\n{}", cli::USAGE);
+            exit(USAGE_ERROR);
+        }
+    };
+    if !options.demo {
+        eprintln!(
+            "wspushd: no authentication mode configured. Pass --demo to take the user ID from the \
+             `user` query parameter WITHOUT authentication (development only); token authentication \
+             (--jwt-secret-file) is not available yet. See wspushd --help."
+        );
+        exit(USAGE_ERROR);
+    }
+    // Before any thread exists, so that every thread inherits the mask and the signals wait for
+    // sigwait in main instead of killing the process mid-drain.
+    let shutdown_signals = block_shutdown_signals();
+    run(options, &shutdown_signals);
+}
+
+fn run(options: Options, shutdown_signals: &libc::sigset_t) {
+    let Options { config, admin_listen, demo, echo, admin_idle_timeout } = options;
+    if demo {
+        eprintln!(
+            "wspushd: WARNING: DEMO MODE, NO AUTHENTICATION. Any client can connect as any user \
+             with ?user=NAME and read that user's notifications. Never use --demo in production."
+        );
+    }
+    let admin_listener = TcpListener::bind(&admin_listen).unwrap_or_else(|e| {
+        eprintln!("wspushd: cannot listen on admin address {admin_listen}: {e}");
+        exit(RUNTIME_ERROR);
+    });
+    let admin_addr = admin_listener.local_addr().unwrap_or_else(|e| {
+        eprintln!("wspushd: cannot read the admin address: {e}");
+        exit(RUNTIME_ERROR);
+    });
+
+    // The engine refuses publishes larger than this, so the admin API refuses such bodies early.
+    let max_body = config.max_message_size.max(config.max_queue_bytes);
+    let threads = if config.threads > 0 {
+        config.threads
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(255))
+    };
+    let daemon = Daemon {
+        demo,
+        echo,
+        ws_path: config.path.clone(),
+        demo_page: demo.then(|| demo_page(&config.path, admin_addr)),
+    };
+    let ws_path = config.path.clone();
+    let listen = config.listen.clone();
+    let max_connections = config.max_connections;
+    let server = match Server::start(config, daemon) {
+        Ok(server) => server,
+        Err(e @ (wspush::Error::InvalidConfig(_) | wspush::Error::InvalidAddress)) => {
+            eprintln!("wspushd: {e} (--listen {listen})");
+            exit(USAGE_ERROR);
+        }
+        Err(e) => {
+            eprintln!("wspushd: cannot start on {listen}: {e}");
+            exit(RUNTIME_ERROR);
+        }
+    };
+
+    let errors = Arc::new(ErrorLog::default());
+    let admin = Arc::new(Admin::new(server.handle(), max_body, admin_idle_timeout, Arc::clone(&errors)));
+    spawn("wspushd-admin-accept", move || admin::serve(admin_listener, admin));
+    let watched = server.handle();
+    spawn("wspushd-watch", move || watch_error_counters(&watched, &errors));
+
+    let mode = if demo { "demo (NO AUTHENTICATION)" } else { "authenticated" };
+    let echo = if echo { "on" } else { "off" };
+    println!(
+        "wspushd {} starting: {threads} I/O threads, mode {mode}, echo {echo}, max {max_connections} connections",
+        wspush::VERSION
+    );
+    println!("wspushd listening on ws://{}{ws_path}, admin on http://{admin_addr}", server.local_addr());
+    let _ = std::io::stdout().flush();
+
+    let signal = wait_for_signal(shutdown_signals);
+    let open = server.stats().connections;
+    println!("wspushd stopping on {}: closing {open} connections with 1001", signal_name(signal));
+    let _ = std::io::stdout().flush();
+    // Further signals must not turn the graceful stop into a failure: some senders deliver one
+    // twice (GNU timeout signals the child and its process group), and the drain is bounded by
+    // --drain-timeout-ms anyway. Keep taking them so they stay harmless.
+    let later_signals = *shutdown_signals;
+    spawn("wspushd-signal", move || {
+        let signal = wait_for_signal(&later_signals);
+        eprintln!(
+            "wspushd: {} while stopping: already stopping, the drain ends within --drain-timeout-ms",
+            signal_name(signal)
+        );
+        loop {
+            wait_for_signal(&later_signals);
+        }
+    });
+    let started = Instant::now();
+    server.stop();
+    println!("wspushd stopped in {} ms", started.elapsed().as_millis());
+    let _ = std::io::stdout().flush();
+    exit(0);
+}
+
+fn spawn(name: &str, body: impl FnOnce() + Send + 'static) {
+    if let Err(e) = std::thread::Builder::new().name(name.into()).spawn(body) {
+        eprintln!("wspushd: cannot start thread {name}: {e}");
+        exit(RUNTIME_ERROR);
+    }
+}
+
+/// Logs the first occurrence of each engine-side error class, from the counters (the engine does
+/// not log, and per-connection log lines would flood the log).
+fn watch_error_counters(server: &ServerHandle, errors: &ErrorLog) {
+    type Counter = fn(&Stats) -> u64;
+    let watched: [(ErrorClass, Counter); 4] = [
+        (ErrorClass::OverCapacity, |s| s.over_capacity_total),
+        (ErrorClass::SlowConsumerClose, |s| s.slow_consumer_closes_total),
+        (ErrorClass::SlowConsumerDrop, |s| s.dropped_total),
+        (ErrorClass::ProtocolError, |s| s.protocol_errors_total),
+    ];
+    while !server.is_stopped() {
+        let stats = server.stats();
+        for (class, counter) in watched {
+            let count = counter(&stats);
+            if count > 0 {
+                errors.report(class, &format!("{count} so far"));
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn block_shutdown_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initializes it before any other use, and
+    // pthread_sigmask only reads it. Called from main before any other thread exists.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            eprintln!("wspushd: cannot block SIGINT/SIGTERM: {}", std::io::Error::from_raw_os_error(rc));
+            exit(RUNTIME_ERROR);
+        }
+        set
+    }
+}
+
+/// Blocks until one of the signals in `set` (blocked in every thread) is pending, and takes it.
+fn wait_for_signal(set: &libc::sigset_t) -> libc::c_int {
+    loop {
+        let mut signal: libc::c_int = 0;
+        // SAFETY: `set` is an initialized signal set and `signal` a valid place for the result.
+        if unsafe { libc::sigwait(set, &mut signal) } == 0 {
+            return signal;
+        }
+    }
+}
+
+fn signal_name(signal: libc::c_int) -> &'static str {
+    match signal {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_page_configuration_cannot_break_out_of_its_script() {
+        assert_eq!(js_string("/ws"), "\"/ws\"");
+        assert_eq!(js_string("/a\"b\\c</script>\n"), "\"/a\\\"b\\\\c\\u003c/script>\\u000a\"");
+        let page = String::from_utf8(demo_page("/push", "127.0.0.1:9".parse().unwrap())).unwrap();
+        assert!(page.contains("const CONFIG = {\"path\": \"/push\", \"admin\": \"http://127.0.0.1:9\"};"));
+        assert!(!page.contains("/*CONFIG*/"));
+    }
+}

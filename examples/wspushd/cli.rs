@@ -1,0 +1,257 @@
+//! Command-line options: a small hand-written parser (no argument-parsing crate), with errors that
+//! name the option and the bad value.
+
+use std::time::Duration;
+
+use wspush::{Config, SlowConsumerPolicy};
+
+pub const USAGE: &str = "\
+wspushd: standalone WebSocket push daemon built on the wspush engine.
+
+USAGE:
+    wspushd --demo [OPTIONS]
+
+Clients connect to ws://LISTEN/PATH. Your backend pushes to them through the admin HTTP API,
+which is served on a separate address and must never be exposed publicly.
+
+AUTHENTICATION (one is required):
+    --demo                         Take the user ID from the `user` query parameter of the
+                                   WebSocket URL, WITHOUT ANY AUTHENTICATION (development only),
+                                   and serve a demo inbox page at GET / on the public port.
+
+OPTIONS:
+    --listen ADDR                  Public WebSocket address [default: 127.0.0.1:8080]
+    --path PATH                    Request path accepting WebSocket upgrades [default: /ws]
+    --admin-listen ADDR            Admin HTTP API address [default: 127.0.0.1:8081]
+    --echo                         Send every client message back to its sender (same kind);
+                                   for conformance and load tests
+    --threads N                    I/O threads; 0 = one per core [default: 0]
+    --max-connections N            Open + handshaking connections; beyond, 503 [default: 1000000]
+    --max-connections-per-user N   Connections per user; 0 = no limit; beyond, 429 [default: 0]
+    --max-message-size BYTES       Largest message a client may send; larger closes with 1009
+                                   [default: 65536]
+    --max-queue-bytes BYTES        Unsent bytes queued per connection before the slow-consumer
+                                   policy applies [default: 1048576]
+    --slow-consumer close|drop     close: close with 1008; drop: drop the message for that
+                                   connection only [default: close]
+    --ping-interval-ms MS          Ping a connection silent this long [default: 30000]
+    --idle-timeout-ms MS           Close a connection silent this long [default: 75000]
+    --handshake-timeout-ms MS      Time allowed from accept to completed upgrade [default: 10000]
+    --drain-timeout-ms MS          On shutdown, time allowed to flush and close [default: 5000]
+    --allowed-origin ORIGIN        Accept browser upgrades only from this Origin (repeatable;
+                                   e.g. https://mail.example.com); default: any origin
+    --admin-idle-timeout-ms MS     Close admin connections idle this long [default: 30000]
+    -h, --help                     Print this help
+    -V, --version                  Print the version
+
+ADMIN API (on --admin-listen; query values are URL-decoded: %XX, and '+' for space):
+    POST /publish?user=U           Body is the message: binary frame when Content-Type is
+                                   application/octet-stream, else text (must be UTF-8).
+                                   Answers 200 {\"delivered\":N} (N = connections reached)
+    POST /broadcast                Same, to every connection
+    POST /disconnect?user=U[&code=C]
+                                   Close every connection of U with close code C [default: 1000].
+                                   Answers 200 {\"disconnected\":N}
+    GET  /stats                    JSON of every engine counter
+    GET  /metrics                  Prometheus text format
+    GET  /healthz                  \"ok\" (503 while stopping)
+    Request bodies need Content-Length and may be at most max(--max-message-size,
+    --max-queue-bytes) bytes (else 413). HTTP/1.1 keep-alive and pipelining are supported.
+
+SIGNALS:
+    SIGINT, SIGTERM                Graceful stop: close every connection with 1001, drain
+                                   (at most --drain-timeout-ms), exit 0.
+
+EXIT STATUS: 0 after a graceful stop, 1 on a runtime error (e.g. address in use), 2 on a usage
+error.
+";
+
+/// Everything the command line decides.
+#[derive(Debug)]
+pub struct Options {
+    pub config: Config,
+    pub admin_listen: String,
+    pub demo: bool,
+    pub echo: bool,
+    pub admin_idle_timeout: Duration,
+}
+
+/// What the command line asks for.
+pub enum Command {
+    Run(Box<Options>),
+    Help,
+    Version,
+}
+
+/// Parses the arguments after the program name. `Err` carries a one-line reason.
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+    let mut options = Options {
+        config: Config::default(),
+        admin_listen: "127.0.0.1:8081".to_string(),
+        demo: false,
+        echo: false,
+        admin_idle_timeout: Duration::from_secs(30),
+    };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        // Both "--flag value" and "--flag=value".
+        let (flag, inline_value) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag.to_string(), Some(value.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || -> Result<String, String> {
+            match inline_value.clone() {
+                Some(value) => Ok(value),
+                None => args.next().ok_or_else(|| format!("option {flag} needs a value")),
+            }
+        };
+        let config = &mut options.config;
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--demo" | "--echo" if inline_value.is_some() => return Err(format!("option {flag} takes no value")),
+            "--demo" => options.demo = true,
+            "--echo" => options.echo = true,
+            "--listen" => config.listen = value()?,
+            "--path" => {
+                config.path = value()?;
+                if !config.path.starts_with('/') || config.path.contains(['?', '#', ' ']) {
+                    return Err(format!(
+                        "--path must start with '/' and contain no '?', '#' or space, got '{}'",
+                        config.path
+                    ));
+                }
+            }
+            "--admin-listen" => options.admin_listen = value()?,
+            "--threads" => config.threads = number(&flag, &value()?)?,
+            "--max-connections" => config.max_connections = number(&flag, &value()?)?,
+            "--max-connections-per-user" => config.max_connections_per_user = number(&flag, &value()?)?,
+            "--max-message-size" => config.max_message_size = number(&flag, &value()?)?,
+            "--max-queue-bytes" => config.max_queue_bytes = number(&flag, &value()?)?,
+            "--slow-consumer" => {
+                config.slow_consumer = match value()?.as_str() {
+                    "close" => SlowConsumerPolicy::Close,
+                    "drop" => SlowConsumerPolicy::Drop,
+                    other => return Err(format!("--slow-consumer must be 'close' or 'drop', got '{other}'")),
+                }
+            }
+            "--ping-interval-ms" => config.ping_interval = millis(&flag, &value()?)?,
+            "--idle-timeout-ms" => config.idle_timeout = millis(&flag, &value()?)?,
+            "--handshake-timeout-ms" => config.handshake_timeout = millis(&flag, &value()?)?,
+            "--drain-timeout-ms" => config.drain_timeout = millis(&flag, &value()?)?,
+            "--admin-idle-timeout-ms" => options.admin_idle_timeout = millis(&flag, &value()?)?,
+            "--allowed-origin" => {
+                let origin = value()?;
+                if origin.is_empty() || origin.ends_with('/') {
+                    return Err(format!(
+                        "--allowed-origin takes an origin like https://mail.example.com (no path), got '{origin}'"
+                    ));
+                }
+                config.allowed_origins.push(origin);
+            }
+            _ if arg.starts_with('-') => return Err(format!("unknown option '{flag}'")),
+            _ => return Err(format!("unexpected argument '{arg}'")),
+        }
+    }
+    check(&options)?;
+    Ok(Command::Run(Box::new(options)))
+}
+
+/// Cross-option checks the engine would not explain as clearly.
+fn check(options: &Options) -> Result<(), String> {
+    let config = &options.config;
+    if config.ping_interval.is_zero() || config.idle_timeout.is_zero() || config.handshake_timeout.is_zero() {
+        return Err("--ping-interval-ms, --idle-timeout-ms and --handshake-timeout-ms must be > 0".into());
+    }
+    if options.admin_idle_timeout.is_zero() {
+        return Err("--admin-idle-timeout-ms must be > 0".into());
+    }
+    if config.idle_timeout <= config.ping_interval {
+        // Otherwise every quiet connection is closed before it is ever pinged.
+        return Err(format!(
+            "--idle-timeout-ms ({}) must be greater than --ping-interval-ms ({})",
+            config.idle_timeout.as_millis(),
+            config.ping_interval.as_millis()
+        ));
+    }
+    if config.max_message_size == 0 || config.max_connections == 0 || config.max_queue_bytes == 0 {
+        return Err("--max-message-size, --max-connections and --max-queue-bytes must be > 0".into());
+    }
+    if config.threads > 255 {
+        return Err("--threads must be at most 255".into());
+    }
+    if options.admin_listen == config.listen && !config.listen.ends_with(":0") {
+        return Err("--admin-listen must differ from --listen: the admin API never shares the public port".into());
+    }
+    Ok(())
+}
+
+fn number(flag: &str, value: &str) -> Result<usize, String> {
+    value.parse::<usize>().map_err(|_| format!("{flag} takes a non-negative integer, got '{value}'"))
+}
+
+fn millis(flag: &str, value: &str) -> Result<Duration, String> {
+    value
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("{flag} takes a whole number of milliseconds, got '{value}'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Options, String> {
+        match parse(args.iter().map(|s| s.to_string()))? {
+            Command::Run(options) => Ok(*options),
+            _ => Err("not a run".into()),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_documented_contract() {
+        let options = run(&[]).unwrap();
+        assert_eq!(options.config.listen, "127.0.0.1:8080");
+        assert_eq!(options.config.path, "/ws");
+        assert_eq!(options.admin_listen, "127.0.0.1:8081");
+        assert!(!options.demo && !options.echo);
+    }
+
+    #[test]
+    fn values_are_taken_in_both_spellings() {
+        let options = run(&[
+            "--demo",
+            "--listen=0.0.0.0:9000",
+            "--threads",
+            "3",
+            "--allowed-origin",
+            "https://a.example",
+            "--allowed-origin=https://b.example",
+            "--slow-consumer",
+            "drop",
+            "--ping-interval-ms",
+            "200",
+            "--idle-timeout-ms=500",
+        ])
+        .unwrap();
+        assert!(options.demo);
+        assert_eq!(options.config.listen, "0.0.0.0:9000");
+        assert_eq!(options.config.threads, 3);
+        assert_eq!(options.config.allowed_origins, ["https://a.example", "https://b.example"]);
+        assert_eq!(options.config.slow_consumer, SlowConsumerPolicy::Drop);
+        assert_eq!(options.config.ping_interval, Duration::from_millis(200));
+        assert_eq!(options.config.idle_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        assert!(run(&["--bogus"]).unwrap_err().contains("--bogus"));
+        assert!(run(&["--threads"]).unwrap_err().contains("needs a value"));
+        assert!(run(&["--threads", "x"]).unwrap_err().contains("'x'"));
+        assert!(run(&["--slow-consumer", "maybe"]).unwrap_err().contains("maybe"));
+        assert!(run(&["--demo=yes"]).unwrap_err().contains("no value"));
+        assert!(run(&["--ping-interval-ms", "1000", "--idle-timeout-ms", "1000"]).unwrap_err().contains("greater"));
+        assert!(run(&["--listen", "127.0.0.1:9", "--admin-listen", "127.0.0.1:9"]).unwrap_err().contains("differ"));
+        assert!(run(&["stray"]).unwrap_err().contains("stray"));
+    }
+}

@@ -1,0 +1,728 @@
+//! End-to-end tests of the wspushd example daemon: they build it, start it on ports 0/0, and drive
+//! it the way a backend (admin HTTP API) and browsers (WebSocket) would.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+// ------------------------------------------------------------------------------------- harness
+
+/// Builds the example with the profile (and target dir) this test was built with, once.
+fn daemon_binary() -> &'static PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        // The test executable lives in <target-dir>/<profile-dir>/deps/.
+        let test_exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = test_exe.parent().and_then(|deps| deps.parent()).expect("profile dir").to_path_buf();
+        let target_dir = profile_dir.parent().expect("target dir");
+        let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
+            Some("debug") => "dev".to_string(),
+            Some(other) => other.to_string(),
+            None => "dev".to_string(),
+        };
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--example", "wspushd", "--profile", &profile, "--target-dir"])
+            .arg(target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build --example wspushd failed");
+        profile_dir.join("examples").join("wspushd")
+    })
+}
+
+/// A running daemon, killed when dropped.
+struct Daemon {
+    child: Child,
+    ws: SocketAddr,
+    admin: SocketAddr,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+/// Copies a pipe into a shared string (so the daemon never blocks on a full pipe), reporting each
+/// line on `lines` as well.
+fn collect(pipe: impl Read + Send + 'static, into: Arc<Mutex<String>>, lines: Option<mpsc::Sender<String>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            into.lock().unwrap().push_str(&format!("{line}\n"));
+            if let Some(lines) = &lines {
+                let _ = lines.send(line);
+            }
+        }
+    });
+}
+
+impl Daemon {
+    fn start(extra_args: &[&str]) -> Daemon {
+        let mut child = Command::new(daemon_binary())
+            .args(["--demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--threads", "2"])
+            .args(["--drain-timeout-ms", "1000"])
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wspushd");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (lines_tx, lines) = mpsc::channel();
+        collect(child.stdout.take().unwrap(), Arc::clone(&stdout), Some(lines_tx));
+        collect(child.stderr.take().unwrap(), Arc::clone(&stderr), None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let listening = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.starts_with("wspushd listening on ") => break line,
+                Ok(_) => continue,
+                Err(_) => panic!("no listening line; stderr: {}", stderr.lock().unwrap()),
+            }
+        };
+        // "wspushd listening on ws://127.0.0.1:PORT/ws, admin on http://127.0.0.1:PORT"
+        let ws = listening.split("ws://").nth(1).and_then(|rest| rest.split('/').next()).unwrap();
+        let admin = listening.split("http://").nth(1).unwrap().trim();
+        Daemon { child, ws: ws.parse().unwrap(), admin: admin.parse().unwrap(), stdout, stderr }
+    }
+
+    fn connect(&self, query: &str) -> WebSocket<TcpStream> {
+        let stream = TcpStream::connect(self.ws).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (ws, _) = tungstenite::client(format!("ws://{}/ws?{query}", self.ws), stream).expect("upgrade");
+        ws
+    }
+
+    fn admin(&self) -> Http {
+        Http::connect(self.admin)
+    }
+
+    /// One request on a fresh admin connection.
+    fn request(&self, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        self.admin().request(method, target, headers, body)
+    }
+
+    fn post(&self, target: &str, body: &str) -> Response {
+        self.request("POST", target, &[], body.as_bytes())
+    }
+
+    fn get(&self, target: &str) -> Response {
+        self.request("GET", target, &[], b"")
+    }
+
+    /// Waits until the daemon's stdout (read by a collector thread) contains `text`.
+    fn wait_for_stdout(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.stdout.lock().unwrap().contains(text) {
+            assert!(Instant::now() < deadline, "{text:?} not in stdout: {}", self.stdout.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "daemon did not exit; stdout: {}", self.stdout.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A persistent HTTP/1.1 client connection to the admin API.
+struct Http {
+    reader: BufReader<TcpStream>,
+}
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+impl Http {
+    fn connect(addr: SocketAddr) -> Http {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Http { reader: BufReader::new(stream) }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).unwrap();
+    }
+
+    fn send(&mut self, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) {
+        let mut head = format!("{method} {target} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n", body.len());
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body);
+        self.write(&bytes);
+    }
+
+    fn request(&mut self, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        self.send(method, target, headers, body);
+        self.read_response()
+    }
+
+    fn read_response(&mut self) -> Response {
+        let mut status_line = String::new();
+        self.reader.read_line(&mut status_line).unwrap();
+        let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            panic!("bad status line {status_line:?}");
+        });
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).unwrap();
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').unwrap();
+            headers.push((name.trim().to_string(), value.trim().to_string()));
+        }
+        let length = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).unwrap();
+        Response { status, headers, body }
+    }
+
+    /// Whether the server closed the connection (EOF) within the read timeout.
+    fn is_closed_by_server(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.reader.read(&mut byte), Ok(0))
+    }
+}
+
+fn read_text(ws: &mut WebSocket<TcpStream>) -> String {
+    match ws.read().expect("message") {
+        Message::Text(text) => text.as_str().to_string(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+/// Asserts no message arrives for `ws` within a short wait.
+fn assert_nothing_arrives(ws: &mut WebSocket<TcpStream>) {
+    ws.get_ref().set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    match ws.read() {
+        Err(tungstenite::Error::Io(e))
+            if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+        other => panic!("expected nothing, got {other:?}"),
+    }
+    ws.get_ref().set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+}
+
+/// Reads until the close frame and returns its code.
+fn read_close_code(ws: &mut WebSocket<TcpStream>) -> CloseCode {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(frame))) => return frame.code,
+            Ok(Message::Close(None)) => panic!("close frame without code"),
+            Ok(_) => continue,
+            Err(e) => panic!("connection ended without a close frame: {e}"),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------- pushing
+
+#[test]
+fn publish_reaches_every_tab_of_that_user_and_nobody_else() {
+    let daemon = Daemon::start(&[]);
+    let mut alice_tabs = [daemon.connect("user=alice"), daemon.connect("user=alice")];
+    let mut bob = daemon.connect("user=bob");
+
+    let response = daemon.post("/publish?user=alice", "You have new mail");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), r#"{"delivered":2}"#);
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    for tab in alice_tabs.iter_mut() {
+        assert_eq!(read_text(tab), "You have new mail");
+    }
+    assert_nothing_arrives(&mut bob);
+
+    assert_eq!(daemon.post("/publish?user=bob", "for bob").text(), r#"{"delivered":1}"#);
+    assert_eq!(read_text(&mut bob), "for bob");
+    assert_eq!(daemon.post("/publish?user=carol", "nobody home").text(), r#"{"delivered":0}"#);
+}
+
+#[test]
+fn user_ids_are_url_decoded_on_both_sides() {
+    let daemon = Daemon::start(&[]);
+    let mut spaced = daemon.connect("user=a%20b");
+    let mut plus = daemon.connect("user=c%2Bd");
+    assert_eq!(daemon.post("/publish?user=a+b", "one").text(), r#"{"delivered":1}"#);
+    assert_eq!(read_text(&mut spaced), "one");
+    assert_eq!(daemon.post("/publish?user=c%2bd", "two").text(), r#"{"delivered":1}"#);
+    assert_eq!(read_text(&mut plus), "two");
+}
+
+#[test]
+fn octet_stream_publishes_binary_frames_and_anything_else_text() {
+    let daemon = Daemon::start(&[]);
+    let mut alice = daemon.connect("user=alice");
+    let payload = [0u8, 159, 146, 150, 255];
+    let response =
+        daemon.request("POST", "/publish?user=alice", &[("Content-Type", "application/octet-stream")], &payload);
+    assert_eq!(response.text(), r#"{"delivered":1}"#);
+    assert_eq!(alice.read().unwrap(), Message::Binary(payload.to_vec().into()));
+
+    let response = daemon.request("POST", "/publish?user=alice", &[("Content-Type", "application/json")], b"{\"n\":1}");
+    assert_eq!(response.text(), r#"{"delivered":1}"#);
+    assert_eq!(alice.read().unwrap(), Message::Text("{\"n\":1}".into()));
+}
+
+#[test]
+fn broadcast_reaches_every_connection() {
+    let daemon = Daemon::start(&[]);
+    let mut clients = [daemon.connect("user=alice"), daemon.connect("user=alice"), daemon.connect("user=bob")];
+    let response = daemon.post("/broadcast", "maintenance at noon");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), r#"{"delivered":3}"#);
+    for client in clients.iter_mut() {
+        assert_eq!(read_text(client), "maintenance at noon");
+    }
+    let response = daemon.request("POST", "/broadcast", &[("Content-Type", "application/octet-stream")], b"\x01\x02");
+    assert_eq!(response.text(), r#"{"delivered":3}"#);
+    for client in clients.iter_mut() {
+        assert_eq!(client.read().unwrap(), Message::Binary(vec![1u8, 2].into()));
+    }
+}
+
+#[test]
+fn disconnect_closes_that_users_connections_with_the_code() {
+    let daemon = Daemon::start(&[]);
+    let mut alice_tabs = [daemon.connect("user=alice"), daemon.connect("user=alice")];
+    let mut bob = daemon.connect("user=bob");
+    let response = daemon.post("/disconnect?user=alice&code=4001", "");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), r#"{"disconnected":2}"#);
+    for tab in alice_tabs.iter_mut() {
+        assert_eq!(read_close_code(tab), CloseCode::from(4001));
+    }
+    // Bob is untouched; without a code, the close is a normal 1000.
+    assert_eq!(daemon.post("/publish?user=bob", "still here").text(), r#"{"delivered":1}"#);
+    assert_eq!(read_text(&mut bob), "still here");
+    assert_eq!(daemon.post("/disconnect?user=bob", "").text(), r#"{"disconnected":1}"#);
+    assert_eq!(read_close_code(&mut bob), CloseCode::Normal);
+    assert_eq!(daemon.post("/disconnect?user=nobody", "").text(), r#"{"disconnected":0}"#);
+}
+
+#[test]
+fn echo_mode_sends_each_message_back_with_its_kind() {
+    let daemon = Daemon::start(&["--echo"]);
+    let mut client = daemon.connect("user=tester");
+    client.send(Message::text("ping?")).unwrap();
+    assert_eq!(read_text(&mut client), "ping?");
+    client.send(Message::binary(vec![7u8, 8, 9])).unwrap();
+    assert_eq!(client.read().unwrap(), Message::Binary(vec![7u8, 8, 9].into()));
+}
+
+#[test]
+fn without_echo_client_messages_are_not_sent_back() {
+    let daemon = Daemon::start(&[]);
+    let mut client = daemon.connect("user=tester");
+    client.send(Message::text("hello?")).unwrap();
+    assert_nothing_arrives(&mut client);
+}
+
+// ------------------------------------------------------------------------------------- observing
+
+#[test]
+fn stats_and_metrics_report_the_engine_counters() {
+    let daemon = Daemon::start(&[]);
+    let mut alice = daemon.connect("user=alice");
+    daemon.post("/publish?user=alice", "one");
+    daemon.post("/broadcast", "two");
+    assert_eq!(read_text(&mut alice), "one");
+    assert_eq!(read_text(&mut alice), "two");
+
+    let stats = daemon.get("/stats");
+    assert_eq!(stats.status, 200);
+    assert_eq!(stats.header("content-type"), Some("application/json"));
+    let json = stats.text();
+    for expected in [
+        r#""connections":1"#,
+        r#""users":1"#,
+        r#""upgrades_total":1"#,
+        r#""publishes_total":1"#,
+        r#""broadcasts_total":1"#,
+        r#""messages_out_total":2"#,
+    ] {
+        assert!(json.contains(expected), "{expected} missing in {json}");
+    }
+    for field in [
+        "handshakes",
+        "accepted_total",
+        "rejected_total",
+        "over_capacity_total",
+        "messages_in_total",
+        "bytes_out_total",
+        "dropped_total",
+        "slow_consumer_closes_total",
+        "protocol_errors_total",
+        "timeouts_total",
+        "pings_total",
+    ] {
+        assert!(json.contains(&format!("\"{field}\":")), "{field} missing in {json}");
+    }
+    assert!(json.starts_with('{') && json.ends_with('}'));
+
+    let metrics = daemon.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.header("content-type").unwrap().starts_with("text/plain"));
+    let text = metrics.text();
+    for expected in [
+        "# TYPE wspush_connections gauge\nwspush_connections 1\n",
+        "# TYPE wspush_publishes_total counter\nwspush_publishes_total 1\n",
+        "# TYPE wspush_broadcasts_total counter\nwspush_broadcasts_total 1\n",
+        "# TYPE wspush_messages_out_total counter\nwspush_messages_out_total 2\n",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing in {text}");
+    }
+    // Exposition format: every sample has HELP and TYPE lines, counters end in _total.
+    for line in text.lines().filter(|line| !line.starts_with('#')) {
+        let (name, value) = line.split_once(' ').unwrap();
+        assert!(value.parse::<u64>().is_ok(), "bad sample {line:?}");
+        assert!(text.contains(&format!("# HELP {name} ")), "no HELP for {name}");
+        let kind = if text.contains(&format!("# TYPE {name} counter\n")) { "counter" } else { "gauge" };
+        assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "no TYPE for {name}");
+        assert_eq!(kind == "counter", name.ends_with("_total"), "{name} is a {kind}");
+    }
+}
+
+#[test]
+fn healthz_answers_ok() {
+    let daemon = Daemon::start(&[]);
+    let response = daemon.get("/healthz");
+    assert_eq!((response.status, response.text()), (200, "ok"));
+}
+
+// ------------------------------------------------------------------------------------- bad input
+
+#[test]
+fn admin_answers_bad_requests_with_a_status_and_a_reason() {
+    let daemon = Daemon::start(&["--max-message-size", "1024", "--max-queue-bytes", "1024"]);
+    let long_user = format!("/publish?user={}", "u".repeat(256));
+    let cases: Vec<(Response, u16)> = vec![
+        (daemon.get("/nope"), 404),
+        (daemon.post("/", ""), 404),
+        (daemon.get("/publish?user=alice"), 405),
+        (daemon.post("/stats", ""), 405),
+        (daemon.post("/publish", "x"), 400),
+        (daemon.post("/publish?user=", "x"), 400),
+        (daemon.post("/publish?user=%zz", "x"), 400),
+        (daemon.post(&long_user, "x"), 400),
+        (daemon.post("/disconnect", ""), 400),
+        (daemon.post("/disconnect?user=alice&code=999", ""), 400),
+        (daemon.post("/disconnect?user=alice&code=1005", ""), 400),
+        (daemon.post("/disconnect?user=alice&code=abc", ""), 400),
+        (daemon.request("POST", "/publish?user=alice", &[], &[0xff, 0xfe]), 400),
+        (daemon.post("/publish?user=alice", &"x".repeat(1025)), 413),
+        (daemon.request("POST", "/publish?user=alice", &[("Transfer-Encoding", "chunked")], b""), 411),
+    ];
+    for (index, (response, status)) in cases.iter().enumerate() {
+        assert_eq!(response.status, *status, "case {index}: {response:?}");
+        let reason = response.text();
+        assert!(reason.ends_with('\n') && reason.trim().lines().count() == 1, "case {index}: reason {reason:?}");
+    }
+    assert_eq!(cases[2].0.header("allow"), Some("POST"));
+    // The largest allowed body still goes through.
+    assert_eq!(daemon.post("/publish?user=alice", &"x".repeat(1024)).status, 200);
+
+    // Garbage that is not HTTP at all.
+    let mut http = daemon.admin();
+    http.write(b"NOT HTTP AT ALL\r\n\r\n");
+    assert_eq!(http.read_response().status, 400);
+    assert!(http.is_closed_by_server());
+}
+
+#[test]
+fn an_oversized_body_gets_413_even_while_it_is_still_being_sent() {
+    let daemon = Daemon::start(&["--max-message-size", "1024", "--max-queue-bytes", "1024"]);
+    let mut http = daemon.admin();
+    let body = vec![b'x'; 2 * 1024 * 1024];
+    let writer = http.reader.get_ref().try_clone().unwrap();
+    // The server answers after the head, long before the body is through; it must not reset the
+    // connection (losing its answer) because the rest of the body is still arriving.
+    let sender = std::thread::spawn(move || {
+        let mut writer = writer;
+        let head = format!("POST /publish?user=alice HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len());
+        writer.write_all(head.as_bytes()).and_then(|_| writer.write_all(&body))
+    });
+    let response = http.read_response();
+    assert_eq!(response.status, 413);
+    assert_eq!(response.text(), "request body too large\n");
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(sender.join().unwrap().is_ok(), "the server reset the connection while the body was sent");
+}
+
+#[test]
+fn oversized_request_heads_are_refused() {
+    let daemon = Daemon::start(&[]);
+    let mut http = daemon.admin();
+    let huge = "x".repeat(20 * 1024);
+    http.write(format!("GET /stats HTTP/1.1\r\nX-Filler: {huge}\r\n\r\n").as_bytes());
+    assert_eq!(http.read_response().status, 431);
+    assert!(http.is_closed_by_server());
+}
+
+// ------------------------------------------------------------------------------------- connections
+
+#[test]
+fn keep_alive_serves_a_thousand_publishes_on_one_connection() {
+    let daemon = Daemon::start(&[]);
+    let mut alice = daemon.connect("user=alice");
+    let mut http = daemon.admin();
+    for n in 0..1000 {
+        let response = http.request("POST", "/publish?user=alice", &[], format!("message {n}").as_bytes());
+        assert_eq!(response.status, 200, "request {n}");
+        assert_eq!(response.text(), r#"{"delivered":1}"#, "request {n}");
+        assert_eq!(response.header("connection"), None);
+    }
+    for n in 0..1000 {
+        assert_eq!(read_text(&mut alice), format!("message {n}"));
+    }
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let daemon = Daemon::start(&[]);
+    let _alice = daemon.connect("user=alice");
+    let mut http = daemon.admin();
+    let mut batch = Vec::new();
+    for n in 0..50 {
+        let target = if n % 2 == 0 { "/publish?user=alice" } else { "/publish?user=nobody" };
+        batch.extend_from_slice(format!("POST {target} HTTP/1.1\r\nContent-Length: 1\r\n\r\nx").as_bytes());
+    }
+    batch.extend_from_slice(b"GET /healthz HTTP/1.1\r\n\r\n");
+    http.write(&batch);
+    for n in 0..50 {
+        let expected = if n % 2 == 0 { r#"{"delivered":1}"# } else { r#"{"delivered":0}"# };
+        assert_eq!(http.read_response().text(), expected, "response {n}");
+    }
+    assert_eq!(http.read_response().text(), "ok");
+}
+
+#[test]
+fn connection_close_and_http_1_0_end_the_connection_after_the_response() {
+    let daemon = Daemon::start(&[]);
+    let mut http = daemon.admin();
+    let response = http.request("GET", "/healthz", &[("Connection", "close")], b"");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(http.is_closed_by_server());
+
+    let mut http = daemon.admin();
+    http.write(b"GET /healthz HTTP/1.0\r\n\r\n");
+    assert_eq!(http.read_response().status, 200);
+    assert!(http.is_closed_by_server());
+}
+
+#[test]
+fn expect_100_continue_gets_an_interim_response() {
+    let daemon = Daemon::start(&[]);
+    let mut http = daemon.admin();
+    http.write(b"POST /broadcast HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+    assert_eq!(http.read_response().status, 100);
+    http.write(b"hello");
+    let response = http.read_response();
+    assert_eq!((response.status, response.text()), (200, r#"{"delivered":0}"#));
+}
+
+#[test]
+fn idle_admin_connections_are_closed() {
+    let daemon = Daemon::start(&["--admin-idle-timeout-ms", "200"]);
+    let mut http = daemon.admin();
+    assert_eq!(http.request("GET", "/healthz", &[], b"").status, 200);
+    let started = Instant::now();
+    assert!(http.is_closed_by_server());
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+// ------------------------------------------------------------------------------------- public port
+
+#[test]
+fn public_port_serves_the_demo_page_and_426_on_the_websocket_path() {
+    let daemon = Daemon::start(&[]);
+    let page = Http::connect(daemon.ws).request("GET", "/", &[], b"");
+    assert_eq!(page.status, 200);
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    let html = page.text();
+    for expected in ["id=\"state\"", "id=\"notifications\"", "\"notification\"", "new WebSocket", "\"path\": \"/ws\""] {
+        assert!(html.contains(expected), "{expected} missing from the demo page");
+    }
+    assert!(html.contains(&format!("\"admin\": \"http://{}\"", daemon.admin)));
+
+    assert_eq!(Http::connect(daemon.ws).request("GET", "/ws", &[], b"").status, 426);
+    assert_eq!(Http::connect(daemon.ws).request("GET", "/nope", &[], b"").status, 404);
+}
+
+#[test]
+fn demo_upgrade_without_a_user_is_refused() {
+    let daemon = Daemon::start(&[]);
+    for query in ["", "user=", "user=%zz"] {
+        let stream = TcpStream::connect(daemon.ws).unwrap();
+        match tungstenite::client(format!("ws://{}/ws?{query}", daemon.ws), stream) {
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                assert_eq!(response.status(), 400, "query {query:?}")
+            }
+            other => panic!("query {query:?}: expected 400, got {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------- process
+
+fn run_to_exit(args: &[&str]) -> Output {
+    Command::new(daemon_binary()).args(args).stdin(Stdio::null()).output().expect("run wspushd")
+}
+
+#[test]
+fn starting_without_an_auth_mode_is_a_usage_error() {
+    let output = run_to_exit(&["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no authentication mode") && stderr.contains("--demo"), "{stderr}");
+}
+
+#[test]
+fn unknown_options_and_bad_values_are_usage_errors() {
+    for (args, reason) in [
+        (&["--demo", "--bogus"][..], "unknown option '--bogus'"),
+        (&["--demo", "--threads", "many"], "--threads takes a non-negative integer, got 'many'"),
+        (&["--demo", "--slow-consumer", "maybe"], "'maybe'"),
+        (&["--demo", "--listen"], "--listen needs a value"),
+    ] {
+        let output = run_to_exit(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+        assert!(stderr.contains("USAGE"), "{args:?}: no usage in {stderr}");
+    }
+}
+
+#[test]
+fn help_documents_every_option() {
+    let output = run_to_exit(&["--help"]);
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for option in [
+        "--listen",
+        "--path",
+        "--admin-listen",
+        "--demo",
+        "--echo",
+        "--threads",
+        "--max-connections",
+        "--max-connections-per-user",
+        "--max-message-size",
+        "--max-queue-bytes",
+        "--slow-consumer",
+        "--ping-interval-ms",
+        "--idle-timeout-ms",
+        "--handshake-timeout-ms",
+        "--drain-timeout-ms",
+        "--allowed-origin",
+        "--admin-idle-timeout-ms",
+        "POST /publish",
+        "POST /broadcast",
+        "POST /disconnect",
+        "GET  /stats",
+        "GET  /metrics",
+        "GET  /healthz",
+    ] {
+        assert!(help.contains(option), "--help does not mention {option}");
+    }
+}
+
+#[test]
+fn listen_failure_is_a_runtime_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let output = run_to_exit(&["--demo", "--listen", "127.0.0.1:0", "--admin-listen", &port]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot listen on admin address"));
+}
+
+#[test]
+fn demo_mode_warns_loudly() {
+    let daemon = Daemon::start(&[]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !daemon.stderr.lock().unwrap().contains("WARNING: DEMO MODE, NO AUTHENTICATION") {
+        assert!(Instant::now() < deadline, "no demo warning on stderr");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sigterm_closes_clients_with_1001_and_exits_0() {
+    let mut daemon = Daemon::start(&[]);
+    let mut clients = [daemon.connect("user=alice"), daemon.connect("user=bob")];
+    let pid = daemon.child.id() as libc::pid_t;
+    // SAFETY: kill(2) with a valid signal number on the child we started and have not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    for client in clients.iter_mut() {
+        assert_eq!(read_close_code(client), CloseCode::Away);
+    }
+    let status = daemon.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    daemon.wait_for_stdout("stopping on SIGTERM: closing 2 connections with 1001");
+    daemon.wait_for_stdout("wspushd stopped in ");
+}
+
+#[test]
+fn sigint_also_stops_gracefully() {
+    let mut daemon = Daemon::start(&[]);
+    let mut client = daemon.connect("user=alice");
+    // SAFETY: kill(2) with a valid signal number on the child we started and have not reaped.
+    assert_eq!(unsafe { libc::kill(daemon.child.id() as libc::pid_t, libc::SIGINT) }, 0);
+    assert_eq!(read_close_code(&mut client), CloseCode::Away);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn a_signal_delivered_twice_still_stops_gracefully() {
+    // GNU timeout, for one, signals both the child and its process group.
+    let mut daemon = Daemon::start(&[]);
+    let mut client = daemon.connect("user=alice");
+    let pid = daemon.child.id() as libc::pid_t;
+    for _ in 0..2 {
+        // SAFETY: kill(2) with a valid signal number on the child we started and have not reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    }
+    assert_eq!(read_close_code(&mut client), CloseCode::Away);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
