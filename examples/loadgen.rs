@@ -44,13 +44,15 @@ TARGET:
                            each answering 200 {\"delivered\":N}; keep-alive)   [127.0.0.1:8081]
     --server-pid PID       Server process, for memory per connection (idle phase, from
                            /proc/PID/status RssAnon) and CPU per message (echo phase).
+                           Measure memory on a freshly started server: memory its allocator
+                           kept from earlier connections is reused and hides the cost.
 
 CONNECTIONS:
     -n, --conns N          Connections to open   [1000]
     --tabs K               Connections per user (users u0..u{N/K-1}, K tabs each)   [1]
     --workers W            Worker processes   [enough for --max-per-worker]
     --max-per-worker M     Connections per worker process, at most 19000   [19000]
-    --connect-rate R       Handshakes started per second, all workers together; 0 = flat out   [0]
+    --connect-rate R[/s]   Handshakes started per second, all workers together; 0 = flat out   [0]
     --max-inflight F       Handshakes in progress per worker (bounds a flat-out start)   [1000]
     --connect-timeout S    Seconds allowed for TCP connect plus upgrade response   [10]
     --source-ips S         Bind client sockets to S source addresses, round-robin, from
@@ -74,7 +76,7 @@ PHASES:
                                       --echo-secs (server must echo: wspushd --echo)
                            Any phase after connect implies connect.
     --settle-secs S        Wait before sampling memory in the idle phase   [2]
-    --publish-rate R       Publishes per second   [1000]
+    --publish-rate R[/s]   Publishes per second   [1000]
     --publish-secs T       Publish phase length in seconds   [10]
     --admin-conns C        Keep-alive admin connections used to publish (a user always goes
                            over the same one, so its publishes stay in order)   [4]
@@ -288,14 +290,14 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             "--tabs" => o.tabs = number(name, &value)?,
             "--workers" => o.workers = number(name, &value)?,
             "--max-per-worker" => o.max_per_worker = number(name, &value)?,
-            "--connect-rate" => o.connect_rate = number(name, &value)?,
+            "--connect-rate" => o.connect_rate = number(name, value.trim_end_matches("/s"))?,
             "--max-inflight" => o.max_inflight = number(name, &value)?,
             "--connect-timeout" => o.connect_timeout = number(name, &value)?,
             "--source-ips" => o.source_ips = number(name, &value)?,
             "--source-base" => o.source_base = number(name, &value)?,
             "--phases" => o.phases = parse_phases(&value)?,
             "--settle-secs" => o.settle_secs = number(name, &value)?,
-            "--publish-rate" => o.publish_rate = number(name, &value)?,
+            "--publish-rate" => o.publish_rate = number(name, value.trim_end_matches("/s"))?,
             "--publish-secs" => o.publish_secs = number(name, &value)?,
             "--admin-conns" => o.admin_conns = number(name, &value)?,
             "--payload-bytes" => o.payload_bytes = number(name, &value)?,
@@ -600,7 +602,8 @@ fn json_value(value: &Value) -> String {
 }
 
 fn json_object(fields: &[(&str, Value)]) -> String {
-    let body: Vec<String> = fields.iter().map(|(key, value)| format!("{}:{}", json_string(key), json_value(value))).collect();
+    let body: Vec<String> =
+        fields.iter().map(|(key, value)| format!("{}:{}", json_string(key), json_value(value))).collect();
     format!("{{{}}}", body.join(","))
 }
 
@@ -826,13 +829,21 @@ impl Run {
         )?;
         let report = if report.get("pending") + report.get("inflight") > 0 {
             // Stalled: let in-flight attempts run into their own timeouts.
-            self.wait_until(Phase::Connect, quiet, "inflight", |r| r.get("inflight") == 0, |r| format!("{} still handshaking", r.get("inflight")))?
+            self.wait_until(
+                Phase::Connect,
+                quiet,
+                "inflight",
+                |r| r.get("inflight") == 0,
+                |r| format!("{} still handshaking", r.get("inflight")),
+            )?
         } else {
             report
         };
         let connected = report.get("connected");
-        let secs = report.get("last_open_ns").saturating_sub(start_ns) as f64 / 1e9;
-        let rate = if secs > 0.0 { connected as f64 / secs } else { 0.0 };
+        let secs = started.elapsed().as_secs_f64();
+        // The rate covers the time until the last upgrade completed, not the failures after it.
+        let opening_secs = report.get("last_open_ns").saturating_sub(start_ns) as f64 / 1e9;
+        let rate = if opening_secs > 0.0 { connected as f64 / opening_secs } else { 0.0 };
         let failed = ["refused", "timeout", "http", "other"].map(|k| report.get(k));
         let mut statuses: Vec<String> = report
             .0
@@ -901,7 +912,8 @@ impl Run {
         let mut details = format!("{warm}/{open} got the warm-up broadcast");
         if let Some(before) = self.before {
             std::thread::sleep(Duration::from_secs_f64(self.options.settle_secs));
-            let after = sys::sample_memory(self.options.server_pid).map_err(|e| format!("cannot sample memory: {e}"))?;
+            let after =
+                sys::sample_memory(self.options.server_pid).map_err(|e| format!("cannot sample memory: {e}"))?;
             let per_conn = |delta: f64| if open > 0 { delta / open as f64 } else { 0.0 };
             if let (Some(rss_before), Some(rss_after)) = (before.rss_anon_kib, after.rss_anon_kib) {
                 let delta = rss_after as f64 - rss_before as f64;
@@ -924,7 +936,8 @@ impl Run {
             fields.push(("kernel_slab_delta_kib", Value::Float(slab)));
             fields.push(("kernel_slab_bytes_per_conn", Value::Float(per_conn(slab) * 1024.0)));
             fields.push(("tcp_inuse_delta", Value::Float(after.tcp_inuse as f64 - before.tcp_inuse as f64)));
-            fields.push(("tcp_mem_delta_pages", Value::Float(after.tcp_mem_pages as f64 - before.tcp_mem_pages as f64)));
+            fields
+                .push(("tcp_mem_delta_pages", Value::Float(after.tcp_mem_pages as f64 - before.tcp_mem_pages as f64)));
         }
         let headline = match self.options.server_pid.zip(self.before) {
             Some(_) => {
@@ -1130,7 +1143,8 @@ impl Run {
     fn echo(&mut self) -> Result<PhaseResult, String> {
         let o = self.options.clone();
         let workers = self.workers.ranges.len();
-        let cpu_before = o.server_pid.map(sys::cpu_seconds).transpose().map_err(|e| format!("cannot read server CPU: {e}"))?;
+        let cpu_before =
+            o.server_pid.map(sys::cpu_seconds).transpose().map_err(|e| format!("cannot read server CPU: {e}"))?;
         let start_ns = mono_ns();
         let millis = (o.echo_secs * 1000.0).round() as u64;
         for index in 0..workers {
@@ -1140,7 +1154,9 @@ impl Run {
         let started = Instant::now();
         let mut last_print = Instant::now();
         while started.elapsed() < Duration::from_millis(millis) {
-            std::thread::sleep(Duration::from_millis(100).min(Duration::from_millis(millis).saturating_sub(started.elapsed())));
+            std::thread::sleep(
+                Duration::from_millis(100).min(Duration::from_millis(millis).saturating_sub(started.elapsed())),
+            );
             if last_print.elapsed() >= Duration::from_secs(1) {
                 let report = self.workers.report()?;
                 progress(Phase::Echo, &mut last_print, || {
@@ -1150,10 +1166,15 @@ impl Run {
             }
         }
         let quiet = Duration::from_secs_f64(self.options.drain_secs.max(1.0));
-        let report = self.wait_until(Phase::Echo, quiet, "echo_msgs", |r| r.get("echo_inflight") == 0, |r| {
-            format!("{} echo replies outstanding", r.get("echo_inflight"))
-        })?;
-        let cpu_after = o.server_pid.map(sys::cpu_seconds).transpose().map_err(|e| format!("cannot read server CPU: {e}"))?;
+        let report = self.wait_until(
+            Phase::Echo,
+            quiet,
+            "echo_msgs",
+            |r| r.get("echo_inflight") == 0,
+            |r| format!("{} echo replies outstanding", r.get("echo_inflight")),
+        )?;
+        let cpu_after =
+            o.server_pid.map(sys::cpu_seconds).transpose().map_err(|e| format!("cannot read server CPU: {e}"))?;
         let rtt = self.workers.histogram("echo")?;
         let messages = report.get("echo_msgs");
         let conns = report.get("echo_conns");
@@ -1199,7 +1220,14 @@ struct LaneResult {
 /// Publishes at `rate / lanes` per second to random users of this lane until `stop_at`, over
 /// one keep-alive admin connection. Each user belongs to exactly one lane, and a lane waits
 /// for each response before the next request, so a user's publishes reach the server in order.
-fn publish_lane(o: &Options, lane: usize, lanes: usize, users: usize, stop_at: Instant, sent_total: &AtomicU64) -> Result<LaneResult, String> {
+fn publish_lane(
+    o: &Options,
+    lane: usize,
+    lanes: usize,
+    users: usize,
+    stop_at: Instant,
+    sent_total: &AtomicU64,
+) -> Result<LaneResult, String> {
     let my_users = (users - lane).div_ceil(lanes);
     let mut result = LaneResult {
         sent: vec![0; my_users],
@@ -1303,6 +1331,8 @@ fn print_results(o: &Options, results: &[PhaseResult], anomalies: u64) {
         }
     }
     if anomalies > 0 {
-        eprintln!("loadgen: FAILED: {anomalies} message(s) lost, duplicated, reordered or unexpected (see the counts above)");
+        eprintln!(
+            "loadgen: FAILED: {anomalies} message(s) lost, duplicated, reordered or unexpected (see the counts above)"
+        );
     }
 }

@@ -102,7 +102,11 @@ impl AdminClient {
             };
             match n {
                 Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
-                Err(e) if got_nothing_yet && e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::TimedOut => {
+                Err(e)
+                    if got_nothing_yet
+                        && e.kind() != io::ErrorKind::WouldBlock
+                        && e.kind() != io::ErrorKind::TimedOut =>
+                {
                     return Err(PostError::BeforeResponse(e))
                 }
                 Err(e) => return Err(PostError::During(e)),
@@ -111,11 +115,13 @@ impl AdminClient {
         let head = String::from_utf8_lossy(&self.buffer[..head_end]).into_owned();
         let mut lines = head.split("\r\n");
         let status_line = lines.next().unwrap_or("");
-        let status = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse::<u16>().ok())
-            .ok_or_else(|| PostError::During(io::Error::new(io::ErrorKind::InvalidData, format!("bad status line {status_line:?}"))))?;
+        let status =
+            status_line.split_whitespace().nth(1).and_then(|code| code.parse::<u16>().ok()).ok_or_else(|| {
+                PostError::During(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("bad status line {status_line:?}"),
+                ))
+            })?;
         let mut content_length = None;
         let mut close = status_line.starts_with("HTTP/1.0");
         for line in lines {
@@ -126,7 +132,10 @@ impl AdminClient {
             } else if name.eq_ignore_ascii_case("connection") {
                 close = value.eq_ignore_ascii_case("close");
             } else if name.eq_ignore_ascii_case("transfer-encoding") && !value.eq_ignore_ascii_case("identity") {
-                return Err(PostError::During(io::Error::new(io::ErrorKind::InvalidData, "chunked responses are not supported")));
+                return Err(PostError::During(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "chunked responses are not supported",
+                )));
             }
         }
         self.buffer.drain(..head_end);

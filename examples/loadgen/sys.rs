@@ -92,7 +92,7 @@ pub fn listener_count(port: u16) -> Option<usize> {
 
 /// Raises this process's soft open-file limit to the hard limit (workers hold up to 19,000
 /// sockets). Returns the limit now in force.
-pub fn raise_fd_limit() -> u64 {
+pub fn raise_fd_limit() -> libc::rlim_t {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `limit` is a valid, writable rlimit.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
@@ -102,8 +102,8 @@ pub fn raise_fd_limit() -> u64 {
         let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
         // SAFETY: `raised` is a valid rlimit; raising the soft limit up to the hard one is allowed.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            return raised.rlim_cur as u64;
+            return raised.rlim_cur;
         }
     }
-    limit.rlim_cur as u64
+    limit.rlim_cur
 }
