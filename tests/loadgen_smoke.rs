@@ -172,6 +172,8 @@ impl Daemon {
     fn start() -> Daemon {
         let mut child = Command::new(examples_dir().join("wspushd"))
             .args(["--demo", "--echo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--threads", "2"])
+            // Frequent pings: loadgen's clients must answer them or be closed as idle.
+            .args(["--ping-interval-ms", "200", "--idle-timeout-ms", "2000"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -218,7 +220,8 @@ fn number(json: &str, section: &str, key: &str) -> f64 {
     value.parse().unwrap_or_else(|_| panic!("{section}.{key} is not a number in {json}"))
 }
 
-fn run_loadgen(ws_port: u16, admin_port: u16, extra: &[&str]) -> (i32, String) {
+/// Runs loadgen with `--json` and the whitespace-separated `args`; returns (exit code, stdout).
+fn run_loadgen(ws_port: u16, admin_port: u16, args: &str) -> (i32, String) {
     let output = Command::new(examples_dir().join("loadgen"))
         .args([
             "--url",
@@ -227,7 +230,7 @@ fn run_loadgen(ws_port: u16, admin_port: u16, extra: &[&str]) -> (i32, String) {
             &format!("127.0.0.1:{admin_port}"),
             "--json",
         ])
-        .args(extra)
+        .args(args.split_whitespace())
         .output()
         .unwrap();
     let stdout = String::from_utf8(output.stdout).unwrap();
@@ -239,35 +242,13 @@ fn run_loadgen(ws_port: u16, admin_port: u16, extra: &[&str]) -> (i32, String) {
 #[test]
 fn every_phase_at_500_connections_against_wspushd_loses_nothing() {
     let daemon = Daemon::start();
-    let pid = daemon.child.id().to_string();
-    let (code, json) = run_loadgen(
-        daemon.ws_port,
-        daemon.admin_port,
-        &[
-            "--conns",
-            "500",
-            "--tabs",
-            "2",
-            "--phases",
-            "connect,idle,publish,broadcast,echo",
-            "--server-pid",
-            &pid,
-            "--settle-secs",
-            "0.3",
-            "--publish-rate",
-            "400",
-            "--publish-secs",
-            "1.5",
-            "--broadcasts",
-            "5",
-            "--echo-conns",
-            "20",
-            "--echo-secs",
-            "0.5",
-            "--drain-secs",
-            "3",
-        ],
+    let pid = daemon.child.id();
+    // The run lasts longer than the idle timeout, so clients that ignored pings would be closed.
+    let args = format!(
+        "--conns 500 --tabs 2 --phases connect,idle,publish,broadcast,echo --server-pid {pid} --settle-secs 1 \
+         --publish-rate 400 --publish-secs 1.5 --broadcasts 5 --echo-conns 20 --echo-secs 0.5 --drain-secs 3"
     );
+    let (code, json) = run_loadgen(daemon.ws_port, daemon.admin_port, &args);
     assert_eq!(code, 0, "loadgen reported anomalies or failed");
     assert_eq!(number(&json, "connect", "opened"), 500.0);
     assert_eq!(number(&json, "idle", "warm"), 500.0);
@@ -285,6 +266,9 @@ fn every_phase_at_500_connections_against_wspushd_loses_nothing() {
     assert!(number(&json, "echo", "messages") > 0.0);
     assert_eq!(number(&json, "echo", "conns"), 20.0);
     assert!(number(&json, "echo", "server_cpu_secs") > 0.0);
+    for phase in ["idle", "publish", "broadcast"] {
+        assert_eq!(number(&json, phase, "closed_by_server"), 0.0, "{phase}: server closed connections");
+    }
 }
 
 #[test]
@@ -293,24 +277,8 @@ fn lost_duplicated_and_reordered_publishes_are_counted_and_fail_the_run() {
     let (_server, ws_port, admin_port) = start_stand_in(faults);
     // Four users with one tab each and ~100 publishes: the held publish is followed by another
     // to the same user almost surely, making the delay a reorder rather than a loss.
-    let (code, json) = run_loadgen(
-        ws_port,
-        admin_port,
-        &[
-            "--conns",
-            "4",
-            "--phases",
-            "publish",
-            "--publish-rate",
-            "100",
-            "--publish-secs",
-            "1",
-            "--drain-secs",
-            "1",
-            "--admin-conns",
-            "1",
-        ],
-    );
+    let args = "--conns 4 --phases publish --publish-rate 100 --publish-secs 1 --drain-secs 1 --admin-conns 1";
+    let (code, json) = run_loadgen(ws_port, admin_port, args);
     assert_eq!(code, 1, "anomalies must make the exit status non-zero");
     assert_eq!(number(&json, "publish", "lost"), 1.0);
     assert_eq!(number(&json, "publish", "duplicated"), 1.0);
@@ -322,7 +290,7 @@ fn lost_duplicated_and_reordered_publishes_are_counted_and_fail_the_run() {
 fn refused_connections_are_reported_by_kind() {
     // A port nobody listens on: bind, read the port, close.
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (code, json) = run_loadgen(port, port, &["--conns", "50", "--phases", "connect"]);
+    let (code, json) = run_loadgen(port, port, "--conns 50 --phases connect");
     assert_eq!(code, 0, "connection failures are reported, not message anomalies");
     assert_eq!(number(&json, "connect", "opened"), 0.0);
     assert_eq!(number(&json, "connect", "failed_refused"), 50.0);
