@@ -14,6 +14,7 @@ use std::sync::Arc;
 use mio::net::TcpStream;
 
 use crate::codec::{self, close, Frame, FrameInfo, Opcode, Utf8Check};
+use crate::conn_id;
 use crate::config::SlowConsumerPolicy;
 use crate::event_loop::{stats, IoThread, READS_PER_ROUND};
 use crate::handler::{MessageKind, UpgradeDecision};
@@ -38,6 +39,8 @@ pub(crate) enum State {
 
 const PINGED: u8 = 1;
 const WRITE_SHUT: u8 = 2;
+/// The upper 6 bits of `flags` number the connection's current timer entry (see `rearm_timer`).
+const EPOCH_SHIFT: u8 = 2;
 
 pub(crate) struct Conn {
     stream: TcpStream,
@@ -95,6 +98,17 @@ impl Conn {
 
     pub(crate) fn user(&self) -> Option<&[u8]> {
         self.user.as_deref()
+    }
+
+    pub(crate) fn timer_epoch(&self) -> u8 {
+        self.flags >> EPOCH_SHIFT
+    }
+
+    /// Invalidates the pending timer entry: entries carrying an older epoch are dropped.
+    pub(crate) fn next_timer_epoch(&mut self) -> u8 {
+        let epoch = self.timer_epoch().wrapping_add(1) & (u8::MAX >> EPOCH_SHIFT);
+        self.flags = (self.flags & ((1 << EPOCH_SHIFT) - 1)) | (epoch << EPOCH_SHIFT);
+        epoch
     }
 
     pub(crate) fn pinged(&self) -> bool {
@@ -408,6 +422,8 @@ impl IoThread {
         conn.state = State::Open;
         conn.last_rx = now;
         conn.user = Some(UserId::new(user));
+        // The pending entry is the handshake deadline; the first ping may be due sooner.
+        self.rearm_timer(slot, now + self.ticks.ping);
         bump(&stats!(self).upgrades_total, 1);
         bump(&stats!(self).connections, 1);
         self.send_control(slot, &handshake::switching_protocols(accept_key));
@@ -562,16 +578,25 @@ impl IoThread {
         if conn.state == State::Closing {
             return;
         }
+        let was_open = conn.state == State::Open;
         conn.state = State::Closing;
         conn.close_code = code;
         conn.last_rx = now;
+        if was_open {
+            // From now on publishes, counts and gauges see the connection as gone; on_close
+            // still fires when the socket is finally closed.
+            if let Some(user) = &conn.user {
+                self.shared.registry.remove(user, conn_id::make(self.index, slot, conn.generation));
+            }
+            drop_by(&stats!(self).connections, 1);
+        }
+        let conn = &mut self.conns[slot];
         if let Some(spill) = conn.spill.as_mut() {
             spill.input = Vec::new();
             spill.fragments = None;
             spill.accept_key = None;
         }
-        let generation = conn.generation;
-        self.wheel.schedule((slot as u32, generation), now + self.ticks.close);
+        self.rearm_timer(slot, now + self.ticks.close);
         self.send_control(slot, last_bytes);
         self.shut_write_when_flushed(slot);
     }
@@ -598,9 +623,14 @@ impl IoThread {
         self.me().live.clear(slot);
         self.shared.open_sockets.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         drop(conn.stream); // closing the descriptor also removes it from epoll
+        if std::mem::take(&mut self.accept_after_close) {
+            self.accept_pending = true; // a descriptor is free again
+        }
         if let Some(user) = conn.user {
-            self.shared.registry.remove(&user, id);
-            drop_by(&stats!(self).connections, 1);
+            if conn.state == State::Open {
+                self.shared.registry.remove(&user, id);
+                drop_by(&stats!(self).connections, 1);
+            }
             let (handler, server) = (&self.shared.handler, &self.server);
             guarded(|| handler.on_close(server, id, &user, code));
         }

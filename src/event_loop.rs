@@ -19,7 +19,7 @@ use crate::handler::{ConnId, UpgradeDecision};
 use crate::registry::UserCheck;
 use crate::server::{ServerHandle, Shared, ThreadShared, ENGINE_OF_THIS_THREAD, OWNING_IO_THREAD};
 use crate::stats::bump;
-use crate::timer::{Entry, Ticks, TimerWheel};
+use crate::timer::{self, Entry, Ticks, TimerWheel};
 use crate::{handshake, socket};
 
 /// This thread's counters, borrowing only the `shared` field (so a connection may stay borrowed).
@@ -94,6 +94,7 @@ impl IoThreadSetup {
             next_generation: 1,
             handshakes: 0,
             accept_pending: false,
+            accept_after_close: false,
             again: Vec::new(),
             drain_deadline: None,
         };
@@ -130,6 +131,8 @@ pub(crate) struct IoThread {
     pub(crate) handshakes: usize,
     /// The listener may hold connections we left there (handshake limit, out of descriptors).
     pub(crate) accept_pending: bool,
+    /// Accepting failed for lack of descriptors: retry when a connection closes.
+    pub(crate) accept_after_close: bool,
     /// Connections that still had input when their read budget ran out.
     pub(crate) again: Vec<usize>,
     drain_deadline: Option<Instant>,
@@ -150,7 +153,7 @@ impl IoThread {
         let mut due: Vec<Entry> = Vec::new();
         let mut again = Vec::new();
         loop {
-            let idle = self.again.is_empty() && !self.accept_pending && !self.me().has_commands();
+            let idle = self.again.is_empty() && !self.can_accept() && !self.me().has_commands();
             let timeout = if idle { self.wheel.timeout().max(Duration::from_millis(1)) } else { Duration::ZERO };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -181,7 +184,7 @@ impl IoThread {
             for command in inbox.drain(..) {
                 self.execute(command);
             }
-            if self.accept_pending {
+            if self.can_accept() {
                 self.accept();
             }
             let now = self.wheel.now();
@@ -240,24 +243,25 @@ impl IoThread {
         conn_id::make(self.index, slot, self.conns[slot].generation)
     }
 
+    /// The listener may hold connections and this thread may take them now. At the handshake
+    /// limit (storm control) the rest wait in the kernel's backlog; `leave_handshake` resumes.
+    fn can_accept(&self) -> bool {
+        self.accept_pending && self.handshakes < self.config().max_handshakes_per_thread
+    }
+
     fn accept(&mut self) {
-        loop {
+        while self.can_accept() {
             let Some(listener) = &self.listener else { return };
-            if self.handshakes >= self.config().max_handshakes_per_thread {
-                // Storm control: leave the rest in the kernel's backlog until handshakes finish.
-                self.accept_pending = true;
-                return;
-            }
             match listener.accept() {
                 Ok((stream, _)) => self.admit(stream),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.accept_pending = false;
-                    return;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.accept_pending = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    // Out of descriptors or memory: retry on a later round, keep serving the rest.
-                    self.accept_pending = true;
+                    // Out of descriptors or memory: the listener stays readable (level state in
+                    // the kernel), so stop for now and try again when the next socket closes
+                    // or a new connection arrives, instead of spinning on the error.
+                    self.accept_pending = false;
+                    self.accept_after_close = true;
                     return;
                 }
             }
@@ -287,14 +291,28 @@ impl IoThread {
         self.me().live.set(slot, generation);
         self.handshakes += 1;
         bump(&stats!(self).handshakes, 1);
-        self.wheel.schedule((slot as u32, generation), now + self.ticks.handshake);
+        self.arm_timer(slot, now + self.ticks.handshake);
     }
 
-    fn on_timer(&mut self, (slot, generation): Entry, now: u32) {
-        let slot = slot as usize;
+    /// Schedules the connection's timer entry for `deadline` (the one entry it has).
+    pub(crate) fn arm_timer(&mut self, slot: usize, deadline: u32) {
+        let conn = &self.conns[slot];
+        let entry = timer::entry(slot, conn.timer_epoch(), conn.generation);
+        self.wheel.schedule(entry, deadline);
+    }
+
+    /// Replaces the connection's timer entry with one for an earlier `deadline`: the old entry
+    /// becomes stale and is dropped when it comes due, so there is still one entry per connection.
+    pub(crate) fn rearm_timer(&mut self, slot: usize, deadline: u32) {
+        self.conns[slot].next_timer_epoch();
+        self.arm_timer(slot, deadline);
+    }
+
+    fn on_timer(&mut self, entry: Entry, now: u32) {
+        let (slot, epoch, generation) = timer::split(entry);
         let Some(conn) = self.conns.get_mut(slot) else { return };
-        if conn.generation != generation {
-            return; // the connection this entry was for is gone
+        if conn.generation != generation || conn.timer_epoch() != epoch {
+            return; // the connection this entry was for is gone, or the entry was replaced
         }
         let since = conn.last_rx;
         let (deadline, fire) = match conn.state {
@@ -304,7 +322,7 @@ impl IoThread {
             State::Closing => (since + self.ticks.close, TimerAction::Finish),
         };
         if now < deadline {
-            self.wheel.schedule((slot as u32, generation), deadline);
+            self.arm_timer(slot, deadline);
             return;
         }
         match fire {
@@ -313,7 +331,7 @@ impl IoThread {
                 bump(&stats!(self).pings_total, 1);
                 self.send_control(slot, crate::codec::control(crate::codec::Opcode::Ping, b"").as_bytes());
                 if self.conns.contains(slot) {
-                    self.wheel.schedule((slot as u32, generation), since + self.ticks.idle);
+                    self.arm_timer(slot, since + self.ticks.idle);
                 }
             }
             TimerAction::Timeout => {

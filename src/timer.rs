@@ -12,8 +12,18 @@ use crate::config::Config;
 
 const BUCKETS: u32 = 1024;
 
-/// A wheel entry: the connection's slab slot and generation (stale entries are skipped).
+/// A wheel entry: the connection's slab slot (24 bits) and timer epoch (6 bits), and its
+/// generation. Entries whose connection is gone or whose epoch was replaced are skipped.
 pub(crate) type Entry = (u32, u32);
+
+pub(crate) fn entry(slot: usize, epoch: u8, generation: u32) -> Entry {
+    ((slot as u32 & 0x00ff_ffff) | (u32::from(epoch) << 24), generation)
+}
+
+/// (slot, epoch, generation)
+pub(crate) fn split((slot_epoch, generation): Entry) -> (usize, u8, u32) {
+    ((slot_epoch & 0x00ff_ffff) as usize, (slot_epoch >> 24) as u8, generation)
+}
 
 /// Configured timeouts, converted to ticks of this wheel.
 #[derive(Clone, Copy)]
