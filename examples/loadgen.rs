@@ -272,6 +272,37 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             Ok(false) => return Ok(None),
             Err(_) => {}
         }
+        const WITH_VALUE: &[&str] = &[
+            "--url",
+            "--admin",
+            "--server-pid",
+            "-n",
+            "--conns",
+            "--tabs",
+            "--workers",
+            "--max-per-worker",
+            "--connect-rate",
+            "--max-inflight",
+            "--connect-timeout",
+            "--source-ips",
+            "--source-base",
+            "--phases",
+            "--settle-secs",
+            "--publish-rate",
+            "--publish-secs",
+            "--admin-conns",
+            "--payload-bytes",
+            "--broadcasts",
+            "--echo-conns",
+            "--echo-secs",
+            "--drain-secs",
+            "--seed",
+            "--worker-first",
+            "--worker-count",
+        ];
+        if !WITH_VALUE.contains(&name) {
+            return Err(format!("unknown option {name:?}"));
+        }
         let value = match inline {
             Some(value) => value,
             None => {
@@ -679,19 +710,24 @@ fn check_listeners(port: u16, what: &str, server_pid: Option<u32>) {
         .collect();
     pids.sort_unstable();
     pids.dedup();
+    // Sockets of other users' processes show no owner; they count as one more process.
     let unattributed = lines.iter().filter(|line| !line.contains("pid=")).count();
     let sockets = sys::listener_count(port).unwrap_or(lines.len());
     let processes = pids.len() + unattributed.min(1);
     if sockets == 0 {
         eprintln!("loadgen: WARNING: nothing listens on {what} port {port}");
-    } else if processes != 1 || (unattributed > 0 && sockets > 1 && pids.is_empty()) {
+    } else if processes != 1 || (pids.is_empty() && sockets > 1) {
+        let owners = if unattributed > 0 {
+            format!("processes {pids:?} plus {unattributed} socket(s) whose owner ss cannot show")
+        } else {
+            format!("processes {pids:?}")
+        };
         eprintln!(
             "loadgen: WARNING: ==================================================================\n\
-             loadgen: WARNING: {sockets} listening sockets on {what} port {port} from {} process(es) {pids:?}\n\
+             loadgen: WARNING: {sockets} listening sockets on {what} port {port}, {owners}\n\
              loadgen: WARNING: expected exactly one server; a leftover SO_REUSEPORT process would take\n\
              loadgen: WARNING: a share of the connections and falsify every number below.\n\
-             loadgen: WARNING: ==================================================================",
-            processes
+             loadgen: WARNING: =================================================================="
         );
     } else if let (Some(expected), [found]) = (server_pid, pids.as_slice()) {
         if *found != expected {
