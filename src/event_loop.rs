@@ -354,7 +354,8 @@ impl IoThread {
         }
         self.accept_pending = false;
         let now = Instant::now();
-        self.drain_deadline = Some(now.checked_add(self.config().drain_timeout).unwrap_or(now + Duration::from_secs(86_400)));
+        self.drain_deadline =
+            Some(now.checked_add(self.config().drain_timeout).unwrap_or(now + Duration::from_secs(86_400)));
         for slot in 0..self.conns.capacity() {
             match self.conns.get(slot).map(|c| c.state) {
                 Some(State::Open) => self.start_close(slot, close::GOING_AWAY, "server shutting down"),

@@ -120,7 +120,7 @@ impl Server {
             thread_shared.push(ThreadShared {
                 inbox: Mutex::new(Vec::new()),
                 waker,
-                live: LiveTable::default(),
+                live: LiveTable::with_first_chunk(),
                 stats: ThreadStats::default(),
             });
         }
