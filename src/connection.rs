@@ -435,25 +435,61 @@ impl IoThread {
 
     // ---------------------------------------------------------------- output
 
-    /// Queues a data message, applying the slow-consumer policy.
-    pub(crate) fn queue_message(&mut self, slot: usize, frame: Frame) {
-        let max_queue = self.config().max_queue_bytes;
+    /// Sends data messages to one connection: as many as the socket takes in one call, the rest
+    /// queued behind them under the slow-consumer policy. Several frames (back-to-back
+    /// broadcasts) go out in one sendmsg.
+    pub(crate) fn queue_messages(&mut self, slot: usize, frames: &[Frame]) {
+        let mut rest = frames;
         let conn = &mut self.conns[slot];
-        if !conn.has_queued_output() {
-            bump(&stats!(self).messages_out_total, 1);
-            let sent = match socket::send(conn.stream.as_raw_fd(), &frame) {
+        if !conn.has_queued_output() && !frames.is_empty() {
+            let fd = conn.stream.as_raw_fd();
+            let written = if let [frame] = frames {
+                socket::send(fd, frame)
+            } else {
+                let mut slices = [IoSlice::new(&[]); 64];
+                let count = frames.len().min(slices.len());
+                for (slice, frame) in slices.iter_mut().zip(frames) {
+                    *slice = IoSlice::new(frame);
+                }
+                socket::send_vectored(fd, &slices[..count])
+            };
+            let mut sent = match written {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                 Err(_) => return self.on_peer_gone(slot),
             };
             bump(&stats!(self).bytes_out_total, sent as u64);
-            if sent < frame.len() {
-                let spill = conn.spill();
-                spill.front_sent = sent;
-                spill.queued_bytes = frame.len() - sent;
-                spill.queue.push_back(frame);
+            while let [frame, tail @ ..] = rest {
+                if sent < frame.len() {
+                    break;
+                }
+                sent -= frame.len();
+                rest = tail;
+                bump(&stats!(self).messages_out_total, 1);
             }
-            return;
+            if let [partial, tail @ ..] = rest {
+                if sent > 0 {
+                    // Part of this frame is on the wire: it is queued whatever the policy.
+                    bump(&stats!(self).messages_out_total, 1);
+                    let spill = conn.spill();
+                    spill.front_sent = sent;
+                    spill.queued_bytes = partial.len() - sent;
+                    spill.queue.push_back(partial.clone());
+                    rest = tail;
+                }
+            }
+        }
+        for frame in rest {
+            self.enqueue_message(slot, frame.clone());
+        }
+    }
+
+    /// Queues a data message behind others, applying the slow-consumer policy.
+    fn enqueue_message(&mut self, slot: usize, frame: Frame) {
+        let max_queue = self.config().max_queue_bytes;
+        let Some(conn) = self.conns.get_mut(slot) else { return };
+        if conn.state != State::Open {
+            return; // closed as a slow consumer by an earlier frame of this batch
         }
         let spill = conn.spill();
         if spill.queued_bytes + frame.len() <= max_queue {

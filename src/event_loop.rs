@@ -152,6 +152,7 @@ impl IoThread {
         let mut inbox = Vec::new();
         let mut due: Vec<Entry> = Vec::new();
         let mut again = Vec::new();
+        let mut broadcasts = Vec::new();
         loop {
             let idle = self.again.is_empty() && !self.can_accept() && !self.me().has_commands();
             let timeout = if idle { self.wheel.timeout().max(Duration::from_millis(1)) } else { Duration::ZERO };
@@ -181,9 +182,23 @@ impl IoThread {
                 self.on_readable(slot);
             }
             self.me().take_inbox(&mut inbox);
-            for command in inbox.drain(..) {
-                self.execute(command);
+            let mut commands = inbox.drain(..).peekable();
+            while let Some(command) = commands.next() {
+                if let Command::Broadcast { frame } = command {
+                    // Back-to-back broadcasts reach each connection in one sendmsg.
+                    broadcasts.push(frame);
+                    while let Some(Command::Broadcast { .. }) = commands.peek() {
+                        if let Some(Command::Broadcast { frame }) = commands.next() {
+                            broadcasts.push(frame);
+                        }
+                    }
+                    self.broadcast(&broadcasts);
+                    broadcasts.clear();
+                } else {
+                    self.execute(command);
+                }
             }
+            drop(commands);
             if self.can_accept() {
                 self.accept();
             }
@@ -204,16 +219,10 @@ impl IoThread {
         match command {
             Command::Deliver { conn, frame, user_check } => {
                 if let Some(slot) = self.lookup(conn, State::Open, user_check) {
-                    self.queue_message(slot, frame);
+                    self.queue_messages(slot, &[frame]);
                 }
             }
-            Command::Broadcast { frame } => {
-                for slot in 0..self.conns.capacity() {
-                    if self.conns.get(slot).is_some_and(|c| c.state == State::Open) {
-                        self.queue_message(slot, frame.clone());
-                    }
-                }
-            }
+            Command::Broadcast { frame } => self.broadcast(&[frame]),
             Command::Close { conn, code, reason, user_check } => {
                 if let Some(slot) = self.lookup(conn, State::Open, user_check) {
                     self.start_close(slot, code, &reason);
@@ -225,6 +234,15 @@ impl IoThread {
                 }
             }
             Command::Stop => self.begin_stop(),
+        }
+    }
+
+    /// Sends `frames`, in order, to every open connection of this thread.
+    fn broadcast(&mut self, frames: &[Frame]) {
+        for slot in 0..self.conns.capacity() {
+            if self.conns.get(slot).is_some_and(|c| c.state == State::Open) {
+                self.queue_messages(slot, frames);
+            }
         }
     }
 
