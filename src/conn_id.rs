@@ -38,6 +38,14 @@ impl Default for LiveTable {
 }
 
 impl LiveTable {
+    /// Allocates the first chunk now: every server with a connection needs it, so it belongs to
+    /// the fixed footprint paid at start.
+    pub(crate) fn with_first_chunk() -> Self {
+        let table = LiveTable::default();
+        table.clear(0);
+        table
+    }
+
     pub(crate) fn set(&self, slot: usize, generation: u32) {
         if let Some(chunk) = self.chunks.get(slot / CHUNK) {
             let chunk = chunk.get_or_init(|| (0..CHUNK).map(|_| AtomicU32::new(0)).collect());

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use mio::net::TcpStream;
 
 use crate::codec::{self, close, Frame, FrameInfo, Opcode, Utf8Check};
-use crate::conn_id;
 use crate::config::SlowConsumerPolicy;
+use crate::conn_id;
 use crate::event_loop::{stats, IoThread, READS_PER_ROUND};
 use crate::handler::{MessageKind, UpgradeDecision};
 use crate::handshake::{self, Head, MAX_HEADERS};

@@ -353,7 +353,9 @@ impl IoThread {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         self.accept_pending = false;
-        self.drain_deadline = Some(Instant::now() + self.config().drain_timeout);
+        let now = Instant::now();
+        self.drain_deadline =
+            Some(now.checked_add(self.config().drain_timeout).unwrap_or(now + Duration::from_secs(86_400)));
         for slot in 0..self.conns.capacity() {
             match self.conns.get(slot).map(|c| c.state) {
                 Some(State::Open) => self.start_close(slot, close::GOING_AWAY, "server shutting down"),

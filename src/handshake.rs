@@ -118,8 +118,12 @@ pub(crate) fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// A complete HTTP response that ends the connection.
+/// A complete HTTP response that ends the connection. A host-supplied status outside 100-599 or a
+/// content type with control characters (header injection) is replaced by a 500.
 pub(crate) fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
+    if !(100..=599).contains(&status) || content_type.chars().any(char::is_control) {
+        return error_response(500);
+    }
     let mut out = Vec::with_capacity(160 + body.len());
     let _ = write!(
         out,

@@ -58,3 +58,60 @@ pub use stats::Stats;
 pub const MAX_USER_ID_LEN: usize = 255;
 /// This crate's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Hot-path internals for the criterion benches (`--features bench-internals`); not a stable API.
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+pub mod internals {
+    use crate::config::Config;
+    use crate::handshake::{self, Head, MAX_HEADERS};
+
+    /// Unmasks a client payload in place.
+    pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
+        crate::codec::apply_mask(buf, mask, offset)
+    }
+
+    /// Parses and validates an upgrade request; returns the head length when it is an upgrade.
+    pub fn parse_upgrade(buf: &[u8], config: &Config) -> Option<usize> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match handshake::parse(buf, &mut headers, config, 1, || None) {
+            Head::Upgrade { len, .. } => Some(len),
+            _ => None,
+        }
+    }
+
+    /// Decodes a client frame header: (header length, payload length).
+    pub fn parse_frame_header(buf: &[u8], max_payload: usize) -> Option<(usize, usize)> {
+        match crate::codec::parse_header(buf, max_payload) {
+            Ok(Some(info)) => Some((info.header_len, info.payload_len)),
+            _ => None,
+        }
+    }
+
+    /// Frames a text message once, as publish does.
+    pub fn frame_text(payload: &[u8]) -> std::sync::Arc<[u8]> {
+        crate::codec::encode(crate::codec::Opcode::Text, payload)
+    }
+
+    /// The user registry.
+    pub struct Registry(crate::registry::Registry);
+
+    impl Default for Registry {
+        fn default() -> Self {
+            Registry(crate::registry::Registry::new())
+        }
+    }
+
+    impl Registry {
+        pub fn add(&self, user: &[u8], conn: u64) {
+            let _ = self.0.add(user, conn, 0);
+        }
+
+        /// Connections of `user`, as publish walks them.
+        pub fn lookup(&self, user: &[u8]) -> usize {
+            self.0.for_each_conn(user, |conn, check| {
+                std::hint::black_box((conn, check));
+            })
+        }
+    }
+}

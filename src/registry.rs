@@ -1,13 +1,13 @@
 //! The user registry: user ID → its open connections, across all I/O threads.
 //!
 //! Memory is the whole game here (one entry per idle user), so the registry stores no user bytes:
-//! a user is keyed by a 64-bit keyed hash of its ID (SipHash-1-3, random key per server) and a
-//! single-connection user costs one 16-byte map entry. The ID bytes live only in the connections
-//! (inline when short). Two users whose keys collide (probability ~2^-64 per pair) are told apart
-//! by a second, independent 64-bit keyed hash, the [`UserCheck`], that travels with every publish
-//! and that the owning I/O thread compares before delivering: a message never reaches another
-//! user's connection; only the counts returned for such a pair could be off. Shards keep
-//! publishers on different threads off each other's lock.
+//! a user is keyed by a 64-bit keyed hash of its ID (SipHash-1-3, random key per server), and a
+//! user with one or two connections costs one 16-byte map entry per connection. The ID bytes live
+//! only in the connections (inline when short). Two users whose keys collide (probability ~2^-64
+//! per pair) are told apart by a second, independent 64-bit keyed hash, the [`UserCheck`], that
+//! travels with every publish and that the owning I/O thread compares before delivering: a
+//! message never reaches another user's connection; only the counts returned for such a pair
+//! could be off. Shards keep publishers on different threads off each other's lock.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -78,15 +78,47 @@ impl Hasher for KeyIsHash {
 
 type KeyMap<V> = HashMap<UserKey, V, BuildHasherDefault<KeyIsHash>>;
 
-/// Marks a user with more than one connection in `Shard::first`; the list is in `Shard::many`.
-const SEVERAL: ConnId = 0;
-
+/// One shard of the registry. A user's first connection is in `first`, its second in `second`
+/// and any more in `more`: users with one or two tabs (nearly all) cost one or two 16-byte
+/// entries and no allocation of their own.
 #[derive(Default)]
 struct Shard {
-    /// The user's connection, or `SEVERAL` (IDs are never 0). Most users have one connection,
-    /// so they cost one 16-byte entry here and nothing in `many`.
     first: KeyMap<ConnId>,
-    many: KeyMap<Vec<ConnId>>,
+    second: KeyMap<ConnId>,
+    more: KeyMap<Vec<ConnId>>,
+}
+
+impl Shard {
+    fn for_each(&self, key: UserKey, mut f: impl FnMut(ConnId)) -> usize {
+        let Some(&first) = self.first.get(&key) else { return 0 };
+        f(first);
+        let Some(&second) = self.second.get(&key) else { return 1 };
+        f(second);
+        let more = self.more.get(&key).map_or(&[][..], Vec::as_slice);
+        more.iter().for_each(|&id| f(id));
+        2 + more.len()
+    }
+
+    /// Stores `conns` (at least one) as the user's connections.
+    fn store(&mut self, key: UserKey, conns: &[ConnId]) {
+        match conns {
+            [] => {}
+            [first] => {
+                self.first.insert(key, *first);
+                self.second.remove(&key);
+                self.more.remove(&key);
+            }
+            [first, second, more @ ..] => {
+                self.first.insert(key, *first);
+                self.second.insert(key, *second);
+                if more.is_empty() {
+                    self.more.remove(&key);
+                } else {
+                    self.more.insert(key, more.to_vec());
+                }
+            }
+        }
+    }
 }
 
 pub(crate) struct Registry {
@@ -117,7 +149,7 @@ impl Registry {
     }
 
     fn shard(&self, key: UserKey) -> &Mutex<Shard> {
-        // The low bits pick the bucket inside a shard's map; use high bits for the shard.
+        // The low bits pick the bucket inside a shard's maps; use high bits for the shard.
         &self.shards[(key >> 58) as usize % SHARDS]
     }
 
@@ -125,26 +157,19 @@ impl Registry {
     pub(crate) fn add(&self, user: &[u8], conn: ConnId, limit: usize) -> Result<(), UserFull> {
         let key = self.key(user);
         let mut shard = self.shard(key).lock();
-        let shard = &mut *shard;
-        match shard.first.get(&key).copied() {
-            None => {
+        let held = shard.for_each(key, |_| {});
+        if limit != 0 && held >= limit {
+            return Err(UserFull);
+        }
+        match held {
+            0 => {
                 shard.first.insert(key, conn);
                 self.users.fetch_add(1, Ordering::Relaxed);
             }
-            Some(SEVERAL) => {
-                let list = shard.many.entry(key).or_default();
-                if limit != 0 && list.len() >= limit {
-                    return Err(UserFull);
-                }
-                list.push(conn);
+            1 => {
+                shard.second.insert(key, conn);
             }
-            Some(only) => {
-                if limit == 1 {
-                    return Err(UserFull);
-                }
-                shard.first.insert(key, SEVERAL);
-                shard.many.insert(key, vec![only, conn]);
-            }
+            _ => shard.more.entry(key).or_default().push(conn),
         }
         Ok(())
     }
@@ -154,16 +179,9 @@ impl Registry {
         let key = self.key(user);
         let mut shard = self.shard(key).lock();
         let shard = &mut *shard;
-        match shard.first.get(&key).copied() {
-            Some(SEVERAL) => {
-                let Some(list) = shard.many.get_mut(&key) else { return };
-                list.retain(|&id| id != conn);
-                if let [last] = list[..] {
-                    shard.many.remove(&key);
-                    shard.first.insert(key, last);
-                }
-            }
-            Some(only) if only == conn => {
+        if shard.second.get(&key).is_none() {
+            // The common case: a user's only connection leaves.
+            if shard.first.get(&key) == Some(&conn) {
                 shard.first.remove(&key);
                 self.users.fetch_sub(1, Ordering::Relaxed);
                 // Give memory back when a shard empties after a storm of disconnects.
@@ -171,8 +189,12 @@ impl Registry {
                     shard.first.shrink_to_fit();
                 }
             }
-            _ => {}
+            return;
         }
+        let mut conns = Vec::new();
+        shard.for_each(key, |id| conns.push(id));
+        conns.retain(|&id| id != conn);
+        shard.store(key, &conns);
     }
 
     /// Calls `f` for each connection of `user` with the user's check value, while holding its
@@ -181,19 +203,7 @@ impl Registry {
     pub(crate) fn for_each_conn(&self, user: &[u8], mut f: impl FnMut(ConnId, UserCheck)) -> usize {
         let key = self.key(user);
         let check = self.check(user);
-        let shard = self.shard(key).lock();
-        match shard.first.get(&key).copied() {
-            None => 0,
-            Some(SEVERAL) => {
-                let list = shard.many.get(&key).map_or(&[][..], Vec::as_slice);
-                list.iter().for_each(|&id| f(id, check));
-                list.len()
-            }
-            Some(only) => {
-                f(only, check);
-                1
-            }
-        }
+        self.shard(key).lock().for_each(key, |id| f(id, check))
     }
 
     pub(crate) fn user_count(&self) -> usize {

@@ -94,6 +94,7 @@ pub struct ServerHandle {
 /// Dereferences to [`ServerHandle`] for publishing and control.
 pub struct Server {
     handle: ServerHandle,
+    stop_on_drop: bool,
 }
 
 impl Server {
@@ -119,7 +120,7 @@ impl Server {
             thread_shared.push(ThreadShared {
                 inbox: Mutex::new(Vec::new()),
                 waker,
-                live: LiveTable::default(),
+                live: LiveTable::with_first_chunk(),
                 stats: ThreadStats::default(),
             });
         }
@@ -137,7 +138,7 @@ impl Server {
         });
         let handle = ServerHandle { shared };
         // Own the handle before spawning so a failed spawn still stops the threads already running.
-        let server = Server { handle: handle.clone() };
+        let server = Server { handle: handle.clone(), stop_on_drop: true };
         for io in loops {
             let thread_handle = handle.clone();
             let join = std::thread::Builder::new()
@@ -155,10 +156,9 @@ impl Server {
     }
 
     /// Gives up ownership without stopping: the server runs until `ServerHandle::stop`.
-    pub fn into_handle(self) -> ServerHandle {
-        let handle = self.handle.clone();
-        std::mem::forget(self);
-        handle
+    pub fn into_handle(mut self) -> ServerHandle {
+        self.stop_on_drop = false;
+        self.handle.clone()
     }
 }
 
@@ -171,7 +171,9 @@ impl std::ops::Deref for Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.handle.stop();
+        if self.stop_on_drop {
+            self.handle.stop();
+        }
     }
 }
 
@@ -326,8 +328,9 @@ impl ServerHandle {
         if on_engine_thread {
             return;
         }
-        let joins = std::mem::take(&mut *self.shared.joins.lock());
-        for join in joins {
+        // Joining under the lock makes a concurrent second stop() wait for the same threads.
+        let mut joins = self.shared.joins.lock();
+        for join in joins.drain(..) {
             // A thread that panicked has already torn down its connections; nothing more to do.
             let _ = join.join();
         }

@@ -520,3 +520,33 @@ fn concurrent_publishers_deliver_everything_once_and_in_order() {
     assert_eq!(s.dropped_total, 0);
     assert_eq!(s.messages_out_total as usize, delivered + connections);
 }
+
+/// Sets its flag when the engine lets go of the handler.
+struct DropFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+impl wspush::Handler for DropFlag {}
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn the_handler_is_released_once_the_server_and_every_handle_are_gone() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let dropped = Arc::new(AtomicBool::new(false));
+    let server = wspush::Server::start(config(), DropFlag(dropped.clone())).unwrap();
+    drop(server);
+    assert!(dropped.load(Ordering::SeqCst), "dropping the Server stops it and frees everything");
+
+    let dropped = Arc::new(AtomicBool::new(false));
+    let handle = wspush::Server::start(config(), DropFlag(dropped.clone())).unwrap().into_handle();
+    assert!(!handle.is_stopped(), "into_handle keeps the server running");
+    let second = handle.clone();
+    handle.stop();
+    drop(handle);
+    assert!(!dropped.load(Ordering::SeqCst), "a handle is still held");
+    drop(second);
+    assert!(dropped.load(Ordering::SeqCst), "the last handle frees the server state");
+}

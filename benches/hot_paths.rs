@@ -1,0 +1,63 @@
+//! Criterion micro-benchmarks of the engine's hot paths:
+//! `cargo bench --features bench-internals --bench hot_paths`.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::hint::black_box;
+use wspush::internals::{apply_mask, frame_text, parse_frame_header, parse_upgrade, Registry};
+use wspush::Config;
+
+/// What Chromium sends when a page opens `new WebSocket("ws://host/ws?user=...")`.
+const BROWSER_UPGRADE: &[u8] = b"GET /ws?user=u123456 HTTP/1.1\r\nHost: push.mail.example:8080\r\nConnection: Upgrade\r\nPragma: no-cache\r\nCache-Control: no-cache\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36\r\nUpgrade: websocket\r\nOrigin: https://mail.example\r\nSec-WebSocket-Version: 13\r\nAccept-Encoding: gzip, deflate, br, zstd\r\nAccept-Language: en-US,en;q=0.9\r\nCookie: session=0123456789abcdef0123456789abcdef\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+
+fn upgrade(c: &mut Criterion) {
+    let config = Config::default();
+    assert!(parse_upgrade(BROWSER_UPGRADE, &config).is_some());
+    let mut group = c.benchmark_group("upgrade");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("parse_and_validate_browser_request", |b| {
+        b.iter(|| parse_upgrade(black_box(BROWSER_UPGRADE), &config))
+    });
+    group.finish();
+}
+
+fn frames(c: &mut Criterion) {
+    let mut group = c.benchmark_group("frame");
+    // A masked 20-byte text frame, as a browser sends it.
+    let header = [0x81u8, 0x80 | 20, 1, 2, 3, 4];
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("decode_client_header", |b| b.iter(|| parse_frame_header(black_box(&header), 65536)));
+    for size in [20usize, 1024, 65536] {
+        let mut payload = vec![0x5au8; size];
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_with_input(BenchmarkId::new("unmask", size), &size, |b, _| {
+            b.iter(|| apply_mask(black_box(&mut payload), [1, 2, 3, 4], 0))
+        });
+        let message = vec![b'x'; size];
+        group.bench_with_input(BenchmarkId::new("frame_publish", size), &size, |b, _| {
+            b.iter(|| frame_text(black_box(&message)))
+        });
+    }
+    group.finish();
+}
+
+fn registry(c: &mut Criterion) {
+    let registry = Registry::default();
+    let users = 100_000u64;
+    for user in 0..users {
+        registry.add(format!("u{user}").as_bytes(), user + 1);
+    }
+    let names: Vec<Vec<u8>> = (0..1024).map(|i| format!("u{}", i * 97 % users).into_bytes()).collect();
+    let mut group = c.benchmark_group("registry");
+    group.throughput(Throughput::Elements(1));
+    let mut i = 0;
+    group.bench_function("lookup_among_100k_users", |b| {
+        b.iter(|| {
+            i = (i + 1) % names.len();
+            registry.lookup(black_box(&names[i]))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, upgrade, frames, registry);
+criterion_main!(benches);

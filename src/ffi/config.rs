@@ -1,0 +1,561 @@
+//! `wspush_config`: a mutable builder for [`Config`] plus the host's callbacks.
+
+use std::ffi::{c_char, c_void};
+use std::mem::{offset_of, size_of};
+use std::time::Duration;
+
+use super::boundary::{arg_mut, ffi_boundary, text, wspush_result};
+use super::request::wspush_request;
+use super::server::wspush_server;
+use crate::{Config, SlowConsumerPolicy};
+
+/// A WebSocket message type: `WSPUSH_MESSAGE_KIND_TEXT` or `WSPUSH_MESSAGE_KIND_BINARY`. A
+/// plain integer rather than a C enum so that an out-of-range value from the host is reported
+/// (`WSPUSH_RESULT_INVALID_ARGUMENT`) instead of being undefined behaviour.
+pub type wspush_message_kind = u32;
+/// UTF-8 text (WebSocket opcode 1). Messages from clients are validated; yours are not.
+pub const WSPUSH_MESSAGE_KIND_TEXT: wspush_message_kind = 1;
+/// Binary data (WebSocket opcode 2).
+pub const WSPUSH_MESSAGE_KIND_BINARY: wspush_message_kind = 2;
+
+/// What happens when a connection's unsent data would pass max_queue_bytes.
+pub type wspush_slow_consumer_policy = u32;
+/// Close the connection with 1008 (default); the client reconnects and resyncs.
+pub const WSPUSH_SLOW_CONSUMER_CLOSE: wspush_slow_consumer_policy = 0;
+/// Drop that message for that connection only (`on_drop` is called) and keep it open.
+pub const WSPUSH_SLOW_CONSUMER_DROP: wspush_slow_consumer_policy = 1;
+
+/// Longest user ID, in bytes (the shortest is 1).
+pub const WSPUSH_MAX_USER_ID_LEN: usize = 255;
+/// Longest timeout the `_ms` setters accept: 2^32-1 ms, about 49 days.
+pub const WSPUSH_MAX_TIMEOUT_MS: u64 = 4_294_967_295;
+
+/// Called for each WebSocket upgrade request that passed the protocol checks (path, version,
+/// key, origin). Read the request with the `wspush_request_*` accessors and decide with
+/// `wspush_request_accept`, `wspush_request_reject` or `wspush_request_defer`. Deciding nothing
+/// rejects with 401. `request` is valid only until the callback returns.
+pub type wspush_on_upgrade_fn =
+    Option<unsafe extern "C" fn(userdata: *mut c_void, server: *const wspush_server, request: *mut wspush_request)>;
+
+/// A connection was upgraded and registered under `user` (1-255 bytes, borrowed for the call).
+pub type wspush_on_open_fn = Option<
+    unsafe extern "C" fn(
+        userdata: *mut c_void,
+        server: *const wspush_server,
+        conn: u64,
+        user: *const u8,
+        user_len: usize,
+    ),
+>;
+
+/// A complete message arrived from a client (fragments reassembled; text validated as UTF-8,
+/// not NUL-terminated). `user` and `payload` are borrowed for the call.
+pub type wspush_on_message_fn = Option<
+    unsafe extern "C" fn(
+        userdata: *mut c_void,
+        server: *const wspush_server,
+        conn: u64,
+        user: *const u8,
+        user_len: usize,
+        kind: wspush_message_kind,
+        payload: *const u8,
+        payload_len: usize,
+    ),
+>;
+
+/// An opened connection ended; called exactly once per `on_open`. `code` is the close code:
+/// the peer's, or ours (1001 on stop, 1008 slow consumer, 1002/1007/1009 protocol errors), or
+/// 1006 when the connection was lost without a close handshake.
+pub type wspush_on_close_fn = Option<
+    unsafe extern "C" fn(
+        userdata: *mut c_void,
+        server: *const wspush_server,
+        conn: u64,
+        user: *const u8,
+        user_len: usize,
+        code: u16,
+    ),
+>;
+
+/// A message of `dropped_bytes` bytes for `conn` was dropped because its queue was full and the
+/// slow-consumer policy is `WSPUSH_SLOW_CONSUMER_DROP`.
+pub type wspush_on_drop_fn = Option<
+    unsafe extern "C" fn(
+        userdata: *mut c_void,
+        server: *const wspush_server,
+        conn: u64,
+        user: *const u8,
+        user_len: usize,
+        dropped_bytes: usize,
+    ),
+>;
+
+/// A plain HTTP request (no `Upgrade: websocket`) arrived. Answer it with
+/// `wspush_request_respond`; not answering gives the default 426 Upgrade Required. The
+/// connection is closed after the response. `request` is valid only until the callback returns.
+pub type wspush_on_http_fn =
+    Option<unsafe extern "C" fn(userdata: *mut c_void, server: *const wspush_server, request: *mut wspush_request)>;
+
+/// The host's callbacks. Zero-initialise it, set `size = sizeof(wspush_callbacks)`, then fill in
+/// what you need; NULL callbacks are skipped (a NULL `on_upgrade` rejects every upgrade with
+/// 401). Fields are only ever added at the end: a host built against an older header passes a
+/// smaller `size` and the newer fields count as NULL.
+///
+/// Every callback gets `userdata` first and the server second; the server pointer is valid for
+/// the whole call (also during `wspush_server_start`, before it returned), so callbacks may
+/// publish, send, close, or decide upgrades with it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct wspush_callbacks {
+    /// `sizeof(wspush_callbacks)` as the host compiled it.
+    pub size: usize,
+    /// Passed unchanged to every callback. Callbacks run on several engine threads at once, so
+    /// whatever it points to must be safe to use from any thread; it must stay valid until
+    /// `wspush_server_free` returns.
+    pub userdata: *mut c_void,
+    pub on_upgrade: wspush_on_upgrade_fn,
+    pub on_open: wspush_on_open_fn,
+    pub on_message: wspush_on_message_fn,
+    pub on_close: wspush_on_close_fn,
+    pub on_drop: wspush_on_drop_fn,
+    pub on_http: wspush_on_http_fn,
+}
+
+impl wspush_callbacks {
+    /// No callbacks: every upgrade is rejected with 401.
+    pub(crate) fn none() -> wspush_callbacks {
+        wspush_callbacks {
+            size: size_of::<wspush_callbacks>(),
+            userdata: std::ptr::null_mut(),
+            on_upgrade: None,
+            on_open: None,
+            on_message: None,
+            on_close: None,
+            on_drop: None,
+            on_http: None,
+        }
+    }
+}
+
+/// Server configuration under construction. Made by `wspush_config_new`, released by
+/// `wspush_config_free`. Not thread-safe: use one from one thread at a time.
+pub struct wspush_config {
+    pub(crate) config: Config,
+    pub(crate) callbacks: wspush_callbacks,
+}
+
+/// Applies `change` to a copy of the configuration and keeps it only if the whole configuration
+/// is still valid, so a rejected setter leaves the previous value in place.
+///
+/// # Safety
+/// `config` must be NULL or a live `wspush_config` not used by another thread.
+unsafe fn update(
+    config: *mut wspush_config,
+    change: impl FnOnce(&mut Config) -> Result<(), wspush_result>,
+) -> wspush_result {
+    ffi_boundary(|| {
+        // SAFETY: per this function's contract.
+        let builder = unsafe { arg_mut(config) }?;
+        let mut candidate = builder.config.clone();
+        change(&mut candidate)?;
+        candidate.validate().map_err(|_| wspush_result::InvalidArgument)?;
+        builder.config = candidate;
+        Ok(wspush_result::Ok)
+    })
+}
+
+fn millis(ms: u64) -> Result<Duration, wspush_result> {
+    if ms > WSPUSH_MAX_TIMEOUT_MS {
+        Err(wspush_result::InvalidArgument)
+    } else {
+        Ok(Duration::from_millis(ms))
+    }
+}
+
+/// "host:port" with a numeric port; the host is resolved by `wspush_server_start`.
+fn looks_like_listen_address(address: &str) -> bool {
+    address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+/// A new configuration with the defaults: listen "127.0.0.1:8080", path "/ws", one I/O thread
+/// per core, 1,000,000 connections, 64 KiB messages, ping every 30 s, idle timeout 75 s,
+/// handshake timeout 10 s, 1 MiB queue per connection with the close policy, any Origin, 8 KiB
+/// request heads, 1024 handshakes per thread, no per-user limit, 5 s drain, 2 s close timeout,
+/// no callbacks. Returns NULL only on an internal error. Release with `wspush_config_free`.
+#[no_mangle]
+pub extern "C" fn wspush_config_new() -> *mut wspush_config {
+    ffi_boundary(|| {
+        Ok(Box::into_raw(Box::new(wspush_config { config: Config::default(), callbacks: wspush_callbacks::none() })))
+    })
+}
+
+/// Releases a configuration. NULL is a no-op. A running server does not need its configuration:
+/// `wspush_server_start` copies it.
+///
+/// # Safety
+/// `config` must be NULL or come from `wspush_config_new` and not be freed yet.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_free(config: *mut wspush_config) {
+    ffi_boundary(|| {
+        if !config.is_null() {
+            // SAFETY: made by Box::into_raw in wspush_config_new, freed once per the contract.
+            drop(unsafe { Box::from_raw(config) });
+        }
+        Ok(())
+    })
+}
+
+/// Sets the listen address, "host:port" (UTF-8, `address_len` bytes, no NUL needed), e.g.
+/// "0.0.0.0:8080" or "[::1]:0". Port 0 picks a free port (see `wspush_server_local_port`).
+/// Returns INVALID_ADDRESS when it is not host:port with a numeric port; the host name is
+/// resolved by `wspush_server_start`.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration; `address` must be NULL or point to
+/// `address_len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_listen(
+    config: *mut wspush_config,
+    address: *const c_char,
+    address_len: usize,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            let address = text(address, address_len)?;
+            if !looks_like_listen_address(address) {
+                return Err(wspush_result::InvalidAddress);
+            }
+            c.listen = address.to_string();
+            Ok(())
+        })
+    }
+}
+
+/// Sets the request path that accepts upgrades (default "/ws"; other paths get 404). Must start
+/// with '/' (else INVALID_ARGUMENT).
+///
+/// # Safety
+/// As for `wspush_config_set_listen`.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_path(
+    config: *mut wspush_config,
+    path: *const c_char,
+    path_len: usize,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.path = text(path, path_len)?.to_string();
+            Ok(())
+        })
+    }
+}
+
+/// Only upgrades whose Origin header equals one of the added origins are accepted (others get
+/// 403). With none added (default), any Origin is accepted. E.g. "https://mail.example.com".
+///
+/// # Safety
+/// As for `wspush_config_set_listen`.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_add_allowed_origin(
+    config: *mut wspush_config,
+    origin: *const c_char,
+    origin_len: usize,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            let origin = text(origin, origin_len)?;
+            if origin.is_empty() {
+                return Err(wspush_result::InvalidArgument);
+            }
+            c.allowed_origins.push(origin.to_string());
+            Ok(())
+        })
+    }
+}
+
+// The setters below are written out (not macro-generated) because cbindgen does not expand
+// macros: every function must be visible in the source to reach the header.
+// Each returns NULL_ARGUMENT for a NULL config and INVALID_ARGUMENT for an out-of-range value
+// (the configuration then keeps its previous value). Timeouts above WSPUSH_MAX_TIMEOUT_MS are
+// out of range.
+
+fn slow_consumer_policy(policy: wspush_slow_consumer_policy) -> Result<SlowConsumerPolicy, wspush_result> {
+    match policy {
+        WSPUSH_SLOW_CONSUMER_CLOSE => Ok(SlowConsumerPolicy::Close),
+        WSPUSH_SLOW_CONSUMER_DROP => Ok(SlowConsumerPolicy::Drop),
+        _ => Err(wspush_result::InvalidArgument),
+    }
+}
+
+/// Number of I/O threads, at most 255; 0 (default) means one per available core.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_threads(config: *mut wspush_config, threads: usize) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.threads = threads;
+            Ok(())
+        })
+    }
+}
+
+/// Open plus handshaking connections beyond which new sockets get 503 (must be > 0).
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_max_connections(
+    config: *mut wspush_config,
+    max_connections: usize,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.max_connections = max_connections;
+            Ok(())
+        })
+    }
+}
+
+/// Largest message a client may send, after reassembly (must be > 0); larger closes with 1009.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_max_message_size(config: *mut wspush_config, bytes: usize) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.max_message_size = bytes;
+            Ok(())
+        })
+    }
+}
+
+/// A connection silent this long (ms, > 0) is sent a ping.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_ping_interval_ms(
+    config: *mut wspush_config,
+    ping_interval_ms: u64,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.ping_interval = millis(ping_interval_ms)?;
+            Ok(())
+        })
+    }
+}
+
+/// A connection silent this long (ms, > 0) is closed with 1006: the peer is gone.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_idle_timeout_ms(
+    config: *mut wspush_config,
+    idle_timeout_ms: u64,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.idle_timeout = millis(idle_timeout_ms)?;
+            Ok(())
+        })
+    }
+}
+
+/// Time (ms, > 0) from accept to a completed upgrade, including a deferred decision.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_handshake_timeout_ms(
+    config: *mut wspush_config,
+    handshake_timeout_ms: u64,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.handshake_timeout = millis(handshake_timeout_ms)?;
+            Ok(())
+        })
+    }
+}
+
+/// Cap on bytes queued for one connection that its socket has not taken yet; what happens
+/// beyond it is the slow-consumer policy. Also the largest payload publish/send accept
+/// (larger: MESSAGE_TOO_LARGE).
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_max_queue_bytes(config: *mut wspush_config, bytes: usize) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.max_queue_bytes = bytes;
+            Ok(())
+        })
+    }
+}
+
+/// Largest HTTP request head (request line plus headers), at least 256; larger gets 431.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_max_header_bytes(config: *mut wspush_config, bytes: usize) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.max_header_bytes = bytes;
+            Ok(())
+        })
+    }
+}
+
+/// Handshakes in progress per I/O thread (> 0) beyond which that thread pauses accepting, so
+/// a reconnect storm waits in the kernel's backlog.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_max_handshakes_per_thread(
+    config: *mut wspush_config,
+    handshakes: usize,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.max_handshakes_per_thread = handshakes;
+            Ok(())
+        })
+    }
+}
+
+/// Connections one user may hold at once (the next is rejected with 429); 0 = no limit.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_max_connections_per_user(
+    config: *mut wspush_config,
+    connections: usize,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.max_connections_per_user = connections;
+            Ok(())
+        })
+    }
+}
+
+/// How long (ms) a graceful stop waits for queued data and close handshakes.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_drain_timeout_ms(
+    config: *mut wspush_config,
+    drain_timeout_ms: u64,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.drain_timeout = millis(drain_timeout_ms)?;
+            Ok(())
+        })
+    }
+}
+
+/// How long (ms) a connection being closed waits for the peer's close frame.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_close_timeout_ms(
+    config: *mut wspush_config,
+    close_timeout_ms: u64,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.close_timeout = millis(close_timeout_ms)?;
+            Ok(())
+        })
+    }
+}
+
+/// `WSPUSH_SLOW_CONSUMER_CLOSE` (default) or `WSPUSH_SLOW_CONSUMER_DROP`; other values give
+/// INVALID_ARGUMENT.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_slow_consumer_policy(
+    config: *mut wspush_config,
+    policy: wspush_slow_consumer_policy,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.slow_consumer = slow_consumer_policy(policy)?;
+            Ok(())
+        })
+    }
+}
+
+/// Copies the host's callbacks (and userdata) into the configuration, replacing earlier ones.
+/// `callbacks->size` must be at least `offsetof(wspush_callbacks, on_upgrade)`, else
+/// INVALID_ARGUMENT; fields past `size` count as NULL.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration; `callbacks` must be NULL or point to
+/// `callbacks->size` readable bytes laid out as `wspush_callbacks`, whose non-NULL function
+/// pointers stay callable until every server started with this configuration is freed.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_callbacks(
+    config: *mut wspush_config,
+    callbacks: *const wspush_callbacks,
+) -> wspush_result {
+    ffi_boundary(|| {
+        // SAFETY: per this function's contract.
+        let builder = unsafe { arg_mut(config) }?;
+        if callbacks.is_null() {
+            return Err(wspush_result::NullArgument);
+        }
+        // SAFETY: non-NULL, and at least the leading size field is readable per the contract.
+        let host_size = unsafe { callbacks.cast::<usize>().read_unaligned() };
+        if host_size < offset_of!(wspush_callbacks, on_upgrade) {
+            return Err(wspush_result::InvalidArgument);
+        }
+        // Every field is pointer-sized, so whole fields are the prefix rounded down to that size.
+        let word = size_of::<usize>();
+        let copied = host_size.min(size_of::<wspush_callbacks>()) / word * word;
+        let mut accepted = wspush_callbacks::none();
+        // SAFETY: the host's struct has `host_size >= copied` readable bytes; `accepted` has
+        // `size_of::<wspush_callbacks>() >= copied` bytes; they don't overlap; every byte
+        // pattern of a pointer or nullable function pointer is a valid value (NULL is None).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                callbacks.cast::<u8>(),
+                (&mut accepted as *mut wspush_callbacks).cast::<u8>(),
+                copied,
+            );
+        }
+        accepted.size = size_of::<wspush_callbacks>();
+        builder.callbacks = accepted;
+        Ok(wspush_result::Ok)
+    })
+}

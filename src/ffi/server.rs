@@ -1,0 +1,448 @@
+//! `wspush_server`: start, stop, free, and everything a host does with a running server.
+
+use std::ffi::c_char;
+use std::mem::{offset_of, size_of, ManuallyDrop};
+use std::ops::Deref;
+use std::sync::Arc;
+
+use super::boundary::{arg, bytes, engine, ffi_boundary, text, wspush_result, Out};
+use super::config::{wspush_config, wspush_message_kind, WSPUSH_MESSAGE_KIND_BINARY, WSPUSH_MESSAGE_KIND_TEXT};
+use super::handler::CallbackHandler;
+use crate::server::{Shared, ENGINE_OF_THIS_THREAD};
+use crate::{MessageKind, Server, ServerHandle, Stats};
+
+/// A running server. Made by `wspush_server_start`, released by `wspush_server_free`. Every
+/// function taking a `const wspush_server *` is thread-safe, except `wspush_server_free`.
+pub struct wspush_server {
+    _opaque: [u8; 0],
+}
+
+/// The pointer the host sees for a server: the address of the engine's shared state.
+pub(crate) fn server_ptr(handle: &ServerHandle) -> *const wspush_server {
+    Arc::as_ptr(&handle.shared).cast()
+}
+
+/// A `ServerHandle` borrowed from a host pointer without touching the reference count (so
+/// concurrent publishers don't contend on it).
+struct BorrowedServer(ManuallyDrop<ServerHandle>);
+
+impl Deref for BorrowedServer {
+    type Target = ServerHandle;
+    fn deref(&self) -> &ServerHandle {
+        &self.0
+    }
+}
+
+/// Borrows the server behind a host pointer.
+///
+/// # Safety
+/// `server` must be NULL, or a pointer from `wspush_server_start` not yet freed, or the server
+/// pointer passed to a running callback.
+unsafe fn server_arg(server: *const wspush_server) -> Result<BorrowedServer, wspush_result> {
+    if server.is_null() {
+        return Err(wspush_result::NullArgument);
+    }
+    // SAFETY: such a pointer is `Arc::into_raw`/`Arc::as_ptr` of a live `Arc<Shared>` (the
+    // host's reference, or the I/O thread's during a callback). ManuallyDrop never releases
+    // the reference we did not take.
+    let shared = unsafe { Arc::from_raw(server.cast::<Shared>()) };
+    Ok(BorrowedServer(ManuallyDrop::new(ServerHandle { shared })))
+}
+
+/// Whether the calling thread is one of this server's I/O threads, i.e. inside its callback.
+fn on_own_io_thread(server: *const wspush_server) -> bool {
+    ENGINE_OF_THIS_THREAD.with(|engine| std::ptr::eq(engine.get(), server.cast::<Shared>()))
+}
+
+fn message_kind(kind: wspush_message_kind) -> Result<MessageKind, wspush_result> {
+    match kind {
+        WSPUSH_MESSAGE_KIND_TEXT => Ok(MessageKind::Text),
+        WSPUSH_MESSAGE_KIND_BINARY => Ok(MessageKind::Binary),
+        _ => Err(wspush_result::InvalidArgument),
+    }
+}
+
+/// Writes a count to an optional out-parameter.
+///
+/// # Safety
+/// `out` must be NULL or valid for writes.
+unsafe fn write_optional(out: *mut usize, value: usize) {
+    if let Ok(out) = Out::new(out) {
+        // SAFETY: non-NULL, valid per the contract.
+        unsafe { out.write(value) };
+    }
+}
+
+/// This library's version, e.g. "0.1.0" (static, NUL-terminated).
+#[no_mangle]
+pub extern "C" fn wspush_version() -> *const c_char {
+    ffi_boundary(|| Ok(concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()))
+}
+
+/// A short English description of a result code (static, NUL-terminated); unknown codes get
+/// "unknown result code". Never NULL.
+#[no_mangle]
+pub extern "C" fn wspush_result_str(result: u32) -> *const c_char {
+    ffi_boundary(|| {
+        let text = wspush_result::from_raw(result).map_or("unknown result code\0", wspush_result::text);
+        Ok(text.as_ptr().cast())
+    })
+}
+
+/// Binds the listening socket(s) and starts the I/O threads with a copy of `config` (which the
+/// host still owns and may free right away). On success `*server` receives the server; release
+/// it with `wspush_server_free`. Callbacks may run before this returns.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (a configuration value), INVALID_ADDRESS (host does
+/// not resolve), BIND_FAILED (e.g. port in use), IO (threads or pollers).
+///
+/// # Safety
+/// `config` must be NULL or a live configuration; `server` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_server_start(
+    config: *const wspush_config,
+    server: *mut *const wspush_server,
+) -> wspush_result {
+    ffi_boundary(|| {
+        // SAFETY: per this function's contract.
+        let config = unsafe { arg(config) }?;
+        let server_out = Out::new(server)?;
+        let handler = Box::new(CallbackHandler::new(config.callbacks));
+        let started = engine(Server::start_boxed(config.config.clone(), handler))?;
+        // The host's pointer owns one reference; `wspush_server_free` releases it.
+        let raw = Arc::into_raw(started.into_handle().shared);
+        // SAFETY: checked non-NULL, writable per the contract.
+        unsafe { server_out.write(raw.cast()) };
+        Ok(wspush_result::Ok)
+    })
+}
+
+/// The port the server listens on (useful after listening on port 0).
+///
+/// # Safety
+/// `server` must be NULL or a live server; `port` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_server_local_port(server: *const wspush_server, port: *mut u16) -> wspush_result {
+    ffi_boundary(|| {
+        // SAFETY: per this function's contract.
+        let server = unsafe { server_arg(server) }?;
+        let port = Out::new(port)?;
+        // SAFETY: checked non-NULL, writable per the contract.
+        unsafe { port.write(server.local_addr().port()) };
+        Ok(wspush_result::Ok)
+    })
+}
+
+/// Graceful stop: stop accepting, close every connection with 1001, flush for up to the drain
+/// timeout, call `on_close` for every open connection, then end the I/O threads. Blocks until
+/// all that is done, except when called from inside a callback: then it only starts the stop
+/// and returns (an I/O thread cannot wait for itself). Calling it again is harmless; while
+/// another thread is still inside a stop of the same server, it may return before that stop has
+/// finished. After it, publish/broadcast/send/close/disconnect/upgrade_* return STOPPED.
+///
+/// # Safety
+/// `server` must be NULL or a live server.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_server_stop(server: *const wspush_server) -> wspush_result {
+    ffi_boundary(|| {
+        // SAFETY: per this function's contract.
+        let handle = unsafe { server_arg(server) }?;
+        // On one of its own I/O threads this only starts the stop (the engine checks that too).
+        handle.stop();
+        Ok(wspush_result::Ok)
+    })
+}
+
+/// Stops the server (as `wspush_server_stop`, waiting for the I/O threads) and releases it.
+/// NULL is a no-op returning OK. After it returns no callback runs any more, so `userdata` may be
+/// released. Returns IN_CALLBACK, doing nothing, when called from a callback of this same server
+/// (call `wspush_server_stop` there and free from another thread). The pointer must not be used
+/// afterwards, by any thread: freeing twice is undefined behaviour.
+///
+/// # Safety
+/// `server` must be NULL or a live server that no other thread uses any more.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_server_free(server: *const wspush_server) -> wspush_result {
+    ffi_boundary(|| {
+        if server.is_null() {
+            return Ok(wspush_result::Ok);
+        }
+        if on_own_io_thread(server) {
+            return Err(wspush_result::InCallback);
+        }
+        // SAFETY: the host's reference from `wspush_server_start`, given up now (contract).
+        // Dropping it at the end releases the engine's state, callbacks and all.
+        let handle = ServerHandle { shared: unsafe { Arc::from_raw(server.cast::<Shared>()) } };
+        handle.stop();
+        Ok(wspush_result::Ok)
+    })
+}
+
+/// Sends `payload` to every open connection of `user` (1-255 bytes). `*delivered` (optional,
+/// may be NULL) receives how many connections it was queued to, 0 when the user has none.
+/// Errors: NULL_ARGUMENT, INVALID_USER_ID, INVALID_ARGUMENT (kind), MESSAGE_TOO_LARGE (payload
+/// larger than max_queue_bytes), STOPPED.
+///
+/// # Safety
+/// `server` must be NULL or a live server; `user` and `payload` NULL or readable for their
+/// lengths; `delivered` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_publish(
+    server: *const wspush_server,
+    user: *const u8,
+    user_len: usize,
+    payload: *const u8,
+    payload_len: usize,
+    kind: wspush_message_kind,
+    delivered: *mut usize,
+) -> wspush_result {
+    ffi_boundary(|| {
+        // SAFETY: per this function's contract.
+        let (server, user, payload) =
+            unsafe { (server_arg(server)?, bytes(user, user_len)?, bytes(payload, payload_len)?) };
+        let count = engine(server.publish(user, payload, message_kind(kind)?))?;
+        // SAFETY: per this function's contract.
+        unsafe { write_optional(delivered, count) };
+        Ok(wspush_result::Ok)
+    })
+}
+
+/// Sends `payload` to every open connection. `*count` (optional) receives how many were open.
+///
+/// # Safety
+/// `server` must be NULL or a live server; `payload` NULL or readable for `payload_len` bytes;
+/// `count` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_broadcast(
+    server: *const wspush_server,
+    payload: *const u8,
+    payload_len: usize,
+    kind: wspush_message_kind,
+    count: *mut usize,
+) -> wspush_result {
+    ffi_boundary(|| {
+        // SAFETY: per this function's contract.
+        let (server, payload) = unsafe { (server_arg(server)?, bytes(payload, payload_len)?) };
+        let open = engine(server.broadcast(payload, message_kind(kind)?))?;
+        // SAFETY: per this function's contract.
+        unsafe { write_optional(count, open) };
+        Ok(wspush_result::Ok)
+    })
+}
+
+/// Sends `payload` to one connection. NOT_FOUND when it is not open (connection IDs are never
+/// reused, so a stale ID cannot reach another connection).
+///
+/// # Safety
+/// `server` must be NULL or a live server; `payload` NULL or readable for `payload_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_send(
+    server: *const wspush_server,
+    conn: u64,
+    payload: *const u8,
+    payload_len: usize,
+    kind: wspush_message_kind,
+) -> wspush_result {
+    ffi_boundary(|| {
+        // SAFETY: per this function's contract.
+        let (server, payload) = unsafe { (server_arg(server)?, bytes(payload, payload_len)?) };
+        engine(server.send(conn, payload, message_kind(kind)?))?;
+        Ok(wspush_result::Ok)
+    })
+}
+
+/// Starts the close handshake on one connection with `code` (1000-1003, 1007-1014, 3000-4999)
+/// and a UTF-8 `reason` of at most 123 bytes (NULL/0 for none). `on_close` follows.
+/// Errors: NULL_ARGUMENT, INVALID_CLOSE_CODE, INVALID_UTF8, INVALID_CLOSE_REASON, NOT_FOUND,
+/// STOPPED.
+///
+/// # Safety
+/// `server` must be NULL or a live server; `reason` NULL or readable for `reason_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_close(
+    server: *const wspush_server,
+    conn: u64,
+    code: u16,
+    reason: *const c_char,
+    reason_len: usize,
+) -> wspush_result {
+    ffi_boundary(|| {
+        // SAFETY: per this function's contract.
+        let (server, reason) = unsafe { (server_arg(server)?, text(reason, reason_len)?) };
+        engine(server.close(conn, code, reason))?;
+        Ok(wspush_result::Ok)
+    })
+}
+
+/// Closes every connection of `user` with `code`. `*count` (optional) receives how many.
+///
+/// # Safety
+/// `server` must be NULL or a live server; `user` NULL or readable for `user_len` bytes; `count`
+/// NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_disconnect_user(
+    server: *const wspush_server,
+    user: *const u8,
+    user_len: usize,
+    code: u16,
+    count: *mut usize,
+) -> wspush_result {
+    ffi_boundary(|| {
+        // SAFETY: per this function's contract.
+        let (server, user) = unsafe { (server_arg(server)?, bytes(user, user_len)?) };
+        let closed = engine(server.disconnect_user(user, code))?;
+        // SAFETY: per this function's contract.
+        unsafe { write_optional(count, closed) };
+        Ok(wspush_result::Ok)
+    })
+}
+
+/// Completes a deferred upgrade (see `wspush_request_defer`) by accepting it as `user`.
+/// NOT_FOUND when no pending upgrade or connection has that ticket (unknown, timed out, client
+/// gone). The decision is applied asynchronously: one for a ticket that is no longer waiting
+/// (already decided) is ignored.
+///
+/// # Safety
+/// `server` must be NULL or a live server; `user` NULL or readable for `user_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_upgrade_accept(
+    server: *const wspush_server,
+    ticket: u64,
+    user: *const u8,
+    user_len: usize,
+) -> wspush_result {
+    ffi_boundary(|| {
+        // SAFETY: per this function's contract.
+        let (server, user) = unsafe { (server_arg(server)?, bytes(user, user_len)?) };
+        engine(server.accept_upgrade(ticket, user))?;
+        Ok(wspush_result::Ok)
+    })
+}
+
+/// Completes a deferred upgrade by answering HTTP `status` (400-599, else INVALID_STATUS) and
+/// closing. NOT_FOUND and late decisions as for `wspush_upgrade_accept`.
+///
+/// # Safety
+/// `server` must be NULL or a live server.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_upgrade_reject(
+    server: *const wspush_server,
+    ticket: u64,
+    status: u16,
+) -> wspush_result {
+    ffi_boundary(|| {
+        // SAFETY: per this function's contract.
+        let server = unsafe { server_arg(server) }?;
+        engine(server.reject_upgrade(ticket, status))?;
+        Ok(wspush_result::Ok)
+    })
+}
+
+/// Gauges and counters, filled in by `wspush_stats`. Set `size = sizeof(wspush_stats_snapshot)`
+/// before the call. Fields are only ever added at the end; a host built against an older header
+/// gets the fields its `size` covers. `*_total` counters only grow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct wspush_stats_snapshot {
+    /// `sizeof(wspush_stats_snapshot)` as the host compiled it; not written by wspush.
+    pub size: usize,
+    /// Open (upgraded) connections now.
+    pub connections: u64,
+    /// Connections accepted but not yet upgraded (including deferred decisions).
+    pub handshakes: u64,
+    /// Distinct users with at least one open connection.
+    pub users: u64,
+    /// Sockets accepted.
+    pub accepted_total: u64,
+    /// Successful upgrades.
+    pub upgrades_total: u64,
+    /// Requests answered with an HTTP error (400/403/404/426/431, host rejections, ...).
+    pub rejected_total: u64,
+    /// Sockets answered 503 because max_connections was reached.
+    pub over_capacity_total: u64,
+    /// Messages received from clients.
+    pub messages_in_total: u64,
+    /// Messages handed to sockets (one per recipient connection).
+    pub messages_out_total: u64,
+    /// Bytes written to sockets, frame headers included.
+    pub bytes_out_total: u64,
+    /// Calls to publish.
+    pub publishes_total: u64,
+    /// Calls to broadcast.
+    pub broadcasts_total: u64,
+    /// Messages dropped for a slow consumer (policy drop).
+    pub dropped_total: u64,
+    /// Connections closed with 1008 for a slow consumer (policy close).
+    pub slow_consumer_closes_total: u64,
+    /// Connections closed for a protocol violation (1002, 1007, 1009).
+    pub protocol_errors_total: u64,
+    /// Connections closed by the handshake deadline or the idle timeout.
+    pub timeouts_total: u64,
+    /// Heartbeat pings sent.
+    pub pings_total: u64,
+}
+
+impl From<Stats> for wspush_stats_snapshot {
+    fn from(s: Stats) -> Self {
+        wspush_stats_snapshot {
+            size: size_of::<wspush_stats_snapshot>(),
+            connections: s.connections,
+            handshakes: s.handshakes,
+            users: s.users,
+            accepted_total: s.accepted_total,
+            upgrades_total: s.upgrades_total,
+            rejected_total: s.rejected_total,
+            over_capacity_total: s.over_capacity_total,
+            messages_in_total: s.messages_in_total,
+            messages_out_total: s.messages_out_total,
+            bytes_out_total: s.bytes_out_total,
+            publishes_total: s.publishes_total,
+            broadcasts_total: s.broadcasts_total,
+            dropped_total: s.dropped_total,
+            slow_consumer_closes_total: s.slow_consumer_closes_total,
+            protocol_errors_total: s.protocol_errors_total,
+            timeouts_total: s.timeouts_total,
+            pings_total: s.pings_total,
+        }
+    }
+}
+
+/// Fills `*stats` with a snapshot, as many fields as `stats->size` covers. INVALID_ARGUMENT
+/// when `stats->size` does not even cover the first counter. Works after stop too.
+///
+/// # Safety
+/// `server` must be NULL or a live server; `stats` NULL or valid for reads and writes of
+/// `stats->size` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_stats(
+    server: *const wspush_server,
+    stats: *mut wspush_stats_snapshot,
+) -> wspush_result {
+    ffi_boundary(|| {
+        // SAFETY: per this function's contract.
+        let server = unsafe { server_arg(server) }?;
+        if stats.is_null() {
+            return Err(wspush_result::NullArgument);
+        }
+        // SAFETY: non-NULL; the leading size field is readable per the contract.
+        let host_size = unsafe { stats.cast::<usize>().read_unaligned() };
+        let first = offset_of!(wspush_stats_snapshot, connections);
+        if host_size < first + size_of::<u64>() {
+            return Err(wspush_result::InvalidArgument);
+        }
+        // The counters are contiguous u64s after `size`: copy whole ones the host has room for.
+        let end = host_size.min(size_of::<wspush_stats_snapshot>());
+        let copied = (end - first) / size_of::<u64>() * size_of::<u64>();
+        let snapshot = wspush_stats_snapshot::from(server.stats());
+        // SAFETY: source and destination each have `first + copied` bytes (the host's by its
+        // size field, ours by `end <= size_of`), don't overlap, and the range holds only u64
+        // fields (no padding is read).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (&snapshot as *const wspush_stats_snapshot).cast::<u8>().add(first),
+                stats.cast::<u8>().add(first),
+                copied,
+            );
+        }
+        Ok(wspush_result::Ok)
+    })
+}
