@@ -1,0 +1,733 @@
+"""The Python face of a running wspush server: :class:`Server`, :class:`Request`, :class:`Stats`."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import time
+import weakref
+from ctypes import byref, c_size_t, c_uint16, c_uint64, c_void_p, string_at
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Iterable, List, Optional, Tuple, Union
+
+from . import _library
+from ._errors import InCallbackError, Result, StoppedError, error_for
+from ._library import KIND_BINARY, KIND_TEXT, SLOW_CONSUMER_CLOSE, SLOW_CONSUMER_DROP
+
+log = logging.getLogger("wspush")
+
+UserId = Union[str, bytes, bytearray, memoryview]
+"""A user ID: 1 to 255 bytes; ``str`` is encoded as UTF-8."""
+Payload = Union[str, bytes, bytearray, memoryview]
+"""A message: ``str`` is sent as a text message (UTF-8), anything bytes-like as binary."""
+
+UpgradeCallback = Callable[["Server", "Request"], None]
+"""``on_upgrade(server, request)``: decide with ``request.accept(user)``, ``.reject(status)`` or
+``.defer()``. Deciding nothing rejects with 401; raising rejects with 500."""
+OpenCallback = Callable[["Server", int, bytes], None]
+"""``on_open(server, conn, user)``."""
+MessageCallback = Callable[["Server", int, bytes, Union[str, bytes]], None]
+"""``on_message(server, conn, user, data)``: ``data`` is ``str`` for text, ``bytes`` for binary."""
+CloseCallback = Callable[["Server", int, bytes, int], None]
+"""``on_close(server, conn, user, code)``: exactly once per ``on_open``."""
+DropCallback = Callable[["Server", int, bytes, int], None]
+"""``on_drop(server, conn, user, dropped_bytes)``: with ``slow_consumer="drop"``."""
+HttpCallback = Callable[["Server", "Request"], None]
+"""``on_http(server, request)``: answer with ``request.respond(...)`` (default: 426)."""
+
+# Thread ident -> the _Handle whose callback that thread is running now. Lets free() refuse to
+# run inside one of its own server's callbacks, where the engine cannot join its own thread.
+_callback_threads: dict = {}
+
+_SLOW_CONSUMER_POLICIES = {"close": SLOW_CONSUMER_CLOSE, "drop": SLOW_CONSUMER_DROP}
+
+
+def _stopped() -> StoppedError:
+    return StoppedError(Result.STOPPED, "this server was freed")
+
+
+def _user_bytes(user: UserId) -> bytes:
+    if type(user) is str:
+        return user.encode("utf-8")
+    if type(user) is bytes:
+        return user
+    if isinstance(user, (bytes, bytearray, memoryview)):
+        return bytes(user)
+    raise TypeError(f"a user ID must be str or bytes, not {type(user).__name__}")
+
+
+def _payload(data: Payload) -> Tuple[bytes, int]:
+    if type(data) is str:
+        return data.encode("utf-8"), KIND_TEXT
+    if type(data) is bytes:
+        return data, KIND_BINARY
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data), KIND_BINARY
+    if isinstance(data, str):
+        return str(data).encode("utf-8"), KIND_TEXT
+    raise TypeError(f"a message must be str (text) or bytes (binary), not {type(data).__name__}")
+
+
+def _copy(address: Optional[int], length: int) -> bytes:
+    """Copies a borrowed (pointer, length) buffer into Python-owned bytes."""
+    return string_at(address, length) if length else b""
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A snapshot of the server's gauges and counters (``wspush_stats``). ``*_total`` only grow."""
+
+    connections: int
+    """Open (upgraded) connections now."""
+    handshakes: int
+    """Connections accepted but not yet upgraded (including deferred decisions)."""
+    users: int
+    """Distinct users with at least one open connection."""
+    accepted_total: int
+    """Sockets accepted."""
+    upgrades_total: int
+    """Successful upgrades."""
+    rejected_total: int
+    """Requests answered with an HTTP error (400/403/404/426/431, host rejections, ...)."""
+    over_capacity_total: int
+    """Sockets answered 503 because max_connections was reached."""
+    messages_in_total: int
+    """Messages received from clients."""
+    messages_out_total: int
+    """Messages handed to sockets (one per recipient connection)."""
+    bytes_out_total: int
+    """Bytes written to sockets, frame headers included."""
+    publishes_total: int
+    """Calls to publish."""
+    broadcasts_total: int
+    """Calls to broadcast."""
+    dropped_total: int
+    """Messages dropped for a slow consumer (policy "drop")."""
+    slow_consumer_closes_total: int
+    """Connections closed with 1008 for a slow consumer (policy "close")."""
+    protocol_errors_total: int
+    """Connections closed for a protocol violation (1002, 1007, 1009)."""
+    timeouts_total: int
+    """Connections closed by the handshake deadline or the idle timeout."""
+    pings_total: int
+    """Heartbeat pings sent."""
+
+
+class Request:
+    """An HTTP request seen by ``on_upgrade`` or ``on_http``.
+
+    It is borrowed from the engine: use it only inside that callback, on the callback's thread
+    (any later use raises :class:`~wspush.InvalidArgumentError`). Every value it returns is a
+    Python-owned copy. To decide an upgrade elsewhere (a thread pool, an asyncio loop), call
+    :meth:`defer` and complete the returned ticket with :meth:`Server.accept_upgrade` or
+    :meth:`Server.reject_upgrade`.
+    """
+
+    __slots__ = ("_lib", "_ptr", "_thread")
+
+    def __init__(self, lib: ctypes.CDLL, ptr: int) -> None:
+        self._lib = lib
+        self._ptr: Optional[int] = ptr
+        self._thread = threading.get_ident()
+
+    def _live(self) -> int:
+        ptr = self._ptr
+        if ptr is None or threading.get_ident() != self._thread:
+            raise error_for(
+                Result.INVALID_ARGUMENT,
+                "a Request is valid only inside its callback, on its thread; "
+                "use defer() and the ticket to decide later",
+            )
+        return ptr
+
+    def _expire(self) -> None:
+        self._ptr = None
+
+    def _text_out(self, function: Any, *args: Any) -> Optional[bytes]:
+        value, length = c_void_p(), c_size_t()
+        rc = function(self._live(), *args, byref(value), byref(length))
+        if rc == Result.NOT_FOUND:
+            return None
+        if rc:
+            raise error_for(rc)
+        return _copy(value.value, length.value)
+
+    @property
+    def method(self) -> str:
+        """The request method, e.g. ``"GET"``."""
+        return (self._text_out(self._lib.wspush_request_method) or b"").decode("utf-8", "replace")
+
+    @property
+    def path(self) -> str:
+        """The path of the request target without the query string, e.g. ``"/ws"``."""
+        return (self._text_out(self._lib.wspush_request_path) or b"").decode("utf-8", "replace")
+
+    @property
+    def query_string(self) -> str:
+        """The raw query string after ``?`` (not percent-decoded); ``""`` when there is none."""
+        return (self._text_out(self._lib.wspush_request_query) or b"").decode("utf-8", "replace")
+
+    def query(self, name: str) -> Optional[str]:
+        """The first query parameter called ``name``, as sent (not percent-decoded; use
+        ``urllib.parse.unquote`` if needed); ``""`` for a parameter without ``=``; ``None`` if
+        absent."""
+        encoded = name.encode("utf-8")
+        value = self._text_out(self._lib.wspush_request_query_param, encoded, len(encoded))
+        return None if value is None else value.decode("utf-8", "replace")
+
+    def header_bytes(self, name: str) -> Optional[bytes]:
+        """The raw value of the first header called ``name`` (case-insensitive), or ``None``."""
+        encoded = name.encode("utf-8")
+        return self._text_out(self._lib.wspush_request_header, encoded, len(encoded))
+
+    def header(self, name: str) -> Optional[str]:
+        """The value of the first header called ``name`` (case-insensitive), decoded as
+        ISO-8859-1 (lossless for any bytes), or ``None``."""
+        value = self.header_bytes(name)
+        return None if value is None else value.decode("latin-1")
+
+    @property
+    def headers(self) -> List[Tuple[str, str]]:
+        """Every header as ``(name, value)`` in the order received (values as in :meth:`header`)."""
+        ptr = self._live()
+        count = c_size_t()
+        rc = self._lib.wspush_request_header_count(ptr, byref(count))
+        if rc:
+            raise error_for(rc)
+        result = []
+        for index in range(count.value):
+            name, name_len, value, value_len = c_void_p(), c_size_t(), c_void_p(), c_size_t()
+            rc = self._lib.wspush_request_header_at(
+                ptr, index, byref(name), byref(name_len), byref(value), byref(value_len)
+            )
+            if rc:
+                raise error_for(rc)
+            result.append(
+                (
+                    _copy(name.value, name_len.value).decode("latin-1"),
+                    _copy(value.value, value_len.value).decode("latin-1"),
+                )
+            )
+        return result
+
+    @property
+    def peer(self) -> Optional[str]:
+        """The client's address, ``"ip:port"`` (``"[v6]:port"``), or ``None`` if the socket has
+        none any more."""
+        value = self._text_out(self._lib.wspush_request_peer)
+        return None if value is None else value.decode("ascii", "replace")
+
+    @property
+    def ticket(self) -> int:
+        """This pending upgrade's ticket; once accepted it is the connection's ID."""
+        ticket = c_uint64()
+        rc = self._lib.wspush_request_ticket(self._live(), byref(ticket))
+        if rc:
+            raise error_for(rc)
+        return ticket.value
+
+    def accept(self, user: UserId) -> None:
+        """Accept the connection as ``user`` (1-255 bytes). The last decision of the callback wins."""
+        encoded = _user_bytes(user)
+        rc = self._lib.wspush_request_accept(self._live(), encoded, len(encoded))
+        if rc:
+            raise error_for(rc, f"accept({user!r})")
+
+    def reject(self, status: int = 401) -> None:
+        """Refuse with HTTP ``status`` (400-599) and close."""
+        rc = self._lib.wspush_request_reject(self._live(), status)
+        if rc:
+            raise error_for(rc, f"reject({status})")
+
+    def defer(self) -> int:
+        """Decide later, from any thread, with ``server.accept_upgrade(ticket, user)`` or
+        ``server.reject_upgrade(ticket, status)``. Returns the ticket. The handshake timeout
+        still applies: a request left undecided is closed when it passes."""
+        ticket = c_uint64()
+        rc = self._lib.wspush_request_defer(self._live(), byref(ticket))
+        if rc:
+            raise error_for(rc, "defer()")
+        return ticket.value
+
+    def respond(
+        self, status: int, body: Union[str, bytes] = b"", content_type: str = "text/plain; charset=utf-8"
+    ) -> None:
+        """In ``on_http`` only: answer with ``status`` (200-599), ``content_type`` and ``body``
+        (``str`` is sent as UTF-8). The connection is closed after the response."""
+        data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+        kind = content_type.encode("utf-8")
+        rc = self._lib.wspush_request_respond(self._live(), status, kind, len(kind), data, len(data))
+        if rc:
+            raise error_for(rc, f"respond({status})")
+
+    def __repr__(self) -> str:
+        if self._ptr is None or threading.get_ident() != self._thread:
+            return "<wspush.Request (expired)>"
+        return f"<wspush.Request {self.method} {self.path} from {self.peer}>"
+
+
+class _Handle:
+    """The native server pointer and everything that must outlive it (the callbacks). It holds
+    no reference to the :class:`Server`, so an abandoned Server can be garbage collected, and
+    its finalizer then stops and frees the native server through this object."""
+
+    __slots__ = ("lib", "ptr", "released", "inflight", "keepalive", "release_lock")
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self.lib = lib
+        self.ptr: Optional[c_void_p] = None
+        self.released = False
+        # Calls in progress push an item while they may use `ptr`. list.append/pop are atomic
+        # under the GIL, which makes this the cheapest way for free() to know when no thread can
+        # still be handing the old pointer to the library.
+        self.inflight: list = []
+        self.keepalive: list = []
+        self.release_lock = threading.Lock()
+
+    def release(self) -> None:
+        """Stop (gracefully, waiting for the I/O threads), then free the native server once no
+        other thread is inside a call with its pointer. Idempotent."""
+        if _callback_threads.get(threading.get_ident()) is self:
+            # Running inside one of our callbacks (e.g. the Server was garbage collected there):
+            # the engine cannot join its own thread, so start the stop and free elsewhere.
+            ptr = self.ptr
+            if ptr is not None:
+                self.lib.wspush_server_stop(ptr)
+            threading.Thread(target=self.release, name="wspush-free", daemon=True).start()
+            return
+        with self.release_lock:
+            ptr = self.ptr
+            if ptr is None:
+                self.released = True
+                return
+            # Stop first while the pointer is still published, so callbacks run during the drain
+            # (on_close for every connection) can still use the server (stats, ...).
+            self.lib.wspush_server_stop(ptr)
+            self.released = True
+            self.ptr = None
+            while self.inflight:
+                time.sleep(0.0005)
+            rc = self.lib.wspush_server_free(ptr)
+            if rc:
+                log.error("wspush: wspush_server_free failed: %s", error_for(rc))
+            self.keepalive.clear()
+
+
+class Server:
+    """A running wspush server: starts listening in the constructor.
+
+    Callbacks run on the engine's I/O threads (several at once) and get the server as their
+    first argument. An exception raised by a callback is logged (logger ``"wspush"``) and
+    never reaches the engine; one raised by ``on_upgrade`` rejects that request with 500. A
+    callback that blocks stalls the connections of its I/O thread: defer slow auth.
+
+    Lifetime: :meth:`stop` closes every connection with 1001 and waits for ``on_close`` of each;
+    :meth:`free` stops and then releases the native server, after which every method raises
+    :class:`~wspush.StoppedError`. Using the server as a context manager frees it on exit, and a
+    server that is garbage collected is freed too. Note that :meth:`close` closes *one
+    connection*, not the server.
+
+    Every method is thread-safe and may be called from inside any callback, except
+    :meth:`free` (raises :class:`~wspush.InCallbackError` there: call :meth:`stop`).
+    """
+
+    def __init__(
+        self,
+        listen: str = "127.0.0.1:8080",
+        *,
+        path: str = "/ws",
+        threads: int = 0,
+        on_upgrade: Optional[UpgradeCallback] = None,
+        on_open: Optional[OpenCallback] = None,
+        on_message: Optional[MessageCallback] = None,
+        on_close: Optional[CloseCallback] = None,
+        on_drop: Optional[DropCallback] = None,
+        on_http: Optional[HttpCallback] = None,
+        max_connections: Optional[int] = None,
+        max_message_size: Optional[int] = None,
+        ping_interval_ms: Optional[int] = None,
+        idle_timeout_ms: Optional[int] = None,
+        handshake_timeout_ms: Optional[int] = None,
+        max_queue_bytes: Optional[int] = None,
+        slow_consumer: Optional[str] = None,
+        allowed_origins: Iterable[str] = (),
+        max_header_bytes: Optional[int] = None,
+        max_handshakes_per_thread: Optional[int] = None,
+        max_connections_per_user: Optional[int] = None,
+        drain_timeout_ms: Optional[int] = None,
+        close_timeout_ms: Optional[int] = None,
+    ) -> None:
+        """Start a server.
+
+        Args:
+            listen: "host:port"; port 0 picks a free port (read it back from :attr:`port`).
+            path: the request path that accepts upgrades (others get 404).
+            threads: I/O threads, 0 for one per core.
+            on_upgrade: authenticates each upgrade; without it every upgrade gets 401.
+            on_open, on_message, on_close, on_drop, on_http: see the ``*Callback`` aliases.
+            max_connections: open plus handshaking connections beyond which sockets get 503.
+            max_message_size: largest message a client may send (larger closes with 1009).
+            ping_interval_ms: a connection silent this long is pinged.
+            idle_timeout_ms: a connection silent this long is closed (1006).
+            handshake_timeout_ms: accept-to-upgrade deadline, deferred decisions included.
+            max_queue_bytes: unsent bytes one connection may queue; also the largest payload.
+            slow_consumer: ``"close"`` (1008, default) or ``"drop"`` (``on_drop`` is called).
+            allowed_origins: accepted Origin values (others get 403); empty allows any.
+            max_header_bytes: largest HTTP request head (larger gets 431).
+            max_handshakes_per_thread: handshakes in progress per I/O thread before it pauses
+                accepting.
+            max_connections_per_user: connections one user may hold (the next gets 429); 0 =
+                no limit.
+            drain_timeout_ms: how long :meth:`stop` waits for queued data and close handshakes.
+            close_timeout_ms: how long a closing connection waits for the peer's close frame.
+
+        ``None`` keeps the library default (see include/wspush.h ``wspush_config_new``).
+
+        Raises:
+            WspushError: a subclass for the failing setting or for the start
+                (e.g. :class:`~wspush.BindFailedError`).
+            LibraryNotFoundError: libwspush.so could not be found.
+        """
+        lib = _library.load()
+        self._lib = lib
+        self._handle = handle = _Handle(lib)
+        self._port = 0
+        config = lib.wspush_config_new()
+        if not config:
+            raise error_for(Result.PANIC, "wspush_config_new")
+        try:
+
+            def check(rc: int, what: str) -> None:
+                if rc:
+                    raise error_for(rc, what)
+
+            def text(setter: Any, value: str, what: str) -> None:
+                encoded = value.encode("utf-8")
+                check(setter(config, encoded, len(encoded)), what)
+
+            text(lib.wspush_config_set_listen, listen, f"listen={listen!r}")
+            text(lib.wspush_config_set_path, path, f"path={path!r}")
+            check(lib.wspush_config_set_threads(config, threads), f"threads={threads}")
+            for origin in [allowed_origins] if isinstance(allowed_origins, str) else allowed_origins:
+                text(lib.wspush_config_add_allowed_origin, origin, f"allowed_origins: {origin!r}")
+            numeric = [
+                ("max_connections", max_connections, lib.wspush_config_set_max_connections),
+                ("max_message_size", max_message_size, lib.wspush_config_set_max_message_size),
+                ("ping_interval_ms", ping_interval_ms, lib.wspush_config_set_ping_interval_ms),
+                ("idle_timeout_ms", idle_timeout_ms, lib.wspush_config_set_idle_timeout_ms),
+                ("handshake_timeout_ms", handshake_timeout_ms, lib.wspush_config_set_handshake_timeout_ms),
+                ("max_queue_bytes", max_queue_bytes, lib.wspush_config_set_max_queue_bytes),
+                ("max_header_bytes", max_header_bytes, lib.wspush_config_set_max_header_bytes),
+                (
+                    "max_handshakes_per_thread",
+                    max_handshakes_per_thread,
+                    lib.wspush_config_set_max_handshakes_per_thread,
+                ),
+                (
+                    "max_connections_per_user",
+                    max_connections_per_user,
+                    lib.wspush_config_set_max_connections_per_user,
+                ),
+                ("drain_timeout_ms", drain_timeout_ms, lib.wspush_config_set_drain_timeout_ms),
+                ("close_timeout_ms", close_timeout_ms, lib.wspush_config_set_close_timeout_ms),
+            ]
+            for name, value, setter in numeric:
+                if value is None:
+                    continue
+                if not isinstance(value, int) or value < 0:
+                    raise error_for(Result.INVALID_ARGUMENT, f"{name}={value!r} (a non-negative int)")
+                try:
+                    rc = setter(config, value)
+                except ctypes.ArgumentError as error:
+                    raise error_for(Result.INVALID_ARGUMENT, f"{name}={value!r}") from error
+                check(rc, f"{name}={value!r}")
+            if slow_consumer is not None:
+                if slow_consumer not in _SLOW_CONSUMER_POLICIES:
+                    raise error_for(Result.INVALID_ARGUMENT, f"slow_consumer={slow_consumer!r} ('close' or 'drop')")
+                check(
+                    lib.wspush_config_set_slow_consumer_policy(config, _SLOW_CONSUMER_POLICIES[slow_consumer]),
+                    f"slow_consumer={slow_consumer!r}",
+                )
+            callbacks = self._make_callbacks(on_upgrade, on_open, on_message, on_close, on_drop, on_http)
+            check(lib.wspush_config_set_callbacks(config, byref(callbacks)), "callbacks")
+            started = c_void_p()
+            rc = lib.wspush_server_start(config, byref(started))
+            if rc:
+                handle.ptr = None
+                handle.released = True
+                raise error_for(rc, f"start on {listen}")
+            handle.ptr = started
+        finally:
+            lib.wspush_config_free(config)
+        port = c_uint16()
+        if lib.wspush_server_local_port(started, byref(port)) == Result.OK:
+            self._port = port.value
+        self._finalizer = weakref.finalize(self, handle.release)
+
+    def _make_callbacks(
+        self,
+        on_upgrade: Optional[UpgradeCallback],
+        on_open: Optional[OpenCallback],
+        on_message: Optional[MessageCallback],
+        on_close: Optional[CloseCallback],
+        on_drop: Optional[DropCallback],
+        on_http: Optional[HttpCallback],
+    ) -> _library.Callbacks:
+        """Builds the C callback table. Each trampoline copies the borrowed data, calls the user
+        function, and logs whatever it raises; only callbacks given are registered, so the
+        engine never takes the GIL for events nobody listens to."""
+        lib = self._lib
+        handle = self._handle
+        server_ref = weakref.ref(self)
+        get_ident = threading.get_ident
+
+        def enter(engine_ptr: Optional[int]) -> Optional["Server"]:
+            # Callbacks may run before wspush_server_start has returned: publish the pointer the
+            # engine hands us (it is the same one start returns) so the server is usable there.
+            if handle.ptr is None and not handle.released and engine_ptr:
+                handle.ptr = c_void_p(engine_ptr)
+            server = server_ref()
+            if server is not None:
+                _callback_threads[get_ident()] = handle
+            return server
+
+        def leave() -> None:
+            _callback_threads.pop(get_ident(), None)
+
+        def request_trampoline(name: str, callback: Callable[["Server", Request], None]) -> Callable[..., None]:
+            def trampoline(_userdata: Any, engine_ptr: Optional[int], request_ptr: int) -> None:
+                server = enter(engine_ptr)
+                request = Request(lib, request_ptr)
+                try:
+                    if server is None:
+                        # The Server object is gone (being finalized): let nobody in.
+                        if name == "on_upgrade":
+                            request.reject(503)
+                        return
+                    callback(server, request)
+                except BaseException:
+                    log.exception("wspush: %s callback raised; answering 500", name)
+                    try:
+                        if name == "on_upgrade":
+                            lib.wspush_request_reject(request_ptr, 500)
+                        else:
+                            body = b"internal error\n"
+                            kind = b"text/plain"
+                            lib.wspush_request_respond(request_ptr, 500, kind, len(kind), body, len(body))
+                    except BaseException:
+                        log.exception("wspush: could not answer 500")
+                finally:
+                    request._expire()
+                    leave()
+
+            return trampoline
+
+        def open_trampoline(_userdata: Any, engine_ptr: Optional[int], conn: int, user: int, user_len: int) -> None:
+            server = enter(engine_ptr)
+            if server is None:
+                return
+            try:
+                on_open(server, conn, _copy(user, user_len))  # type: ignore[misc]
+            except BaseException:
+                log.exception("wspush: on_open callback raised (conn %d); the engine carries on", conn)
+            finally:
+                leave()
+
+        def message_trampoline(
+            _userdata: Any,
+            engine_ptr: Optional[int],
+            conn: int,
+            user: int,
+            user_len: int,
+            kind: int,
+            payload: int,
+            payload_len: int,
+        ) -> None:
+            server = enter(engine_ptr)
+            if server is None:
+                return
+            try:
+                data = _copy(payload, payload_len)
+                # The engine validated text as UTF-8, so decoding cannot fail.
+                message: Union[str, bytes] = data.decode("utf-8") if kind == KIND_TEXT else data
+                on_message(server, conn, _copy(user, user_len), message)  # type: ignore[misc]
+            except BaseException:
+                log.exception("wspush: on_message callback raised (conn %d); the engine carries on", conn)
+            finally:
+                leave()
+
+        def close_trampoline(
+            _userdata: Any, engine_ptr: Optional[int], conn: int, user: int, user_len: int, code: int
+        ) -> None:
+            server = enter(engine_ptr)
+            if server is None:
+                return
+            try:
+                on_close(server, conn, _copy(user, user_len), code)  # type: ignore[misc]
+            except BaseException:
+                log.exception("wspush: on_close callback raised (conn %d); the engine carries on", conn)
+            finally:
+                leave()
+
+        def drop_trampoline(
+            _userdata: Any, engine_ptr: Optional[int], conn: int, user: int, user_len: int, dropped: int
+        ) -> None:
+            server = enter(engine_ptr)
+            if server is None:
+                return
+            try:
+                on_drop(server, conn, _copy(user, user_len), dropped)  # type: ignore[misc]
+            except BaseException:
+                log.exception("wspush: on_drop callback raised (conn %d); the engine carries on", conn)
+            finally:
+                leave()
+
+        table = _library.Callbacks()
+        table.size = ctypes.sizeof(_library.Callbacks)
+        if on_upgrade is not None:
+            table.on_upgrade = _library.ON_UPGRADE(request_trampoline("on_upgrade", on_upgrade))
+        if on_open is not None:
+            table.on_open = _library.ON_OPEN(open_trampoline)
+        if on_message is not None:
+            table.on_message = _library.ON_MESSAGE(message_trampoline)
+        if on_close is not None:
+            table.on_close = _library.ON_CLOSE(close_trampoline)
+        if on_drop is not None:
+            table.on_drop = _library.ON_DROP(drop_trampoline)
+        if on_http is not None:
+            table.on_http = _library.ON_HTTP(request_trampoline("on_http", on_http))
+        # The engine copies the table but calls the function pointers for the server's whole
+        # life: the CFUNCTYPE objects must stay alive until wspush_server_free has returned.
+        handle.keepalive.extend(
+            [table, table.on_upgrade, table.on_open, table.on_message, table.on_close, table.on_drop, table.on_http]
+        )
+        return table
+
+    def _call(self, function: Any, *args: Any) -> None:
+        """Calls ``function(server_ptr, *args)`` while holding the pointer alive; raises on error."""
+        handle = self._handle
+        handle.inflight.append(None)
+        try:
+            ptr = handle.ptr
+            if ptr is None:
+                raise _stopped()
+            rc = function(ptr, *args)
+        finally:
+            handle.inflight.pop()
+        if rc:
+            raise error_for(rc)
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (the one picked when listening on port 0)."""
+        return self._port
+
+    def publish(self, user: UserId, data: Payload) -> int:
+        """Send ``data`` to every open connection of ``user`` (``str`` → text, bytes → binary).
+        Returns how many connections it was queued to; 0 when the user has none. Never blocks
+        on I/O; messages published by one thread arrive in the order published."""
+        if type(user) is str:
+            user = user.encode("utf-8")
+        elif type(user) is not bytes:
+            user = _user_bytes(user)
+        if type(data) is str:
+            payload, kind = data.encode("utf-8"), KIND_TEXT
+        elif type(data) is bytes:
+            payload, kind = data, KIND_BINARY
+        else:
+            payload, kind = _payload(data)
+        delivered = c_size_t()
+        handle = self._handle
+        handle.inflight.append(None)
+        try:
+            ptr = handle.ptr
+            if ptr is None:
+                raise _stopped()
+            rc = self._lib.wspush_publish(ptr, user, len(user), payload, len(payload), kind, byref(delivered))
+        finally:
+            handle.inflight.pop()
+        if rc:
+            raise error_for(rc, "publish")
+        return delivered.value
+
+    def broadcast(self, data: Payload) -> int:
+        """Send ``data`` to every open connection. Returns how many were open."""
+        payload, kind = _payload(data)
+        count = c_size_t()
+        self._call(self._lib.wspush_broadcast, payload, len(payload), kind, byref(count))
+        return count.value
+
+    def send(self, conn: int, data: Payload) -> None:
+        """Send ``data`` to one connection. Raises :class:`~wspush.NotFoundError` when it is
+        not open (IDs are never reused)."""
+        payload, kind = _payload(data)
+        self._call(self._lib.wspush_send, conn, payload, len(payload), kind)
+
+    def close(self, conn: int, code: int = 1000, reason: str = "") -> None:
+        """Close one *connection* (not the server) with ``code`` (1000-1003, 1007-1014,
+        3000-4999) and a ``reason`` of at most 123 UTF-8 bytes; ``on_close`` follows."""
+        encoded = reason.encode("utf-8")
+        self._call(self._lib.wspush_close, conn, code, encoded, len(encoded))
+
+    def disconnect_user(self, user: UserId, code: int = 1000) -> int:
+        """Close every connection of ``user`` with ``code``. Returns how many."""
+        encoded = _user_bytes(user)
+        count = c_size_t()
+        self._call(self._lib.wspush_disconnect_user, encoded, len(encoded), code, byref(count))
+        return count.value
+
+    def accept_upgrade(self, ticket: int, user: UserId) -> None:
+        """Complete a deferred upgrade (see :meth:`Request.defer`) by accepting it as ``user``.
+        Any thread. Raises :class:`~wspush.NotFoundError` when the ticket is no longer pending
+        (timed out, client gone)."""
+        encoded = _user_bytes(user)
+        self._call(self._lib.wspush_upgrade_accept, ticket, encoded, len(encoded))
+
+    def reject_upgrade(self, ticket: int, status: int = 401) -> None:
+        """Complete a deferred upgrade by answering HTTP ``status`` (400-599). Any thread."""
+        self._call(self._lib.wspush_upgrade_reject, ticket, status)
+
+    def stats(self) -> Stats:
+        """A snapshot of the gauges and counters (works after :meth:`stop` too, not after
+        :meth:`free`)."""
+        snapshot = _library.StatsSnapshot()
+        snapshot.size = ctypes.sizeof(_library.StatsSnapshot)
+        self._call(self._lib.wspush_stats, byref(snapshot))
+        return Stats(**{field.name: getattr(snapshot, field.name) for field in fields(Stats)})
+
+    def stop(self) -> None:
+        """Graceful stop: stop accepting, close every connection with 1001, flush for up to
+        ``drain_timeout_ms``, call ``on_close`` for each, end the I/O threads. Blocks until
+        done, except inside a callback, where it only starts the stop. Harmless to repeat;
+        afterwards publish and the like raise :class:`~wspush.StoppedError`."""
+        handle = self._handle
+        handle.inflight.append(None)
+        try:
+            ptr = handle.ptr
+            if ptr is None:
+                return  # already freed, hence stopped
+            rc = self._lib.wspush_server_stop(ptr)
+        finally:
+            handle.inflight.pop()
+        if rc:
+            raise error_for(rc, "stop")
+
+    def free(self) -> None:
+        """:meth:`stop`, then release the native server. Every later call raises
+        :class:`~wspush.StoppedError` (``stop`` and ``free`` do nothing). Safe while other
+        threads still call the server: the release waits for their calls to return. Raises
+        :class:`~wspush.InCallbackError` inside this server's callbacks."""
+        if _callback_threads.get(threading.get_ident()) is self._handle:
+            raise InCallbackError(Result.IN_CALLBACK, "free() inside a callback; call stop() there")
+        self._handle.release()
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.free()
+
+    def __repr__(self) -> str:
+        state = "freed" if self._handle.released else "running"
+        return f"<wspush.Server port={self._port} {state}>"
