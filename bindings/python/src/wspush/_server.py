@@ -69,6 +69,34 @@ def _payload(data: Payload) -> Tuple[bytes, int]:
     raise TypeError(f"a message must be str (text) or bytes (binary), not {type(data).__name__}")
 
 
+_SIZE_MAX = 2 ** (8 * ctypes.sizeof(c_size_t)) - 1
+_U64_MAX = 2**64 - 1
+
+
+def _in_range(value: int, low: int, high: int) -> bool:
+    # ctypes truncates out-of-range integers silently (65536 + 1000 would become close code
+    # 1000), so every integer is range-checked before it is converted.
+    return isinstance(value, int) and low <= value <= high
+
+
+def _conn_id(conn: int) -> int:
+    if not _in_range(conn, 0, _U64_MAX):
+        raise error_for(Result.NOT_FOUND, f"connection {conn!r}")
+    return conn
+
+
+def _close_code(code: int) -> int:
+    if not _in_range(code, 0, 0xFFFF):
+        raise error_for(Result.INVALID_CLOSE_CODE, f"close code {code!r}")
+    return code
+
+
+def _http_status(status: int) -> int:
+    if not _in_range(status, 0, 0xFFFF):
+        raise error_for(Result.INVALID_STATUS, f"status {status!r}")
+    return status
+
+
 def _copy(address: Optional[int], length: int) -> bytes:
     """Copies a borrowed (pointer, length) buffer into Python-owned bytes."""
     return string_at(address, length) if length else b""
@@ -236,7 +264,7 @@ class Request:
 
     def reject(self, status: int = 401) -> None:
         """Refuse with HTTP ``status`` (400-599) and close."""
-        rc = self._lib.wspush_request_reject(self._live(), status)
+        rc = self._lib.wspush_request_reject(self._live(), _http_status(status))
         if rc:
             raise error_for(rc, f"reject({status})")
 
@@ -257,7 +285,7 @@ class Request:
         (``str`` is sent as UTF-8). The connection is closed after the response."""
         data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
         kind = content_type.encode("utf-8")
-        rc = self._lib.wspush_request_respond(self._live(), status, kind, len(kind), data, len(data))
+        rc = self._lib.wspush_request_respond(self._live(), _http_status(status), kind, len(kind), data, len(data))
         if rc:
             raise error_for(rc, f"respond({status})")
 
@@ -408,40 +436,41 @@ class Server:
 
             text(lib.wspush_config_set_listen, listen, f"listen={listen!r}")
             text(lib.wspush_config_set_path, path, f"path={path!r}")
+            if not _in_range(threads, 0, _SIZE_MAX):
+                raise error_for(Result.INVALID_ARGUMENT, f"threads={threads!r}")
             check(lib.wspush_config_set_threads(config, threads), f"threads={threads}")
             for origin in [allowed_origins] if isinstance(allowed_origins, str) else allowed_origins:
                 text(lib.wspush_config_add_allowed_origin, origin, f"allowed_origins: {origin!r}")
+            # (name, value, setter, largest value of the C parameter type)
             numeric = [
-                ("max_connections", max_connections, lib.wspush_config_set_max_connections),
-                ("max_message_size", max_message_size, lib.wspush_config_set_max_message_size),
-                ("ping_interval_ms", ping_interval_ms, lib.wspush_config_set_ping_interval_ms),
-                ("idle_timeout_ms", idle_timeout_ms, lib.wspush_config_set_idle_timeout_ms),
-                ("handshake_timeout_ms", handshake_timeout_ms, lib.wspush_config_set_handshake_timeout_ms),
-                ("max_queue_bytes", max_queue_bytes, lib.wspush_config_set_max_queue_bytes),
-                ("max_header_bytes", max_header_bytes, lib.wspush_config_set_max_header_bytes),
+                ("max_connections", max_connections, lib.wspush_config_set_max_connections, _SIZE_MAX),
+                ("max_message_size", max_message_size, lib.wspush_config_set_max_message_size, _SIZE_MAX),
+                ("ping_interval_ms", ping_interval_ms, lib.wspush_config_set_ping_interval_ms, _U64_MAX),
+                ("idle_timeout_ms", idle_timeout_ms, lib.wspush_config_set_idle_timeout_ms, _U64_MAX),
+                ("handshake_timeout_ms", handshake_timeout_ms, lib.wspush_config_set_handshake_timeout_ms, _U64_MAX),
+                ("max_queue_bytes", max_queue_bytes, lib.wspush_config_set_max_queue_bytes, _SIZE_MAX),
+                ("max_header_bytes", max_header_bytes, lib.wspush_config_set_max_header_bytes, _SIZE_MAX),
                 (
                     "max_handshakes_per_thread",
                     max_handshakes_per_thread,
                     lib.wspush_config_set_max_handshakes_per_thread,
+                    _SIZE_MAX,
                 ),
                 (
                     "max_connections_per_user",
                     max_connections_per_user,
                     lib.wspush_config_set_max_connections_per_user,
+                    _SIZE_MAX,
                 ),
-                ("drain_timeout_ms", drain_timeout_ms, lib.wspush_config_set_drain_timeout_ms),
-                ("close_timeout_ms", close_timeout_ms, lib.wspush_config_set_close_timeout_ms),
+                ("drain_timeout_ms", drain_timeout_ms, lib.wspush_config_set_drain_timeout_ms, _U64_MAX),
+                ("close_timeout_ms", close_timeout_ms, lib.wspush_config_set_close_timeout_ms, _U64_MAX),
             ]
-            for name, value, setter in numeric:
+            for name, value, setter, largest in numeric:
                 if value is None:
                     continue
-                if not isinstance(value, int) or value < 0:
-                    raise error_for(Result.INVALID_ARGUMENT, f"{name}={value!r} (a non-negative int)")
-                try:
-                    rc = setter(config, value)
-                except ctypes.ArgumentError as error:
-                    raise error_for(Result.INVALID_ARGUMENT, f"{name}={value!r}") from error
-                check(rc, f"{name}={value!r}")
+                if not _in_range(value, 0, largest):
+                    raise error_for(Result.INVALID_ARGUMENT, f"{name}={value!r} (an int from 0 to {largest})")
+                check(setter(config, value), f"{name}={value!r}")
             if slow_consumer is not None:
                 if slow_consumer not in _SLOW_CONSUMER_POLICIES:
                     raise error_for(Result.INVALID_ARGUMENT, f"slow_consumer={slow_consumer!r} ('close' or 'drop')")
@@ -662,19 +691,19 @@ class Server:
         """Send ``data`` to one connection. Raises :class:`~wspush.NotFoundError` when it is
         not open (IDs are never reused)."""
         payload, kind = _payload(data)
-        self._call(self._lib.wspush_send, conn, payload, len(payload), kind)
+        self._call(self._lib.wspush_send, _conn_id(conn), payload, len(payload), kind)
 
     def close(self, conn: int, code: int = 1000, reason: str = "") -> None:
         """Close one *connection* (not the server) with ``code`` (1000-1003, 1007-1014,
         3000-4999) and a ``reason`` of at most 123 UTF-8 bytes; ``on_close`` follows."""
         encoded = reason.encode("utf-8")
-        self._call(self._lib.wspush_close, conn, code, encoded, len(encoded))
+        self._call(self._lib.wspush_close, _conn_id(conn), _close_code(code), encoded, len(encoded))
 
     def disconnect_user(self, user: UserId, code: int = 1000) -> int:
         """Close every connection of ``user`` with ``code``. Returns how many."""
         encoded = _user_bytes(user)
         count = c_size_t()
-        self._call(self._lib.wspush_disconnect_user, encoded, len(encoded), code, byref(count))
+        self._call(self._lib.wspush_disconnect_user, encoded, len(encoded), _close_code(code), byref(count))
         return count.value
 
     def accept_upgrade(self, ticket: int, user: UserId) -> None:
@@ -682,11 +711,11 @@ class Server:
         Any thread. Raises :class:`~wspush.NotFoundError` when the ticket is no longer pending
         (timed out, client gone)."""
         encoded = _user_bytes(user)
-        self._call(self._lib.wspush_upgrade_accept, ticket, encoded, len(encoded))
+        self._call(self._lib.wspush_upgrade_accept, _conn_id(ticket), encoded, len(encoded))
 
     def reject_upgrade(self, ticket: int, status: int = 401) -> None:
         """Complete a deferred upgrade by answering HTTP ``status`` (400-599). Any thread."""
-        self._call(self._lib.wspush_upgrade_reject, ticket, status)
+        self._call(self._lib.wspush_upgrade_reject, _conn_id(ticket), _http_status(status))
 
     def stats(self) -> Stats:
         """A snapshot of the gauges and counters (works after :meth:`stop` too, not after
