@@ -35,7 +35,7 @@ def on_upgrade(server: wspush.Server, request: wspush.Request) -> None:
     request.accept(request.query("user") or "anonymous")
 
 
-def rate(server: wspush.Server, user: str, payload: bytes, count: int) -> float:
+def rate(server: wspush.Server, user: str, payload: wspush.Payload, count: int) -> float:
     publish = server.publish
     started = time.perf_counter()
     for _ in range(count):

@@ -63,14 +63,15 @@ def version() -> str:
     """The loaded libwspush's version, e.g. ``"0.1.0"``."""
     from . import _library
 
-    return _library.load().wspush_version().decode("ascii")
+    text: bytes = _library.load().wspush_version()
+    return text.decode("ascii")
 
 
 def library_path() -> str:
     """The path of the libwspush shared library this process loaded (loading it if needed)."""
     from . import _library
 
-    return str(_library.load()._name)
+    return str(_library.load()._name)  # the path CDLL was given
 
 
 # Public classes report themselves as wspush.X (tracebacks, reprs), not wspush._module.X.

@@ -38,7 +38,7 @@ HttpCallback = Callable[["Server", "Request"], None]
 
 # Thread ident -> the _Handle whose callback that thread is running now. Lets free() refuse to
 # run inside one of its own server's callbacks, where the engine cannot join its own thread.
-_callback_threads: dict = {}
+_callback_threads: "dict[int, _Handle]" = {}
 
 _SLOW_CONSUMER_POLICIES = {"close": SLOW_CONSUMER_CLOSE, "drop": SLOW_CONSUMER_DROP}
 
@@ -99,7 +99,7 @@ def _http_status(status: int) -> int:
 
 def _copy(address: Optional[int], length: int) -> bytes:
     """Copies a borrowed (pointer, length) buffer into Python-owned bytes."""
-    return string_at(address, length) if length else b""
+    return string_at(address, length) if length and address else b""
 
 
 @dataclass(frozen=True)
@@ -309,8 +309,8 @@ class _Handle:
         # Calls in progress push an item while they may use `ptr`. list.append/pop are atomic
         # under the GIL, which makes this the cheapest way for free() to know when no thread can
         # still be handing the old pointer to the library.
-        self.inflight: list = []
-        self.keepalive: list = []
+        self.inflight: List[None] = []
+        self.keepalive: List[object] = []
         self.release_lock = threading.Lock()
 
     def release(self) -> None:
@@ -752,9 +752,11 @@ class Server:
         self._handle.release()
 
     def __enter__(self) -> "Server":
+        """The server itself; leaving the block calls :meth:`free`."""
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        """Frees the server (stop, then release)."""
         self.free()
 
     def __repr__(self) -> str:
