@@ -25,7 +25,7 @@ WS_PORT=18080
 ADMIN_PORT=18081
 OUT=benches/results
 mkdir -p "$OUT"
-rm -f "$OUT"/*.json
+for server in "${SERVERS[@]}"; do rm -f "$OUT/$server"-*.json; done
 
 echo "== building wspushd, loadgen and the peers" >&2
 cargo build --release --example wspushd --example loadgen >&2
