@@ -14,3 +14,7 @@ cargo test --release
 
 echo "== wspushd against the contract the benchmark peers share"
 python3 benches/peers/check_contract.py target/release/examples/wspushd --demo
+
+echo "== the demo page in headless Chromium (reconnects across a daemon restart)"
+npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+node --test tests/browser/demo.test.mjs
