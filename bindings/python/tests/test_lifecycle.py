@@ -187,3 +187,35 @@ def test_two_servers_side_by_side_are_independent(make_server):
         assert on_first.recv(timeout=5) == "one"
         with pytest.raises(TimeoutError):
             on_second.recv(timeout=0.2)
+
+
+def test_last_reference_dropped_inside_a_callback_frees_without_deadlock_or_crash(caplog):
+    # The finalizer then runs on the engine's own I/O thread, which cannot wait for itself.
+    entered, gate = threading.Event(), threading.Event()
+
+    def on_message(server, conn, user, data):
+        entered.set()
+        gate.wait(5)  # meanwhile the program drops its reference
+
+    server = wspush.Server(on_upgrade=accept_token, on_message=on_message, **FAST)
+    port = server.port
+    with connect(server, "alice") as client:
+        client.send("hold the server")
+        assert entered.wait(5)
+        del server
+        gc.collect()
+        gate.set()  # the callback returns: its argument was the last reference
+        with pytest.raises(websockets.exceptions.ConnectionClosed) as info:
+            client.recv(timeout=5)
+        assert info.value.rcvd.code == 1001
+    wait_until(lambda: port_is_free(port), what="the listener to close")
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name == "wspush-free"], what="the free")
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR], caplog.text
+
+
+def port_is_free(port):
+    try:
+        assert_port_free(port)
+        return True
+    except OSError:
+        return False

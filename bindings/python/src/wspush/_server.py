@@ -36,10 +36,6 @@ DropCallback = Callable[["Server", int, bytes, int], None]
 HttpCallback = Callable[["Server", "Request"], None]
 """``on_http(server, request)``: answer with ``request.respond(...)`` (default: 426)."""
 
-# Thread ident -> the _Handle whose callback that thread is running now. Lets free() refuse to
-# run inside one of its own server's callbacks, where the engine cannot join its own thread.
-_callback_threads: "dict[int, _Handle]" = {}
-
 _SLOW_CONSUMER_POLICIES = {"close": SLOW_CONSUMER_CLOSE, "drop": SLOW_CONSUMER_DROP}
 
 
@@ -300,7 +296,7 @@ class _Handle:
     no reference to the :class:`Server`, so an abandoned Server can be garbage collected, and
     its finalizer then stops and frees the native server through this object."""
 
-    __slots__ = ("lib", "ptr", "released", "inflight", "keepalive", "release_lock")
+    __slots__ = ("lib", "ptr", "released", "inflight", "keepalive", "release_lock", "io_threads")
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         self.lib = lib
@@ -312,17 +308,26 @@ class _Handle:
         self.inflight: List[None] = []
         self.keepalive: List[object] = []
         self.release_lock = threading.Lock()
+        # Idents of the engine threads that ran our callbacks. Such a thread runs Python only
+        # inside a callback, and the engine cannot join it from itself: free() must not run
+        # there, not even through a finalizer after the callback dropped the last reference.
+        self.io_threads: "set[int]" = set()
+
+    def on_io_thread(self) -> bool:
+        """Whether the calling thread is one of this server's engine I/O threads."""
+        return threading.get_ident() in self.io_threads
 
     def release(self) -> None:
         """Stop (gracefully, waiting for the I/O threads), then free the native server once no
         other thread is inside a call with its pointer. Idempotent."""
-        if _callback_threads.get(threading.get_ident()) is self:
-            # Running inside one of our callbacks (e.g. the Server was garbage collected there):
+        if self.on_io_thread():
+            # E.g. the Server was garbage collected when a callback dropped the last reference:
             # the engine cannot join its own thread, so start the stop and free elsewhere.
             ptr = self.ptr
             if ptr is not None:
                 self.lib.wspush_server_stop(ptr)
-            threading.Thread(target=self.release, name="wspush-free", daemon=True).start()
+            # Not a daemon: interpreter exit waits for the free instead of killing it halfway.
+            threading.Thread(target=self.release, name="wspush-free").start()
             return
         with self.release_lock:
             ptr = self.ptr
@@ -338,8 +343,10 @@ class _Handle:
                 time.sleep(0.0005)
             rc = self.lib.wspush_server_free(ptr)
             if rc:
+                # The engine still holds our callbacks: keep them (a leak, never a crash).
                 log.error("wspush: wspush_server_free failed: %s", error_for(rc))
-            self.keepalive.clear()
+            else:
+                self.keepalive.clear()
 
 
 class Server:
@@ -510,19 +517,15 @@ class Server:
         handle = self._handle
         server_ref = weakref.ref(self)
         get_ident = threading.get_ident
+        io_threads = handle.io_threads
 
         def enter(engine_ptr: Optional[int]) -> Optional["Server"]:
             # Callbacks may run before wspush_server_start has returned: publish the pointer the
             # engine hands us (it is the same one start returns) so the server is usable there.
             if handle.ptr is None and not handle.released and engine_ptr:
                 handle.ptr = c_void_p(engine_ptr)
-            server = server_ref()
-            if server is not None:
-                _callback_threads[get_ident()] = handle
-            return server
-
-        def leave() -> None:
-            _callback_threads.pop(get_ident(), None)
+            io_threads.add(get_ident())
+            return server_ref()
 
         def request_trampoline(name: str, callback: Callable[["Server", Request], None]) -> Callable[..., None]:
             def trampoline(_userdata: Any, engine_ptr: Optional[int], request_ptr: int) -> None:
@@ -548,7 +551,6 @@ class Server:
                         log.exception("wspush: could not answer 500")
                 finally:
                     request._expire()
-                    leave()
 
             return trampoline
 
@@ -560,8 +562,6 @@ class Server:
                 on_open(server, conn, _copy(user, user_len))  # type: ignore[misc]
             except BaseException:
                 log.exception("wspush: on_open callback raised (conn %d); the engine carries on", conn)
-            finally:
-                leave()
 
         def message_trampoline(
             _userdata: Any,
@@ -583,8 +583,6 @@ class Server:
                 on_message(server, conn, _copy(user, user_len), message)  # type: ignore[misc]
             except BaseException:
                 log.exception("wspush: on_message callback raised (conn %d); the engine carries on", conn)
-            finally:
-                leave()
 
         def close_trampoline(
             _userdata: Any, engine_ptr: Optional[int], conn: int, user: int, user_len: int, code: int
@@ -596,8 +594,6 @@ class Server:
                 on_close(server, conn, _copy(user, user_len), code)  # type: ignore[misc]
             except BaseException:
                 log.exception("wspush: on_close callback raised (conn %d); the engine carries on", conn)
-            finally:
-                leave()
 
         def drop_trampoline(
             _userdata: Any, engine_ptr: Optional[int], conn: int, user: int, user_len: int, dropped: int
@@ -609,8 +605,6 @@ class Server:
                 on_drop(server, conn, _copy(user, user_len), dropped)  # type: ignore[misc]
             except BaseException:
                 log.exception("wspush: on_drop callback raised (conn %d); the engine carries on", conn)
-            finally:
-                leave()
 
         table = _library.Callbacks()
         table.size = ctypes.sizeof(_library.Callbacks)
@@ -747,7 +741,7 @@ class Server:
         :class:`~wspush.StoppedError` (``stop`` and ``free`` do nothing). Safe while other
         threads still call the server: the release waits for their calls to return. Raises
         :class:`~wspush.InCallbackError` inside this server's callbacks."""
-        if _callback_threads.get(threading.get_ident()) is self._handle:
+        if self._handle.on_io_thread():
             raise InCallbackError(Result.IN_CALLBACK, "free() inside a callback; call stop() there")
         self._handle.release()
 
