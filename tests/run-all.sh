@@ -18,3 +18,8 @@ python3 benches/peers/check_contract.py target/release/examples/wspushd --demo
 echo "== the demo page in headless Chromium (reconnects across a daemon restart)"
 npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 node --test tests/browser/demo.test.mjs
+
+echo "== Python binding (ctypes) with a real websockets client"
+python3 -m venv target/pyenv
+PIP_DISABLE_PIP_VERSION_CHECK=1 target/pyenv/bin/pip install -q ./bindings/python pytest websockets
+target/pyenv/bin/pytest -q bindings/python/tests
