@@ -2,6 +2,7 @@ package wspush
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"log"
 	"net/http"
@@ -227,4 +228,22 @@ func containsAll(s string, parts ...string) bool {
 		}
 	}
 	return true
+}
+
+// readClose reads until the server's close frame and returns its code (-1 for another error),
+// then closes the client's socket as a browser does: the engine lingers for the client's FIN
+// (up to Config.CloseTimeout) before it reports the close.
+func readClose(conn *websocket.Conn) (code int, text string, err error) {
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(testTimeout))
+	for {
+		if _, _, err = conn.ReadMessage(); err != nil {
+			break
+		}
+	}
+	var closeErr *websocket.CloseError
+	if errors.As(err, &closeErr) {
+		return closeErr.Code, closeErr.Text, nil
+	}
+	return -1, "", err
 }

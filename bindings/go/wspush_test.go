@@ -323,11 +323,8 @@ func TestHandlersMayPublishSendAndCloseFromInsideCallbacks(t *testing.T) {
 		t.Errorf("other tab got %q", got)
 	}
 	writeText(t, conn, "bye")
-	conn.SetReadDeadline(time.Now().Add(testTimeout))
-	_, _, err := conn.ReadMessage()
-	var closeErr *websocket.CloseError
-	if !errors.As(err, &closeErr) || closeErr.Code != 4000 || closeErr.Text != "see you" {
-		t.Errorf("after bye: %v, want close 4000 \"see you\"", err)
+	if code, text, err := readClose(conn); code != 4000 || text != "see you" {
+		t.Errorf("after bye: %d %q %v, want close 4000 \"see you\"", code, text, err)
 	}
 }
 
@@ -383,14 +380,8 @@ func TestStopClosesOpenConnectionsWith1001AndReportsEachClose(t *testing.T) {
 	closeCodes := make(chan int, len(clients))
 	for _, client := range clients {
 		go func(client *websocket.Conn) {
-			client.SetReadDeadline(time.Now().Add(testTimeout))
-			_, _, err := client.ReadMessage()
-			var closeErr *websocket.CloseError
-			if errors.As(err, &closeErr) {
-				closeCodes <- closeErr.Code
-			} else {
-				closeCodes <- -1
-			}
+			code, _, _ := readClose(client)
+			closeCodes <- code
 		}(client)
 	}
 
@@ -457,11 +448,8 @@ func TestStopFromInsideACallbackFinishesInTheBackground(t *testing.T) {
 	}
 	conn := mustDial(t, server, "user=hal")
 	writeText(t, conn, "shut down please")
-	conn.SetReadDeadline(time.Now().Add(testTimeout))
-	_, _, err = conn.ReadMessage()
-	var closeErr *websocket.CloseError
-	if !errors.As(err, &closeErr) || closeErr.Code != 1001 {
-		t.Errorf("client got %v, want close 1001", err)
+	if code, _, err := readClose(conn); code != 1001 {
+		t.Errorf("client got %d %v, want close 1001", code, err)
 	}
 	select {
 	case <-server.Done():
@@ -477,7 +465,9 @@ func TestStopFromInsideACallbackFinishesInTheBackground(t *testing.T) {
 }
 
 func TestConcurrentStopAndPublishAreSafe(t *testing.T) {
-	server, err := Start(Config{Listen: "127.0.0.1:0", Threads: 2, Handler: HandlerFuncs{Upgrade: queryUserAuth}})
+	// The client never reads, so Stop lingers CloseTimeout for it.
+	server, err := Start(Config{Listen: "127.0.0.1:0", Threads: 2, CloseTimeout: 100 * time.Millisecond,
+		Handler: HandlerFuncs{Upgrade: queryUserAuth}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -594,15 +584,6 @@ func TestCloseAndDisconnectUser(t *testing.T) {
 	lee := []*websocket.Conn{mustDial(t, server, "user=lee"), mustDial(t, server, "user=lee")}
 	opens := rec.waitOpens(t, 3)
 
-	readClose := func(conn *websocket.Conn) *websocket.CloseError {
-		conn.SetReadDeadline(time.Now().Add(testTimeout))
-		_, _, err := conn.ReadMessage()
-		var closeErr *websocket.CloseError
-		if !errors.As(err, &closeErr) {
-			t.Fatalf("read: %v, want a close", err)
-		}
-		return closeErr
-	}
 	var kimConn ConnID
 	for _, o := range opens {
 		if o.user == "kim" {
@@ -612,15 +593,15 @@ func TestCloseAndDisconnectUser(t *testing.T) {
 	if err := server.Close(kimConn, 4001, "session revoked"); err != nil {
 		t.Fatal(err)
 	}
-	if c := readClose(kim); c.Code != 4001 || c.Text != "session revoked" {
-		t.Errorf("kim got %v", c)
+	if code, text, err := readClose(kim); code != 4001 || text != "session revoked" {
+		t.Errorf("kim got %d %q %v", code, text, err)
 	}
 	if n, err := server.DisconnectUser([]byte("lee"), 4002); err != nil || n != 2 {
 		t.Errorf("DisconnectUser = %d, %v; want 2", n, err)
 	}
 	for _, conn := range lee {
-		if c := readClose(conn); c.Code != 4002 {
-			t.Errorf("lee got %v", c)
+		if code, _, err := readClose(conn); code != 4002 {
+			t.Errorf("lee got %d %v", code, err)
 		}
 	}
 	waitFor(t, "3 close callbacks", func() bool { _, closes := rec.snapshot(); return len(closes) == 3 })
@@ -729,11 +710,8 @@ func TestConfigLimitsAreApplied(t *testing.T) {
 	// Pings come every 150 ms; gorilla answers them while reading.
 	waitForStats(t, server, "pings", func(s Stats) bool { return s.PingsTotal >= 1 })
 	conn.WriteMessage(websocket.TextMessage, []byte(strings.Repeat("x", 17)))
-	conn.SetReadDeadline(time.Now().Add(testTimeout))
-	_, _, err = conn.ReadMessage()
-	var closeErr *websocket.CloseError
-	if !errors.As(err, &closeErr) || closeErr.Code != 1009 {
-		t.Errorf("message over MaxMessageSize: %v, want close 1009", err)
+	if code, _, err := readClose(conn); code != 1009 {
+		t.Errorf("message over MaxMessageSize: %d %v, want close 1009", code, err)
 	}
 }
 
