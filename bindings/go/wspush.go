@@ -119,25 +119,26 @@ type Config struct {
 	ErrorLog *log.Logger
 }
 
-// Stats is a snapshot of the server's gauges and counters. *Total counters only grow.
+// Stats is a snapshot of the server's gauges and counters. *Total counters only grow. The
+// JSON names are those of the C struct wspush_stats_snapshot.
 type Stats struct {
-	Connections             uint64 // open (upgraded) connections now
-	Handshakes              uint64 // connections accepted but not yet upgraded (deferred included)
-	Users                   uint64 // distinct users with at least one open connection
-	AcceptedTotal           uint64 // sockets accepted
-	UpgradesTotal           uint64 // successful upgrades
-	RejectedTotal           uint64 // requests answered with an HTTP error (host rejections included)
-	OverCapacityTotal       uint64 // sockets answered 503 because MaxConnections was reached
-	MessagesInTotal         uint64 // messages received from clients
-	MessagesOutTotal        uint64 // messages handed to sockets, one per recipient connection
-	BytesOutTotal           uint64 // bytes written to sockets, frame headers included
-	PublishesTotal          uint64 // calls to Publish
-	BroadcastsTotal         uint64 // calls to Broadcast
-	DroppedTotal            uint64 // messages dropped for a slow consumer (SlowConsumerDrop)
-	SlowConsumerClosesTotal uint64 // connections closed with 1008 (SlowConsumerClose)
-	ProtocolErrorsTotal     uint64 // connections closed for a protocol violation
-	TimeoutsTotal           uint64 // connections closed by the handshake deadline or idle timeout
-	PingsTotal              uint64 // heartbeat pings sent
+	Connections             uint64 `json:"connections"`                // open (upgraded) connections now
+	Handshakes              uint64 `json:"handshakes"`                 // connections accepted but not yet upgraded (deferred included)
+	Users                   uint64 `json:"users"`                      // distinct users with at least one open connection
+	AcceptedTotal           uint64 `json:"accepted_total"`             // sockets accepted
+	UpgradesTotal           uint64 `json:"upgrades_total"`             // successful upgrades
+	RejectedTotal           uint64 `json:"rejected_total"`             // requests answered with an HTTP error (host rejections included)
+	OverCapacityTotal       uint64 `json:"over_capacity_total"`        // sockets answered 503 because MaxConnections was reached
+	MessagesInTotal         uint64 `json:"messages_in_total"`          // messages received from clients
+	MessagesOutTotal        uint64 `json:"messages_out_total"`         // messages handed to sockets, one per recipient connection
+	BytesOutTotal           uint64 `json:"bytes_out_total"`            // bytes written to sockets, frame headers included
+	PublishesTotal          uint64 `json:"publishes_total"`            // calls to Publish
+	BroadcastsTotal         uint64 `json:"broadcasts_total"`           // calls to Broadcast
+	DroppedTotal            uint64 `json:"dropped_total"`              // messages dropped for a slow consumer (SlowConsumerDrop)
+	SlowConsumerClosesTotal uint64 `json:"slow_consumer_closes_total"` // connections closed with 1008 (SlowConsumerClose)
+	ProtocolErrorsTotal     uint64 `json:"protocol_errors_total"`      // connections closed for a protocol violation
+	TimeoutsTotal           uint64 `json:"timeouts_total"`             // connections closed by the handshake deadline or idle timeout
+	PingsTotal              uint64 `json:"pings_total"`                // heartbeat pings sent
 }
 
 // Server is a running wspush server. Its methods are safe for concurrent use, also from
