@@ -7,6 +7,9 @@
 // The server whose callback runs on this thread: lets Server.Stop tell that it was called from
 // inside one of its own callbacks, where it must not wait for the I/O threads.
 static __thread const wspush_server *running_callback_server;
+// The request of the on_upgrade/on_http callback running on this thread: the request helpers
+// refuse any other, so a Go Request kept by another goroutine never reaches the library.
+static __thread const wspush_request *running_request;
 
 const wspush_server *wspush_go_callback_server(void) {
     return running_callback_server;
@@ -18,16 +21,22 @@ const wspush_server *wspush_go_callback_server(void) {
 
 static void on_upgrade(void *userdata, const wspush_server *server, wspush_request *request) {
     const wspush_server *outer = running_callback_server;
+    const wspush_request *outer_request = running_request;
     running_callback_server = server;
+    running_request = request;
     wspushGoOnUpgrade((uintptr_t)userdata, (wspush_server *)server, request);
     running_callback_server = outer;
+    running_request = outer_request;
 }
 
 static void on_http(void *userdata, const wspush_server *server, wspush_request *request) {
     const wspush_server *outer = running_callback_server;
+    const wspush_request *outer_request = running_request;
     running_callback_server = server;
+    running_request = request;
     wspushGoOnHTTP((uintptr_t)userdata, (wspush_server *)server, request);
     running_callback_server = outer;
+    running_request = outer_request;
 }
 
 static void on_open(void *userdata, const wspush_server *server, uint64_t conn, const uint8_t *user,
@@ -114,7 +123,8 @@ wspush_go_u64 wspush_go_local_port(const wspush_server *server) {
 }
 
 wspush_go_bytes wspush_go_request_field(const wspush_request *request, int which) {
-    wspush_go_bytes out = {0, NULL, 0};
+    wspush_go_bytes out = {WSPUSH_GO_NOT_IN_HANDLER, NULL, 0};
+    if (request != running_request) return out;
     const char *text = NULL;
     switch (which) {
     case 0: out.result = wspush_request_method(request, &text, &out.len); break;
@@ -127,7 +137,8 @@ wspush_go_bytes wspush_go_request_field(const wspush_request *request, int which
 }
 
 wspush_go_bytes wspush_go_request_query_param(const wspush_request *request, const char *name, size_t name_len) {
-    wspush_go_bytes out = {0, NULL, 0};
+    wspush_go_bytes out = {WSPUSH_GO_NOT_IN_HANDLER, NULL, 0};
+    if (request != running_request) return out;
     const char *text = NULL;
     out.result = wspush_request_query_param(request, name, name_len, &text, &out.len);
     out.ptr = (const uint8_t *)text;
@@ -135,13 +146,15 @@ wspush_go_bytes wspush_go_request_query_param(const wspush_request *request, con
 }
 
 wspush_go_bytes wspush_go_request_header(const wspush_request *request, const char *name, size_t name_len) {
-    wspush_go_bytes out = {0, NULL, 0};
+    wspush_go_bytes out = {WSPUSH_GO_NOT_IN_HANDLER, NULL, 0};
+    if (request != running_request) return out;
     out.result = wspush_request_header(request, name, name_len, &out.ptr, &out.len);
     return out;
 }
 
 wspush_go_counted wspush_go_request_header_count(const wspush_request *request) {
-    wspush_go_counted out = {0, 0};
+    wspush_go_counted out = {WSPUSH_GO_NOT_IN_HANDLER, 0};
+    if (request != running_request) return out;
     out.result = wspush_request_header_count(request, &out.count);
     return out;
 }
@@ -149,18 +162,38 @@ wspush_go_counted wspush_go_request_header_count(const wspush_request *request) 
 wspush_go_header wspush_go_request_header_at(const wspush_request *request, size_t index) {
     wspush_go_header out;
     memset(&out, 0, sizeof out);
+    out.result = WSPUSH_GO_NOT_IN_HANDLER;
+    if (request != running_request) return out;
     out.result = wspush_request_header_at(request, index, &out.name, &out.name_len, &out.value, &out.value_len);
     return out;
 }
 
 wspush_go_u64 wspush_go_request_ticket(const wspush_request *request) {
-    wspush_go_u64 out = {0, 0};
+    wspush_go_u64 out = {WSPUSH_GO_NOT_IN_HANDLER, 0};
+    if (request != running_request) return out;
     out.result = wspush_request_ticket(request, &out.value);
     return out;
 }
 
 wspush_go_u64 wspush_go_request_defer(wspush_request *request) {
-    wspush_go_u64 out = {0, 0};
+    wspush_go_u64 out = {WSPUSH_GO_NOT_IN_HANDLER, 0};
+    if (request != running_request) return out;
     out.result = wspush_request_defer(request, &out.value);
     return out;
+}
+
+wspush_result wspush_go_request_accept(wspush_request *request, const uint8_t *user, size_t user_len) {
+    if (request != running_request) return WSPUSH_GO_NOT_IN_HANDLER;
+    return wspush_request_accept(request, user, user_len);
+}
+
+wspush_result wspush_go_request_reject(wspush_request *request, uint16_t status) {
+    if (request != running_request) return WSPUSH_GO_NOT_IN_HANDLER;
+    return wspush_request_reject(request, status);
+}
+
+wspush_result wspush_go_request_respond(wspush_request *request, uint16_t status, const char *content_type,
+                                        size_t content_type_len, const uint8_t *body, size_t body_len) {
+    if (request != running_request) return WSPUSH_GO_NOT_IN_HANDLER;
+    return wspush_request_respond(request, status, content_type, content_type_len, body, body_len);
 }

@@ -17,6 +17,11 @@ enum {
     WSPUSH_GO_ON_HTTP = 1 << 5,
 };
 
+/* Returned by the request helpers below instead of calling the library when `request` is not
+ * the request of the callback running on this thread (the C API allows a request only there).
+ * Not a wspush_result value. */
+#define WSPUSH_GO_NOT_IN_HANDLER 0xFFFFFFFFu
+
 /* A result with the count a call reports through its optional out-parameter. */
 typedef struct wspush_go_counted {
     wspush_result result;
@@ -67,7 +72,7 @@ typedef struct wspush_go_started {
 
 wspush_go_started wspush_go_start(const wspush_config *config);
 
-/* Request accessors. `which`: 0 method, 1 path, 2 raw query, 3 peer. */
+/* Request accessors (WSPUSH_GO_NOT_IN_HANDLER off the callback's thread). `which`: 0 method, 1 path, 2 raw query, 3 peer. */
 wspush_go_bytes wspush_go_request_field(const wspush_request *request, int which);
 wspush_go_bytes wspush_go_request_query_param(const wspush_request *request, const char *name, size_t name_len);
 wspush_go_bytes wspush_go_request_header(const wspush_request *request, const char *name, size_t name_len);
@@ -75,5 +80,9 @@ wspush_go_counted wspush_go_request_header_count(const wspush_request *request);
 wspush_go_header wspush_go_request_header_at(const wspush_request *request, size_t index);
 wspush_go_u64 wspush_go_request_ticket(const wspush_request *request);
 wspush_go_u64 wspush_go_request_defer(wspush_request *request);
+wspush_result wspush_go_request_accept(wspush_request *request, const uint8_t *user, size_t user_len);
+wspush_result wspush_go_request_reject(wspush_request *request, uint16_t status);
+wspush_result wspush_go_request_respond(wspush_request *request, uint16_t status, const char *content_type,
+                                        size_t content_type_len, const uint8_t *body, size_t body_len);
 
 #endif

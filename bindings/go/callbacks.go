@@ -48,8 +48,8 @@ func (state *serverState) recoverHandler(event string) {
 func wspushGoOnUpgrade(handle C.uintptr_t, server *C.wspush_server, request *C.wspush_request) {
 	state := stateOf(handle, server)
 	r := &Request{ptr: request}
-	// After the callback the request is gone; end() makes later calls harmless.
-	defer r.end()
+	// After the callback the request is gone: later calls on this thread must not reach it.
+	defer r.ended.Store(true)
 	defer func() {
 		if recovered := recover(); recovered != nil {
 			state.errorLog.Printf("wspush: panic in upgrade handler (recovered; rejecting with 500): %v\n%s",
@@ -65,7 +65,7 @@ func wspushGoOnUpgrade(handle C.uintptr_t, server *C.wspush_server, request *C.w
 func wspushGoOnHTTP(handle C.uintptr_t, server *C.wspush_server, request *C.wspush_request) {
 	state := stateOf(handle, server)
 	r := &Request{ptr: request}
-	defer r.end()
+	defer r.ended.Store(true)
 	defer func() {
 		if recovered := recover(); recovered != nil {
 			state.errorLog.Printf("wspush: panic in HTTP handler (recovered; answering 500): %v\n%s",

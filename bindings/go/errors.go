@@ -109,9 +109,10 @@ var (
 	ErrPanic = &Error{Code: ResultPanic}
 )
 
-// ErrRequestDone is returned by Request methods called after the callback that received the
-// request returned: the request no longer exists. Defer the upgrade to decide later.
-var ErrRequestDone = errors.New("wspush: request used after its callback returned")
+// ErrRequestOutsideHandler is returned by Request methods called outside the handler that
+// received the request: after it returned, or from another goroutine. To decide an upgrade
+// later or elsewhere, call Request.Defer in the handler and pass the ticket.
+var ErrRequestOutsideHandler = errors.New("wspush: Request used outside its handler (after it returned, or from another goroutine)")
 
 // check turns a C result into nil or an *Error for op.
 func check(op string, result C.wspush_result) error {

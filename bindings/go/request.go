@@ -7,55 +7,52 @@ import "C"
 
 import (
 	"math"
-	"sync"
+	"sync/atomic"
 	"unsafe"
 )
 
-// Request is an HTTP request seen by Handler.OnUpgrade or HTTPHandler.OnHTTP. It is valid
-// only until that method returns: afterwards its methods return zero values or
-// ErrRequestDone (safely, even from another goroutine). To decide an upgrade elsewhere, call
-// Defer and pass the ticket. Strings it returns are copies.
+// Request is an HTTP request seen by Handler.OnUpgrade or HTTPHandler.OnHTTP. Like the C
+// request it wraps, it may be used only inside that method, on its goroutine: elsewhere, or
+// after the method returned, its methods return zero values or ErrRequestOutsideHandler and
+// touch nothing. To decide an upgrade elsewhere, call Defer and pass the ticket. Strings it
+// returns are copies.
 type Request struct {
-	// mu makes the end of the callback (ptr = nil) and calls from a goroutine that kept the
-	// Request exclusive, so no call can use the C request after it is gone.
-	mu  sync.Mutex
-	ptr *C.wspush_request
+	// ptr never changes. The C bridge refuses it on any thread but the callback's (so a
+	// goroutine that kept the Request cannot reach the library); ended refuses it on that
+	// thread once the callback has returned (a later callback may get the same address).
+	ptr   *C.wspush_request
+	ended atomic.Bool
 }
 
-// lock returns the live C request with r.mu held (release with r.mu.Unlock), or nil with
-// r.mu not held once the callback has returned.
-func (r *Request) lock() *C.wspush_request {
-	r.mu.Lock()
-	if r.ptr == nil {
-		r.mu.Unlock()
+// live returns the C request, or nil after the callback returned.
+func (r *Request) live() *C.wspush_request {
+	if r.ended.Load() {
+		return nil
 	}
 	return r.ptr
 }
 
-// end marks the request as gone; called when its callback returns.
-func (r *Request) end() {
-	r.mu.Lock()
-	r.ptr = nil
-	r.mu.Unlock()
+// requestError turns a request helper's result into nil or an error for op.
+func requestError(op string, result C.wspush_result) error {
+	if result == C.WSPUSH_GO_NOT_IN_HANDLER {
+		return ErrRequestOutsideHandler
+	}
+	return check(op, result)
 }
 
-// borrowed copies a byte string the library lends for the callback into a Go string.
+// borrowedString copies a byte string the library lends for the callback into a Go string.
 func borrowedString(field C.wspush_go_bytes) (string, bool) {
 	if field.result != C.WSPUSH_RESULT_OK {
 		return "", false
-	}
-	if field.len == 0 {
-		return "", true
 	}
 	return C.GoStringN((*C.char)(unsafe.Pointer(field.ptr)), C.int(field.len)), true
 }
 
 func (r *Request) field(which C.int) string {
-	ptr := r.lock()
+	ptr := r.live()
 	if ptr == nil {
 		return ""
 	}
-	defer r.mu.Unlock()
 	value, _ := borrowedString(C.wspush_go_request_field(ptr, which))
 	return value
 }
@@ -83,11 +80,10 @@ func (r *Request) Query(name string) string {
 // LookupQuery returns the value of the first query parameter called name and whether it is
 // present.
 func (r *Request) LookupQuery(name string) (string, bool) {
-	ptr := r.lock()
+	ptr := r.live()
 	if ptr == nil {
 		return "", false
 	}
-	defer r.mu.Unlock()
 	return borrowedString(C.wspush_go_request_query_param(ptr, strPtr(name), C.size_t(len(name))))
 }
 
@@ -100,27 +96,27 @@ func (r *Request) Header(name string) string {
 // LookupHeader returns the value of the first header called name (case-insensitive) and
 // whether it is present.
 func (r *Request) LookupHeader(name string) (string, bool) {
-	ptr := r.lock()
+	ptr := r.live()
 	if ptr == nil {
 		return "", false
 	}
-	defer r.mu.Unlock()
 	return borrowedString(C.wspush_go_request_header(ptr, strPtr(name), C.size_t(len(name))))
 }
 
 // HeaderField is one header of a request, as received.
 type HeaderField struct {
-	Name  string
+	// Name is the header name as sent (not canonicalized).
+	Name string
+	// Value is the raw header value.
 	Value string
 }
 
 // Headers returns every header of the request, in the order received.
 func (r *Request) Headers() []HeaderField {
-	ptr := r.lock()
+	ptr := r.live()
 	if ptr == nil {
 		return nil
 	}
-	defer r.mu.Unlock()
 	count := C.wspush_go_request_header_count(ptr)
 	if count.result != C.WSPUSH_RESULT_OK {
 		return nil
@@ -140,13 +136,12 @@ func (r *Request) Headers() []HeaderField {
 }
 
 // Ticket returns the ticket of this pending upgrade; it becomes the connection's ID once
-// accepted. 0 for a plain HTTP request or after the callback returned.
+// accepted. 0 for a plain HTTP request or outside the handler.
 func (r *Request) Ticket() ConnID {
-	ptr := r.lock()
+	ptr := r.live()
 	if ptr == nil {
 		return 0
 	}
-	defer r.mu.Unlock()
 	ticket := C.wspush_go_request_ticket(ptr)
 	if ticket.result != C.WSPUSH_RESULT_OK {
 		return 0
@@ -155,39 +150,36 @@ func (r *Request) Ticket() ConnID {
 }
 
 // Accept accepts the upgrade as user (1 to MaxUserIDLen bytes, copied); ErrInvalidUserID
-// leaves the decision unchanged. The last Accept/Reject/Defer of the callback wins.
+// leaves the decision unchanged. The last Accept/Reject/Defer of the handler wins.
 func (r *Request) Accept(user []byte) error {
-	ptr := r.lock()
+	ptr := r.live()
 	if ptr == nil {
-		return ErrRequestDone
+		return ErrRequestOutsideHandler
 	}
-	defer r.mu.Unlock()
-	return check("Request.Accept", C.wspush_request_accept(ptr, bytesPtr(user), C.size_t(len(user))))
+	return requestError("Request.Accept", C.wspush_go_request_accept(ptr, bytesPtr(user), C.size_t(len(user))))
 }
 
 // Reject refuses the upgrade with HTTP status (400-599) and closes the connection.
 func (r *Request) Reject(status int) error {
+	ptr := r.live()
+	if ptr == nil {
+		return ErrRequestOutsideHandler
+	}
 	if status < 0 || status > math.MaxUint16 {
 		return &Error{Code: ResultInvalidStatus, Op: "Request.Reject"}
 	}
-	ptr := r.lock()
-	if ptr == nil {
-		return ErrRequestDone
-	}
-	defer r.mu.Unlock()
-	return check("Request.Reject", C.wspush_request_reject(ptr, C.uint16_t(status)))
+	return requestError("Request.Reject", C.wspush_go_request_reject(ptr, C.uint16_t(status)))
 }
 
 // Defer postpones the decision: call Server.AcceptUpgrade or Server.RejectUpgrade with the
 // returned ticket later, from any goroutine. Config.HandshakeTimeout still applies.
 func (r *Request) Defer() (ConnID, error) {
-	ptr := r.lock()
+	ptr := r.live()
 	if ptr == nil {
-		return 0, ErrRequestDone
+		return 0, ErrRequestOutsideHandler
 	}
-	defer r.mu.Unlock()
 	ticket := C.wspush_go_request_defer(ptr)
-	if err := check("Request.Defer", ticket.result); err != nil {
+	if err := requestError("Request.Defer", ticket.result); err != nil {
 		return 0, err
 	}
 	return ConnID(ticket.value), nil
@@ -196,14 +188,13 @@ func (r *Request) Defer() (ConnID, error) {
 // Respond answers a plain HTTP request (in HTTPHandler.OnHTTP) with status (200-599), a
 // Content-Type and a body; all copied.
 func (r *Request) Respond(status int, contentType string, body []byte) error {
+	ptr := r.live()
+	if ptr == nil {
+		return ErrRequestOutsideHandler
+	}
 	if status < 0 || status > math.MaxUint16 {
 		return &Error{Code: ResultInvalidStatus, Op: "Request.Respond"}
 	}
-	ptr := r.lock()
-	if ptr == nil {
-		return ErrRequestDone
-	}
-	defer r.mu.Unlock()
-	return check("Request.Respond", C.wspush_request_respond(ptr, C.uint16_t(status),
+	return requestError("Request.Respond", C.wspush_go_request_respond(ptr, C.uint16_t(status),
 		strPtr(contentType), C.size_t(len(contentType)), bytesPtr(body), C.size_t(len(body))))
 }

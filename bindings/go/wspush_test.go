@@ -169,20 +169,29 @@ func TestDeferredUpgradeIsDecidedFromAnotherGoroutine(t *testing.T) {
 	}
 }
 
-func TestRequestKeptAfterItsCallbackIsInert(t *testing.T) {
+func TestRequestIsInertOutsideItsHandler(t *testing.T) {
 	kept := make(chan *Request, 1)
+	fromOtherGoroutine := make(chan error, 1)
 	server := startServer(t, Config{Handler: HandlerFuncs{Upgrade: func(s *Server, r *Request) {
+		// While the handler runs, another goroutine must not reach the request.
+		done := make(chan error)
+		go func() { done <- r.Reject(403) }()
+		fromOtherGoroutine <- <-done
 		kept <- r
 		_ = r.Accept([]byte("dave"))
 	}}})
-	mustDial(t, server, "")
-	r := <-kept
-	// The callback may still be finishing when we get here; once it has, r is inert.
-	waitFor(t, "the request to end", func() bool { return r.Accept([]byte("eve")) == ErrRequestDone })
-	if r.Path() != "" || r.Query("x") != "" || r.Ticket() != 0 || r.Headers() != nil {
-		t.Error("an ended Request still answers")
+	mustDial(t, server, "") // accepted: the other goroutine's Reject had no effect
+	if err := <-fromOtherGoroutine; err != ErrRequestOutsideHandler {
+		t.Errorf("Reject from another goroutine: %v, want ErrRequestOutsideHandler", err)
 	}
-	if _, err := r.Defer(); err != ErrRequestDone {
+	r := <-kept
+	if err := r.Accept([]byte("eve")); err != ErrRequestOutsideHandler {
+		t.Errorf("Accept after the handler: %v", err)
+	}
+	if r.Path() != "" || r.Query("x") != "" || r.Ticket() != 0 || r.Headers() != nil {
+		t.Error("a Request answers outside its handler")
+	}
+	if _, err := r.Defer(); err != ErrRequestOutsideHandler {
 		t.Errorf("Defer: %v", err)
 	}
 }
