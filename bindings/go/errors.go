@@ -13,37 +13,57 @@ type Result uint32
 // The result codes, as in include/wspush.h.
 const (
 	// ResultOK is success.
-	ResultOK Result = C.WSPUSH_RESULT_OK
+	ResultOK Result = 0
 	// ResultNullArgument: a required pointer argument was NULL.
-	ResultNullArgument Result = C.WSPUSH_RESULT_NULL_ARGUMENT
+	ResultNullArgument Result = 1
 	// ResultInvalidArgument: a value is out of range, or the call is not allowed here.
-	ResultInvalidArgument Result = C.WSPUSH_RESULT_INVALID_ARGUMENT
+	ResultInvalidArgument Result = 2
 	// ResultInvalidUTF8: text that must be UTF-8 is not.
-	ResultInvalidUTF8 Result = C.WSPUSH_RESULT_INVALID_UTF8
+	ResultInvalidUTF8 Result = 3
 	// ResultInvalidAddress: the listen address is not "host:port" or does not resolve.
-	ResultInvalidAddress Result = C.WSPUSH_RESULT_INVALID_ADDRESS
+	ResultInvalidAddress Result = 4
 	// ResultBindFailed: the listening socket could not be bound (address in use, ...).
-	ResultBindFailed Result = C.WSPUSH_RESULT_BIND_FAILED
+	ResultBindFailed Result = 5
 	// ResultInvalidUserID: a user ID must be 1 to 255 bytes long.
-	ResultInvalidUserID Result = C.WSPUSH_RESULT_INVALID_USER_ID
+	ResultInvalidUserID Result = 6
 	// ResultInvalidCloseCode: close codes must be 1000-1003, 1007-1014 or 3000-4999.
-	ResultInvalidCloseCode Result = C.WSPUSH_RESULT_INVALID_CLOSE_CODE
+	ResultInvalidCloseCode Result = 7
 	// ResultInvalidCloseReason: a close reason must be at most 123 bytes of UTF-8.
-	ResultInvalidCloseReason Result = C.WSPUSH_RESULT_INVALID_CLOSE_REASON
+	ResultInvalidCloseReason Result = 8
 	// ResultInvalidStatus: an HTTP status is out of range (400-599 to reject, 200-599 to respond).
-	ResultInvalidStatus Result = C.WSPUSH_RESULT_INVALID_STATUS
+	ResultInvalidStatus Result = 9
 	// ResultMessageTooLarge: the payload is larger than MaxQueueBytes.
-	ResultMessageTooLarge Result = C.WSPUSH_RESULT_MESSAGE_TOO_LARGE
+	ResultMessageTooLarge Result = 10
 	// ResultNotFound: no such open connection, pending upgrade, query parameter, header or peer.
-	ResultNotFound Result = C.WSPUSH_RESULT_NOT_FOUND
+	ResultNotFound Result = 11
 	// ResultStopped: the server is stopping or stopped.
-	ResultStopped Result = C.WSPUSH_RESULT_STOPPED
+	ResultStopped Result = 12
 	// ResultIO: the engine could not create its threads or pollers.
-	ResultIO Result = C.WSPUSH_RESULT_IO
+	ResultIO Result = 13
 	// ResultInCallback: the call is not allowed from inside a callback of this server.
-	ResultInCallback Result = C.WSPUSH_RESULT_IN_CALLBACK
+	ResultInCallback Result = 14
 	// ResultPanic: a bug in wspush was caught at the C boundary.
-	ResultPanic Result = C.WSPUSH_RESULT_PANIC
+	ResultPanic Result = 15
+)
+
+// The numbers above are the header's; these fail to compile if a value ever differed.
+var (
+	_ = [1]struct{}{}[ResultOK-C.WSPUSH_RESULT_OK]
+	_ = [1]struct{}{}[ResultNullArgument-C.WSPUSH_RESULT_NULL_ARGUMENT]
+	_ = [1]struct{}{}[ResultInvalidArgument-C.WSPUSH_RESULT_INVALID_ARGUMENT]
+	_ = [1]struct{}{}[ResultInvalidUTF8-C.WSPUSH_RESULT_INVALID_UTF8]
+	_ = [1]struct{}{}[ResultInvalidAddress-C.WSPUSH_RESULT_INVALID_ADDRESS]
+	_ = [1]struct{}{}[ResultBindFailed-C.WSPUSH_RESULT_BIND_FAILED]
+	_ = [1]struct{}{}[ResultInvalidUserID-C.WSPUSH_RESULT_INVALID_USER_ID]
+	_ = [1]struct{}{}[ResultInvalidCloseCode-C.WSPUSH_RESULT_INVALID_CLOSE_CODE]
+	_ = [1]struct{}{}[ResultInvalidCloseReason-C.WSPUSH_RESULT_INVALID_CLOSE_REASON]
+	_ = [1]struct{}{}[ResultInvalidStatus-C.WSPUSH_RESULT_INVALID_STATUS]
+	_ = [1]struct{}{}[ResultMessageTooLarge-C.WSPUSH_RESULT_MESSAGE_TOO_LARGE]
+	_ = [1]struct{}{}[ResultNotFound-C.WSPUSH_RESULT_NOT_FOUND]
+	_ = [1]struct{}{}[ResultStopped-C.WSPUSH_RESULT_STOPPED]
+	_ = [1]struct{}{}[ResultIO-C.WSPUSH_RESULT_IO]
+	_ = [1]struct{}{}[ResultInCallback-C.WSPUSH_RESULT_IN_CALLBACK]
+	_ = [1]struct{}{}[ResultPanic-C.WSPUSH_RESULT_PANIC]
 )
 
 // String describes the code in English, as wspush_result_str does.

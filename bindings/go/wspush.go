@@ -55,7 +55,7 @@ import (
 type ConnID uint64
 
 // MaxUserIDLen is the longest user ID in bytes; the shortest is 1.
-const MaxUserIDLen = C.WSPUSH_MAX_USER_ID_LEN
+const MaxUserIDLen = 255
 
 // SlowConsumerPolicy says what happens when a connection's unsent data would pass
 // Config.MaxQueueBytes.
@@ -63,9 +63,16 @@ type SlowConsumerPolicy uint32
 
 const (
 	// SlowConsumerClose closes the connection with 1008 (the default): the client reconnects.
-	SlowConsumerClose SlowConsumerPolicy = C.WSPUSH_SLOW_CONSUMER_CLOSE
+	SlowConsumerClose SlowConsumerPolicy = 0
 	// SlowConsumerDrop drops that message for that connection only (Handler.OnDrop is told).
-	SlowConsumerDrop SlowConsumerPolicy = C.WSPUSH_SLOW_CONSUMER_DROP
+	SlowConsumerDrop SlowConsumerPolicy = 1
+)
+
+// The numbers above are the header's; these fail to compile if a value ever differed.
+var (
+	_ = [1]struct{}{}[MaxUserIDLen-C.WSPUSH_MAX_USER_ID_LEN]
+	_ = [1]struct{}{}[SlowConsumerClose-C.WSPUSH_SLOW_CONSUMER_CLOSE]
+	_ = [1]struct{}{}[SlowConsumerDrop-C.WSPUSH_SLOW_CONSUMER_DROP]
 )
 
 // Config configures a Server. The zero value of every field means the library's default,
@@ -109,7 +116,8 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// DrainTimeout is how long Stop waits for queued data and close handshakes [5s].
 	DrainTimeout time.Duration
-	// CloseTimeout is how long a connection being closed waits for the peer's close frame [2s].
+	// CloseTimeout is how long a connection we close waits for the peer to end it (answer our
+	// close frame and close its socket, as browsers do) before the socket is closed anyway [2s].
 	CloseTimeout time.Duration
 	// Handler receives the server's events; nil rejects every upgrade with 401. If it also
 	// implements HTTPHandler, it answers plain HTTP requests too.
