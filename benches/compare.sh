@@ -25,7 +25,7 @@ WS_PORT=18080
 ADMIN_PORT=18081
 OUT=benches/results
 mkdir -p "$OUT"
-rm -f "$OUT"/*.json
+for server in "${SERVERS[@]}"; do rm -f "$OUT/$server"-*.json; done
 
 echo "== building wspushd, loadgen and the peers" >&2
 cargo build --release --example wspushd --example loadgen >&2
@@ -78,18 +78,23 @@ stop_server() {
 }
 
 LOADGEN=("$ROOT/target/release/examples/loadgen" --url "ws://127.0.0.1:$WS_PORT/ws" --admin "127.0.0.1:$ADMIN_PORT" --json)
+# Each run connects from its own source addresses (127.0.R.2 and .3), so the previous run's
+# client ports still in TIME_WAIT can't slow its connects down (that measured the client).
+RUN=0
 for server in "${SERVERS[@]}"; do
   for n in "${SIZES[@]}"; do
     echo "== $server: $n connections" >&2
     start_server "$server"
-    "${LOADGEN[@]}" -n "$n" --server-pid "$SERVER_PID" --phases connect,idle,publish,broadcast \
+    RUN=$((RUN + 1))
+    "${LOADGEN[@]}" --source-base "127.0.$RUN.2" --source-ips 2 -n "$n" --server-pid "$SERVER_PID" --phases connect,idle,publish,broadcast \
       --publish-rate "$PUBLISH_RATE" --publish-secs "$PUBLISH_SECS" > "$OUT/$server-$n.json" \
       || echo "loadgen reported anomalies for $server at $n (see $OUT/$server-$n.json)" >&2
     stop_server
   done
   echo "== $server: echo" >&2
   start_server "$server" --echo
-  "${LOADGEN[@]}" -n 100 --echo-conns 100 --server-pid "$SERVER_PID" --phases connect,echo \
+  RUN=$((RUN + 1))
+  "${LOADGEN[@]}" --source-base "127.0.$RUN.2" --source-ips 2 -n 100 --echo-conns 100 --server-pid "$SERVER_PID" --phases connect,echo \
     --echo-secs "$ECHO_SECS" > "$OUT/$server-echo.json" \
     || echo "loadgen reported anomalies for $server echo" >&2
   stop_server

@@ -745,6 +745,18 @@ struct Run {
     before: Option<sys::MemSample>,
 }
 
+/// What the clients saw of one phase's messages.
+struct Delivery {
+    report: Report,
+    lost: u64,
+    unexpected: u64,
+    dup: u64,
+    reordered: u64,
+    latency: Histogram,
+    /// The JSON fields for the above.
+    checks: Vec<(&'static str, Value)>,
+}
+
 fn run(options: Options) -> Result<i32, String> {
     if options.phases.is_empty() {
         return Err("no phases selected".into());
@@ -1062,19 +1074,8 @@ impl Run {
             self.workers.send(index, &line)?;
         }
         self.workers.collect("ok")?;
-        let quiet = Duration::from_secs_f64(o.drain_secs);
-        let report = self.wait_until(
-            Phase::Publish,
-            quiet,
-            "pub_distinct",
-            |r| r.get("pub_distinct") >= r.get("pub_expected"),
-            |r| format!("draining: {}/{} delivered", r.get("pub_distinct"), r.get("pub_expected")),
-        )?;
-        let (lost, unexpected) = self.final_tally("pub")?;
-        let latency = self.workers.histogram("pub")?;
-        let dup = report.get("pub_dup");
-        let reordered = report.get("pub_reordered");
-        self.anomalies += lost + dup + reordered + unexpected;
+        let Delivery { report, lost, unexpected, dup, reordered, latency, checks } =
+            self.await_deliveries(Phase::Publish, "pub", "draining: ")?;
         let rate = ok as f64 / send_secs.max(1e-9);
         let mut fields = vec![
             ("published", Value::Int(ok)),
@@ -1087,13 +1088,8 @@ impl Run {
             ("server_delivered_mismatch", Value::Int(delivered_mismatch)),
             ("expected", Value::Int(report.get("pub_expected"))),
             ("received", Value::Int(report.get("pub_recv"))),
-            ("lost", Value::Int(lost)),
-            ("duplicated", Value::Int(dup)),
-            ("reordered", Value::Int(reordered)),
-            ("unexpected", Value::Int(unexpected)),
-            ("closed_by_server", Value::Int(report.get("closed_by_peer"))),
         ];
-        fields.extend(latency_fields("latency", &latency));
+        fields.extend(checks);
         fields.push(("admin_request_p50_ns", Value::Int(request_latency.quantile(0.5))));
         fields.push(("admin_request_p99_ns", Value::Int(request_latency.quantile(0.99))));
         Ok(PhaseResult {
@@ -1111,6 +1107,34 @@ impl Run {
             ),
             fields,
         })
+    }
+
+    /// Waits until every expected `which` ("pub" or "bcast") message arrived or nothing moved for
+    /// --drain-secs, then tallies loss, duplicates, reordering and latency over all workers.
+    fn await_deliveries(&mut self, phase: Phase, which: &str, progress: &str) -> Result<Delivery, String> {
+        let quiet = Duration::from_secs_f64(self.options.drain_secs);
+        let (distinct, expected) = (format!("{which}_distinct"), format!("{which}_expected"));
+        let report = self.wait_until(
+            phase,
+            quiet,
+            &distinct,
+            |r| r.get(&distinct) >= r.get(&expected),
+            |r| format!("{progress}{}/{} delivered", r.get(&distinct), r.get(&expected)),
+        )?;
+        let (lost, unexpected) = self.final_tally(which)?;
+        let latency = self.workers.histogram(which)?;
+        let dup = report.get(&format!("{which}_dup"));
+        let reordered = report.get(&format!("{which}_reordered"));
+        self.anomalies += lost + dup + reordered + unexpected;
+        let mut checks = vec![
+            ("lost", Value::Int(lost)),
+            ("duplicated", Value::Int(dup)),
+            ("reordered", Value::Int(reordered)),
+            ("unexpected", Value::Int(unexpected)),
+            ("closed_by_server", Value::Int(report.get("closed_by_peer"))),
+        ];
+        checks.extend(latency_fields("latency", &latency));
+        Ok(Delivery { report, lost, unexpected, dup, reordered, latency, checks })
     }
 
     fn final_tally(&mut self, which: &str) -> Result<(u64, u64), String> {
@@ -1137,19 +1161,8 @@ impl Run {
             delivered_claimed += response.delivered().unwrap_or(0);
         }
         let sent_ns = mono_ns();
-        let quiet = Duration::from_secs_f64(self.options.drain_secs);
-        let report = self.wait_until(
-            Phase::Broadcast,
-            quiet,
-            "bcast_distinct",
-            |r| r.get("bcast_distinct") >= r.get("bcast_expected"),
-            |r| format!("{}/{} delivered", r.get("bcast_distinct"), r.get("bcast_expected")),
-        )?;
-        let (lost, unexpected) = self.final_tally("bcast")?;
-        let latency = self.workers.histogram("bcast")?;
-        let dup = report.get("bcast_dup");
-        let reordered = report.get("bcast_reordered");
-        self.anomalies += lost + dup + reordered + unexpected;
+        let Delivery { report, lost, unexpected, dup, reordered, latency, checks } =
+            self.await_deliveries(Phase::Broadcast, "bcast", "")?;
         let received = report.get("bcast_recv");
         let secs = report.get("last_bcast_ns").saturating_sub(start_ns) as f64 / 1e9;
         let rate = if secs > 0.0 { received as f64 / secs } else { 0.0 };
@@ -1161,13 +1174,8 @@ impl Run {
             ("received", Value::Int(received)),
             ("secs", Value::Float(secs)),
             ("messages_per_sec", Value::Float(rate)),
-            ("lost", Value::Int(lost)),
-            ("duplicated", Value::Int(dup)),
-            ("reordered", Value::Int(reordered)),
-            ("unexpected", Value::Int(unexpected)),
-            ("closed_by_server", Value::Int(report.get("closed_by_peer"))),
         ];
-        fields.extend(latency_fields("latency", &latency));
+        fields.extend(checks);
         Ok(PhaseResult {
             phase: Phase::Broadcast,
             headline: format!("{received} msgs @ {rate:.0} msg/s, lost {lost}, dup {dup}, reordered {reordered}"),

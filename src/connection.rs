@@ -419,11 +419,16 @@ impl IoThread {
         self.leave_handshake(slot);
         let now = self.wheel.now();
         let conn = &mut self.conns[slot];
+        let handshake_deadline = conn.last_rx + self.ticks.handshake; // last_rx is the accept tick here
         conn.state = State::Open;
         conn.last_rx = now;
         conn.user = Some(UserId::new(user));
-        // The pending entry is the handshake deadline; the first ping may be due sooner.
-        self.rearm_timer(slot, now + self.ticks.ping);
+        // The pending entry is due at the handshake deadline and recomputes then; replace it
+        // only when the first ping is due sooner (a second entry per connection costs memory).
+        let first_ping = now + self.ticks.ping;
+        if first_ping < handshake_deadline {
+            self.rearm_timer(slot, first_ping);
+        }
         bump(&stats!(self).upgrades_total, 1);
         bump(&stats!(self).connections, 1);
         self.send_control(slot, &handshake::switching_protocols(accept_key));

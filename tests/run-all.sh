@@ -11,3 +11,10 @@ git diff --exit-code -- include/wspush.h || { echo "include/wspush.h is stale: c
 
 echo "== Rust unit and integration tests (C ABI and C example included)"
 cargo test --release
+
+echo "== wspushd against the contract the benchmark peers share"
+python3 benches/peers/check_contract.py target/release/examples/wspushd --demo
+
+echo "== the demo page in headless Chromium (reconnects across a daemon restart)"
+npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+node --test tests/browser/demo.test.mjs
