@@ -1,0 +1,584 @@
+// Package wspush is the Go binding of wspush, a WebSocket push engine for very many mostly
+// idle connections (libwspush.so, written in Rust, used here through cgo).
+//
+// The host starts a Server, decides in Handler.OnUpgrade who each connection belongs to, and
+// calls Server.Publish from any goroutine when there is news for a user: every open connection
+// (browser tab) of that user gets the message.
+//
+// # Building
+//
+// The package links against the library built in this repository: run
+//
+//	cargo build --release
+//
+// at the repository root first (it makes target/release/libwspush.so, which the binding finds
+// through #cgo directives relative to this directory and records as the run-time search path).
+// For a library installed elsewhere, add its location, e.g.
+//
+//	CGO_CFLAGS="-I/usr/local/include" CGO_LDFLAGS="-L/usr/local/lib -Wl,-rpath,/usr/local/lib" go build
+//
+// (CGO_LDFLAGS is searched after this repository's target/release.)
+//
+// # Threading
+//
+// Handler methods run on the engine's I/O threads, several at once, so they must be safe for
+// concurrent use. A handler that blocks stalls the connections of its I/O thread: hand slow
+// work (e.g. a session lookup for auth) to a goroutine, using Request.Defer and
+// Server.AcceptUpgrade / Server.RejectUpgrade. Every Server method may be called from any
+// goroutine, including from inside a handler. Byte slices passed to handlers are copies the
+// handler may keep.
+//
+// A panic in a handler is recovered and logged (to Config.ErrorLog); in OnUpgrade the
+// connection is then rejected with HTTP 500.
+package wspush
+
+/*
+#cgo CFLAGS: -I${SRCDIR}/../../include
+#cgo LDFLAGS: -L${SRCDIR}/../../target/release -lwspush -Wl,-rpath,${SRCDIR}/../../target/release
+#include <stdlib.h>
+#include "bridge.h"
+*/
+import "C"
+
+import (
+	"log"
+	"math"
+	"runtime/cgo"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+)
+
+// ConnID identifies one connection (and, before it is upgraded, its pending upgrade ticket).
+// IDs are never reused while the server runs, so a stale ID cannot reach another connection.
+type ConnID uint64
+
+// MaxUserIDLen is the longest user ID in bytes; the shortest is 1.
+const MaxUserIDLen = 255
+
+// SlowConsumerPolicy says what happens when a connection's unsent data would pass
+// Config.MaxQueueBytes.
+type SlowConsumerPolicy uint32
+
+const (
+	// SlowConsumerClose closes the connection with 1008 (the default): the client reconnects.
+	SlowConsumerClose SlowConsumerPolicy = 0
+	// SlowConsumerDrop drops that message for that connection only (Handler.OnDrop is told).
+	SlowConsumerDrop SlowConsumerPolicy = 1
+)
+
+// The numbers above are the header's; these fail to compile if a value ever differed.
+var (
+	_ = [1]struct{}{}[MaxUserIDLen-C.WSPUSH_MAX_USER_ID_LEN]
+	_ = [1]struct{}{}[SlowConsumerClose-C.WSPUSH_SLOW_CONSUMER_CLOSE]
+	_ = [1]struct{}{}[SlowConsumerDrop-C.WSPUSH_SLOW_CONSUMER_DROP]
+)
+
+// Config configures a Server. The zero value of every field means the library's default,
+// given in brackets.
+type Config struct {
+	// Listen is the address to listen on, "host:port" ["127.0.0.1:8080"]; port 0 picks a free
+	// port (see Server.Port).
+	Listen string
+	// Path is the request path that accepts upgrades ["/ws"]; other paths get 404.
+	Path string
+	// AllowedOrigins, when not empty, lists the only Origin header values accepted (others
+	// get 403) [any origin].
+	AllowedOrigins []string
+	// Threads is the number of I/O threads, at most 255 [one per core].
+	Threads int
+	// MaxConnections: open plus handshaking connections beyond which new sockets get 503
+	// [1,000,000].
+	MaxConnections int
+	// MaxConnectionsPerUser: connections one user may hold at once; the next is rejected with
+	// 429 [0: no limit].
+	MaxConnectionsPerUser int
+	// MaxMessageSize is the largest message a client may send; larger closes with 1009 [64 KiB].
+	MaxMessageSize int
+	// MaxQueueBytes caps the bytes queued for one connection that its socket has not taken
+	// yet; SlowConsumer says what happens beyond. It is also the largest payload Publish,
+	// Broadcast and Send accept [1 MiB].
+	MaxQueueBytes int
+	// SlowConsumer is the policy when MaxQueueBytes would be passed [SlowConsumerClose].
+	SlowConsumer SlowConsumerPolicy
+	// MaxHeaderBytes is the largest HTTP request head, at least 256; larger gets 431 [8 KiB].
+	MaxHeaderBytes int
+	// MaxHandshakesPerThread: handshakes in progress per I/O thread beyond which that thread
+	// pauses accepting, so a reconnect storm waits in the kernel's backlog [1024].
+	MaxHandshakesPerThread int
+	// PingInterval: a connection silent this long is sent a ping [30s].
+	PingInterval time.Duration
+	// IdleTimeout: a connection silent this long is closed with 1006 [75s].
+	IdleTimeout time.Duration
+	// HandshakeTimeout is the time from accept to a completed upgrade, deferred decisions
+	// included [10s].
+	HandshakeTimeout time.Duration
+	// DrainTimeout is how long Stop waits for queued data and close handshakes [5s].
+	DrainTimeout time.Duration
+	// CloseTimeout is how long a connection we close waits for the peer to end it (answer our
+	// close frame and close its socket, as browsers do) before the socket is closed anyway [2s].
+	CloseTimeout time.Duration
+	// Handler receives the server's events; nil rejects every upgrade with 401. If it also
+	// implements HTTPHandler, it answers plain HTTP requests too.
+	Handler Handler
+	// ErrorLog receives reports of panics recovered in handlers [the log package's standard
+	// logger].
+	ErrorLog *log.Logger
+}
+
+// Stats is a snapshot of the server's gauges and counters. *Total counters only grow. The
+// JSON names are those of the C struct wspush_stats_snapshot.
+type Stats struct {
+	Connections             uint64 `json:"connections"`                // open (upgraded) connections now
+	Handshakes              uint64 `json:"handshakes"`                 // connections accepted but not yet upgraded (deferred included)
+	Users                   uint64 `json:"users"`                      // distinct users with at least one open connection
+	AcceptedTotal           uint64 `json:"accepted_total"`             // sockets accepted
+	UpgradesTotal           uint64 `json:"upgrades_total"`             // successful upgrades
+	RejectedTotal           uint64 `json:"rejected_total"`             // requests answered with an HTTP error (host rejections included)
+	OverCapacityTotal       uint64 `json:"over_capacity_total"`        // sockets answered 503 because MaxConnections was reached
+	MessagesInTotal         uint64 `json:"messages_in_total"`          // messages received from clients
+	MessagesOutTotal        uint64 `json:"messages_out_total"`         // messages handed to sockets, one per recipient connection
+	BytesOutTotal           uint64 `json:"bytes_out_total"`            // bytes written to sockets, frame headers included
+	PublishesTotal          uint64 `json:"publishes_total"`            // calls to Publish
+	BroadcastsTotal         uint64 `json:"broadcasts_total"`           // calls to Broadcast
+	DroppedTotal            uint64 `json:"dropped_total"`              // messages dropped for a slow consumer (SlowConsumerDrop)
+	SlowConsumerClosesTotal uint64 `json:"slow_consumer_closes_total"` // connections closed with 1008 (SlowConsumerClose)
+	ProtocolErrorsTotal     uint64 `json:"protocol_errors_total"`      // connections closed for a protocol violation
+	TimeoutsTotal           uint64 `json:"timeouts_total"`             // connections closed by the handshake deadline or idle timeout
+	PingsTotal              uint64 `json:"pings_total"`                // heartbeat pings sent
+}
+
+// Server is a running wspush server. Its methods are safe for concurrent use, also from
+// inside handlers. Stop it with Stop, which also releases it.
+type Server struct {
+	// lifetime: every call into the library holds the read lock, so that Stop's release of the
+	// C server (under the write lock) cannot happen during a call.
+	lifetime sync.RWMutex
+	// ptr is the C server; nil before Start returned (set by the first callback in that
+	// window) and after the release.
+	// (An unsafe.Pointer because atomic.Pointer cannot hold an incomplete C type.)
+	ptr  unsafe.Pointer
+	port int
+	// handle is the cgo.Handle of the serverState, the callbacks' userdata; deleted after the
+	// C server is released, when no callback can run any more.
+	handle   cgo.Handle
+	stopping atomic.Bool
+	done     chan struct{}
+	// Written before done is closed.
+	finalStats Stats
+	stopErr    error
+}
+
+// serverState is what the callbacks reach through the cgo.Handle passed as userdata.
+type serverState struct {
+	server   *Server
+	handler  Handler
+	http     HTTPHandler
+	errorLog *log.Logger
+}
+
+// Version returns the library's version, e.g. "0.1.0".
+func Version() string {
+	return C.GoString(C.wspush_version())
+}
+
+// Start binds the listening socket(s) and starts the I/O threads. Handlers may run before
+// Start returns.
+func Start(config Config) (*Server, error) {
+	cfg := C.wspush_config_new()
+	if cfg == nil {
+		return nil, &Error{Code: ResultPanic, Op: "Start"}
+	}
+	defer C.wspush_config_free(cfg)
+	if err := applyConfig(cfg, &config); err != nil {
+		return nil, err
+	}
+
+	server := &Server{done: make(chan struct{})}
+	state := &serverState{server: server, handler: config.Handler, errorLog: config.ErrorLog}
+	if state.errorLog == nil {
+		state.errorLog = log.Default()
+	}
+	mask := callbackMask(config.Handler)
+	if h, ok := config.Handler.(HTTPHandler); ok && mask&C.WSPUSH_GO_ON_HTTP != 0 {
+		state.http = h
+	}
+	handle := cgo.NewHandle(state)
+	if err := check("Start: callbacks", C.wspush_go_set_callbacks(cfg, C.uintptr_t(handle), C.unsigned(mask))); err != nil {
+		handle.Delete()
+		return nil, err
+	}
+	started := C.wspush_go_start(cfg)
+	if err := check("Start", started.result); err != nil {
+		handle.Delete()
+		return nil, err
+	}
+	server.storePtr(started.server)
+	server.port = int(C.wspush_go_local_port(started.server).value)
+	server.handle = handle
+	return server, nil
+}
+
+// callbackMask selects the C callbacks to install: all of the Handler interface, but only the
+// non-nil fields of a HandlerFuncs (so unused events cost no call into Go).
+func callbackMask(handler Handler) uint {
+	var funcs *HandlerFuncs
+	switch h := handler.(type) {
+	case nil:
+		return 0
+	case HandlerFuncs:
+		funcs = &h
+	case *HandlerFuncs:
+		if h == nil {
+			return 0
+		}
+		funcs = h
+	default:
+		mask := uint(C.WSPUSH_GO_ON_UPGRADE | C.WSPUSH_GO_ON_OPEN | C.WSPUSH_GO_ON_MESSAGE |
+			C.WSPUSH_GO_ON_CLOSE | C.WSPUSH_GO_ON_DROP)
+		if _, ok := handler.(HTTPHandler); ok {
+			mask |= C.WSPUSH_GO_ON_HTTP
+		}
+		return mask
+	}
+	var mask uint
+	for _, entry := range []struct {
+		set bool
+		bit uint
+	}{
+		{funcs.Upgrade != nil, C.WSPUSH_GO_ON_UPGRADE},
+		{funcs.Open != nil, C.WSPUSH_GO_ON_OPEN},
+		{funcs.Message != nil, C.WSPUSH_GO_ON_MESSAGE},
+		{funcs.Close != nil, C.WSPUSH_GO_ON_CLOSE},
+		{funcs.Drop != nil, C.WSPUSH_GO_ON_DROP},
+		{funcs.HTTP != nil, C.WSPUSH_GO_ON_HTTP},
+	} {
+		if entry.set {
+			mask |= entry.bit
+		}
+	}
+	return mask
+}
+
+// applyConfig copies every non-zero field of config into cfg.
+func applyConfig(cfg *C.wspush_config, config *Config) error {
+	if config.Listen != "" {
+		if err := check("Config.Listen", C.wspush_config_set_listen(cfg, strPtr(config.Listen), C.size_t(len(config.Listen)))); err != nil {
+			return err
+		}
+	}
+	if config.Path != "" {
+		if err := check("Config.Path", C.wspush_config_set_path(cfg, strPtr(config.Path), C.size_t(len(config.Path)))); err != nil {
+			return err
+		}
+	}
+	for _, origin := range config.AllowedOrigins {
+		if err := check("Config.AllowedOrigins", C.wspush_config_add_allowed_origin(cfg, strPtr(origin), C.size_t(len(origin)))); err != nil {
+			return err
+		}
+	}
+	sizes := []struct {
+		name  string
+		value int
+		set   func(*C.wspush_config, C.size_t) C.wspush_result
+	}{
+		{"Threads", config.Threads, func(c *C.wspush_config, v C.size_t) C.wspush_result { return C.wspush_config_set_threads(c, v) }},
+		{"MaxConnections", config.MaxConnections, func(c *C.wspush_config, v C.size_t) C.wspush_result {
+			return C.wspush_config_set_max_connections(c, v)
+		}},
+		{"MaxConnectionsPerUser", config.MaxConnectionsPerUser, func(c *C.wspush_config, v C.size_t) C.wspush_result {
+			return C.wspush_config_set_max_connections_per_user(c, v)
+		}},
+		{"MaxMessageSize", config.MaxMessageSize, func(c *C.wspush_config, v C.size_t) C.wspush_result {
+			return C.wspush_config_set_max_message_size(c, v)
+		}},
+		{"MaxQueueBytes", config.MaxQueueBytes, func(c *C.wspush_config, v C.size_t) C.wspush_result {
+			return C.wspush_config_set_max_queue_bytes(c, v)
+		}},
+		{"MaxHeaderBytes", config.MaxHeaderBytes, func(c *C.wspush_config, v C.size_t) C.wspush_result {
+			return C.wspush_config_set_max_header_bytes(c, v)
+		}},
+		{"MaxHandshakesPerThread", config.MaxHandshakesPerThread, func(c *C.wspush_config, v C.size_t) C.wspush_result {
+			return C.wspush_config_set_max_handshakes_per_thread(c, v)
+		}},
+	}
+	for _, size := range sizes {
+		if size.value < 0 {
+			return &Error{Code: ResultInvalidArgument, Op: "Config." + size.name}
+		}
+		if size.value > 0 {
+			if err := check("Config."+size.name, size.set(cfg, C.size_t(size.value))); err != nil {
+				return err
+			}
+		}
+	}
+	durations := []struct {
+		name  string
+		value time.Duration
+		set   func(*C.wspush_config, C.uint64_t) C.wspush_result
+	}{
+		{"PingInterval", config.PingInterval, func(c *C.wspush_config, v C.uint64_t) C.wspush_result {
+			return C.wspush_config_set_ping_interval_ms(c, v)
+		}},
+		{"IdleTimeout", config.IdleTimeout, func(c *C.wspush_config, v C.uint64_t) C.wspush_result {
+			return C.wspush_config_set_idle_timeout_ms(c, v)
+		}},
+		{"HandshakeTimeout", config.HandshakeTimeout, func(c *C.wspush_config, v C.uint64_t) C.wspush_result {
+			return C.wspush_config_set_handshake_timeout_ms(c, v)
+		}},
+		{"DrainTimeout", config.DrainTimeout, func(c *C.wspush_config, v C.uint64_t) C.wspush_result {
+			return C.wspush_config_set_drain_timeout_ms(c, v)
+		}},
+		{"CloseTimeout", config.CloseTimeout, func(c *C.wspush_config, v C.uint64_t) C.wspush_result {
+			return C.wspush_config_set_close_timeout_ms(c, v)
+		}},
+	}
+	for _, duration := range durations {
+		if duration.value < 0 {
+			return &Error{Code: ResultInvalidArgument, Op: "Config." + duration.name}
+		}
+		if duration.value > 0 {
+			// Round up so that a positive sub-millisecond value does not become 0 ("invalid").
+			ms := (duration.value + time.Millisecond - 1) / time.Millisecond
+			if err := check("Config."+duration.name, duration.set(cfg, C.uint64_t(ms))); err != nil {
+				return err
+			}
+		}
+	}
+	if config.SlowConsumer != SlowConsumerClose {
+		if err := check("Config.SlowConsumer", C.wspush_config_set_slow_consumer_policy(cfg, C.wspush_slow_consumer_policy(config.SlowConsumer))); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// strPtr points C at a Go string's bytes for the duration of a call (C copies what it keeps).
+func strPtr(s string) *C.char {
+	return (*C.char)(unsafe.Pointer(unsafe.StringData(s)))
+}
+
+// bytesPtr points C at a Go slice's bytes for the duration of a call; NULL when empty (the C
+// API's empty buffer).
+func bytesPtr(b []byte) *C.uint8_t {
+	if len(b) == 0 {
+		return nil
+	}
+	return (*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(b)))
+}
+
+func messageKind(binary bool) C.wspush_message_kind {
+	if binary {
+		return C.WSPUSH_MESSAGE_KIND_BINARY
+	}
+	return C.WSPUSH_MESSAGE_KIND_TEXT
+}
+
+// acquire returns the live C server with the read lock held (release with s.lifetime.RUnlock),
+// or nil (lock not held) once the server has been released.
+func (s *Server) acquire() *C.wspush_server {
+	s.lifetime.RLock()
+	ptr := s.loadPtr()
+	if ptr == nil {
+		s.lifetime.RUnlock()
+	}
+	return ptr
+}
+
+func (s *Server) loadPtr() *C.wspush_server {
+	return (*C.wspush_server)(atomic.LoadPointer(&s.ptr))
+}
+
+func (s *Server) storePtr(ptr *C.wspush_server) {
+	atomic.StorePointer(&s.ptr, unsafe.Pointer(ptr))
+}
+
+// Port returns the TCP port the server listens on (useful with port 0 in Config.Listen).
+func (s *Server) Port() int {
+	return s.port
+}
+
+// Publish sends msg to every open connection of user (1 to MaxUserIDLen bytes), as a binary
+// or text message (text must be UTF-8; it is not checked). It returns how many connections
+// it was queued to: 0 when the user has none. Messages published by one goroutine reach each
+// connection in publish order. msg is copied; the caller may reuse it.
+func (s *Server) Publish(user []byte, msg []byte, binary bool) (int, error) {
+	ptr := s.acquire()
+	if ptr == nil {
+		return 0, &Error{Code: ResultStopped, Op: "Publish"}
+	}
+	out := C.wspush_go_publish(ptr, bytesPtr(user), C.size_t(len(user)), bytesPtr(msg), C.size_t(len(msg)), messageKind(binary))
+	s.lifetime.RUnlock()
+	return int(out.count), check("Publish", out.result)
+}
+
+// Broadcast sends msg to every open connection and returns how many were open.
+func (s *Server) Broadcast(msg []byte, binary bool) (int, error) {
+	ptr := s.acquire()
+	if ptr == nil {
+		return 0, &Error{Code: ResultStopped, Op: "Broadcast"}
+	}
+	out := C.wspush_go_broadcast(ptr, bytesPtr(msg), C.size_t(len(msg)), messageKind(binary))
+	s.lifetime.RUnlock()
+	return int(out.count), check("Broadcast", out.result)
+}
+
+// Send sends msg to one connection; ErrNotFound when it is not open.
+func (s *Server) Send(conn ConnID, msg []byte, binary bool) error {
+	ptr := s.acquire()
+	if ptr == nil {
+		return &Error{Code: ResultStopped, Op: "Send"}
+	}
+	result := C.wspush_send(ptr, C.uint64_t(conn), bytesPtr(msg), C.size_t(len(msg)), messageKind(binary))
+	s.lifetime.RUnlock()
+	return check("Send", result)
+}
+
+// Close starts the close handshake on one connection with code (1000-1003, 1007-1014,
+// 3000-4999) and a UTF-8 reason of at most 123 bytes ("" for none). Handler.OnClose follows.
+func (s *Server) Close(conn ConnID, code int, reason string) error {
+	if code < 0 || code > math.MaxUint16 {
+		return &Error{Code: ResultInvalidCloseCode, Op: "Close"}
+	}
+	ptr := s.acquire()
+	if ptr == nil {
+		return &Error{Code: ResultStopped, Op: "Close"}
+	}
+	result := C.wspush_close(ptr, C.uint64_t(conn), C.uint16_t(code), strPtr(reason), C.size_t(len(reason)))
+	s.lifetime.RUnlock()
+	return check("Close", result)
+}
+
+// DisconnectUser closes every connection of user with code and returns how many.
+func (s *Server) DisconnectUser(user []byte, code int) (int, error) {
+	if code < 0 || code > math.MaxUint16 {
+		return 0, &Error{Code: ResultInvalidCloseCode, Op: "DisconnectUser"}
+	}
+	ptr := s.acquire()
+	if ptr == nil {
+		return 0, &Error{Code: ResultStopped, Op: "DisconnectUser"}
+	}
+	out := C.wspush_go_disconnect_user(ptr, bytesPtr(user), C.size_t(len(user)), C.uint16_t(code))
+	s.lifetime.RUnlock()
+	return int(out.count), check("DisconnectUser", out.result)
+}
+
+// AcceptUpgrade completes a deferred upgrade (see Request.Defer) by accepting it as user.
+// ErrNotFound when the ticket is no longer pending (timed out, client gone). The decision is
+// applied asynchronously; a second decision for the same ticket is ignored.
+func (s *Server) AcceptUpgrade(ticket ConnID, user []byte) error {
+	ptr := s.acquire()
+	if ptr == nil {
+		return &Error{Code: ResultStopped, Op: "AcceptUpgrade"}
+	}
+	result := C.wspush_upgrade_accept(ptr, C.uint64_t(ticket), bytesPtr(user), C.size_t(len(user)))
+	s.lifetime.RUnlock()
+	return check("AcceptUpgrade", result)
+}
+
+// RejectUpgrade completes a deferred upgrade by answering HTTP status (400-599) and closing.
+func (s *Server) RejectUpgrade(ticket ConnID, status int) error {
+	if status < 0 || status > math.MaxUint16 {
+		return &Error{Code: ResultInvalidStatus, Op: "RejectUpgrade"}
+	}
+	ptr := s.acquire()
+	if ptr == nil {
+		return &Error{Code: ResultStopped, Op: "RejectUpgrade"}
+	}
+	result := C.wspush_upgrade_reject(ptr, C.uint64_t(ticket), C.uint16_t(status))
+	s.lifetime.RUnlock()
+	return check("RejectUpgrade", result)
+}
+
+// Stats returns a snapshot of the server's gauges and counters. After Stop it returns the
+// final snapshot, taken when the server had stopped.
+func (s *Server) Stats() (Stats, error) {
+	ptr := s.acquire()
+	if ptr == nil {
+		<-s.done
+		return s.finalStats, nil
+	}
+	defer s.lifetime.RUnlock()
+	return statsOf(ptr)
+}
+
+func statsOf(ptr *C.wspush_server) (Stats, error) {
+	var snapshot C.wspush_stats_snapshot
+	snapshot.size = C.size_t(unsafe.Sizeof(snapshot))
+	// A pointer to a Go struct without Go pointers inside, valid for the call only: allowed.
+	if err := check("Stats", C.wspush_stats(ptr, &snapshot)); err != nil {
+		return Stats{}, err
+	}
+	return Stats{
+		Connections:             uint64(snapshot.connections),
+		Handshakes:              uint64(snapshot.handshakes),
+		Users:                   uint64(snapshot.users),
+		AcceptedTotal:           uint64(snapshot.accepted_total),
+		UpgradesTotal:           uint64(snapshot.upgrades_total),
+		RejectedTotal:           uint64(snapshot.rejected_total),
+		OverCapacityTotal:       uint64(snapshot.over_capacity_total),
+		MessagesInTotal:         uint64(snapshot.messages_in_total),
+		MessagesOutTotal:        uint64(snapshot.messages_out_total),
+		BytesOutTotal:           uint64(snapshot.bytes_out_total),
+		PublishesTotal:          uint64(snapshot.publishes_total),
+		BroadcastsTotal:         uint64(snapshot.broadcasts_total),
+		DroppedTotal:            uint64(snapshot.dropped_total),
+		SlowConsumerClosesTotal: uint64(snapshot.slow_consumer_closes_total),
+		ProtocolErrorsTotal:     uint64(snapshot.protocol_errors_total),
+		TimeoutsTotal:           uint64(snapshot.timeouts_total),
+		PingsTotal:              uint64(snapshot.pings_total),
+	}, nil
+}
+
+// Stop stops the server gracefully and releases it: it stops accepting, closes every
+// connection with 1001, flushes for up to Config.DrainTimeout, calls Handler.OnClose for each
+// open connection, ends the I/O threads, then frees the C server. There is no separate Free.
+//
+// Stop blocks until all that is done and no handler runs any more, except when called from
+// inside one of this server's own handlers: there it only starts the stop and returns at once
+// (an I/O thread cannot wait for itself); Done tells when it has finished. Calling Stop again,
+// or from several goroutines, is safe: later calls wait for the first to finish (or return at
+// once inside a handler). After Stop, the other methods return ErrStopped, except Port and
+// Stats (the final snapshot).
+func (s *Server) Stop() error {
+	ptr := s.loadPtr()
+	inOwnCallback := ptr != nil && C.wspush_go_callback_server() == ptr
+	if inOwnCallback {
+		// Only starts the stop: the engine sees it is on its own I/O thread.
+		C.wspush_server_stop(ptr)
+		if s.stopping.CompareAndSwap(false, true) {
+			go s.finishStop()
+		}
+		return nil
+	}
+	if s.stopping.CompareAndSwap(false, true) {
+		s.finishStop()
+	}
+	<-s.done
+	return s.stopErr
+}
+
+// Done returns a channel closed when the server has stopped and been released.
+func (s *Server) Done() <-chan struct{} {
+	return s.done
+}
+
+// finishStop runs once, on a goroutine that is not an I/O thread of this server.
+func (s *Server) finishStop() {
+	ptr := s.loadPtr()
+	// Blocks until the I/O threads have ended: no handler runs after this.
+	s.stopErr = check("Stop", C.wspush_server_stop(ptr))
+	if final, err := statsOf(ptr); err == nil {
+		s.finalStats = final
+	}
+	// Wait for calls in flight on other goroutines, then make later calls see the release.
+	s.lifetime.Lock()
+	s.storePtr(nil)
+	s.lifetime.Unlock()
+	if err := check("Stop", C.wspush_server_free(ptr)); err != nil && s.stopErr == nil {
+		s.stopErr = err
+	}
+	s.handle.Delete()
+	close(s.done)
+}

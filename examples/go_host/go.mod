@@ -1,0 +1,11 @@
+module wspush/examples/go_host
+
+go 1.24
+
+require (
+	github.com/gorilla/websocket v1.5.3
+	wspush/bindings/go v0.0.0-00010101000000-000000000000
+)
+
+// The binding lives in this repository (build the library first: cargo build --release).
+replace wspush/bindings/go => ../../bindings/go
