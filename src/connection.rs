@@ -39,8 +39,10 @@ pub(crate) enum State {
 
 const PINGED: u8 = 1;
 const WRITE_SHUT: u8 = 2;
-/// The upper 6 bits of `flags` number the connection's current timer entry (see `rearm_timer`).
-const EPOCH_SHIFT: u8 = 2;
+/// The peer's close frame has arrived: once ours is flushed the close handshake is complete.
+const CLOSE_RECEIVED: u8 = 4;
+/// The upper 5 bits of `flags` number the connection's current timer entry (see `rearm_timer`).
+const EPOCH_SHIFT: u8 = 3;
 
 pub(crate) struct Conn {
     stream: TcpStream,
@@ -151,7 +153,11 @@ impl IoThread {
                 Ok(0) => return self.on_peer_gone(slot),
                 Ok(n) => {
                     match conn.state {
-                        State::Closing => continue, // discard until the peer closes
+                        // After an HTTP error, or once the peer's close frame is in, the rest
+                        // is discarded until the peer closes; a WebSocket peer's reply to our
+                        // close frame is looked for.
+                        State::Closing if conn.user.is_none() || conn.flags & CLOSE_RECEIVED != 0 => continue,
+                        State::Closing => {}
                         // Only an open connection's input counts as life: a handshake that
                         // trickles bytes (slowloris) must not push its deadline back.
                         State::Open => {
@@ -224,7 +230,25 @@ impl IoThread {
                     }
                     return pos;
                 }
-                State::Closing => return buf.len(),
+                State::Closing => {
+                    // Only the peer's close frame matters now; anything unparsable is dropped.
+                    let max = self.config().max_message_size;
+                    let info = match codec::parse_header(&buf[pos..], max) {
+                        Ok(Some(info)) => info,
+                        Ok(None) => return pos,
+                        Err(_) => return buf.len(),
+                    };
+                    let end = pos + info.header_len + info.payload_len;
+                    if end > buf.len() {
+                        return pos;
+                    }
+                    pos = end;
+                    if info.opcode == Opcode::Close {
+                        self.conns[slot].flags |= CLOSE_RECEIVED;
+                        self.progress_close(slot);
+                        return buf.len();
+                    }
+                }
                 State::Open => {
                     let max = self.config().max_message_size;
                     let info = match codec::parse_header(&buf[pos..], max) {
@@ -296,6 +320,7 @@ impl IoThread {
                     } else {
                         codec::control(Opcode::Close, &payload[..2])
                     };
+                    self.conns[slot].flags |= CLOSE_RECEIVED;
                     self.enter_closing(slot, code, reply.as_bytes());
                 }
                 Err(code) => self.fail(slot, code),
@@ -602,7 +627,7 @@ impl IoThread {
             return self.on_peer_gone(slot);
         }
         conn.release_spill();
-        self.shut_write_when_flushed(slot);
+        self.progress_close(slot);
     }
 
     // ---------------------------------------------------------------- closing
@@ -639,14 +664,24 @@ impl IoThread {
         }
         self.rearm_timer(slot, now + self.ticks.close);
         self.send_control(slot, last_bytes);
-        self.shut_write_when_flushed(slot);
+        self.progress_close(slot);
     }
 
-    /// Once a closing connection's output is flushed, send FIN; the socket is closed when the
-    /// peer answers with its own FIN (so our last bytes are not lost to a reset).
-    fn shut_write_when_flushed(&mut self, slot: usize) {
+    /// Moves a closing connection on once its output is flushed: when both close frames have
+    /// been exchanged the close handshake is complete and the socket is closed (RFC 6455
+    /// §7.1.1); otherwise FIN is sent and the socket closed when the peer's close frame or FIN
+    /// arrives (waiting, rather than closing at once, keeps our last bytes from being lost to a
+    /// reset).
+    fn progress_close(&mut self, slot: usize) {
         let Some(conn) = self.conns.get_mut(slot) else { return };
-        if conn.state == State::Closing && conn.flags & WRITE_SHUT == 0 && !conn.has_queued_output() {
+        if conn.state != State::Closing || conn.has_queued_output() {
+            return;
+        }
+        if conn.flags & CLOSE_RECEIVED != 0 {
+            let code = conn.close_code;
+            return self.finish(slot, code);
+        }
+        if conn.flags & WRITE_SHUT == 0 {
             conn.flags |= WRITE_SHUT;
             let _ = conn.stream.shutdown(std::net::Shutdown::Write);
         }

@@ -550,3 +550,33 @@ fn the_handler_is_released_once_the_server_and_every_handle_are_gone() {
     drop(second);
     assert!(dropped.load(Ordering::SeqCst), "the last handle frees the server state");
 }
+
+#[test]
+fn a_close_we_start_completes_when_the_client_answers_it_even_if_it_keeps_the_socket_open() {
+    let mut cfg = config();
+    cfg.close_timeout = Duration::from_secs(20);
+    cfg.drain_timeout = Duration::from_secs(20);
+    let (server, mut events) = start(cfg);
+    let mut ws = ws_connect(server.local_addr(), "alice");
+    let conn = events.opened(b"alice");
+
+    server.close(conn, 4001, "bye").unwrap();
+    // Reading the close frame makes tungstenite answer it; the client keeps its socket open.
+    assert_eq!(ws_close_frame(&mut ws), (4001, "bye".to_owned()));
+    let started = std::time::Instant::now();
+    assert_eq!(events.closed(conn), 4001);
+    assert!(started.elapsed() < Duration::from_secs(5), "on_close waited for the close timeout");
+
+    // The same through stop(): it returns once every client has answered, not after the timeout.
+    let mut ws = ws_connect(server.local_addr(), "bob");
+    events.opened(b"bob");
+    let client = std::thread::spawn(move || {
+        let frame = ws_close_frame(&mut ws);
+        (frame, ws)
+    });
+    let started = std::time::Instant::now();
+    server.stop();
+    assert!(started.elapsed() < Duration::from_secs(5), "stop waited for the close timeout");
+    let ((code, _), _still_open) = client.join().unwrap();
+    assert_eq!(code, 1001);
+}
