@@ -561,8 +561,10 @@ fn a_close_we_start_completes_when_the_client_answers_it_even_if_it_keeps_the_so
     let conn = events.opened(b"alice");
 
     server.close(conn, 4001, "bye").unwrap();
-    // Reading the close frame makes tungstenite answer it; the client keeps its socket open.
+    // tungstenite queues its answer when it reads the close frame and sends it on flush; the
+    // client keeps its socket open.
     assert_eq!(ws_close_frame(&mut ws), (4001, "bye".to_owned()));
+    let _ = ws.flush();
     let started = std::time::Instant::now();
     assert_eq!(events.closed(conn), 4001);
     assert!(started.elapsed() < Duration::from_secs(5), "on_close waited for the close timeout");
@@ -572,6 +574,7 @@ fn a_close_we_start_completes_when_the_client_answers_it_even_if_it_keeps_the_so
     events.opened(b"bob");
     let client = std::thread::spawn(move || {
         let frame = ws_close_frame(&mut ws);
+        let _ = ws.flush();
         (frame, ws)
     });
     let started = std::time::Instant::now();
