@@ -232,8 +232,9 @@ typedef void (*wspush_on_close_fn)(void *userdata,
                                    uint16_t code);
 
 /**
- * A message of `dropped_bytes` bytes for `conn` was dropped because its queue was full and the
- * slow-consumer policy is `WSPUSH_SLOW_CONSUMER_DROP`.
+ * A message for `conn` was dropped because its queue was full and the slow-consumer policy is
+ * `WSPUSH_SLOW_CONSUMER_DROP`. `dropped_bytes` is the frame's size on the wire (payload plus 2-10
+ * header bytes).
  */
 typedef void (*wspush_on_drop_fn)(void *userdata,
                                   const struct wspush_server *server,

@@ -124,7 +124,8 @@ pub trait Handler: Send + Sync + 'static {
     }
 
     /// A message for `conn` was dropped because its queue was full and the slow-consumer policy
-    /// is `Drop` (with `Close` you get `on_close` with 1008 instead).
+    /// is `Drop` (with `Close` you get `on_close` with 1008 instead). `dropped_bytes` is the size
+    /// of the dropped frame as it would have gone on the wire (payload plus 2-10 header bytes).
     fn on_drop(&self, server: &ServerHandle, conn: ConnId, user: &[u8], dropped_bytes: usize) {
         let _ = (server, conn, user, dropped_bytes);
     }

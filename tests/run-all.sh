@@ -23,3 +23,7 @@ echo "== Python binding (ctypes) with a real websockets client"
 python3 -m venv target/pyenv
 PIP_DISABLE_PIP_VERSION_CHECK=1 target/pyenv/bin/pip install -q ./bindings/python pytest websockets
 target/pyenv/bin/pytest -q bindings/python/tests
+
+echo "== Go binding (cgo) and the Go host example, with the race detector"
+(cd bindings/go && go vet ./... && go test -race -count=1 ./...)
+(cd examples/go_host && go vet ./... && go test -race -count=1 ./...)

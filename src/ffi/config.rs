@@ -77,8 +77,9 @@ pub type wspush_on_close_fn = Option<
     ),
 >;
 
-/// A message of `dropped_bytes` bytes for `conn` was dropped because its queue was full and the
-/// slow-consumer policy is `WSPUSH_SLOW_CONSUMER_DROP`.
+/// A message for `conn` was dropped because its queue was full and the slow-consumer policy is
+/// `WSPUSH_SLOW_CONSUMER_DROP`. `dropped_bytes` is the frame's size on the wire (payload plus 2-10
+/// header bytes).
 pub type wspush_on_drop_fn = Option<
     unsafe extern "C" fn(
         userdata: *mut c_void,
