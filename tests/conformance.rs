@@ -354,6 +354,17 @@ mod framing {
         client.send(&unmasked_frame(0x82, b""));
         client.expect_failed(1002);
     }
+
+    /// §5.2: "the most significant bit MUST be 0" in a 64-bit length: a framing error (1002),
+    /// whatever the size limit.
+    pub fn length_with_msb_set(addr: SocketAddr) {
+        let mut client = Client::open(addr);
+        let mut header = vec![0x82, 0x80 | 127];
+        header.extend_from_slice(&(1u64 << 63 | 5).to_be_bytes());
+        header.extend_from_slice(&[1, 2, 3, 4]);
+        client.send(&header);
+        client.expect_failed(1002);
+    }
 }
 
 /// §5.5.2/§5.5.3 ping and pong.
@@ -674,6 +685,7 @@ conformance_cases! {
         frame_trickled_bytewise => crate::framing::frame_trickled_bytewise,
         unmasked_text_fails_1002 => crate::framing::unmasked_text,
         unmasked_empty_binary_fails_1002 => crate::framing::unmasked_empty_binary,
+        length_with_msb_set_fails_1002 => crate::framing::length_with_msb_set,
     }
     ping_pong {
         ping_0_bytes_echoed => |a| crate::ping_pong::ping_echoed_in_pong(a, 0),
