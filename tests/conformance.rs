@@ -130,9 +130,9 @@ fn daemon_addr() -> SocketAddr {
             // stdout closed: the daemon is gone; reap it.
             let _ = child.wait();
         });
-        addr_rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
-            panic!("wspushd printed no listening line; stderr: {}", stderr_text.lock().unwrap())
-        })
+        addr_rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("wspushd printed no listening line; stderr: {}", stderr_text.lock().unwrap()))
     })
 }
 
@@ -243,7 +243,10 @@ impl Client {
     /// UTF-8 reason), then — once we answer with our close — the end of the TCP stream.
     fn expect_failed(&mut self, code: u16) {
         let (first, payload) = self.read_frame("the server's close frame");
-        assert_eq!(first, 0x88, "expected a final close frame with code {code}, got first byte {first:#04x}, payload {payload:?}");
+        assert_eq!(
+            first, 0x88,
+            "expected a final close frame with code {code}, got first byte {first:#04x}, payload {payload:?}"
+        );
         assert!(payload.len() >= 2, "close frame without a code (expected {code}): {payload:?}");
         let got = u16::from_be_bytes([payload[0], payload[1]]);
         assert_eq!(got, code, "close code (reason {:?})", String::from_utf8_lossy(&payload[2..]));
@@ -605,7 +608,8 @@ mod close {
     pub fn reason_invalid_utf8(addr: SocketAddr) {
         let mut client = Client::open(addr);
         let mut payload = close_payload(1000, "bad");
-        payload.extend_from_slice(&[0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5, 0xed, 0xa0, 0x80]);
+        payload
+            .extend_from_slice(&[0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5, 0xed, 0xa0, 0x80]);
         client.send_frame(0x88, &payload);
         client.expect_failed(1007);
     }
