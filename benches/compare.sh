@@ -59,6 +59,7 @@ start_server() { # name [--echo]
   SERVER_PID=$!
   for _ in $(seq 100); do
     grep -q "listening on" "$log" 2>/dev/null && break
+    kill -0 "$SERVER_PID" 2>/dev/null || break # it died: report its log below
     sleep 0.1
   done
   grep -q "listening on" "$log" || { echo "$1 did not start:" >&2; cat "$log" >&2; exit 1; }

@@ -156,6 +156,9 @@ pub(crate) fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Fram
     if opcode.is_control() && (!header.is_final || length > 125) {
         return Err(close::PROTOCOL);
     }
+    if length >> 63 != 0 {
+        return Err(close::PROTOCOL); // RFC 6455 5.2: the most significant bit MUST be 0
+    }
     if length > max_payload as u64 {
         return Err(close::TOO_BIG);
     }
