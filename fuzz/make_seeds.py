@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Writes the committed seed corpora under fuzz/corpus/<target>/ (run from anywhere).
+
+Seeds are small, valid-or-nearly-valid examples of each input format so libFuzzer starts from the
+interesting paths instead of rediscovering HTTP and RFC 6455 framing byte by byte.
+"""
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MASK = bytes([0x12, 0x34, 0x56, 0x78])
+
+BROWSER_UPGRADE = (
+    b"GET /ws?user=alice HTTP/1.1\r\n"
+    b"Host: mail.example:8080\r\n"
+    b"Connection: Upgrade\r\n"
+    b"Pragma: no-cache\r\n"
+    b"Cache-Control: no-cache\r\n"
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/124.0 Safari/537.36\r\n"
+    b"Upgrade: websocket\r\n"
+    b"Origin: https://mail.example\r\n"
+    b"Sec-WebSocket-Version: 13\r\n"
+    b"Accept-Encoding: gzip, deflate, br\r\n"
+    b"Accept-Language: en-US,en;q=0.9\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    b"\r\n"
+)
+FIREFOX_UPGRADE = (
+    b"GET /ws?user=bob&x=1 HTTP/1.1\r\nHost: mail.example\r\n"
+    b"Connection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: x3JJHMbDL1EzLkh9GBhXDw==\r\n\r\n"
+)
+MALFORMED_UPGRADE = (  # key is not base64 of 16 bytes, version 8
+    b"GET /ws?user=alice HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: not-a-key\r\n\r\n"
+)
+BARE_LF_UPGRADE = BROWSER_UPGRADE.replace(b"\r\n", b"\n")
+PLAIN_HTTP = b"GET /health?status=200 HTTP/1.1\r\nHost: x\r\nX-Content-Type: text/plain\r\n\r\n"
+INJECTION_HTTP = b"GET /h?status=200 HTTP/1.1\r\nHost: x\r\nX-Content-Type: a\rSet-Cookie: x\r\n\r\n"
+
+
+def frame(first, payload, mask=MASK, length=None):
+    """A client frame; `length` overrides the encoded length (for truncated/oversized headers)."""
+    n = len(payload) if length is None else length
+    if n < 126:
+        out = bytes([first, 0x80 | n])
+    elif n <= 0xFFFF:
+        out = bytes([first, 0x80 | 126]) + struct.pack(">H", n)
+    else:
+        out = bytes([first, 0x80 | 127]) + struct.pack(">Q", n)
+    return out + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+TEXT = frame(0x81, b"hello")
+BINARY = frame(0x82, bytes(range(40)))
+PING = frame(0x89, b"ping!")
+PONG = frame(0x8A, b"")
+CLOSE = frame(0x88, struct.pack(">H", 1000) + b"bye")
+EURO = "€uro".encode()  # the 3-byte code point is split across the fragments below
+FRAGMENTED = frame(0x01, EURO[:2]) + frame(0x89, b"") + frame(0x00, EURO[2:4]) + frame(0x80, EURO[4:])
+HEADER_64K = frame(0x82, b"", length=64 * 1024)  # header only: the payload never comes
+HEADER_MSB = bytes([0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0]) + MASK
+INVALID_UTF8 = frame(0x81, b"ok\xff")
+UNMASKED = bytes([0x81, 0x02]) + b"hi"
+
+SEEDS = {
+    "upgrade_request": {
+        "browser_upgrade": BROWSER_UPGRADE,
+        "firefox_upgrade_with_frame": FIREFOX_UPGRADE + TEXT,
+        "malformed_upgrade": MALFORMED_UPGRADE,
+        "bare_lf_upgrade": BARE_LF_UPGRADE,
+        "plain_http": PLAIN_HTTP,
+        "truncated_upgrade": BROWSER_UPGRADE[:100],
+    },
+    # frame_decoder: [limit index, unmask split point, stream...]; limit 5 is 65536, 4 is 65535.
+    "frame_decoder": {
+        "text_binary_ping_close": bytes([5, 3]) + TEXT + BINARY + PING + PONG + CLOSE,
+        "fragmented": bytes([2, 1]) + FRAGMENTED,
+        "header_64k_at_limit": bytes([5, 0]) + HEADER_64K,
+        "header_64k_over_limit": bytes([4, 0]) + HEADER_64K,
+        "header_msb_set": bytes([7, 0]) + HEADER_MSB,
+        "medium_126": bytes([5, 7]) + frame(0x82, bytes(300)),
+        "unmasked": bytes([5, 0]) + UNMASKED,
+    },
+    # connection: [flags, chunk sizes..., payload]; flags bit 0 = target sends its own upgrade
+    # first, bit 1 = paced chunks, bit 2 = abortive close, high nibble = number of chunk sizes.
+    "connection": {
+        "browser_upgrade_then_frames": bytes([0x00]) + BROWSER_UPGRADE + TEXT + BINARY + PING + CLOSE,
+        "frames_after_upgrade": bytes([0x01]) + TEXT + BINARY + PING + PONG + CLOSE,
+        "fragmented_paced_1_1_3": bytes([0x33, 0, 0, 2]) + FRAGMENTED + CLOSE,
+        "upgrade_paced_7": bytes([0x12, 6]) + FIREFOX_UPGRADE + TEXT,
+        "malformed_upgrade": bytes([0x00]) + MALFORMED_UPGRADE,
+        "plain_http_host_response": bytes([0x00]) + PLAIN_HTTP,
+        "header_injection": bytes([0x00]) + INJECTION_HTTP,
+        "header_64k": bytes([0x01]) + HEADER_64K + bytes(32),
+        "invalid_utf8_abort": bytes([0x05]) + INVALID_UTF8 + TEXT[:3],
+        "unmasked": bytes([0x01]) + UNMASKED,
+    },
+}
+
+for target, seeds in SEEDS.items():
+    directory = os.path.join(HERE, "corpus", target)
+    os.makedirs(directory, exist_ok=True)
+    for name, data in seeds.items():
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(data)
