@@ -29,9 +29,19 @@ const FLAG_ABORT: u8 = 4;
 const MAX_PACED_WRITES: usize = 32;
 /// Inputs between two liveness probes.
 const PROBE_EVERY: u64 = 64;
-/// How long the server may take to close after the client's EOF, or to answer the probe. Far
-/// above normal (microseconds) so a busy CI machine doesn't cause false alarms.
+/// How long the server may take to answer the probe. Far above normal (microseconds) so a busy
+/// CI machine doesn't cause false alarms.
 const DEADLINE: Duration = Duration::from_secs(5);
+/// How long the server may take to close after the client's EOF. Normal is microseconds; the
+/// server's own timeouts are 10 s, so only a missed EOF trips this.
+const EOF_DEADLINE: Duration = Duration::from_secs(1);
+
+/// `WSPUSH_FUZZ_TOLERATE_EOF_STALL=1`: don't fail when the server misses a FIN that arrived
+/// together with data (a known engine bug, see README) — shorten its timeouts instead, so the
+/// rest of the state machine can be fuzzed before the fix lands.
+fn tolerate_eof_stall() -> bool {
+    std::env::var_os("WSPUSH_FUZZ_TOLERATE_EOF_STALL").is_some_and(|v| v == "1")
+}
 /// Open plus handshaking connections allowed when probing: the probe's own, plus slack for
 /// abortively closed connections whose RST the I/O thread has not handled yet.
 const MAX_LINGERING_CONNECTIONS: u64 = 16;
@@ -72,6 +82,7 @@ impl Handler for Echo {
 fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
     SERVER.get_or_init(|| {
+        let server_timeout = if tolerate_eof_stall() { Duration::from_secs(2) } else { Duration::from_secs(10) };
         let config = Config {
             listen: "127.0.0.1:0".into(),
             threads: 1,
@@ -80,8 +91,8 @@ fn server() -> &'static Server {
             max_header_bytes: 1024,
             max_queue_bytes: 64 * 1024,
             ping_interval: Duration::from_millis(500),
-            idle_timeout: Duration::from_secs(2),
-            handshake_timeout: Duration::from_secs(2),
+            idle_timeout: server_timeout,
+            handshake_timeout: server_timeout,
             close_timeout: Duration::from_millis(200),
             drain_timeout: Duration::from_millis(200),
             ..Config::default()
@@ -115,9 +126,10 @@ fn abort(stream: TcpStream) {
     drop(stream);
 }
 
-/// Reads until the server closes (EOF or reset). Panics if it doesn't within `DEADLINE`: a
+/// Reads until the server closes (EOF or reset). Panics if it doesn't within `EOF_DEADLINE`: a
 /// connection whose peer has gone must be torn down, whatever state it was in.
 fn read_until_closed(stream: &mut TcpStream) {
+    let deadline = if tolerate_eof_stall() { DEADLINE } else { EOF_DEADLINE };
     let started = Instant::now();
     let mut buf = [0u8; 16 * 1024];
     loop {
@@ -127,7 +139,7 @@ fn read_until_closed(stream: &mut TcpStream) {
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
             Err(_) => return, // reset: closed too
         }
-        assert!(started.elapsed() < DEADLINE, "server kept the connection open {DEADLINE:?} after the client's EOF");
+        assert!(started.elapsed() < deadline, "server kept the connection open {deadline:?} after the client's EOF");
     }
 }
 
