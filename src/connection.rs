@@ -145,7 +145,11 @@ fn guarded<R>(callback: impl FnOnce() -> R) -> Option<R> {
 impl IoThread {
     // ---------------------------------------------------------------- input
 
-    pub(crate) fn on_readable(&mut self, slot: usize) {
+    /// Reads what the socket has. `until_drained`: keep reading past a short read, until the
+    /// socket says WouldBlock or end of stream; needed when the event also reported the peer's
+    /// FIN (epoll is edge-triggered: data and FIN that arrived together make one event, and the
+    /// end of stream is only seen by the read after the data).
+    pub(crate) fn on_readable(&mut self, slot: usize, until_drained: bool) {
         for _ in 0..READS_PER_ROUND {
             let Some(conn) = self.conns.get_mut(slot) else { return };
             let read = conn.stream.read(&mut self.scratch);
@@ -167,7 +171,7 @@ impl IoThread {
                         State::Handshake | State::Deciding => {}
                     }
                     self.process_input(slot, n);
-                    if n < self.scratch.len() {
+                    if n < self.scratch.len() && !until_drained {
                         return; // short read: the socket is drained, epoll reports the next data
                     }
                 }

@@ -171,15 +171,16 @@ impl IoThread {
                         if event.is_writable() {
                             self.on_writable(slot);
                         }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.on_readable(slot);
+                        let hangup = event.is_read_closed() || event.is_error();
+                        if event.is_readable() || hangup {
+                            self.on_readable(slot, hangup);
                         }
                     }
                 }
             }
             std::mem::swap(&mut again, &mut self.again);
             for slot in again.drain(..) {
-                self.on_readable(slot);
+                self.on_readable(slot, true); // its earlier event may have carried a FIN
             }
             self.me().take_inbox(&mut inbox);
             let mut commands = inbox.drain(..).peekable();

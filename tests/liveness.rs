@@ -247,3 +247,31 @@ fn slow_consumer_with_drop_policy_stays_open_and_loses_only_what_overflowed() {
     assert!(received.windows(2).all(|w| w[0] < w[1]), "in order, no duplicates: {received:?}");
     assert_eq!(received.len() + drops.len(), ROUNDS, "each message was delivered or reported dropped");
 }
+
+/// A peer's last bytes and its FIN can arrive together, while the I/O thread is busy: the
+/// connection must still be seen to end at once, not when the idle timeout fires.
+#[test]
+fn data_and_fin_arriving_together_end_the_connection_at_once() {
+    let (server, mut events) = Harness::new(config())
+        .on_message(|_, _, _, _, payload| {
+            if payload == b"stall" {
+                std::thread::sleep(Duration::from_millis(300)); // keeps the only I/O thread busy
+            }
+        })
+        .start();
+    let addr = server.local_addr();
+    let mut staller = ws_connect(addr, "staller");
+    events.opened(b"staller");
+    let mut leaver = ws_connect(addr, "leaver");
+    let leaver_id = events.opened(b"leaver");
+
+    staller.send(tungstenite::Message::text("stall")).unwrap();
+    std::thread::sleep(Duration::from_millis(50)); // the I/O thread is now asleep in on_message
+    let socket = leaver.get_mut();
+    std::io::Write::write_all(socket, &[0x81]).unwrap(); // the first byte of a frame...
+    socket.shutdown(std::net::Shutdown::Write).unwrap(); // ...and the FIN, queued together
+
+    let started = Instant::now();
+    assert_eq!(events.closed(leaver_id), 1006);
+    assert!(started.elapsed() < Duration::from_secs(3), "the FIN was only noticed by a timeout");
+}
