@@ -36,12 +36,6 @@ const DEADLINE: Duration = Duration::from_secs(5);
 /// server's own timeouts are 10 s, so only a missed EOF trips this.
 const EOF_DEADLINE: Duration = Duration::from_secs(1);
 
-/// `WSPUSH_FUZZ_TOLERATE_EOF_STALL=1`: don't fail when the server misses a FIN that arrived
-/// together with data (a known engine bug, see README) — shorten its timeouts instead, so the
-/// rest of the state machine can be fuzzed before the fix lands.
-fn tolerate_eof_stall() -> bool {
-    std::env::var_os("WSPUSH_FUZZ_TOLERATE_EOF_STALL").is_some_and(|v| v == "1")
-}
 /// Open plus handshaking connections allowed when probing: the probe's own, plus slack for
 /// abortively closed connections whose RST the I/O thread has not handled yet.
 const MAX_LINGERING_CONNECTIONS: u64 = 16;
@@ -82,7 +76,7 @@ impl Handler for Echo {
 fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
     SERVER.get_or_init(|| {
-        let server_timeout = if tolerate_eof_stall() { Duration::from_secs(2) } else { Duration::from_secs(10) };
+        let server_timeout = Duration::from_secs(10);
         let config = Config {
             listen: "127.0.0.1:0".into(),
             threads: 1,
@@ -129,7 +123,7 @@ fn abort(stream: TcpStream) {
 /// Reads until the server closes (EOF or reset). Panics if it doesn't within `EOF_DEADLINE`: a
 /// connection whose peer has gone must be torn down, whatever state it was in.
 fn read_until_closed(stream: &mut TcpStream) {
-    let deadline = if tolerate_eof_stall() { DEADLINE } else { EOF_DEADLINE };
+    let deadline = EOF_DEADLINE;
     let started = Instant::now();
     let mut buf = [0u8; 16 * 1024];
     loop {
