@@ -554,14 +554,19 @@ class Server:
 
             return trampoline
 
-        def open_trampoline(_userdata: Any, engine_ptr: Optional[int], conn: int, user: int, user_len: int) -> None:
+        def deliver(name: str, engine_ptr: Optional[int], conn: int, call: Callable[[Server], None]) -> None:
+            """Runs a connection callback for the live Server; an exception is logged, never raised
+            into the engine."""
             server = enter(engine_ptr)
             if server is None:
                 return
             try:
-                on_open(server, conn, _copy(user, user_len))  # type: ignore[misc]
+                call(server)
             except BaseException:
-                log.exception("wspush: on_open callback raised (conn %d); the engine carries on", conn)
+                log.exception("wspush: %s callback raised (conn %d); the engine carries on", name, conn)
+
+        def open_trampoline(_userdata: Any, engine_ptr: Optional[int], conn: int, user: int, user_len: int) -> None:
+            deliver("on_open", engine_ptr, conn, lambda server: on_open(server, conn, _copy(user, user_len)))  # type: ignore[misc]
 
         def message_trampoline(
             _userdata: Any,
@@ -573,38 +578,23 @@ class Server:
             payload: int,
             payload_len: int,
         ) -> None:
-            server = enter(engine_ptr)
-            if server is None:
-                return
-            try:
+            def call(server: Server) -> None:
                 data = _copy(payload, payload_len)
                 # The engine validated text as UTF-8, so decoding cannot fail.
                 message: Union[str, bytes] = data.decode("utf-8") if kind == KIND_TEXT else data
                 on_message(server, conn, _copy(user, user_len), message)  # type: ignore[misc]
-            except BaseException:
-                log.exception("wspush: on_message callback raised (conn %d); the engine carries on", conn)
+
+            deliver("on_message", engine_ptr, conn, call)
 
         def close_trampoline(
             _userdata: Any, engine_ptr: Optional[int], conn: int, user: int, user_len: int, code: int
         ) -> None:
-            server = enter(engine_ptr)
-            if server is None:
-                return
-            try:
-                on_close(server, conn, _copy(user, user_len), code)  # type: ignore[misc]
-            except BaseException:
-                log.exception("wspush: on_close callback raised (conn %d); the engine carries on", conn)
+            deliver("on_close", engine_ptr, conn, lambda server: on_close(server, conn, _copy(user, user_len), code))  # type: ignore[misc]
 
         def drop_trampoline(
             _userdata: Any, engine_ptr: Optional[int], conn: int, user: int, user_len: int, dropped: int
         ) -> None:
-            server = enter(engine_ptr)
-            if server is None:
-                return
-            try:
-                on_drop(server, conn, _copy(user, user_len), dropped)  # type: ignore[misc]
-            except BaseException:
-                log.exception("wspush: on_drop callback raised (conn %d); the engine carries on", conn)
+            deliver("on_drop", engine_ptr, conn, lambda server: on_drop(server, conn, _copy(user, user_len), dropped))  # type: ignore[misc]
 
         table = _library.Callbacks()
         table.size = ctypes.sizeof(_library.Callbacks)
