@@ -203,16 +203,22 @@ impl IoThread {
         } else {
             let mut input = pending;
             input.extend_from_slice(&scratch[..n]);
-            let used = self.consume(slot, &mut input);
-            input.drain(..used);
-            if let Some(conn) = self.conns.get_mut(slot) {
-                if !input.is_empty() {
-                    conn.spill().input = input;
-                }
-            }
+            self.consume_kept(slot, input);
         }
         self.scratch = scratch;
         if let Some(conn) = self.conns.get_mut(slot) {
+            conn.release_spill();
+        }
+    }
+
+    /// Feeds bytes kept from earlier reads to the state machine and keeps what it leaves.
+    fn consume_kept(&mut self, slot: usize, mut input: Vec<u8>) {
+        let used = self.consume(slot, &mut input);
+        input.drain(..used);
+        if let Some(conn) = self.conns.get_mut(slot) {
+            if !input.is_empty() {
+                conn.spill().input = input;
+            }
             conn.release_spill();
         }
     }
@@ -404,19 +410,9 @@ impl IoThread {
                 return;
             }
         }
-        let pending = self.conns.get_mut(slot).and_then(|c| c.spill.as_mut()).map(|s| std::mem::take(&mut s.input));
-        if let Some(mut input) = pending.filter(|i| !i.is_empty()) {
-            let used = self.consume(slot, &mut input);
-            input.drain(..used);
-            if let Some(conn) = self.conns.get_mut(slot) {
-                if !input.is_empty() {
-                    conn.spill().input = input;
-                }
-            }
-        }
-        if let Some(conn) = self.conns.get_mut(slot) {
-            conn.release_spill();
-        }
+        // Frames the client sent while we were deciding.
+        let kept = self.conns.get_mut(slot).and_then(|c| c.spill.as_mut()).map(|s| std::mem::take(&mut s.input));
+        self.consume_kept(slot, kept.unwrap_or_default());
     }
 
     fn leave_handshake(&mut self, slot: usize) {

@@ -22,7 +22,6 @@ const SHARDS: usize = 64;
 const INLINE_USER: usize = 22;
 
 /// A user ID as a connection keeps it: inline when short, else on the heap.
-#[derive(Clone)]
 pub(crate) enum UserId {
     Inline { len: u8, bytes: [u8; INLINE_USER] },
     Heap(Box<[u8]>),
