@@ -13,6 +13,10 @@
 mod admin;
 #[path = "loadgen/hist.rs"]
 mod hist;
+#[path = "loadgen/soak.rs"]
+mod soak;
+#[path = "loadgen/storm.rs"]
+mod storm;
 #[path = "loadgen/sys.rs"]
 mod sys;
 #[path = "loadgen/worker.rs"]
@@ -23,7 +27,7 @@ use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -74,6 +78,9 @@ PHASES:
                                       delivered messages/s and latency
                            echo:      --echo-conns connections ping-pong 20-byte messages for
                                       --echo-secs (server must echo: wspushd --echo)
+                           soak:      churn soak, see SOAK (runs alone: it opens and closes
+                                      its connections itself)
+                           storm:     connection storm, see STORM (runs alone)
                            Any phase after connect implies connect.
     --settle-secs S        Wait before sampling memory in the idle phase   [2]
     --publish-rate R[/s]   Publishes per second   [1000]
@@ -86,6 +93,59 @@ PHASES:
     --echo-secs S          Echo phase length in seconds   [10]
     --drain-secs S         After sending stops, wait this long without progress for missing
                            messages before counting them lost   [5]
+
+SOAK (--phases soak; needs --server-pid):
+    Samples the server's RssAnon and open fds (/proc/PID/status, /proc/PID/fd) before any
+    connection; runs a warm-up round (all --conns connect, publishing, one churn halfway,
+    everyone leaves) and samples again; runs the soak round (all connect; --publish-rate
+    publishes/s to random users for --soak-secs while every --churn-secs a --churn-fraction of
+    the open connections is killed with an RST (SO_LINGER 0) and reconnects at once); everyone
+    leaves, and once GET /stats on the admin API shows 0 connections it samples a third time.
+    An incarnation is one connection of one client, from reading its 101 to its end. Checked:
+    - the publish numbers each incarnation received run strictly consecutively from the first
+      it got to the last (a hole is a lost message, then duplicates and reorders are counted);
+    - each incarnation still open when publishing stops (\"live\") got every publish to its
+      user whose request was started at least --soak-grace-ms after it read its 101, through
+      the last one (after publishing stops, waiting up to --drain-secs without progress);
+      killed incarnations only need the first check;
+    - no connection was closed by the server and every reconnect succeeded;
+    - server RssAnon after the soak is within --rss-tolerance-pct of the post-warm-up sample
+      (the engine keeps high-water capacity, slab and hash tables, by design; the
+      pre-connection figure is printed too), and open fds equal the pre-connection count.
+    Any failure is an anomaly (exit status 1).
+    --soak-secs T          Soak round length   [600]
+    --warmup-secs T        Warm-up round length   [5]
+    --churn-fraction F     Share of the open connections killed per churn   [0.1]
+    --churn-secs P         Churn period; churns at P/2, 3P/2, 5P/2, ... within the round   [60]
+    --soak-grace-ms G      Publishes started less than G ms after an incarnation read its 101
+                           need not reach it   [0]
+                           (wspush adds a connection to its user registry before it writes
+                           the 101, so 0 is exact for it; a server that registers a user only
+                           after answering needs a few ms here)
+    --rss-tolerance-pct X  Allowed RssAnon growth over the post-warm-up sample, percent   [1]
+
+STORM (--phases storm):
+    --storm-receivers connections (users u0..) connect and receive --publish-rate publishes/s;
+    after one second, all --conns storm clients (users after the receivers) connect at once
+    (--connect-rate and --max-inflight do not apply to them). Reported: the receivers'
+    publish-to-delivery latency during the storm (p50/p99/p99.9/max; the target p99 < 10 ms is
+    flagged, not judged), storm outcomes (101 / 503 / 429 / other HTTP / refused / reset /
+    timeout / other), and the peak open and handshaking counts in GET /stats sampled during the
+    storm. Then the storm clients leave, and GET /healthz and a fresh client's round trip
+    (upgrade, publish, receive) must succeed. Anomalies (exit status 1): a receiver missing,
+    duplicating or reordering a publish or closed by the server, a storm client that neither
+    opened nor got an HTTP 503/429 (a reset, timeout or hang), a limit exceeded in /stats, a
+    failed health check or round trip. Run the server with --max-connections below
+    receivers + storm clients so that 503s happen.
+    --storm-receivers M    Established connections receiving publishes   [1000]
+    --storm-max-connections C
+                           The server's --max-connections: open + handshaking in /stats must
+                           never exceed it   [0 = not checked]
+    --storm-max-handshakes H
+                           The server's handshake-in-progress limit over all I/O threads
+                           (max_handshakes_per_thread x threads): handshaking in /stats must
+                           never exceed it   [0 = not checked]
+    --stats-interval-ms I  /stats sampling period during the storm   [20]
 
 OUTPUT:
     --json                 One JSON object with every summary number on stdout (else a table).
@@ -104,6 +164,10 @@ enum Phase {
     Publish,
     Broadcast,
     Echo,
+    /// The soak's warm-up round (reported on its own line; not selectable).
+    SoakWarmup,
+    Soak,
+    Storm,
 }
 
 impl Phase {
@@ -114,6 +178,9 @@ impl Phase {
             Phase::Publish => "publish",
             Phase::Broadcast => "broadcast",
             Phase::Echo => "echo",
+            Phase::SoakWarmup => "soak_warmup",
+            Phase::Soak => "soak",
+            Phase::Storm => "storm",
         }
     }
 }
@@ -146,6 +213,16 @@ struct Options {
     echo_conns: usize,
     echo_secs: f64,
     drain_secs: f64,
+    soak_secs: f64,
+    warmup_secs: f64,
+    churn_fraction: f64,
+    churn_secs: f64,
+    soak_grace_ms: f64,
+    rss_tolerance_pct: f64,
+    storm_receivers: usize,
+    storm_max_connections: u64,
+    storm_max_handshakes: u64,
+    stats_interval_ms: u64,
     json: bool,
     seed: u64,
     /// Hidden: run as a worker holding connections worker_first..worker_first+worker_count.
@@ -195,11 +272,20 @@ fn parse_phases(text: &str) -> Result<Vec<Phase>, String> {
             "publish" => Phase::Publish,
             "broadcast" => Phase::Broadcast,
             "echo" => Phase::Echo,
-            _ => return Err(format!("unknown phase {name:?} (connect, idle, publish, broadcast, echo)")),
+            "soak" => Phase::Soak,
+            "storm" => Phase::Storm,
+            _ => return Err(format!("unknown phase {name:?} (connect, idle, publish, broadcast, echo, soak, storm)")),
         };
         if !phases.contains(&phase) {
             phases.push(phase);
         }
+    }
+    // Soak and storm open and close their own connections.
+    if phases.iter().any(|p| matches!(p, Phase::Soak | Phase::Storm)) {
+        if phases.len() > 1 {
+            return Err("the soak and storm phases each run alone".into());
+        }
+        return Ok(phases);
     }
     // Every other phase needs the connections.
     if !phases.is_empty() && !phases.contains(&Phase::Connect) {
@@ -241,6 +327,16 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
         echo_conns: 100,
         echo_secs: 10.0,
         drain_secs: 5.0,
+        soak_secs: 600.0,
+        warmup_secs: 5.0,
+        churn_fraction: 0.1,
+        churn_secs: 60.0,
+        soak_grace_ms: 0.0,
+        rss_tolerance_pct: 1.0,
+        storm_receivers: 1000,
+        storm_max_connections: 0,
+        storm_max_handshakes: 0,
+        stats_interval_ms: 20,
         json: false,
         seed: mono_ns() ^ (std::process::id() as u64) << 32,
         worker: false,
@@ -296,6 +392,16 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             "--echo-conns",
             "--echo-secs",
             "--drain-secs",
+            "--soak-secs",
+            "--warmup-secs",
+            "--churn-fraction",
+            "--churn-secs",
+            "--soak-grace-ms",
+            "--rss-tolerance-pct",
+            "--storm-receivers",
+            "--storm-max-connections",
+            "--storm-max-handshakes",
+            "--stats-interval-ms",
             "--seed",
             "--worker-first",
             "--worker-count",
@@ -336,6 +442,16 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             "--echo-conns" => o.echo_conns = number(name, &value)?,
             "--echo-secs" => o.echo_secs = number(name, &value)?,
             "--drain-secs" => o.drain_secs = number(name, &value)?,
+            "--soak-secs" => o.soak_secs = number(name, &value)?,
+            "--warmup-secs" => o.warmup_secs = number(name, &value)?,
+            "--churn-fraction" => o.churn_fraction = number(name, &value)?,
+            "--churn-secs" => o.churn_secs = number(name, &value)?,
+            "--soak-grace-ms" => o.soak_grace_ms = number(name, &value)?,
+            "--rss-tolerance-pct" => o.rss_tolerance_pct = number(name, &value)?,
+            "--storm-receivers" => o.storm_receivers = number(name, &value)?,
+            "--storm-max-connections" => o.storm_max_connections = number(name, &value)?,
+            "--storm-max-handshakes" => o.storm_max_handshakes = number(name, &value)?,
+            "--stats-interval-ms" => o.stats_interval_ms = number(name, &value)?,
             "--seed" => o.seed = number(name, &value)?,
             "--worker-first" => o.worker_first = number(name, &value)?,
             "--worker-count" => o.worker_count = number(name, &value)?,
@@ -354,6 +470,13 @@ fn validate(o: &mut Options) -> Result<(), String> {
     if o.max_per_worker == 0 || o.max_per_worker > MAX_PER_WORKER {
         return Err(format!("--max-per-worker must be 1..={MAX_PER_WORKER}"));
     }
+    let storm = o.phases.contains(&Phase::Storm);
+    if storm && o.tabs != 1 {
+        return Err("the storm phase uses one connection per user: leave --tabs at 1".into());
+    }
+    if storm && o.storm_receivers == 0 {
+        return Err("--storm-receivers must be at least 1".into());
+    }
     let needed_workers = o.conns.div_ceil(o.max_per_worker);
     if o.workers == 0 {
         o.workers = needed_workers;
@@ -362,7 +485,13 @@ fn validate(o: &mut Options) -> Result<(), String> {
     }
     o.workers = o.workers.min(o.conns);
     if o.source_ips == 0 {
-        o.source_ips = o.conns.div_ceil(CONNS_PER_SOURCE);
+        // The soak connects everyone twice, and the clients' closes leave TIME_WAIT ports behind.
+        let sockets = match o.phases.first() {
+            Some(Phase::Soak) => 2 * o.conns,
+            Some(Phase::Storm) => o.conns + o.storm_receivers,
+            _ => o.conns,
+        };
+        o.source_ips = sockets.div_ceil(CONNS_PER_SOURCE);
     }
     let finite_positive = |v: f64| v.is_finite() && v >= 0.0;
     for (name, value) in [
@@ -373,6 +502,12 @@ fn validate(o: &mut Options) -> Result<(), String> {
         ("--publish-secs", o.publish_secs),
         ("--echo-secs", o.echo_secs),
         ("--drain-secs", o.drain_secs),
+        ("--soak-secs", o.soak_secs),
+        ("--warmup-secs", o.warmup_secs),
+        ("--churn-fraction", o.churn_fraction),
+        ("--churn-secs", o.churn_secs),
+        ("--soak-grace-ms", o.soak_grace_ms),
+        ("--rss-tolerance-pct", o.rss_tolerance_pct),
     ] {
         if !finite_positive(value) {
             return Err(format!("{name} must be a non-negative number"));
@@ -380,6 +515,12 @@ fn validate(o: &mut Options) -> Result<(), String> {
     }
     if o.connect_timeout == 0.0 {
         return Err("--connect-timeout must be > 0".into());
+    }
+    if o.churn_fraction > 1.0 || o.churn_secs == 0.0 {
+        return Err("--churn-fraction must be 0..=1 and --churn-secs > 0".into());
+    }
+    if o.phases.contains(&Phase::Soak) && o.server_pid.is_none() && !o.worker {
+        return Err("the soak phase needs --server-pid (it judges the server's memory and fds)".into());
     }
     if o.max_inflight == 0 || o.admin_conns == 0 {
         return Err("--max-inflight and --admin-conns must be at least 1".into());
@@ -460,6 +601,15 @@ impl Report {
     }
 }
 
+/// The connections one worker holds (global indices first..first+count) and how it opens them.
+#[derive(Clone, Copy)]
+struct WorkerPlan {
+    first: usize,
+    count: usize,
+    connect_rate: f64,
+    max_inflight: usize,
+}
+
 struct Workers {
     children: Vec<Child>,
     stdins: Vec<ChildStdin>,
@@ -470,15 +620,30 @@ struct Workers {
 }
 
 impl Workers {
+    /// --workers workers sharing --conns connections evenly.
     fn spawn(o: &Options) -> Result<Workers, String> {
+        let per_worker = o.conns.div_ceil(o.workers);
+        let rate_per_worker = o.connect_rate / o.workers as f64;
+        let plans: Vec<WorkerPlan> = (0..o.workers)
+            .map(|index| {
+                let first = index * per_worker;
+                WorkerPlan {
+                    first,
+                    count: per_worker.min(o.conns - first),
+                    connect_rate: rate_per_worker,
+                    max_inflight: o.max_inflight,
+                }
+            })
+            .collect();
+        Workers::spawn_plans(o, &plans)
+    }
+
+    fn spawn_plans(o: &Options, plans: &[WorkerPlan]) -> Result<Workers, String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
         let (tx, lines) = mpsc::channel();
         let mut workers = Workers { children: Vec::new(), stdins: Vec::new(), lines, ranges: Vec::new() };
-        let per_worker = o.conns.div_ceil(o.workers);
-        let rate_per_worker = o.connect_rate / o.workers as f64;
-        for index in 0..o.workers {
-            let first = index * per_worker;
-            let count = per_worker.min(o.conns - first);
+        for (index, plan) in plans.iter().enumerate() {
+            let WorkerPlan { first, count, connect_rate: rate_per_worker, max_inflight } = *plan;
             let mut command = Command::new(&exe);
             command
                 .arg("--worker")
@@ -488,7 +653,7 @@ impl Workers {
                 .args(["--worker-first", &first.to_string()])
                 .args(["--worker-count", &count.to_string()])
                 .args(["--connect-rate", &rate_per_worker.to_string()])
-                .args(["--max-inflight", &o.max_inflight.to_string()])
+                .args(["--max-inflight", &max_inflight.to_string()])
                 .args(["--connect-timeout", &o.connect_timeout.to_string()])
                 .args(["--source-ips", &o.source_ips.to_string()])
                 .args(["--source-base", &o.source_base.to_string()])
@@ -537,7 +702,16 @@ impl Workers {
 
     /// One answer starting with `prefix` from every worker, in worker order.
     fn collect(&mut self, prefix: &str) -> Result<Vec<String>, String> {
+        let all: Vec<usize> = (0..self.stdins.len()).collect();
+        self.collect_from(&all, prefix)
+    }
+
+    /// One answer starting with `prefix` from each of the workers `from`, in that order.
+    fn collect_from(&mut self, from: &[usize], prefix: &str) -> Result<Vec<String>, String> {
         let mut answers: Vec<Option<String>> = vec![None; self.stdins.len()];
+        for index in (0..self.stdins.len()).filter(|i| !from.contains(i)) {
+            answers[index] = Some(String::new());
+        }
         while answers.iter().any(Option::is_none) {
             let (index, line) = self
                 .lines
@@ -552,7 +726,40 @@ impl Workers {
                 eprintln!("loadgen: worker {index}: unexpected answer {line:?}");
             }
         }
-        Ok(answers.into_iter().flatten().collect())
+        Ok(from.iter().filter_map(|&index| answers[index].take()).collect())
+    }
+
+    /// Sends `command` to every worker and gathers the `record` lines each answers with,
+    /// until every worker has sent its `end` line.
+    fn records(&mut self, command: &str, record: &str, end: &str) -> Result<Vec<String>, String> {
+        self.send_all(command)?;
+        let mut ended = vec![false; self.stdins.len()];
+        let mut records = Vec::new();
+        while ended.iter().any(|done| !done) {
+            let (index, line) = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .map_err(|_| format!("workers did not finish {command:?} within 60 s"))?;
+            match line.split_whitespace().next() {
+                Some("eof") => return Err(format!("worker {index} exited unexpectedly")),
+                Some(word) if word == record => records.push(line),
+                Some(word) if word == end => ended[index] = true,
+                _ => eprintln!("loadgen: worker {index}: unexpected answer {line:?}"),
+            }
+        }
+        Ok(records)
+    }
+
+    /// The summed report of the workers `from`.
+    fn report_from(&mut self, from: &[usize]) -> Result<Report, String> {
+        for &index in from {
+            self.send(index, "report")?;
+        }
+        let mut report = Report::default();
+        for line in self.collect_from(from, "report")? {
+            report.add_line(&line);
+        }
+        Ok(report)
     }
 
     fn ask_all(&mut self, command: &str, prefix: &str) -> Result<Vec<String>, String> {
@@ -762,7 +969,11 @@ fn run(options: Options) -> Result<i32, String> {
         return Err("no phases selected".into());
     }
     check_listeners(options.target.port(), "WebSocket", options.server_pid);
-    if options.phases.iter().any(|p| matches!(p, Phase::Idle | Phase::Publish | Phase::Broadcast)) {
+    if options
+        .phases
+        .iter()
+        .any(|p| matches!(p, Phase::Idle | Phase::Publish | Phase::Broadcast | Phase::Soak | Phase::Storm))
+    {
         check_listeners(options.admin.port(), "admin", options.server_pid);
     }
     let before = if options.phases.contains(&Phase::Idle) {
@@ -790,7 +1001,11 @@ fn run(options: Options) -> Result<i32, String> {
             }
         );
     }
-    let workers = Workers::spawn(&options)?;
+    let workers = if options.phases.contains(&Phase::Storm) {
+        Workers::spawn_plans(&options, &storm::worker_plans(&options))?
+    } else {
+        Workers::spawn(&options)?
+    };
     let mut run = Run { options, workers, results: Vec::new(), anomalies: 0, before };
     let outcome = run.phases();
     let Run { options, workers, results, anomalies, .. } = run;
@@ -809,6 +1024,9 @@ impl Run {
                 Phase::Publish => self.publish()?,
                 Phase::Broadcast => self.broadcast()?,
                 Phase::Echo => self.echo()?,
+                Phase::Soak => self.soak()?,
+                Phase::Storm => self.storm()?,
+                Phase::SoakWarmup => continue,
             };
             if !self.options.json {
                 eprintln!("[{}] done: {}", phase.name(), result.headline);
@@ -1008,61 +1226,27 @@ impl Run {
     fn publish(&mut self) -> Result<PhaseResult, String> {
         let o = self.options.clone();
         let users = o.conns.div_ceil(o.tabs);
-        let lanes = o.admin_conns.min(users);
-        let sent_total = Arc::new(AtomicU64::new(0));
         let stop_at = Instant::now() + Duration::from_secs_f64(o.publish_secs);
         let start = Instant::now();
-        let mut handles = Vec::new();
-        for lane in 0..lanes {
-            let sent_total = Arc::clone(&sent_total);
-            let options = o.clone();
-            handles.push(std::thread::spawn(move || publish_lane(&options, lane, lanes, users, stop_at, &sent_total)));
-        }
+        let lanes = Lanes::start(&o, users, o.conns, stop_at, false);
         let mut last_print = Instant::now();
-        while handles.iter().any(|h| !h.is_finished()) {
+        while !lanes.finished() {
             std::thread::sleep(Duration::from_millis(100));
             if last_print.elapsed() >= Duration::from_secs(1) {
                 let report = self.workers.report()?;
                 progress(Phase::Publish, &mut last_print, || {
                     format!(
                         "{} published, {} received, {} open",
-                        sent_total.load(Ordering::Relaxed),
+                        lanes.sent_total.load(Ordering::Relaxed),
                         report.get("pub_recv"),
                         report.get("open")
                     )
                 });
             }
         }
-        let mut lane_results = Vec::new();
-        for handle in handles {
-            lane_results.push(handle.join().map_err(|_| "publish thread panicked".to_string())??);
-        }
+        let Published { sent, ok, errors, delivered_claimed, delivered_mismatch, max_lag_ns, request_latency, .. } =
+            lanes.join()?;
         let send_secs = start.elapsed().as_secs_f64();
-
-        // Per-user counts, gathered from the lanes (lane l owns users l, l+lanes, ...).
-        let mut sent = vec![0u32; users];
-        let mut ok = 0u64;
-        let mut delivered_claimed = 0u64;
-        let mut delivered_mismatch = 0u64;
-        let mut errors = 0u64;
-        let mut max_lag_ns = 0u64;
-        let mut request_latency = Histogram::default();
-        let mut first_error = None;
-        for (lane, result) in lane_results.into_iter().enumerate() {
-            for (i, count) in result.sent.into_iter().enumerate() {
-                sent[lane + i * lanes] = count;
-            }
-            ok += result.ok;
-            delivered_claimed += result.delivered;
-            delivered_mismatch += result.delivered_mismatch;
-            errors += result.errors;
-            max_lag_ns = max_lag_ns.max(result.max_lag_ns);
-            request_latency.merge(&result.request_latency);
-            first_error = first_error.or(result.first_error);
-        }
-        if let Some(error) = &first_error {
-            eprintln!("loadgen: publish errors: {errors}, first: {error}");
-        }
         for index in 0..self.workers.ranges.len() {
             let (first, count) = self.workers.ranges[index];
             let first_user = first / o.tabs;
@@ -1257,6 +1441,8 @@ impl Run {
 struct LaneResult {
     /// Publishes per user for users lane, lane+lanes, lane+2·lanes, ...
     sent: Vec<u32>,
+    /// When logging: the send time of each of those publishes, per user.
+    times: Vec<Vec<u64>>,
     ok: u64,
     errors: u64,
     first_error: Option<String>,
@@ -1266,20 +1452,121 @@ struct LaneResult {
     request_latency: Histogram,
 }
 
-/// Publishes at `rate / lanes` per second to random users of this lane until `stop_at`, over
-/// one keep-alive admin connection. Each user belongs to exactly one lane, and a lane waits
-/// for each response before the next request, so a user's publishes reach the server in order.
-fn publish_lane(
-    o: &Options,
+/// What one publishing thread is to do.
+#[derive(Clone)]
+struct LanePlan {
     lane: usize,
     lanes: usize,
+    /// Publish to users u0..u{users-1}, who hold connections 0..conns between them.
     users: usize,
+    conns: usize,
     stop_at: Instant,
-    sent_total: &AtomicU64,
-) -> Result<LaneResult, String> {
+    /// Keep every publish's send time (the soak's per-incarnation check needs them).
+    log_times: bool,
+    stop: Arc<AtomicBool>,
+    sent_total: Arc<AtomicU64>,
+}
+
+/// All the lanes' work, per user.
+struct Published {
+    /// Publishes the server took (HTTP 200), per user; user u got numbers 1..=sent[u].
+    sent: Vec<u32>,
+    /// With `log_times`: times[u][n-1] = when publish n to user u was started (mono_ns).
+    times: Vec<Vec<u64>>,
+    ok: u64,
+    errors: u64,
+    delivered_claimed: u64,
+    delivered_mismatch: u64,
+    max_lag_ns: u64,
+    request_latency: Histogram,
+}
+
+/// The publishing threads, one keep-alive admin connection each (--admin-conns of them).
+struct Lanes {
+    handles: Vec<std::thread::JoinHandle<Result<LaneResult, String>>>,
+    lanes: usize,
+    users: usize,
+    sent_total: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Lanes {
+    /// Publishes at --publish-rate to random users among `users` until `stop_at` or `stop()`.
+    fn start(o: &Options, users: usize, conns: usize, stop_at: Instant, log_times: bool) -> Lanes {
+        let lanes = o.admin_conns.min(users).max(1);
+        let sent_total = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut handles = Vec::new();
+        for lane in 0..lanes {
+            let plan = LanePlan {
+                lane,
+                lanes,
+                users,
+                conns,
+                stop_at,
+                log_times,
+                stop: Arc::clone(&stop),
+                sent_total: Arc::clone(&sent_total),
+            };
+            let options = o.clone();
+            handles.push(std::thread::spawn(move || publish_lane(&options, &plan)));
+        }
+        Lanes { handles, lanes, users, sent_total, stop }
+    }
+
+    fn finished(&self) -> bool {
+        self.handles.iter().all(|h| h.is_finished())
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn join(self) -> Result<Published, String> {
+        let mut all = Published {
+            sent: vec![0; self.users],
+            times: vec![Vec::new(); self.users],
+            ok: 0,
+            errors: 0,
+            delivered_claimed: 0,
+            delivered_mismatch: 0,
+            max_lag_ns: 0,
+            request_latency: Histogram::default(),
+        };
+        let mut first_error = None;
+        for (lane, handle) in self.handles.into_iter().enumerate() {
+            let result = handle.join().map_err(|_| "publish thread panicked".to_string())??;
+            // Lane l owns users l, l+lanes, ...
+            for (i, count) in result.sent.into_iter().enumerate() {
+                all.sent[lane + i * self.lanes] = count;
+            }
+            for (i, times) in result.times.into_iter().enumerate() {
+                all.times[lane + i * self.lanes] = times;
+            }
+            all.ok += result.ok;
+            all.delivered_claimed += result.delivered;
+            all.delivered_mismatch += result.delivered_mismatch;
+            all.errors += result.errors;
+            all.max_lag_ns = all.max_lag_ns.max(result.max_lag_ns);
+            all.request_latency.merge(&result.request_latency);
+            first_error = first_error.or(result.first_error);
+        }
+        if let Some(error) = &first_error {
+            eprintln!("loadgen: publish errors: {}, first: {error}", all.errors);
+        }
+        Ok(all)
+    }
+}
+
+/// Publishes at `rate / lanes` per second to random users of this lane until the plan's stop,
+/// over one keep-alive admin connection. Each user belongs to exactly one lane, and a lane waits
+/// for each response before the next request, so a user's publishes reach the server in order.
+fn publish_lane(o: &Options, plan: &LanePlan) -> Result<LaneResult, String> {
+    let LanePlan { lane, lanes, users, conns, stop_at, .. } = *plan;
     let my_users = (users - lane).div_ceil(lanes);
     let mut result = LaneResult {
         sent: vec![0; my_users],
+        times: if plan.log_times { vec![Vec::new(); my_users] } else { Vec::new() },
         ok: 0,
         errors: 0,
         first_error: None,
@@ -1296,16 +1583,22 @@ fn publish_lane(
     let mut rng = o.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(lane as u64) | 1;
     let start = Instant::now();
     let mut consecutive_errors = 0;
-    for n in 0u32.. {
+    'publishing: for n in 0u32.. {
         let due = start + interval * n;
-        let now = Instant::now();
-        if due >= stop_at || now >= stop_at {
+        if due >= stop_at {
             break;
         }
-        if due > now {
-            std::thread::sleep(due - now);
-        } else {
-            result.max_lag_ns = result.max_lag_ns.max((now - due).as_nanos() as u64);
+        loop {
+            let now = Instant::now();
+            if now >= stop_at || plan.stop.load(Ordering::Relaxed) {
+                break 'publishing;
+            }
+            if due <= now {
+                result.max_lag_ns = result.max_lag_ns.max((now - due).as_nanos() as u64);
+                break;
+            }
+            // Short naps, so a stop() is noticed soon even at low rates.
+            std::thread::sleep((due - now).min(Duration::from_millis(50)));
         }
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -1326,12 +1619,15 @@ fn publish_lane(
                 // Only a publish the server took consumes the sequence number; anything else
                 // would show up at the clients as a false gap.
                 result.sent[local] = seq;
+                if plan.log_times {
+                    result.times[local].push(sent_ns);
+                }
                 result.ok += 1;
                 consecutive_errors = 0;
-                sent_total.fetch_add(1, Ordering::Relaxed);
+                plan.sent_total.fetch_add(1, Ordering::Relaxed);
                 let delivered = response.delivered().unwrap_or(0);
                 result.delivered += delivered;
-                let tabs = o.tabs.min(o.conns - user * o.tabs) as u64;
+                let tabs = o.tabs.min(conns.saturating_sub(user * o.tabs)) as u64;
                 if delivered != tabs {
                     result.delivered_mismatch += 1;
                 }

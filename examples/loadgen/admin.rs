@@ -1,5 +1,5 @@
 //! A minimal blocking HTTP/1.1 keep-alive client for the admin API: `POST /publish?user=U` and
-//! `POST /broadcast`, each answering `200 {"delivered":N}`. One request in flight per
+//! `POST /broadcast`, each answering `200 {"delivered":N}`, and `GET /stats` or `/healthz`. One request in flight per
 //! connection, so publishes sent over one connection reach the server in order.
 
 use std::io::{self, Read, Write};
@@ -22,13 +22,19 @@ pub struct Response {
 }
 
 impl Response {
-    /// N from a `{"delivered":N}` body.
-    pub fn delivered(&self) -> Option<u64> {
+    /// The number after `"key":` in a flat JSON body such as /stats.
+    pub fn json_number(&self, key: &str) -> Option<u64> {
         let body = std::str::from_utf8(&self.body).ok()?;
-        let after_key = &body[body.find("\"delivered\"")? + "\"delivered\"".len()..];
+        let quoted = format!("\"{key}\"");
+        let after_key = &body[body.find(&quoted)? + quoted.len()..];
         let after_colon = after_key.trim_start().strip_prefix(':')?.trim_start();
         let digits: String = after_colon.chars().take_while(|c| c.is_ascii_digit()).collect();
         digits.parse().ok()
+    }
+
+    /// N from a `{"delivered":N}` body.
+    pub fn delivered(&self) -> Option<u64> {
+        self.json_number("delivered")
     }
 }
 
@@ -55,12 +61,21 @@ impl AdminClient {
     /// closed in the meantime is retried once on a fresh connection, but only when not a single
     /// response byte came back (the usual HTTP client rule).
     pub fn post(&mut self, target: &str, body: &[u8]) -> io::Result<Response> {
+        self.request("POST", target, body)
+    }
+
+    /// `GET target` (e.g. /stats, /healthz), with the same retry rule as `post`.
+    pub fn get(&mut self, target: &str) -> io::Result<Response> {
+        self.request("GET", target, b"")
+    }
+
+    fn request(&mut self, method: &str, target: &str, body: &[u8]) -> io::Result<Response> {
         let reused = self.stream.is_some();
-        match self.try_post(target, body) {
+        match self.try_request(method, target, body) {
             Ok(response) => Ok(response),
             Err(PostError::BeforeResponse(_)) if reused => {
                 self.stream = None;
-                self.try_post(target, body).map_err(PostError::into_io)
+                self.try_request(method, target, body).map_err(PostError::into_io)
             }
             Err(e) => {
                 self.stream = None;
@@ -69,10 +84,10 @@ impl AdminClient {
         }
     }
 
-    fn try_post(&mut self, target: &str, body: &[u8]) -> Result<Response, PostError> {
+    fn try_request(&mut self, method: &str, target: &str, body: &[u8]) -> Result<Response, PostError> {
         self.request.clear();
         let head = format!(
-            "POST {target} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+            "{method} {target} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
             self.host_header,
             body.len()
         );

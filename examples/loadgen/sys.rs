@@ -58,6 +58,16 @@ fn field_after(text: &str, name: &str) -> Option<u64> {
     None
 }
 
+/// The server's anonymous resident memory, KiB (/proc/PID/status `RssAnon:`).
+pub fn rss_anon_kib(pid: u32) -> io::Result<u64> {
+    status_field_kib(pid, "RssAnon:")
+}
+
+/// How many file descriptors the process has open (entries of /proc/PID/fd).
+pub fn open_fds(pid: u32) -> io::Result<u64> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64)
+}
+
 fn status_field_kib(pid: u32, name: &str) -> io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     field_after(&status, name)

@@ -8,7 +8,21 @@
 //! Commands (one line each, answered with one line unless noted):
 //! `connect` (no answer: poll with `report`), `probe` (no answer), `expect_pub FIRST_USER C...`,
 //! `expect_bcast M`, `echo CONNS MILLIS` (no answer), `report`, `final pub|bcast`,
-//! `hist pub|bcast|echo`, `quit`. Unsolicited `note TEXT` lines carry first-of-a-kind errors.
+//! `hist pub|bcast|echo [reset]`, `quit`. Unsolicited `note TEXT` lines carry first-of-a-kind
+//! errors.
+//!
+//! Soak commands: `soak_mode` (no answer; publish numbers are then checked per incarnation, see
+//! below), `churn FRACTION` (kill that share of the open connections with an RST and reconnect
+//! them; answers `churned K`), `leave` (close every connection; answers `left K`), `reconnect`
+//! (start every closed connection again; no answer), `expect_soak GRACE_NS FIRST_USER C:T...`
+//! (per user: publishes sent and the send time of the last; answers `ok`), `incarnations`
+//! (answers one `inc USER OPENED_NS END FIRST LAST DISTINCT` line per incarnation, then
+//! `incs_end COUNT`).
+//!
+//! An incarnation is one connection of a client slot, from its 101 to its end; a reconnect
+//! starts a new one. In soak mode each incarnation's publish numbers must run strictly
+//! consecutively from the first it received: duplicates, reorders and holes are counted here,
+//! and the parent judges the rest (what each incarnation had to receive) from the records.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{self, BufRead, Cursor, Read, Write};
@@ -85,6 +99,15 @@ pub enum Seen {
 }
 
 impl SeqCheck {
+    /// Distinct numbers seen.
+    pub fn distinct(&self) -> u32 {
+        self.prefix + self.above.as_ref().map_or(0, |above| above.len() as u32)
+    }
+
+    pub fn max_seen(&self) -> u32 {
+        self.max_seen
+    }
+
     pub fn record(&mut self, seq: u32) -> Seen {
         if seq == 0 || seq <= self.prefix {
             return Seen::Duplicate;
@@ -141,6 +164,10 @@ struct Client {
     publishes: SeqCheck,
     broadcasts: SeqCheck,
     ever_open: bool,
+    /// Soak mode: when this incarnation's 101 was read, and the first publish number it got
+    /// (0 = none yet); `publishes` then counts relative to that number (first = 1).
+    opened_ns: u64,
+    first_pub: u32,
     warm: bool,
     /// Takes part in the echo phase (one message in flight).
     echo: bool,
@@ -157,6 +184,8 @@ impl Client {
             publishes: SeqCheck::default(),
             broadcasts: SeqCheck::default(),
             ever_open: false,
+            opened_ns: 0,
+            first_pub: 0,
             warm: false,
             echo: false,
         }
@@ -173,7 +202,13 @@ struct Counters {
     refused: u64,
     timeout: u64,
     http: u64,
+    /// Reset by the server (ECONNRESET/EPIPE) before any response could be read.
+    reset: u64,
     other: u64,
+    /// Soak: connections killed with an RST, reconnections started, connections closed by `leave`.
+    killed: u64,
+    reconnects: u64,
+    left: u64,
     closed_by_peer: u64,
     protocol_errors: u64,
     warm: u64,
@@ -206,7 +241,37 @@ enum Failure {
     Refused,
     Timeout,
     Http(u16),
+    Reset,
     Other,
+}
+
+/// How an incarnation ended (still open when the records were asked for: `Live`).
+#[derive(Clone, Copy)]
+enum End {
+    Live,
+    Killed,
+    ServerClosed,
+}
+
+impl End {
+    fn name(self) -> &'static str {
+        match self {
+            End::Live => "live",
+            End::Killed => "killed",
+            End::ServerClosed => "server_closed",
+        }
+    }
+}
+
+/// What one incarnation received, for the parent's check.
+struct Incarnation {
+    user: usize,
+    opened_ns: u64,
+    end: End,
+    /// First and highest publish number received (0, 0 when none), distinct numbers received.
+    first: u32,
+    last: u32,
+    distinct: u32,
 }
 
 /// Per-worker state other than the clients, split out so a client and this can be borrowed
@@ -223,6 +288,12 @@ struct Context {
     expected_publishes: Vec<u32>,
     expected_first_user: usize,
     expected_broadcasts: u32,
+    /// Soak mode on; per user (from `expected_first_user`) publishes sent and the send time of
+    /// the last one; publishes sent less than `grace_ns` after an incarnation opened need not
+    /// reach it.
+    soak: bool,
+    soak_expected: Vec<(u32, u64)>,
+    grace_ns: u64,
     echo_until_ns: u64,
     frame: Vec<u8>,
 }
@@ -261,6 +332,12 @@ pub struct Worker {
     /// Handshakes in start order with their deadlines (the first one expires first).
     deadlines: VecDeque<(usize, Instant)>,
     next_to_start: usize,
+    /// Connections to start again (killed by `churn`, or all after `leave` + `reconnect`), as
+    /// fast as `max_inflight` allows, once the initial sequence is done; true for a churn
+    /// victim's reconnect (counted in `reconnects`).
+    restart: VecDeque<(usize, bool)>,
+    /// Soak: incarnations that ended since the last `leave`.
+    finished: Vec<Incarnation>,
     connect_started: Option<Instant>,
     accept_key: String,
     key: String,
@@ -301,6 +378,9 @@ pub fn run(config: WorkerConfig) -> io::Result<()> {
             expected_publishes: Vec::new(),
             expected_first_user: 0,
             expected_broadcasts: 0,
+            soak: false,
+            soak_expected: Vec::new(),
+            grace_ns: 0,
             echo_until_ns: 0,
             frame: Vec::with_capacity(256),
         },
@@ -309,6 +389,8 @@ pub fn run(config: WorkerConfig) -> io::Result<()> {
         scratch: vec![0; 256 * 1024],
         deadlines: VecDeque::new(),
         next_to_start: 0,
+        restart: VecDeque::new(),
+        finished: Vec::new(),
         connect_started: None,
         accept_key,
         key,
@@ -346,9 +428,14 @@ impl Worker {
     fn start_connections(&mut self) -> Duration {
         let Some(started_at) = self.connect_started else { return TICK };
         let mut sleep = TICK;
-        while self.next_to_start < self.clients.len()
-            && (self.context.counters.inflight as usize) < self.config.max_inflight
-        {
+        while (self.context.counters.inflight as usize) < self.config.max_inflight {
+            if self.next_to_start >= self.clients.len() {
+                let Some((index, churned)) = self.restart.pop_front() else { break };
+                self.context.counters.pending -= 1;
+                self.context.counters.reconnects += u64::from(churned);
+                self.start_one(index);
+                continue;
+            }
             if self.config.connect_rate > 0.0 {
                 let due = started_at + Duration::from_secs_f64(self.next_to_start as f64 / self.config.connect_rate);
                 let now = Instant::now();
@@ -413,6 +500,10 @@ impl Worker {
                 *self.context.http_statuses.entry(status).or_default() += 1;
                 "http"
             }
+            Failure::Reset => {
+                counters.reset += 1;
+                "reset"
+            }
             Failure::Other => {
                 counters.other += 1;
                 "other"
@@ -437,6 +528,10 @@ impl Worker {
     fn lose(&mut self, index: usize, text: &str) {
         if self.clients[index].state != State::Open {
             return;
+        }
+        if self.context.soak {
+            let record = self.incarnation(index, End::ServerClosed);
+            self.finished.push(record);
         }
         let counters = &mut self.context.counters;
         counters.open -= 1;
@@ -479,7 +574,7 @@ impl Worker {
     fn on_connecting(&mut self, index: usize) {
         let Some(stream) = self.clients[index].stream.as_ref() else { return };
         match stream.take_error() {
-            Ok(Some(e)) | Err(e) => return self.fail(index, classify(&e), &e.to_string()),
+            Ok(Some(e)) | Err(e) => return self.fail_after_error(index, classify(&e), &e.to_string()),
             Ok(None) => {}
         }
         match stream.peer_addr() {
@@ -516,7 +611,7 @@ impl Worker {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.broken(index, &format!("write: {e}")),
+                Err(e) => return self.broken(index, classify(&e), &format!("write: {e}")),
             }
         }
         if written < bytes.len() {
@@ -534,16 +629,16 @@ impl Worker {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.broken(index, &format!("write: {e}")),
+                Err(e) => return self.broken(index, classify(&e), &format!("write: {e}")),
             }
         }
         client.outbuf = Vec::new();
     }
 
     /// A socket error or EOF: a failed attempt while handshaking, a lost connection once open.
-    fn broken(&mut self, index: usize, text: &str) {
+    fn broken(&mut self, index: usize, failure: Failure, text: &str) {
         match self.clients[index].state {
-            State::Connecting | State::Handshaking => self.fail(index, Failure::Other, text),
+            State::Connecting | State::Handshaking => self.fail_after_error(index, failure, text),
             State::Open => self.lose(index, text),
             State::NotStarted | State::Closed => {}
         }
@@ -556,12 +651,12 @@ impl Worker {
             let n = match stream.read(&mut self.scratch) {
                 Ok(0) => {
                     let stage = if client.state == State::Handshaking { "during upgrade" } else { "" };
-                    return self.broken(index, &format!("server closed the connection {stage}"));
+                    return self.broken(index, Failure::Other, &format!("server closed the connection {stage}"));
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.broken(index, &format!("read: {e}")),
+                Err(e) => return self.broken(index, classify(&e), &format!("read: {e}")),
             };
             let outcome = if client.inbuf.is_empty() && client.state == State::Open {
                 let (consumed, outcome) = process_frames(&self.scratch[..n], client, &mut self.context);
@@ -599,11 +694,16 @@ impl Worker {
             client.inbuf.drain(..head_end);
             client.state = State::Open;
             client.ever_open = true;
+            let now = mono_ns();
+            if self.context.soak {
+                client.opened_ns = now;
+                client.first_pub = 0;
+                client.publishes = SeqCheck::default();
+            }
             let counters = &mut self.context.counters;
             counters.inflight -= 1;
             counters.connected += 1;
             counters.open += 1;
-            let now = mono_ns();
             if counters.first_open_ns == 0 {
                 counters.first_open_ns = now;
             }
@@ -634,7 +734,7 @@ impl Worker {
                 self.context.counters.protocol_errors += 1;
                 self.lose(index, &format!("protocol error: {text}"))
             }
-            Stop::WriteFailed(text) => self.broken(index, &text),
+            Stop::WriteFailed(text) => self.broken(index, Failure::Other, &text),
         }
     }
 
@@ -681,16 +781,209 @@ impl Worker {
             "hist" => {
                 let which = words.next().unwrap_or("");
                 let hist = match which {
-                    "pub" => &self.context.pub_latency,
-                    "bcast" => &self.context.bcast_latency,
-                    _ => &self.context.echo_rtt,
+                    "pub" => &mut self.context.pub_latency,
+                    "bcast" => &mut self.context.bcast_latency,
+                    _ => &mut self.context.echo_rtt,
                 };
                 send_line(&format!("hist {which} {}", hist.encode()));
+                if words.next() == Some("reset") {
+                    *hist = Histogram::default();
+                }
+            }
+            "soak_mode" => self.context.soak = true,
+            "churn" => {
+                let fraction: f64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0.0);
+                let killed = self.churn(fraction);
+                send_line(&format!("churned {killed}"));
+            }
+            "leave" => {
+                let left = self.leave();
+                send_line(&format!("left {left}"));
+            }
+            "reconnect" => {
+                self.connect_started.get_or_insert_with(Instant::now);
+                for index in 0..self.clients.len() {
+                    if self.clients[index].state == State::Closed {
+                        self.queue_restart(index, false);
+                    }
+                }
+            }
+            "expect_soak" => {
+                self.context.grace_ns = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+                self.context.expected_first_user = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+                self.context.soak_expected = words
+                    .map(|w| {
+                        let (count, last) = w.split_once(':').unwrap_or((w, "0"));
+                        (count.parse().unwrap_or(0), last.parse().unwrap_or(0))
+                    })
+                    .collect();
+                send_line("ok");
+            }
+            "incarnations" => {
+                let live: Vec<Incarnation> = (0..self.clients.len())
+                    .filter(|&i| self.clients[i].state == State::Open)
+                    .map(|index| self.incarnation(index, End::Live))
+                    .collect();
+                let mut count = 0;
+                for record in self.finished.iter().chain(&live) {
+                    count += 1;
+                    send_line(&format!(
+                        "inc {} {} {} {} {} {}",
+                        record.user,
+                        record.opened_ns,
+                        record.end.name(),
+                        record.first,
+                        record.last,
+                        record.distinct
+                    ));
+                }
+                send_line(&format!("incs_end {count}"));
             }
             "quit" => return false,
             other => send_line(&format!("note unknown command {other:?}")),
         }
         true
+    }
+
+    fn incarnation(&self, index: usize, end: End) -> Incarnation {
+        let client = &self.clients[index];
+        let (first, last, distinct) = if client.first_pub == 0 {
+            (0, 0, 0)
+        } else {
+            let seen = &client.publishes;
+            (client.first_pub, client.first_pub + seen.max_seen().max(1) - 1, seen.distinct())
+        };
+        Incarnation {
+            user: (self.config.first + index) / self.config.tabs,
+            opened_ns: client.opened_ns,
+            end,
+            first,
+            last,
+            distinct,
+        }
+    }
+
+    fn queue_restart(&mut self, index: usize, churned: bool) {
+        self.restart.push_back((index, churned));
+        self.context.counters.pending += 1;
+    }
+
+    /// Kills `fraction` of the open connections, chosen at random, with an RST (SO_LINGER 0,
+    /// then close) and queues them to reconnect at once. Returns how many were killed.
+    fn churn(&mut self, fraction: f64) -> usize {
+        let mut open: Vec<usize> = (0..self.clients.len()).filter(|&i| self.clients[i].state == State::Open).collect();
+        let count = ((open.len() as f64 * fraction).round() as usize).min(open.len());
+        for i in 0..count {
+            let j = i + (self.context.next_random() % (open.len() - i) as u64) as usize;
+            open.swap(i, j);
+        }
+        for &index in &open[..count] {
+            if self.context.soak {
+                let record = self.incarnation(index, End::Killed);
+                self.finished.push(record);
+            }
+            if let Some(stream) = self.clients[index].stream.as_ref() {
+                let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+                // SAFETY: the fd is an open socket owned by `stream`; `linger` is a valid
+                // struct of the given size that outlives the call.
+                unsafe {
+                    libc::setsockopt(
+                        std::os::fd::AsRawFd::as_raw_fd(stream),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&linger as *const libc::linger).cast(),
+                        std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                    );
+                }
+            }
+            let counters = &mut self.context.counters;
+            counters.open -= 1;
+            counters.killed += 1;
+            if self.clients[index].echo {
+                self.clients[index].echo = false;
+                counters.echo_inflight -= 1;
+            }
+            self.drop_socket(index);
+            self.queue_restart(index, true);
+        }
+        count
+    }
+
+    /// Closes every connection (a plain close: FIN) and forgets pending starts and finished
+    /// incarnations. Returns how many connections were open or opening.
+    fn leave(&mut self) -> usize {
+        self.finished.clear();
+        let counters = &mut self.context.counters;
+        counters.pending -= self.restart.len() as u64;
+        self.restart.clear();
+        counters.pending -= (self.clients.len() - self.next_to_start) as u64;
+        self.next_to_start = self.clients.len();
+        let mut left = 0;
+        for index in 0..self.clients.len() {
+            let counters = &mut self.context.counters;
+            match self.clients[index].state {
+                State::Open => counters.open -= 1,
+                State::Connecting | State::Handshaking => counters.inflight -= 1,
+                State::NotStarted | State::Closed => continue,
+            }
+            if self.clients[index].echo {
+                self.clients[index].echo = false;
+                counters.echo_inflight -= 1;
+            }
+            counters.left += 1;
+            left += 1;
+            self.drop_socket(index);
+        }
+        left
+    }
+
+    /// Live incarnations still missing a publish they must get: the last one sent to their user
+    /// went out at least `grace_ns` after they opened, and they have not received up to it.
+    fn soak_behind(&self) -> u64 {
+        if self.context.soak_expected.is_empty() {
+            return 0;
+        }
+        let mut behind = 0;
+        for (index, client) in self.clients.iter().enumerate().filter(|(_, c)| c.state == State::Open) {
+            let user = (self.config.first + index) / self.config.tabs;
+            let Some(&(count, last_ns)) =
+                user.checked_sub(self.context.expected_first_user).and_then(|i| self.context.soak_expected.get(i))
+            else {
+                continue;
+            };
+            if count == 0 || last_ns < client.opened_ns + self.context.grace_ns {
+                continue;
+            }
+            let record = self.incarnation(index, End::Live);
+            if record.first == 0 || record.last < count || record.last - record.first + 1 > record.distinct {
+                behind += 1;
+            }
+        }
+        behind
+    }
+
+    /// The attempt broke (reset, write error) before the upgrade completed. A server refusing us
+    /// may have answered first and then closed (a 503 and an RST for our unread request): read
+    /// what arrived so the refusal is counted by its status rather than as a reset.
+    fn fail_after_error(&mut self, index: usize, failure: Failure, text: &str) {
+        let client = &mut self.clients[index];
+        if let Some(stream) = client.stream.as_mut() {
+            while client.inbuf.len() <= MAX_RESPONSE_HEAD {
+                match stream.read(&mut self.scratch) {
+                    Ok(0) => break,
+                    Ok(n) => client.inbuf.extend_from_slice(&self.scratch[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        let head = String::from_utf8_lossy(&client.inbuf[..client.inbuf.len().min(MAX_RESPONSE_HEAD)]).into_owned();
+        let status =
+            head.strip_prefix("HTTP/1.").and_then(|rest| rest.get(2..5)).and_then(|code| code.parse::<u16>().ok());
+        match status {
+            Some(status) => self.fail(index, Failure::Http(status), &format!("upgrade answered {status}, then {text}")),
+            None => self.fail(index, failure, text),
+        }
     }
 
     /// How many publishes connection `index`'s user was sent (per the last `expect_pub`).
@@ -720,7 +1013,8 @@ impl Worker {
     fn report(&self) -> String {
         let c = &self.context.counters;
         let mut line = format!(
-            "report pending={} inflight={} connected={} open={} refused={} timeout={} http={} other={} \
+            "report pending={} inflight={} connected={} open={} refused={} timeout={} http={} reset={} other={} \
+             killed={} reconnects={} left={} soak_behind={} \
              closed_by_peer={} protocol_errors={} warm={} probe_echoes={} unknown_msgs={} \
              pub_recv={} pub_distinct={} pub_dup={} pub_reordered={} pub_expected={} \
              bcast_recv={} bcast_distinct={} bcast_dup={} bcast_reordered={} bcast_expected={} \
@@ -733,7 +1027,12 @@ impl Worker {
             c.refused,
             c.timeout,
             c.http,
+            c.reset,
             c.other,
+            c.killed,
+            c.reconnects,
+            c.left,
+            self.soak_behind(),
             c.closed_by_peer,
             c.protocol_errors,
             c.warm,
@@ -814,6 +1113,7 @@ fn classify(e: &io::Error) -> Failure {
     match e.raw_os_error() {
         Some(libc::ECONNREFUSED) => Failure::Refused,
         Some(libc::ETIMEDOUT) => Failure::Timeout,
+        Some(libc::ECONNRESET | libc::EPIPE) => Failure::Reset,
         _ => Failure::Other,
     }
 }
@@ -972,6 +1272,31 @@ fn on_message(payload: &[u8], client: &mut Client, context: &mut Context) -> Res
     let now = mono_ns();
     let counters = &mut context.counters;
     match payload.first() {
+        Some(b'p') if context.soak => {
+            let Some((seq, sent_ns)) = two_numbers(payload) else {
+                counters.unknown_msgs += 1;
+                return Ok(());
+            };
+            counters.pub_recv += 1;
+            counters.last_pub_ns = now;
+            let seq = seq.clamp(1, u32::MAX as u64) as u32;
+            if client.first_pub == 0 {
+                client.first_pub = seq;
+            }
+            if seq < client.first_pub {
+                // Below the first number this incarnation got: it arrived after a higher one.
+                counters.pub_reordered += 1;
+                return Ok(());
+            }
+            match client.publishes.record(seq - client.first_pub + 1) {
+                Seen::New { late } => {
+                    counters.pub_distinct += 1;
+                    counters.pub_reordered += late as u64;
+                    context.pub_latency.record(now.saturating_sub(sent_ns));
+                }
+                Seen::Duplicate => counters.pub_dup += 1,
+            }
+        }
         Some(b'p') => {
             let Some((seq, sent_ns)) = two_numbers(payload) else {
                 counters.unknown_msgs += 1;

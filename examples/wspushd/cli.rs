@@ -28,6 +28,9 @@ OPTIONS:
     --threads N                    I/O threads; 0 = one per core [default: 0]
     --max-connections N            Open + handshaking connections; beyond, 503 [default: 1000000]
     --max-connections-per-user N   Connections per user; 0 = no limit; beyond, 429 [default: 0]
+    --max-handshakes-per-thread N  Upgrades in progress per I/O thread; beyond, that thread
+                                   stops accepting until one completes (a connection storm
+                                   waits in the kernel's backlog) [default: 1024]
     --max-message-size BYTES       Largest message a client may send; larger closes with 1009
                                    [default: 65536]
     --max-queue-bytes BYTES        Unsent bytes queued per connection before the slow-consumer
@@ -126,6 +129,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--threads" => config.threads = number(&flag, &value()?)?,
             "--max-connections" => config.max_connections = number(&flag, &value()?)?,
             "--max-connections-per-user" => config.max_connections_per_user = number(&flag, &value()?)?,
+            "--max-handshakes-per-thread" => config.max_handshakes_per_thread = number(&flag, &value()?)?,
             "--max-message-size" => config.max_message_size = number(&flag, &value()?)?,
             "--max-queue-bytes" => config.max_queue_bytes = number(&flag, &value()?)?,
             "--slow-consumer" => {
@@ -174,8 +178,15 @@ fn check(options: &Options) -> Result<(), String> {
             config.ping_interval.as_millis()
         ));
     }
-    if config.max_message_size == 0 || config.max_connections == 0 || config.max_queue_bytes == 0 {
-        return Err("--max-message-size, --max-connections and --max-queue-bytes must be > 0".into());
+    if config.max_message_size == 0
+        || config.max_connections == 0
+        || config.max_queue_bytes == 0
+        || config.max_handshakes_per_thread == 0
+    {
+        return Err(
+            "--max-message-size, --max-connections, --max-queue-bytes and --max-handshakes-per-thread must be > 0"
+                .into(),
+        );
     }
     if config.threads > 255 {
         return Err("--threads must be at most 255".into());
