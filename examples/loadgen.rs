@@ -97,7 +97,8 @@ PHASES:
 SOAK (--phases soak; needs --server-pid):
     Samples the server's RssAnon and open fds (/proc/PID/status, /proc/PID/fd) before any
     connection; runs a warm-up round (all --conns connect, publishing, one churn halfway,
-    everyone leaves) and samples again; runs the soak round (all connect; --publish-rate
+    everyone leaves; make it as long as the server's ping interval so pings are part of it)
+    and samples again; runs the soak round (all connect; --publish-rate
     publishes/s to random users for --soak-secs while every --churn-secs a --churn-fraction of
     the open connections is killed with an RST (SO_LINGER 0) and reconnects at once); everyone
     leaves, and once GET /stats on the admin API shows 0 connections it samples a third time.

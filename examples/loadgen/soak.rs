@@ -179,7 +179,8 @@ impl Run {
         let before = self.sample_server(pid, None)?;
         eprintln!("[soak] before any connection: server RssAnon {} KiB, {} open fds", before.rss_anon_kib, before.fds);
 
-        let warm = self.soak_round("warm-up", o.warmup_secs, "connect")?;
+        // The warm-up churns once, halfway, whatever the period.
+        let warm = self.soak_round("warm-up", o.warmup_secs, &[o.warmup_secs / 2.0], "connect")?;
         self.everyone_leaves()?;
         let warmed = self.sample_server(pid, Some(before.fds))?;
         eprintln!("[soak] after the warm-up: server RssAnon {} KiB, {} open fds", warmed.rss_anon_kib, warmed.fds);
@@ -191,7 +192,9 @@ impl Run {
             fields: warm.fields(),
         });
 
-        let soak = self.soak_round("soak", o.soak_secs, "reconnect")?;
+        let churns: Vec<f64> =
+            (0..).map(|k| (k as f64 + 0.5) * o.churn_secs).take_while(|&at| at < o.soak_secs).collect();
+        let soak = self.soak_round("soak", o.soak_secs, &churns, "reconnect")?;
         self.everyone_leaves()?;
         let after = self.sample_server(pid, Some(before.fds))?;
         eprintln!("[soak] after everyone left: server RssAnon {} KiB, {} open fds", after.rss_anon_kib, after.fds);
@@ -241,9 +244,9 @@ impl Run {
     }
 
     /// One round: everyone connects (`connect_command`: "connect" the first time, "reconnect"
-    /// after a `leave`), publishes flow for `secs` with churns at P/2, 3P/2, ..., then the
-    /// drain and the per-incarnation check. The connections stay open.
-    fn soak_round(&mut self, name: &str, secs: f64, connect_command: &str) -> Result<Round, String> {
+    /// after a `leave`), publishes flow for `secs` with a churn at each of `churns` (seconds
+    /// into the round), then the drain and the per-incarnation check. The connections stay open.
+    fn soak_round(&mut self, name: &str, secs: f64, churns: &[f64], connect_command: &str) -> Result<Round, String> {
         let o = self.options.clone();
         let start = self.workers.report()?;
         self.workers.send_all(connect_command)?;
@@ -251,18 +254,16 @@ impl Run {
         let users = o.conns.div_ceil(o.tabs);
         let started = Instant::now();
         let lanes = Lanes::start(&o, users, o.conns, started + Duration::from_secs_f64(secs), true);
-        let period = Duration::from_secs_f64(o.churn_secs);
-        let mut next_churn = period / 2;
+        let mut churns = churns.iter().copied().peekable();
         let mut last_print = Instant::now();
         while !lanes.finished() {
-            if next_churn.as_secs_f64() < secs && started.elapsed() >= next_churn {
+            if churns.next_if(|&at| started.elapsed().as_secs_f64() >= at).is_some() {
                 let answers = self.workers.ask_all(&format!("churn {}", o.churn_fraction), "churned")?;
                 let killed: u64 = answers.iter().filter_map(|a| a.split_whitespace().nth(1)?.parse::<u64>().ok()).sum();
                 eprintln!(
                     "[soak] {name} {:.0} s: killed {killed} connections with an RST",
                     started.elapsed().as_secs_f64()
                 );
-                next_churn += period;
             }
             std::thread::sleep(Duration::from_millis(50));
             if last_print.elapsed() >= Duration::from_secs(1) {
