@@ -97,11 +97,12 @@ PHASES:
 SOAK (--phases soak; needs --server-pid):
     Samples the server's RssAnon and open fds (/proc/PID/status, /proc/PID/fd) before any
     connection; runs a warm-up round (all --conns connect, publishing, one churn halfway,
-    everyone leaves; make it as long as the server's ping interval so pings are part of it)
-    and samples again; runs the soak round (all connect; --publish-rate
-    publishes/s to random users for --soak-secs while every --churn-secs a --churn-fraction of
-    the open connections is killed with an RST (SO_LINGER 0) and reconnects at once); everyone
-    leaves, and once GET /stats on the admin API shows 0 connections it samples a third time.
+    everyone leaves; make it as long as the server's ping interval so pings are part of it;
+    reported as soak_warmup) and samples again; runs the soak round (all connect;
+    --publish-rate publishes/s to random users for --soak-secs while every --churn-secs a
+    --churn-fraction of the open connections is killed with an RST (SO_LINGER 0) and
+    reconnects at once); everyone leaves, and once GET /stats on the admin API shows 0
+    connections (and the fd count is back, waiting up to 10 s) it samples a third time.
     An incarnation is one connection of one client, from reading its 101 to its end. Checked:
     - the publish numbers each incarnation received run strictly consecutively from the first
       it got to the last (a hole is a lost message, then duplicates and reorders are counted);
@@ -154,8 +155,8 @@ OUTPUT:
     -h, --help             This text.
 
 Progress goes to stderr, at most once a second. Exit status: 0 when every expected message
-arrived exactly once and in order, 1 when any was lost, duplicated or reordered (counts are
-printed), 2 on usage or setup errors.
+arrived exactly once and in order, 1 when any was lost, duplicated or reordered, or on any
+other soak or storm anomaly listed above (counts are printed), 2 on usage or setup errors.
 ";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
