@@ -10,6 +10,7 @@
 //! - `event_loop`: one I/O thread (epoll via mio, listener, slab of connections, inbox);
 //! - `connection`: per-connection state machine, input parsing, output queue, closing;
 //! - `handshake`: in-place HTTP upgrade parsing and validation; `codec`: RFC 6455 frames;
+//! - `jwt`: built-in token authentication; `ip_limits`: per-client-address limits;
 //! - `registry`: user → connections; `timer`: heartbeat and deadlines; `conn_id`: ID layout;
 //! - `socket`: the raw socket calls; [`stats`]: counters; [`ffi`]: the C surface only.
 //!
@@ -43,14 +44,16 @@ mod conn_id;
 mod connection;
 mod event_loop;
 mod handshake;
+mod ip_limits;
+mod jwt;
 mod registry;
 mod socket;
 mod timer;
 
 pub use codec::is_valid_close_code;
-pub use config::{Config, SlowConsumerPolicy};
+pub use config::{Config, Secret, SlowConsumerPolicy};
 pub use error::Error;
-pub use handler::{ConnId, Handler, HttpResponse, MessageKind, Request, UpgradeDecision};
+pub use handler::{default_upgrade_decision, ConnId, Handler, HttpResponse, MessageKind, Request, UpgradeDecision};
 pub use server::{Server, ServerHandle};
 pub use stats::Stats;
 
