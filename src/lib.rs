@@ -59,6 +59,8 @@ pub use stats::Stats;
 
 /// Longest user ID, in bytes.
 pub const MAX_USER_ID_LEN: usize = 255;
+/// Shortest HS256 secret `Config::jwt_hs256_secret` accepts (RFC 7518 §3.2: the hash's size).
+pub const JWT_MIN_SECRET_LEN: usize = jwt::MIN_SECRET_LEN;
 /// This crate's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

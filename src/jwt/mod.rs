@@ -18,7 +18,7 @@ use crate::handler::Request;
 use json::Value;
 
 /// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
-pub const MIN_SECRET_LEN: usize = 32;
+pub(crate) const MIN_SECRET_LEN: usize = 32;
 
 /// Why a token was refused. Never sent to the peer (it only sees "invalid token"); kept for tests
 /// and for reasoning about each check.
