@@ -98,6 +98,25 @@ pub mod internals {
         crate::codec::encode(crate::codec::Opcode::Text, payload)
     }
 
+    /// Built-in token verification, as every upgrade runs it when a secret is configured.
+    pub struct JwtVerifier(crate::jwt::JwtVerifier);
+
+    impl JwtVerifier {
+        pub fn new(secret: &[u8], leeway: std::time::Duration) -> JwtVerifier {
+            JwtVerifier(crate::jwt::JwtVerifier::new(secret, leeway))
+        }
+
+        /// The subject of `token` if it is valid at `now` (seconds since the Unix epoch).
+        pub fn verify_at(&self, token: &[u8], now: f64) -> Option<Vec<u8>> {
+            self.0.verify_at(token, now).ok()
+        }
+    }
+
+    /// Signs `header.claims` (JSON texts) with HS256, as a token issuer would.
+    pub fn sign_jwt(header: &str, claims: &str, secret: &[u8]) -> String {
+        crate::jwt::sign(header, claims, secret)
+    }
+
     /// The user registry.
     pub struct Registry(crate::registry::Registry);
 
