@@ -30,6 +30,9 @@ pub(crate) enum State {
     Handshake,
     /// Waiting for the host's deferred upgrade decision.
     Deciding,
+    /// Refused at accept (a per-address limit): the HTTP status, kept in `close_code`, is sent
+    /// once the request arrives, so the client reads it rather than a reset of its request.
+    Refusing,
     /// Upgraded: frames flow.
     Open,
     /// Our last bytes (close frame or HTTP error) are queued; input is discarded until the peer
@@ -168,7 +171,7 @@ impl IoThread {
                             conn.last_rx = self.wheel.now();
                             conn.flags &= !PINGED;
                         }
-                        State::Handshake | State::Deciding => {}
+                        State::Handshake | State::Deciding | State::Refusing => {}
                     }
                     self.process_input(slot, n);
                     if n < self.scratch.len() && !until_drained {
@@ -233,6 +236,11 @@ impl IoThread {
                     Some(used) => pos += used,
                     None => return pos,
                 },
+                State::Refusing => {
+                    let status = conn.close_code;
+                    self.reject(slot, status);
+                    return buf.len();
+                }
                 State::Deciding => {
                     if buf.len() - pos > self.config().max_header_bytes {
                         self.finish(slot, close::ABNORMAL);
@@ -390,6 +398,13 @@ impl IoThread {
                 let decision = guarded(|| handler.on_upgrade(server, &request)).unwrap_or(UpgradeDecision::Reject(500));
                 match decision {
                     UpgradeDecision::Accept(user) => self.open(slot, &user, &accept_key),
+                    UpgradeDecision::Reject(401) if self.shared.jwt.is_some() && request.verified_user.is_none() => {
+                        // Which check failed stays private: nothing to refine a forgery with.
+                        self.reject_with(
+                            slot,
+                            handshake::response(401, "text/plain; charset=utf-8", b"invalid token\n"),
+                        )
+                    }
                     UpgradeDecision::Reject(status) => self.reject(slot, status),
                     UpgradeDecision::Defer => {
                         let conn = &mut self.conns[slot];
@@ -419,7 +434,7 @@ impl IoThread {
     }
 
     fn leave_handshake(&mut self, slot: usize) {
-        if matches!(self.conns[slot].state, State::Handshake | State::Deciding) {
+        if matches!(self.conns[slot].state, State::Handshake | State::Deciding | State::Refusing) {
             self.handshakes -= 1;
             drop_by(&stats!(self).handshakes, 1);
             if self.handshakes + 1 == self.config().max_handshakes_per_thread {
@@ -428,16 +443,15 @@ impl IoThread {
         }
     }
 
-    pub(crate) fn reject(&mut self, slot: usize, status: u16) {
+    fn reject(&mut self, slot: usize, status: u16) {
         let status = if (400..=599).contains(&status) { status } else { 500 };
+        self.reject_with(slot, handshake::error_response(status));
+    }
+
+    /// Answers a request we won't upgrade with `response`, then closes.
+    fn reject_with(&mut self, slot: usize, response: Vec<u8>) {
         bump(&stats!(self).rejected_total, 1);
         self.leave_handshake(slot);
-        let response = if status == 401 && self.shared.jwt.is_some() {
-            // Which check failed stays private: an attacker learns nothing to refine a forgery.
-            handshake::response(401, "text/plain; charset=utf-8", b"invalid token\n")
-        } else {
-            handshake::error_response(status)
-        };
         self.enter_closing(slot, close::ABNORMAL, &response);
     }
 

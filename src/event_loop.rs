@@ -329,10 +329,10 @@ impl IoThread {
             if limits.admit(key).is_ok() {
                 self.ip_keys[slot] = key;
             } else {
-                // Answered like any rejected request (sent, then a lingering close) so the
-                // client reads the 429 instead of a reset.
                 bump(&stats!(self).ip_limited_total, 1);
-                self.reject(slot, 429);
+                let conn = &mut self.conns[slot];
+                conn.state = State::Refusing;
+                conn.close_code = 429;
             }
         }
     }
@@ -371,7 +371,9 @@ impl IoThread {
         }
         let since = conn.last_rx;
         let (deadline, fire) = match conn.state {
-            State::Handshake | State::Deciding => (since + self.ticks.handshake, TimerAction::Timeout),
+            State::Handshake | State::Deciding | State::Refusing => {
+                (since + self.ticks.handshake, TimerAction::Timeout)
+            }
             State::Open if conn.pinged() => (since + self.ticks.idle, TimerAction::Timeout),
             State::Open => (since + self.ticks.ping, TimerAction::Ping),
             State::Closing => (since + self.ticks.close, TimerAction::Finish),
@@ -414,7 +416,7 @@ impl IoThread {
         for slot in 0..self.conns.capacity() {
             match self.conns.get(slot).map(|c| c.state) {
                 Some(State::Open) => self.start_close(slot, close::GOING_AWAY, "server shutting down"),
-                Some(State::Handshake | State::Deciding) => self.finish(slot, close::GOING_AWAY),
+                Some(State::Handshake | State::Deciding | State::Refusing) => self.finish(slot, close::GOING_AWAY),
                 _ => {}
             }
         }

@@ -118,6 +118,14 @@ fn a_host_on_upgrade_sees_the_verified_subject_and_decides() {
 }
 
 #[test]
+fn a_host_refusing_a_valid_token_does_not_call_it_invalid() {
+    let (server, _events) = Harness::new(jwt_config()).on_upgrade(|_, _| UpgradeDecision::Reject(401)).start();
+    let response = upgrade_answer(server.local_addr(), &format!("/ws?token={}", token_for("erin")), "");
+    assert_eq!(response.status, 401);
+    assert_eq!(response.body, b"Unauthorized\n");
+}
+
+#[test]
 fn without_a_secret_no_request_is_verified() {
     let (server, _events) = Harness::new(config())
         .on_upgrade(|_, req| {
@@ -205,6 +213,25 @@ fn max_connections_per_ip_answers_429_and_frees_the_place_on_close() {
     events.closed(first_id);
     let _third = ws_connect(addr, "c");
     events.opened(b"c");
+}
+
+#[test]
+fn a_refused_client_reads_its_429_even_when_its_request_comes_late() {
+    let (server, mut events) = start(Config { max_connections_per_ip: 1, ..config() });
+    let addr = server.local_addr();
+    let _first = ws_connect(addr, "a");
+    events.opened(b"a");
+    let stream = TcpStream::connect(addr).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    stream.set_nonblocking(true).unwrap();
+    let silent = matches!(stream.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    assert!(silent, "nothing is answered before the request arrives");
+    stream.set_nonblocking(false).unwrap();
+    let mut late = Raw::from_stream(stream);
+    late.send(upgrade_request("/ws?user=b", "").as_bytes());
+    assert_eq!(late.read_response().status, 429);
+    assert_eq!(late.read_end(), End::Eof, "an orderly close after the answer, not a reset");
+    stats_until(&server, "the refused socket is gone", |s| s.handshakes == 0 && s.ip_limited_total == 1);
 }
 
 #[test]

@@ -171,7 +171,9 @@ impl Reader<'_> {
             }
         }
         let text = std::str::from_utf8(&self.input[start..self.pos]).map_err(|_| Malformed)?;
-        text.parse::<f64>().map_err(|_| Malformed)
+        // Out of f64's range (1e400) is refused, not read as infinity: an `exp` must not mean
+        // "never expires" by accident.
+        text.parse::<f64>().ok().filter(|n| n.is_finite()).ok_or(Malformed)
     }
 
     fn hex4(&mut self) -> Result<u32, Malformed> {
@@ -282,6 +284,7 @@ mod tests {
             "{\"a\":\"tab\there\"}",
             "{'a':1}",
             "{\"a\":1 \"b\":2}",
+            "{\"a\":1e400}",
         ] {
             assert_eq!(members(bad), Err(Malformed), "{bad:?}");
         }
