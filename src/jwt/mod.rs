@@ -18,7 +18,7 @@ use crate::handler::Request;
 use json::Value;
 
 /// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
-pub const MIN_SECRET_LEN: usize = 32;
+pub(crate) const MIN_SECRET_LEN: usize = 32;
 
 /// Why a token was refused. Never sent to the peer (it only sees "invalid token"); kept for tests
 /// and for reasoning about each check.
@@ -102,6 +102,17 @@ fn member<'a>(members: &'a [(String, Value)], name: &str) -> Option<&'a Value> {
     members.iter().find(|(key, _)| key == name).map(|(_, value)| value)
 }
 
+/// Signs `header.claims` (both JSON text) with `secret`, as an issuer would: for tests, the
+/// benches and the fuzzer.
+#[cfg(any(test, feature = "bench-internals"))]
+pub(crate) fn sign(header: &str, claims: &str, secret: &[u8]) -> String {
+    let signing_input =
+        format!("{}.{}", BASE64URL_NOPAD.encode(header.as_bytes()), BASE64URL_NOPAD.encode(claims.as_bytes()));
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
+    mac.update(signing_input.as_bytes());
+    format!("{signing_input}.{}", BASE64URL_NOPAD.encode(&mac.finalize().into_bytes()))
+}
+
 /// The token a request carries: an `Authorization: Bearer` header (non-browser clients), else the
 /// `token` query parameter (browsers cannot set headers on a WebSocket).
 pub(crate) fn token_of<'a>(request: &Request<'a>) -> Option<&'a [u8]> {
@@ -114,20 +125,11 @@ pub(crate) fn token_of<'a>(request: &Request<'a>) -> Option<&'a [u8]> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
-    pub(crate) const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
     const NOW: f64 = 1_800_000_000.0;
-
-    /// Signs `header.claims` (both JSON text) with `secret`, as an issuer would.
-    pub(crate) fn sign(header: &str, claims: &str, secret: &[u8]) -> String {
-        let signing_input =
-            format!("{}.{}", BASE64URL_NOPAD.encode(header.as_bytes()), BASE64URL_NOPAD.encode(claims.as_bytes()));
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).unwrap();
-        mac.update(signing_input.as_bytes());
-        format!("{signing_input}.{}", BASE64URL_NOPAD.encode(&mac.finalize().into_bytes()))
-    }
 
     const HS256: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
 
