@@ -886,14 +886,19 @@ impl Worker {
                 let linger = libc::linger { l_onoff: 1, l_linger: 0 };
                 // SAFETY: the fd is an open socket owned by `stream`; `linger` is a valid
                 // struct of the given size that outlives the call.
-                unsafe {
+                let rc = unsafe {
                     libc::setsockopt(
                         std::os::fd::AsRawFd::as_raw_fd(stream),
                         libc::SOL_SOCKET,
                         libc::SO_LINGER,
                         (&linger as *const libc::linger).cast(),
                         std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                    );
+                    )
+                };
+                if rc != 0 {
+                    // The close below then ends with a FIN instead of an RST: say so.
+                    let error = io::Error::last_os_error().to_string();
+                    self.context.note_once("linger", &format!("SO_LINGER failed, closing with FIN: {error}"));
                 }
             }
             let counters = &mut self.context.counters;
