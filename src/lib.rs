@@ -66,6 +66,10 @@ pub mod internals {
     use crate::config::Config;
     use crate::handshake::{self, Head, MAX_HEADERS};
 
+    /// The client-stream decoder the connection runs (frames, reassembly, UTF-8): the
+    /// `frame_decoder` fuzz target drives exactly this.
+    pub use crate::codec::{decode_next, Decoded, Reassembly};
+
     /// Unmasks a client payload in place.
     pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
         crate::codec::apply_mask(buf, mask, offset)
