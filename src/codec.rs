@@ -209,7 +209,8 @@ pub enum Decoded<'a> {
     /// A valid close frame: the peer's code (1005 when the payload was empty).
     Close(u16),
     /// The connection must be failed with this close code (RFC 6455 §7.1.7): nothing consumed,
-    /// the reassembly dropped; the stream is not to be decoded further.
+    /// the reassembly dropped; the stream is not to be decoded further (the failing frame's
+    /// payload may have been unmasked in place).
     Fail(u16),
 }
 
