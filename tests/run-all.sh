@@ -27,3 +27,6 @@ target/pyenv/bin/pytest -q bindings/python/tests
 echo "== Go binding (cgo) and the Go host example, with the race detector"
 (cd bindings/go && go vet ./... && go test -race -count=1 ./...)
 (cd examples/go_host && go vet ./... && go test -race -count=1 ./...)
+
+echo "== fuzz smoke: regression inputs once, then each cargo-fuzz target 60 s from the committed seeds"
+bash fuzz/ci.sh
