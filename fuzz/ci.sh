@@ -8,7 +8,6 @@ cd "$(dirname "$0")"
 
 export RUSTC_BOOTSTRAP=1 # cargo-fuzz passes -Zsanitizer flags; this toolchain is stable
 seconds=${FUZZ_SECONDS:-60}
-targets=(upgrade_request frame_decoder connection)
 started=$SECONDS
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -21,6 +20,8 @@ fi
 t0=$SECONDS
 cargo fuzz build
 echo "-- fuzz targets built in $((SECONDS - t0)) s"
+mapfile -t targets < <(cargo fuzz list)
+[ ${#targets[@]} -gt 0 ] || { echo "FAIL: cargo fuzz list names no target" >&2; exit 1; }
 
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/wspush-fuzz.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT

@@ -21,8 +21,8 @@ use crate::handler::{MessageKind, UpgradeDecision};
 use crate::handshake::{self, Head, MAX_HEADERS};
 use crate::registry::UserId;
 use crate::server::check_user_id;
-use crate::socket;
 use crate::stats::{bump, drop_by};
+use crate::{ip_limits, jwt, socket};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum State {
@@ -30,6 +30,9 @@ pub(crate) enum State {
     Handshake,
     /// Waiting for the host's deferred upgrade decision.
     Deciding,
+    /// Refused at accept (a per-address limit): the HTTP status, kept in `close_code`, is sent
+    /// once the request arrives, so the client reads it rather than a reset of its request.
+    Refusing,
     /// Upgraded: frames flow.
     Open,
     /// Our last bytes (close frame or HTTP error) are queued; input is discarded until the peer
@@ -162,7 +165,7 @@ impl IoThread {
                             conn.last_rx = self.wheel.now();
                             conn.flags &= !PINGED;
                         }
-                        State::Handshake | State::Deciding => {}
+                        State::Handshake | State::Deciding | State::Refusing => {}
                     }
                     self.process_input(slot, n);
                     if n < self.scratch.len() && !until_drained {
@@ -227,6 +230,11 @@ impl IoThread {
                     Some(used) => pos += used,
                     None => return pos,
                 },
+                State::Refusing => {
+                    let status = conn.close_code;
+                    self.reject(slot, status);
+                    return buf.len();
+                }
                 State::Deciding => {
                     if buf.len() - pos > self.config().max_header_bytes {
                         self.finish(slot, close::ABNORMAL);
@@ -342,10 +350,20 @@ impl IoThread {
                 self.enter_closing(slot, close::ABNORMAL, &bytes);
                 Some(buf.len())
             }
-            Head::Upgrade { len, request, accept_key } => {
+            Head::Upgrade { len, mut request, accept_key } => {
+                if let Some(jwt) = &self.shared.jwt {
+                    request.verified_user = jwt::token_of(&request).and_then(|token| jwt.verify(token).ok());
+                }
                 let decision = guarded(|| handler.on_upgrade(server, &request)).unwrap_or(UpgradeDecision::Reject(500));
                 match decision {
                     UpgradeDecision::Accept(user) => self.open(slot, &user, &accept_key),
+                    UpgradeDecision::Reject(401) if self.shared.jwt.is_some() && request.verified_user.is_none() => {
+                        // Which check failed stays private: nothing to refine a forgery with.
+                        self.reject_with(
+                            slot,
+                            handshake::response(401, "text/plain; charset=utf-8", b"invalid token\n"),
+                        )
+                    }
                     UpgradeDecision::Reject(status) => self.reject(slot, status),
                     UpgradeDecision::Defer => {
                         let conn = &mut self.conns[slot];
@@ -375,7 +393,7 @@ impl IoThread {
     }
 
     fn leave_handshake(&mut self, slot: usize) {
-        if matches!(self.conns[slot].state, State::Handshake | State::Deciding) {
+        if matches!(self.conns[slot].state, State::Handshake | State::Deciding | State::Refusing) {
             self.handshakes -= 1;
             drop_by(&stats!(self).handshakes, 1);
             if self.handshakes + 1 == self.config().max_handshakes_per_thread {
@@ -386,9 +404,14 @@ impl IoThread {
 
     fn reject(&mut self, slot: usize, status: u16) {
         let status = if (400..=599).contains(&status) { status } else { 500 };
+        self.reject_with(slot, handshake::error_response(status));
+    }
+
+    /// Answers a request we won't upgrade with `response`, then closes.
+    fn reject_with(&mut self, slot: usize, response: Vec<u8>) {
         bump(&stats!(self).rejected_total, 1);
         self.leave_handshake(slot);
-        self.enter_closing(slot, close::ABNORMAL, &handshake::error_response(status));
+        self.enter_closing(slot, close::ABNORMAL, &response);
     }
 
     fn open(&mut self, slot: usize, user: &[u8], accept_key: &str) {
@@ -656,6 +679,11 @@ impl IoThread {
         let id = self.conn_id(slot);
         let conn = self.conns.remove(slot);
         self.me().live.clear(slot);
+        if let Some(key) = self.ip_keys.get_mut(slot).map(|k| std::mem::replace(k, ip_limits::NOT_COUNTED)) {
+            if let (Some(limits), true) = (&self.shared.ip_limits, key != ip_limits::NOT_COUNTED) {
+                limits.release(key);
+            }
+        }
         self.shared.open_sockets.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         drop(conn.stream); // closing the descriptor also removes it from epoll
         if std::mem::take(&mut self.accept_after_close) {

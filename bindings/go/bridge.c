@@ -168,6 +168,13 @@ wspush_go_header wspush_go_request_header_at(const wspush_request *request, size
     return out;
 }
 
+wspush_go_bytes wspush_go_request_verified_user(const wspush_request *request) {
+    wspush_go_bytes out = {WSPUSH_GO_NOT_IN_HANDLER, NULL, 0};
+    if (request != running_request) return out;
+    out.result = wspush_request_verified_user(request, &out.ptr, &out.len);
+    return out;
+}
+
 wspush_go_u64 wspush_go_request_ticket(const wspush_request *request) {
     wspush_go_u64 out = {WSPUSH_GO_NOT_IN_HANDLER, 0};
     if (request != running_request) return out;

@@ -78,6 +78,7 @@ wspush_go_bytes wspush_go_request_query_param(const wspush_request *request, con
 wspush_go_bytes wspush_go_request_header(const wspush_request *request, const char *name, size_t name_len);
 wspush_go_counted wspush_go_request_header_count(const wspush_request *request);
 wspush_go_header wspush_go_request_header_at(const wspush_request *request, size_t index);
+wspush_go_bytes wspush_go_request_verified_user(const wspush_request *request);
 wspush_go_u64 wspush_go_request_ticket(const wspush_request *request);
 wspush_go_u64 wspush_go_request_defer(wspush_request *request);
 wspush_result wspush_go_request_accept(wspush_request *request, const uint8_t *user, size_t user_len);

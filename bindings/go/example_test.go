@@ -1,6 +1,7 @@
 package wspush_test
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -66,5 +67,26 @@ func ExampleRequest_Defer() {
 	}
 	defer server.Stop()
 	fmt.Println(server.Port() > 0)
+	// Output: true
+}
+
+// With a JWT secret and no upgrade handler, the engine itself lets in every client whose
+// token (ws://host/ws?token=JWT, or "Authorization: Bearer JWT") is a valid HS256 JWT, as the
+// token's sub; anything else gets 401 "invalid token". An upgrade handler may add its own
+// rules on top, reading r.VerifiedUser().
+func ExampleConfig_jwt() {
+	server, err := wspush.Start(wspush.Config{
+		Listen:              "127.0.0.1:0",
+		JWTHS256Secret:      []byte("the secret your auth service signs with"), // at least 32 bytes
+		MaxConnectionsPerIP: 100,                                               // the next gets 429
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer server.Stop()
+
+	_, err = wspush.Start(wspush.Config{Listen: "127.0.0.1:0", JWTHS256Secret: []byte("too short")})
+	fmt.Println(errors.Is(err, wspush.ErrInvalidArgument))
 	// Output: true
 }

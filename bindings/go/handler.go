@@ -7,8 +7,9 @@ package wspush
 // To handle only some events, use HandlerFuncs.
 type Handler interface {
 	// OnUpgrade decides a WebSocket upgrade request that passed the protocol checks (path,
-	// version, key, origin) with r.Accept, r.Reject or r.Defer. Deciding nothing rejects with
-	// 401. r is valid only until OnUpgrade returns.
+	// version, key, origin) with r.Accept, r.Reject or r.Defer; r.VerifiedUser is the subject
+	// of a valid JSON Web Token (Config.JWTHS256Secret), and DefaultUpgrade the engine's own
+	// decision. Deciding nothing rejects with 401. r is valid only until OnUpgrade returns.
 	OnUpgrade(s *Server, r *Request)
 	// OnOpen: a connection was upgraded and registered under user.
 	OnOpen(s *Server, conn ConnID, user []byte)
@@ -33,7 +34,8 @@ type HTTPHandler interface {
 }
 
 // HandlerFuncs is a Handler made of optional functions; nil ones are not called (and cost
-// nothing). A nil Upgrade rejects every upgrade with 401; a nil HTTP answers 426.
+// nothing). A nil Upgrade leaves upgrades to DefaultUpgrade (the engine decides, without a call
+// into Go); a nil HTTP answers 426.
 type HandlerFuncs struct {
 	// Upgrade is Handler.OnUpgrade.
 	Upgrade func(s *Server, r *Request)
@@ -49,10 +51,23 @@ type HandlerFuncs struct {
 	HTTP func(s *Server, r *Request)
 }
 
-// OnUpgrade calls f.Upgrade, or rejects with 401 when it is nil.
+// OnUpgrade calls f.Upgrade, or DefaultUpgrade when it is nil (e.g. for a type that embeds
+// HandlerFuncs and is therefore installed as a whole Handler).
 func (f HandlerFuncs) OnUpgrade(s *Server, r *Request) {
 	if f.Upgrade != nil {
 		f.Upgrade(s, r)
+	} else {
+		DefaultUpgrade(s, r)
+	}
+}
+
+// DefaultUpgrade is the decision the engine makes when the host installs no upgrade handler:
+// accept the request as the subject of its valid JSON Web Token (see Config.JWTHS256Secret and
+// Request.VerifiedUser), else reject with 401 (whose body is "invalid token" when a secret is
+// configured). Call it from an OnUpgrade that only adds rules on top of the token.
+func DefaultUpgrade(s *Server, r *Request) {
+	if user, ok := r.VerifiedUser(); ok {
+		_ = r.Accept(user)
 	} else {
 		_ = r.Reject(401)
 	}

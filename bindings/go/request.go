@@ -135,6 +135,23 @@ func (r *Request) Headers() []HeaderField {
 	return headers
 }
 
+// VerifiedUser returns the user ID (sub claim) of the valid JSON Web Token this request
+// carries (see Config.JWTHS256Secret), taken from an "Authorization: Bearer" header, else the
+// "token" query parameter, and true; nil and false without a secret, without a token, when the
+// token is invalid (bad signature, not HS256, expired, not yet valid, no usable sub), or
+// outside the handler. The slice is a copy.
+func (r *Request) VerifiedUser() ([]byte, bool) {
+	ptr := r.live()
+	if ptr == nil {
+		return nil, false
+	}
+	user := C.wspush_go_request_verified_user(ptr)
+	if user.result != C.WSPUSH_RESULT_OK {
+		return nil, false
+	}
+	return copyBytes(user.ptr, user.len), true
+}
+
 // Ticket returns the ticket of this pending upgrade; it becomes the connection's ID once
 // accepted. 0 for a plain HTTP request or outside the handler.
 func (r *Request) Ticket() ConnID {

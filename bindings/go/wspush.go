@@ -1,8 +1,9 @@
 // Package wspush is the Go binding of wspush, a WebSocket push engine for very many mostly
 // idle connections (libwspush.so, written in Rust, used here through cgo).
 //
-// The host starts a Server, decides in Handler.OnUpgrade who each connection belongs to, and
-// calls Server.Publish from any goroutine when there is news for a user: every open connection
+// The host starts a Server, decides in Handler.OnUpgrade who each connection belongs to (or
+// lets the engine verify a JSON Web Token, see Config.JWTHS256Secret), and calls
+// Server.Publish from any goroutine when there is news for a user: every open connection
 // (browser tab) of that user gets the message.
 //
 // # Building
@@ -119,8 +120,27 @@ type Config struct {
 	// CloseTimeout is how long a connection we close waits for the peer to end it (answer our
 	// close frame and close its socket, as browsers do) before the socket is closed anyway [2s].
 	CloseTimeout time.Duration
-	// Handler receives the server's events; nil rejects every upgrade with 401. If it also
-	// implements HTTPHandler, it answers plain HTTP requests too.
+	// MaxConnectionsPerIP: connections (open or handshaking) one client IP address may hold,
+	// IPv6 counted per /64; beyond, new sockets from it get 429 [0: no limit].
+	MaxConnectionsPerIP int
+	// MaxHandshakesPerIPPerSec: new connections one client IP address (IPv6: /64) may open per
+	// second, in bursts of at most that many; beyond, 429. At most math.MaxUint32 [0: no limit].
+	MaxHandshakesPerIPPerSec int
+	// JWTHS256Secret, when not empty, turns on the built-in JSON Web Token authentication with
+	// this HS256 secret (at least 32 bytes, else Start returns ErrInvalidArgument; copied). The
+	// token is read from an "Authorization: Bearer" header, else the "token" query parameter;
+	// it must be signed with HS256 (any other alg, "none" included, is refused), carry exp and
+	// a sub of 1 to MaxUserIDLen bytes; nbf is honoured. Without an upgrade handler (see
+	// Handler) a valid token opens as its sub and anything else gets 401 "invalid token";
+	// an upgrade handler reads the sub with Request.VerifiedUser and decides [off].
+	JWTHS256Secret []byte
+	// JWTLeeway is the clock skew allowed when checking a token's exp and nbf; rounded up to
+	// whole milliseconds, so time.Millisecond is the strictest setting [30s].
+	JWTLeeway time.Duration
+	// Handler receives the server's events. Without one (nil, or a HandlerFuncs with a nil
+	// Upgrade), upgrades get DefaultUpgrade: a valid JWT (JWTHS256Secret) opens as its sub,
+	// anything else gets 401. If it also implements HTTPHandler, it answers plain HTTP
+	// requests too.
 	Handler Handler
 	// ErrorLog receives reports of panics recovered in handlers [the log package's standard
 	// logger].
@@ -147,6 +167,7 @@ type Stats struct {
 	ProtocolErrorsTotal     uint64 `json:"protocol_errors_total"`      // connections closed for a protocol violation
 	TimeoutsTotal           uint64 `json:"timeouts_total"`             // connections closed by the handshake deadline or idle timeout
 	PingsTotal              uint64 `json:"pings_total"`                // heartbeat pings sent
+	IPLimitedTotal          uint64 `json:"ip_limited_total"`           // sockets answered 429 by MaxConnectionsPerIP or MaxHandshakesPerIPPerSec
 }
 
 // Server is a running wspush server. Its methods are safe for concurrent use, also from
@@ -302,6 +323,9 @@ func applyConfig(cfg *C.wspush_config, config *Config) error {
 		{"MaxHandshakesPerThread", config.MaxHandshakesPerThread, func(c *C.wspush_config, v C.size_t) C.wspush_result {
 			return C.wspush_config_set_max_handshakes_per_thread(c, v)
 		}},
+		{"MaxConnectionsPerIP", config.MaxConnectionsPerIP, func(c *C.wspush_config, v C.size_t) C.wspush_result {
+			return C.wspush_config_set_max_connections_per_ip(c, v)
+		}},
 	}
 	for _, size := range sizes {
 		if size.value < 0 {
@@ -333,6 +357,9 @@ func applyConfig(cfg *C.wspush_config, config *Config) error {
 		{"CloseTimeout", config.CloseTimeout, func(c *C.wspush_config, v C.uint64_t) C.wspush_result {
 			return C.wspush_config_set_close_timeout_ms(c, v)
 		}},
+		{"JWTLeeway", config.JWTLeeway, func(c *C.wspush_config, v C.uint64_t) C.wspush_result {
+			return C.wspush_config_set_jwt_leeway_ms(c, v)
+		}},
 	}
 	for _, duration := range durations {
 		if duration.value < 0 {
@@ -344,6 +371,20 @@ func applyConfig(cfg *C.wspush_config, config *Config) error {
 			if err := check("Config."+duration.name, duration.set(cfg, C.uint64_t(ms))); err != nil {
 				return err
 			}
+		}
+	}
+	if config.MaxHandshakesPerIPPerSec < 0 || uint64(config.MaxHandshakesPerIPPerSec) > math.MaxUint32 {
+		return &Error{Code: ResultInvalidArgument, Op: "Config.MaxHandshakesPerIPPerSec"}
+	}
+	if config.MaxHandshakesPerIPPerSec > 0 {
+		if err := check("Config.MaxHandshakesPerIPPerSec", C.wspush_config_set_max_handshakes_per_ip_per_sec(cfg, C.uint32_t(config.MaxHandshakesPerIPPerSec))); err != nil {
+			return err
+		}
+	}
+	if len(config.JWTHS256Secret) > 0 {
+		// The error names the field only: the secret never reaches an error message or a log.
+		if err := check("Config.JWTHS256Secret", C.wspush_config_set_jwt_hs256_secret(cfg, bytesPtr(config.JWTHS256Secret), C.size_t(len(config.JWTHS256Secret)))); err != nil {
+			return err
 		}
 	}
 	if config.SlowConsumer != SlowConsumerClose {
@@ -528,6 +569,7 @@ func statsOf(ptr *C.wspush_server) (Stats, error) {
 		ProtocolErrorsTotal:     uint64(snapshot.protocol_errors_total),
 		TimeoutsTotal:           uint64(snapshot.timeouts_total),
 		PingsTotal:              uint64(snapshot.pings_total),
+		IPLimitedTotal:          uint64(snapshot.ip_limited_total),
 	}, nil
 }
 

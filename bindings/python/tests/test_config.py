@@ -164,6 +164,11 @@ def test_on_http_answers_plain_requests_and_default_is_426(make_server):
         (dict(max_queue_bytes=2**64), wspush.InvalidArgumentError),
         (dict(slow_consumer="ignore"), wspush.InvalidArgumentError),
         (dict(max_connections_per_user=-5), wspush.InvalidArgumentError),
+        (dict(max_connections_per_ip=-1), wspush.InvalidArgumentError),
+        (dict(max_handshakes_per_ip_per_sec=2**32), wspush.InvalidArgumentError),
+        (dict(jwt_leeway_ms=-1), wspush.InvalidArgumentError),
+        (dict(jwt_hs256_secret=b"short"), wspush.InvalidArgumentError),
+        (dict(jwt_hs256_secret=""), wspush.InvalidArgumentError),
     ],
 )
 def test_bad_settings_raise_the_matching_error(setting, error):
@@ -190,6 +195,10 @@ def test_every_setting_at_once_is_accepted(make_server):
         max_connections_per_user=3,
         drain_timeout_ms=100,
         close_timeout_ms=100,
+        max_connections_per_ip=5,
+        max_handshakes_per_ip_per_sec=100,
+        jwt_hs256_secret=b"s" * 32,
+        jwt_leeway_ms=1000,
     )
     with connect(server, "alice", origin="https://mail.example.com") as client:
         wait_until(lambda: server.stats().connections == 1, what="open")

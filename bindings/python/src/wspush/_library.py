@@ -113,6 +113,7 @@ class StatsSnapshot(Structure):
         ("protocol_errors_total", c_uint64),
         ("timeouts_total", c_uint64),
         ("pings_total", c_uint64),
+        ("ip_limited_total", c_uint64),
     ]
 
 
@@ -167,6 +168,10 @@ _PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "wspush_config_set_max_connections_per_user": (_R, [_P, c_size_t]),
     "wspush_config_set_drain_timeout_ms": (_R, [_P, c_uint64]),
     "wspush_config_set_close_timeout_ms": (_R, [_P, c_uint64]),
+    "wspush_config_set_max_connections_per_ip": (_R, [_P, c_size_t]),
+    "wspush_config_set_max_handshakes_per_ip_per_sec": (_R, [_P, c_uint32]),
+    "wspush_config_set_jwt_hs256_secret": (_R, [_P, c_char_p, c_size_t]),
+    "wspush_config_set_jwt_leeway_ms": (_R, [_P, c_uint64]),
     "wspush_config_set_slow_consumer_policy": (_R, [_P, c_uint32]),
     "wspush_config_set_callbacks": (_R, [_P, POINTER(Callbacks)]),
     "wspush_request_method": (_R, [_P, _OUT_STR, _OUT_LEN]),
@@ -178,6 +183,7 @@ _PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "wspush_request_header_count": (_R, [_P, _OUT_LEN]),
     "wspush_request_header_at": (_R, [_P, c_size_t, _OUT_STR, _OUT_LEN, _OUT_STR, _OUT_LEN]),
     "wspush_request_ticket": (_R, [_P, POINTER(c_uint64)]),
+    "wspush_request_verified_user": (_R, [_P, _OUT_STR, _OUT_LEN]),
     "wspush_request_accept": (_R, [_P, c_char_p, c_size_t]),
     "wspush_request_reject": (_R, [_P, c_uint16]),
     "wspush_request_defer": (_R, [_P, POINTER(c_uint64)]),

@@ -24,7 +24,8 @@ Payload = Union[str, bytes, bytearray, memoryview]
 
 UpgradeCallback = Callable[["Server", "Request"], None]
 """``on_upgrade(server, request)``: decide with ``request.accept(user)``, ``.reject(status)`` or
-``.defer()``. Deciding nothing rejects with 401; raising rejects with 500."""
+``.defer()``; ``request.verified_user`` is the subject of a valid JWT (``jwt_hs256_secret``).
+Deciding nothing rejects with 401; raising rejects with 500."""
 OpenCallback = Callable[["Server", int, bytes], None]
 """``on_open(server, conn, user)``."""
 MessageCallback = Callable[["Server", int, bytes, Union[str, bytes]], None]
@@ -53,6 +54,15 @@ def _user_bytes(user: UserId) -> bytes:
     raise TypeError(f"a user ID must be str or bytes, not {type(user).__name__}")
 
 
+def _secret_bytes(secret: Union[bytes, bytearray, memoryview, str]) -> bytes:
+    if isinstance(secret, str):
+        return secret.encode("utf-8")
+    if isinstance(secret, (bytes, bytearray, memoryview)):
+        return bytes(secret)
+    # The message names the type only: a misplaced secret must not end up in a log.
+    raise TypeError(f"jwt_hs256_secret must be bytes or str, not {type(secret).__name__}")
+
+
 def _payload(data: Payload) -> Tuple[bytes, int]:
     if type(data) is str:
         return data.encode("utf-8"), KIND_TEXT
@@ -66,6 +76,7 @@ def _payload(data: Payload) -> Tuple[bytes, int]:
 
 
 _SIZE_MAX = 2 ** (8 * ctypes.sizeof(c_size_t)) - 1
+_U32_MAX = 2**32 - 1
 _U64_MAX = 2**64 - 1
 
 
@@ -136,6 +147,9 @@ class Stats:
     """Connections closed by the handshake deadline or the idle timeout."""
     pings_total: int
     """Heartbeat pings sent."""
+    ip_limited_total: int
+    """Sockets answered 429 by a per-address limit (max_connections_per_ip,
+    max_handshakes_per_ip_per_sec)."""
 
 
 class Request:
@@ -241,6 +255,14 @@ class Request:
         none any more."""
         value = self._text_out(self._lib.wspush_request_peer)
         return None if value is None else value.decode("ascii", "replace")
+
+    @property
+    def verified_user(self) -> Optional[bytes]:
+        """The user ID (``sub`` claim) of the valid JSON Web Token this request carries, taken
+        from an ``Authorization: Bearer`` header, else the ``token`` query parameter; ``None``
+        without ``jwt_hs256_secret``, without a token, or when the token is invalid (bad
+        signature, not HS256, expired, not yet valid, no usable ``sub``)."""
+        return self._text_out(self._lib.wspush_request_verified_user)
 
     @property
     def ticket(self) -> int:
@@ -392,6 +414,10 @@ class Server:
         max_connections_per_user: Optional[int] = None,
         drain_timeout_ms: Optional[int] = None,
         close_timeout_ms: Optional[int] = None,
+        max_connections_per_ip: Optional[int] = None,
+        max_handshakes_per_ip_per_sec: Optional[int] = None,
+        jwt_hs256_secret: Optional[Union[bytes, bytearray, memoryview, str]] = None,
+        jwt_leeway_ms: Optional[int] = None,
     ) -> None:
         """Start a server.
 
@@ -399,7 +425,9 @@ class Server:
             listen: "host:port"; port 0 picks a free port (read it back from :attr:`port`).
             path: the request path that accepts upgrades (others get 404).
             threads: I/O threads, 0 for one per core.
-            on_upgrade: authenticates each upgrade; without it every upgrade gets 401.
+            on_upgrade: authenticates each upgrade. Without it, a request carrying a valid
+                JWT (see ``jwt_hs256_secret``) is accepted as the token's ``sub`` and every
+                other gets 401 (with a secret, body "invalid token").
             on_open, on_message, on_close, on_drop, on_http: see the ``*Callback`` aliases.
             max_connections: open plus handshaking connections beyond which sockets get 503.
             max_message_size: largest message a client may send (larger closes with 1009).
@@ -416,6 +444,17 @@ class Server:
                 no limit.
             drain_timeout_ms: how long :meth:`stop` waits for queued data and close handshakes.
             close_timeout_ms: how long a closing connection waits for the peer's close frame.
+            max_connections_per_ip: connections (open or handshaking) one client address may
+                hold, IPv6 counted per /64; beyond, 429. 0 = no limit (default).
+            max_handshakes_per_ip_per_sec: new connections one client address may open per
+                second, in bursts of at most that many; beyond, 429. 0 = no limit (default).
+            jwt_hs256_secret: turns on built-in JSON Web Token authentication with this HS256
+                secret (bytes, or str encoded as UTF-8; at least 32 bytes). The token comes
+                from ``Authorization: Bearer`` or the ``token`` query parameter; alg must be
+                HS256, ``exp`` is required, ``nbf`` honoured. See ``on_upgrade`` and
+                :attr:`Request.verified_user`. Never echoed in error messages.
+            jwt_leeway_ms: clock skew allowed when checking ``exp`` and ``nbf`` (default
+                30000; 0 allows none).
 
         ``None`` keeps the library default (see include/wspush.h ``wspush_config_new``).
 
@@ -471,6 +510,19 @@ class Server:
                 ),
                 ("drain_timeout_ms", drain_timeout_ms, lib.wspush_config_set_drain_timeout_ms, _U64_MAX),
                 ("close_timeout_ms", close_timeout_ms, lib.wspush_config_set_close_timeout_ms, _U64_MAX),
+                (
+                    "max_connections_per_ip",
+                    max_connections_per_ip,
+                    lib.wspush_config_set_max_connections_per_ip,
+                    _SIZE_MAX,
+                ),
+                (
+                    "max_handshakes_per_ip_per_sec",
+                    max_handshakes_per_ip_per_sec,
+                    lib.wspush_config_set_max_handshakes_per_ip_per_sec,
+                    _U32_MAX,
+                ),
+                ("jwt_leeway_ms", jwt_leeway_ms, lib.wspush_config_set_jwt_leeway_ms, _U64_MAX),
             ]
             for name, value, setter, largest in numeric:
                 if value is None:
@@ -478,6 +530,13 @@ class Server:
                 if not _in_range(value, 0, largest):
                     raise error_for(Result.INVALID_ARGUMENT, f"{name}={value!r} (an int from 0 to {largest})")
                 check(setter(config, value), f"{name}={value!r}")
+            if jwt_hs256_secret is not None:
+                secret = _secret_bytes(jwt_hs256_secret)
+                # The detail names the setting and the length, never the secret itself.
+                check(
+                    lib.wspush_config_set_jwt_hs256_secret(config, secret, len(secret)),
+                    f"jwt_hs256_secret ({len(secret)} bytes; at least 32 required)",
+                )
             if slow_consumer is not None:
                 if slow_consumer not in _SLOW_CONSUMER_POLICIES:
                     raise error_for(Result.INVALID_ARGUMENT, f"slow_consumer={slow_consumer!r} ('close' or 'drop')")
