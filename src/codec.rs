@@ -1,5 +1,5 @@
-//! RFC 6455 frame codec, separate from I/O: server header format (tungstenite's `FrameHeader`),
-//! client header parse, masking, close-frame payloads, and [`decode_next`]: the whole client-stream decoder (frame rules,
+//! RFC 6455 frame codec, separate from I/O: header parse/format (tungstenite's `FrameHeader`),
+//! masking, close-frame payloads, and [`decode_next`]: the whole client-stream decoder (frame rules,
 //! reassembly, UTF-8) that the connection runs and the `frame_decoder` fuzz target checks.
 
 use std::borrow::Cow;
@@ -134,54 +134,47 @@ pub(crate) struct FrameInfo {
 }
 
 /// Parses one client frame header at the start of `buf`. `Ok(None)`: need more bytes.
-/// `Err(code)`: the connection must be failed with that close code. Fails as soon as the bytes
-/// seen prove a violation (the first two bytes carry every rule but the length ones), so a peer
-/// cannot make us wait for the rest of a frame that is already wrong.
+/// `Err(code)`: the connection must be failed with that close code. Decided on the header alone
+/// (tungstenite's `FrameHeader`), never waiting for a payload.
 pub(crate) fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<FrameInfo>, u16> {
-    let [first, second, ..] = *buf else { return Ok(None) };
-    if first & 0x70 != 0 {
-        return Err(close::PROTOCOL); // RSV1-3 without a negotiated extension
-    }
-    let opcode = match first & 0x0f {
-        0x0 => Opcode::Continuation,
-        0x1 => Opcode::Text,
-        0x2 => Opcode::Binary,
-        0x8 => Opcode::Close,
-        0x9 => Opcode::Ping,
-        0xA => Opcode::Pong,
-        _ => return Err(close::PROTOCOL), // reserved opcode
+    let mut cursor = Cursor::new(buf);
+    let (header, length) = match FrameHeader::parse(&mut cursor) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return Ok(None),
+        Err(_) => return Err(close::PROTOCOL), // reserved opcode
     };
-    if second & 0x80 == 0 {
-        return Err(close::PROTOCOL); // RFC 6455 5.1: client frames must be masked
+    if header.rsv1 || header.rsv2 || header.rsv3 {
+        return Err(close::PROTOCOL); // no extension was negotiated
     }
-    let fin = first & 0x80 != 0;
-    let short_len = second & 0x7f;
-    if opcode.is_control() && (!fin || short_len > 125) {
-        return Err(close::PROTOCOL); // RFC 6455 5.5: control frames are final and <= 125 bytes
-    }
-    let (length_bytes, payload_len) = match short_len {
-        126 => match buf.get(2..4) {
-            Some(&[hi, lo]) => (2, u64::from(u16::from_be_bytes([hi, lo]))),
-            _ => return Ok(None),
-        },
-        127 => match buf.get(2..10).and_then(|bytes| <[u8; 8]>::try_from(bytes).ok()) {
-            Some(bytes) => (8, u64::from_be_bytes(bytes)),
-            None => return Ok(None),
-        },
-        short => (0, u64::from(short)),
+    let Some(mask) = header.mask else { return Err(close::PROTOCOL) }; // RFC 6455 5.1
+    let opcode = match header.opcode {
+        OpCode::Data(Data::Continue) => Opcode::Continuation,
+        OpCode::Data(Data::Text) => Opcode::Text,
+        OpCode::Data(Data::Binary) => Opcode::Binary,
+        OpCode::Control(Control::Close) => Opcode::Close,
+        OpCode::Control(Control::Ping) => Opcode::Ping,
+        OpCode::Control(Control::Pong) => Opcode::Pong,
+        _ => return Err(close::PROTOCOL),
     };
-    if payload_len >> 63 != 0 {
+    // RFC 6455 5.5: control frames are final and <= 125 bytes, said in the 7-bit length field
+    // (buf holds at least the 2 bytes just parsed).
+    if opcode.is_control() && (!header.is_final || buf[1] & 0x7f > 125) {
+        return Err(close::PROTOCOL);
+    }
+    if length >> 63 != 0 {
         return Err(close::PROTOCOL); // RFC 6455 5.2: the most significant bit MUST be 0
     }
-    if payload_len > max_payload as u64 {
+    if length > max_payload as u64 {
         return Err(close::TOO_BIG);
     }
-    let header_len = 2 + length_bytes + 4;
-    let Some(mask) = buf.get(header_len - 4..header_len).and_then(|bytes| <[u8; 4]>::try_from(bytes).ok()) else {
-        return Ok(None);
-    };
-    // `payload_len <= max_payload`, a usize: the cast is lossless.
-    Ok(Some(FrameInfo { fin, opcode, mask, header_len, payload_len: payload_len as usize }))
+    // `length <= max_payload`, a usize: the cast is lossless.
+    Ok(Some(FrameInfo {
+        fin: header.is_final,
+        opcode,
+        mask,
+        header_len: cursor.position() as usize,
+        payload_len: length as usize,
+    }))
 }
 
 /// A text or binary message arriving in fragments. Exists only between a message's first
@@ -414,9 +407,10 @@ mod tests {
     }
 
     #[test]
-    fn header_violations_fail_on_the_first_two_bytes() {
-        assert_eq!(parse_header(&[0x83, 0x80], 100).unwrap_err(), close::PROTOCOL, "reserved opcode");
-        assert_eq!(parse_header(&[0x09, 0x80], 100).unwrap_err(), close::PROTOCOL, "fragmented ping");
+    fn header_violations_fail_on_the_header_alone() {
+        let header = |first: u8| [first, 0x80 | 3, 1, 2, 3, 4];
+        assert_eq!(parse_header(&header(0x83), 100).unwrap_err(), close::PROTOCOL, "reserved opcode");
+        assert_eq!(parse_header(&header(0x09), 100).unwrap_err(), close::PROTOCOL, "fragmented ping");
         assert!(parse_header(&[0x82, 0xff], 100).unwrap().is_none(), "needs the length first");
     }
 

@@ -148,10 +148,10 @@ fn close_code_allowed(code: u16) -> bool {
     (1000..=1003).contains(&code) || (1007..=1014).contains(&code) || (3000..=4999).contains(&code)
 }
 
-/// An independent reading of RFC 6455 for a server receiving `stream`, failing as early as the
-/// bytes allow: the header's first two bytes decide RSV (§5.2, no extensions), opcode (§5.2),
-/// masking (§5.1) and control-frame rules (§5.5); the extended length decides the 64-bit MSB
-/// (§5.2) and the size limit (§10.4, 1009); the full header decides fragment sequencing (§5.4)
+/// An independent reading of RFC 6455 for a server receiving `stream`, deciding each frame on its
+/// complete header (2 bytes, the extended length, the mask key when the mask bit is set): RSV
+/// (§5.2, no extensions), opcode (§5.2), masking (§5.1), control-frame rules (§5.5, the 7-bit
+/// length must say <= 125), the 64-bit MSB (§5.2), the size limit (§10.4, 1009), fragment sequencing (§5.4)
 /// and the message-size limit over the reassembled message; the payload decides UTF-8 (§8.1,
 /// 1007, as soon as a fragment makes the message invalid) and the close payload (§5.5.1, §7.4).
 fn model(stream: &[u8], max: usize) -> Outcome {
@@ -174,20 +174,20 @@ fn model(stream: &[u8], max: usize) -> Outcome {
         let opcode = left[0] & 0x0F;
         let masked = left[1] >> 7 == 1;
         let len7 = left[1] & 0x7F;
+        let extended = match len7 {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        if left.len() < 2 + extended + if masked { 4 } else { 0 } {
+            break;
+        }
         if rsv != 0 || ![0x0, 0x1, 0x2, 0x8, 0x9, 0xA].contains(&opcode) || !masked {
             fail!(1002);
         }
         let control = opcode >= 0x8;
         if control && (!fin || len7 > 125) {
             fail!(1002);
-        }
-        let extended = match len7 {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        if left.len() < 2 + extended {
-            break;
         }
         let length: u128 = if extended == 0 {
             u128::from(len7)
