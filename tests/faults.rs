@@ -197,11 +197,11 @@ fn sigpipe_child_process() {
         .map(|_| {
             let (handle, stop, deliveries) = (server.handle(), stop_publishing.clone(), deliveries.clone());
             std::thread::spawn(move || {
-                let payload = vec![b'p'; 1024];
+                let payload = vec![b'p'; 256];
                 while !stop.load(Ordering::Relaxed) {
                     let n = handle.publish(b"doomed", &payload, MessageKind::Binary).unwrap();
                     deliveries.fetch_add(n as u64, Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_micros(100));
+                    std::thread::sleep(Duration::from_micros(20));
                 }
             })
         })
@@ -212,14 +212,37 @@ fn sigpipe_child_process() {
     for round in 0..rounds {
         let peers: Vec<Raw> = (0..per_round).map(|_| Raw::upgrade(addr, "/ws?user=doomed")).collect();
         stats_until(&server, "the peers to open", |s| s.connections as usize >= per_round);
-        std::thread::sleep(Duration::from_millis(20)); // let writes to them start
-        for (i, peer) in peers.into_iter().enumerate() {
-            // Half reset, half close with unread data (which the kernel also answers with RST
-            // to the server's next segment).
-            if (i + round) % 2 == 0 {
-                set_linger_zero(&peer.stream);
-            }
-            drop(peer);
+        // Each peer reads for a while, drains what has arrived, and closes while messages are
+        // still streaming to it: a FIN on an empty receive buffer (the server's next segment is
+        // then answered with RST, and the write after that fails with EPIPE) or, for every
+        // other peer, a reset.
+        let closers: Vec<_> = peers
+            .into_iter()
+            .enumerate()
+            .map(|(i, peer)| {
+                std::thread::spawn(move || {
+                    let mut stream = peer.stream;
+                    let reset = (i + round) % 2 == 0;
+                    let until = Instant::now() + Duration::from_millis(5 + (i as u64 * 7) % 30);
+                    stream.set_nonblocking(true).unwrap();
+                    let mut sink = [0u8; 64 * 1024];
+                    while Instant::now() < until {
+                        match std::io::Read::read(&mut stream, &mut sink) {
+                            Ok(0) => break,
+                            Ok(_) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                            Err(_) => break,
+                        }
+                    }
+                    while matches!(std::io::Read::read(&mut stream, &mut sink), Ok(n) if n > 0) {}
+                    if reset {
+                        set_linger_zero(&stream);
+                    }
+                })
+            })
+            .collect();
+        for closer in closers {
+            closer.join().unwrap();
         }
         stats_until(&server, "the peers to be gone", |s| s.connections == 0);
     }
@@ -247,6 +270,8 @@ fn sigpipe_child_process() {
     println!("SIGPIPE-CHILD-SURVIVED deliveries={}", deliveries.load(Ordering::Relaxed));
 }
 
+/// Without MSG_NOSIGNAL on the engine's sends, the child dies of SIGPIPE (checked by removing
+/// the flag from src/socket.rs: 3 runs out of 3 failed).
 #[test]
 fn writes_to_gone_peers_never_raise_sigpipe_in_the_host() {
     let output = Command::new(std::env::current_exe().unwrap())
