@@ -436,3 +436,55 @@ fn a_peer_behind_a_link_that_drops_everything_is_detected_by_the_heartbeat() {
     drop(server);
     drop(link);
 }
+
+// ------------------------------------------------------------------- a panic on an I/O thread
+
+/// A panic payload whose Drop panics too: the engine's callback guard catches the first panic
+/// and then drops the payload outside any guard, so the second one unwinds through the I/O
+/// thread itself. The one way a host's callback can make an I/O thread panic.
+struct PanicsWhenDropped;
+
+impl Drop for PanicsWhenDropped {
+    fn drop(&mut self) {
+        panic!("panic payload dropped");
+    }
+}
+
+#[test]
+fn a_panic_that_escapes_on_an_io_thread_leaves_the_host_alive_and_stop_working() {
+    let (server, mut events) = Harness::new(config())
+        .on_message(|_, _, _, _, payload| {
+            if payload == b"explode" {
+                std::panic::resume_unwind(Box::new(PanicsWhenDropped));
+            }
+        })
+        .start();
+    let addr = server.local_addr();
+    let mut alice = ws_connect(addr, "alice");
+    let alice_conn = events.opened(b"alice");
+    let mut bob = ws_connect(addr, "bob");
+    let bob_conn = events.opened(b"bob");
+
+    alice.send(Message::text("explode")).unwrap();
+    // The thread's connections are closed and reported as on a stop (1001), each once.
+    let mut closed = vec![events.closed(alice_conn), events.closed(bob_conn)];
+    closed.sort();
+    assert_eq!(closed, [1001, 1001]);
+    // The client only sees its connection end (the thread could not be trusted to send more).
+    loop {
+        match bob.read() {
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(other) => panic!("expected the end of the connection, got {other:?}"),
+        }
+    }
+    let stats = stats_until(&server, "the connections to be gone", |s| s.connections == 0);
+    assert_eq!(stats.users, 0, "{stats:?}");
+    events.assert_none("a second on_close", Duration::from_millis(200), |e| matches!(e, Event::Close { .. }));
+    // Calls still return (nobody is left to deliver to) and stopping does not hang.
+    assert_eq!(server.publish(b"bob", b"anyone?", MessageKind::Text).unwrap(), 0);
+    let stopping = Instant::now();
+    server.stop();
+    assert!(stopping.elapsed() < Duration::from_secs(2), "stop took {:?}", stopping.elapsed());
+    assert!(matches!(server.publish(b"bob", b"late", MessageKind::Text), Err(wspush::Error::Stopped)));
+}

@@ -12,6 +12,10 @@ git diff --exit-code -- include/wspush.h || { echo "include/wspush.h is stale: c
 echo "== Rust unit and integration tests (C ABI and C example included)"
 cargo test --release
 
+echo "== a panic inside wspush becomes WSPUSH_RESULT_PANIC (test-only hook; debug profile, so the"
+echo "   release library the bindings load is never built with the hook)"
+cargo test --features test-hooks --test panic_hook
+
 echo "== wspushd against the contract the benchmark peers share"
 python3 benches/peers/check_contract.py target/release/examples/wspushd --demo
 

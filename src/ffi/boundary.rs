@@ -154,7 +154,14 @@ pub(crate) fn ffi_boundary<R: FfiReturn>(body: impl FnOnce() -> Result<R, wspush
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(value)) => value,
         Ok(Err(code)) => R::on_failure(code),
-        Err(_) => R::on_failure(wspush_result::Panic),
+        Err(payload) => {
+            // Dropping a panic payload runs its Drop, which could itself panic and unwind into
+            // C from here; such a payload is leaked instead.
+            if let Err(unwinding_drop) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+                std::mem::forget(unwinding_drop);
+            }
+            R::on_failure(wspush_result::Panic)
+        }
     }
 }
 
@@ -256,6 +263,18 @@ mod tests {
         assert_eq!(code, wspush_result::Panic);
         let pointer: *const u8 = ffi_boundary(|| panic!("bug"));
         assert!(pointer.is_null());
+    }
+
+    #[test]
+    fn a_panic_whose_payload_panics_when_dropped_still_becomes_the_panic_code() {
+        struct PanicsWhenDropped;
+        impl Drop for PanicsWhenDropped {
+            fn drop(&mut self) {
+                panic!("payload drop");
+            }
+        }
+        let code: wspush_result = ffi_boundary(|| std::panic::resume_unwind(Box::new(PanicsWhenDropped)));
+        assert_eq!(code, wspush_result::Panic);
     }
 
     #[test]

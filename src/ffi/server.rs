@@ -46,7 +46,11 @@ unsafe fn server_arg(server: *const wspush_server) -> Result<BorrowedServer, wsp
     // host's reference, or the I/O thread's during a callback). ManuallyDrop never releases
     // the reference we did not take.
     let shared = unsafe { Arc::from_raw(server.cast::<Shared>()) };
-    Ok(BorrowedServer(ManuallyDrop::new(ServerHandle { shared })))
+    let borrowed = BorrowedServer(ManuallyDrop::new(ServerHandle { shared }));
+    // A panic here unwinds past a live borrow: the reference count must come out unchanged.
+    #[cfg(feature = "test-hooks")]
+    crate::test_hooks::ffi_call_point();
+    Ok(borrowed)
 }
 
 /// Whether the calling thread is one of this server's I/O threads, i.e. inside its callback.
