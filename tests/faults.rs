@@ -18,11 +18,7 @@ use wspush::MessageKind;
 
 /// Heartbeat settings short enough for tests: a ping after 200 ms of silence, closed after 600.
 fn heartbeat_config() -> wspush::Config {
-    wspush::Config {
-        ping_interval: Duration::from_millis(200),
-        idle_timeout: Duration::from_millis(600),
-        ..config()
-    }
+    wspush::Config { ping_interval: Duration::from_millis(200), idle_timeout: Duration::from_millis(600), ..config() }
 }
 
 /// Makes `close()` of this socket send RST instead of FIN (SO_LINGER with a zero timeout).
@@ -107,8 +103,7 @@ fn half_an_upgrade_request_then_silence_is_closed_by_the_handshake_deadline() {
 
 #[test]
 fn reset_while_a_large_queue_is_written_frees_the_connection_and_spares_the_others() {
-    let (server, mut events) =
-        start(wspush::Config { max_queue_bytes: 64 * 1024 * 1024, ..config() });
+    let (server, mut events) = start(wspush::Config { max_queue_bytes: 64 * 1024 * 1024, ..config() });
     let addr = server.local_addr();
 
     // The slow peer advertises a tiny window and never reads.
@@ -154,9 +149,11 @@ fn reset_while_a_large_queue_is_written_frees_the_connection_and_spares_the_othe
     }
     let end = server.stats();
     assert_eq!((end.dropped_total, end.slow_consumer_closes_total), (0, 0), "{end:?}");
-    events.assert_none("a close of the fast connection", Duration::from_millis(100), |e| {
-        matches!(e, Event::Close { conn, .. } if *conn == fast_conn)
-    });
+    events.assert_none(
+        "a close of the fast connection",
+        Duration::from_millis(100),
+        |e| matches!(e, Event::Close { conn, .. } if *conn == fast_conn),
+    );
 }
 
 // ---------------------------------------------------------------------- SIGPIPE and dispositions
@@ -185,8 +182,7 @@ fn sigpipe_child_process() {
     let before = signal_dispositions();
 
     // A queue cap the (never reading) doomed peers can't reach in their short lives.
-    let (server, mut events) =
-        start(wspush::Config { threads: 2, max_queue_bytes: 64 * 1024 * 1024, ..config() });
+    let (server, mut events) = start(wspush::Config { threads: 2, max_queue_bytes: 64 * 1024 * 1024, ..config() });
     assert_eq!(signal_dispositions(), before, "starting the engine changed signal dispositions");
     let addr = server.local_addr();
 
@@ -250,11 +246,8 @@ fn sigpipe_child_process() {
     for publisher in publishers {
         publisher.join().unwrap();
     }
-    let closes = events
-        .collect_for(Duration::from_millis(100))
-        .iter()
-        .filter(|e| matches!(e, Event::Close { .. }))
-        .count();
+    let closes =
+        events.collect_for(Duration::from_millis(100)).iter().filter(|e| matches!(e, Event::Close { .. })).count();
     assert_eq!(closes, rounds * per_round, "one on_close per vanished peer");
 
     // The engine still serves after all that.

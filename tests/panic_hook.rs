@@ -71,7 +71,15 @@ fn publish(server: *const wspush_server, payload: &str) -> (wspush_result, usize
     let mut delivered = usize::MAX;
     // SAFETY: a live server; buffers valid for their lengths.
     let result = unsafe {
-        wspush_publish(server, b"alice".as_ptr(), 5, payload.as_ptr(), payload.len(), WSPUSH_MESSAGE_KIND_TEXT, &mut delivered)
+        wspush_publish(
+            server,
+            b"alice".as_ptr(),
+            5,
+            payload.as_ptr(),
+            payload.len(),
+            WSPUSH_MESSAGE_KIND_TEXT,
+            &mut delivered,
+        )
     };
     (result, delivered)
 }
