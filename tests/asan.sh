@@ -7,8 +7,8 @@
 # (which would not link). A separate target dir keeps the instrumented build apart.
 #
 # Left out, because they compile or build something themselves and an ASan-instrumented
-# libwspush.so cannot be linked into a plain gcc/cargo build: c_example, cpp_example, daemon,
-# loadgen_smoke, and the `daemon::` half of conformance. The library they drive is the same code
+# libwspush.so cannot be linked into a plain gcc/cargo build: c_example, c_example_valgrind,
+# cpp_example, daemon, loadgen_smoke, and the `daemon::` half of conformance. The library they drive is the same code
 # the tests below exercise in-process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,5 +21,7 @@ export ASAN_OPTIONS="${ASAN_OPTIONS:-halt_on_error=1:detect_leaks=1:detect_stack
 target="$(rustc -vV | sed -n 's/^host: //p')"
 
 cargo test --target "$target" --lib --example wspushd \
-  --test api --test frames --test http --test liveness --test ffi --test faults
+  --test api --test frames --test http --test liveness --test ffi --test ffi_misuse --test faults
 cargo test --target "$target" --test conformance -- library::
+# The panicking calls of the test hook must leave no reference count off by one.
+cargo test --target "$target" --features test-hooks --test panic_hook
