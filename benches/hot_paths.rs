@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
-use wspush::internals::{apply_mask, frame_text, parse_frame_header, parse_upgrade, Registry};
+use wspush::internals::{apply_mask, frame_text, parse_frame_header, parse_upgrade, sign_jwt, JwtVerifier, Registry};
 use wspush::Config;
 
 /// What Chromium sends when a page opens `new WebSocket("ws://host/ws?user=...")`.
@@ -16,6 +16,15 @@ fn upgrade(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("parse_and_validate_browser_request", |b| {
         b.iter(|| parse_upgrade(black_box(BROWSER_UPGRADE), &config))
+    });
+    // What a typical identity provider issues for a mail session.
+    let secret = b"0123456789abcdef0123456789abcdef";
+    let claims = r#"{"sub":"u123456","iss":"https://id.mail.example","aud":"push","iat":1800000000,"exp":1800000900}"#;
+    let token = sign_jwt(r#"{"alg":"HS256","typ":"JWT"}"#, claims, secret);
+    let verifier = JwtVerifier::new(secret, std::time::Duration::from_secs(30));
+    assert_eq!(verifier.verify_at(token.as_bytes(), 1_800_000_100.0).as_deref(), Some(&b"u123456"[..]));
+    group.bench_function("verify_jwt_hs256", |b| {
+        b.iter(|| verifier.verify_at(black_box(token.as_bytes()), 1_800_000_100.0))
     });
     group.finish();
 }

@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wspush::{
-    ConnId, Handler, HttpResponse, MessageKind, Request, Server, ServerHandle, Stats, UpgradeDecision, MAX_USER_ID_LEN,
+    default_upgrade_decision, ConnId, Handler, HttpResponse, MessageKind, Request, Server, ServerHandle, Stats,
+    UpgradeDecision, MAX_USER_ID_LEN,
 };
 
 use crate::admin::Admin;
@@ -49,8 +50,8 @@ struct Daemon {
 impl Handler for Daemon {
     fn on_upgrade(&self, _: &ServerHandle, request: &Request<'_>) -> UpgradeDecision {
         if !self.demo {
-            // No authentication mode is configured: let nobody in.
-            return UpgradeDecision::Reject(401);
+            // Token mode: the engine verified the token; its subject gets in, nobody else.
+            return default_upgrade_decision(request);
         }
         // Demo mode: the user is whoever the client claims to be.
         let user = request.query_param("user").map(|raw| admin::url_decode(raw));
@@ -129,11 +130,12 @@ fn main() {
             exit(USAGE_ERROR);
         }
     };
-    if !options.demo {
+    if !options.demo && options.config.jwt_hs256_secret.is_none() {
         eprintln!(
-            "wspushd: no authentication mode configured. Pass --demo to take the user ID from the \
-             `user` query parameter WITHOUT authentication (development only); token authentication \
-             (--jwt-secret-file) is not available yet. See wspushd --help."
+            "wspushd: no authentication mode configured. Pass --jwt-secret-file PATH to accept \
+             HS256-signed JSON Web Tokens (the `sub` claim is the user ID), or --demo to take the \
+             user ID from the `user` query parameter WITHOUT authentication (development only). \
+             See wspushd --help."
         );
         exit(USAGE_ERROR);
     }
@@ -144,7 +146,7 @@ fn main() {
 }
 
 fn run(options: Options, shutdown_signals: &libc::sigset_t) {
-    let Options { config, admin_listen, demo, echo, admin_idle_timeout } = options;
+    let Options { config, admin_listen, demo, echo, admin_idle_timeout, admin_token } = options;
     if demo {
         eprintln!(
             "wspushd: WARNING: DEMO MODE, NO AUTHENTICATION. Any client can connect as any user \
@@ -189,12 +191,12 @@ fn run(options: Options, shutdown_signals: &libc::sigset_t) {
     };
 
     let errors = Arc::new(ErrorLog::default());
-    let admin = Arc::new(Admin::new(server.handle(), max_body, admin_idle_timeout, Arc::clone(&errors)));
+    let admin = Arc::new(Admin::new(server.handle(), max_body, admin_idle_timeout, admin_token, Arc::clone(&errors)));
     spawn("wspushd-admin-accept", move || admin::serve(admin_listener, admin));
     let watched = server.handle();
     spawn("wspushd-watch", move || watch_error_counters(&watched, &errors));
 
-    let mode = if demo { "demo (NO AUTHENTICATION)" } else { "authenticated" };
+    let mode = if demo { "demo (NO AUTHENTICATION)" } else { "JWT (HS256)" };
     let echo = if echo { "on" } else { "off" };
     println!(
         "wspushd {} starting: {threads} I/O threads, mode {mode}, echo {echo}, max {max_connections} connections",
@@ -239,8 +241,9 @@ fn spawn(name: &str, body: impl FnOnce() + Send + 'static) {
 /// not log, and per-connection log lines would flood the log).
 fn watch_error_counters(server: &ServerHandle, errors: &ErrorLog) {
     type Counter = fn(&Stats) -> u64;
-    let watched: [(ErrorClass, Counter); 4] = [
+    let watched: [(ErrorClass, Counter); 5] = [
         (ErrorClass::OverCapacity, |s| s.over_capacity_total),
+        (ErrorClass::IpLimited, |s| s.ip_limited_total),
         (ErrorClass::SlowConsumerClose, |s| s.slow_consumer_closes_total),
         (ErrorClass::SlowConsumerDrop, |s| s.dropped_total),
         (ErrorClass::ProtocolError, |s| s.protocol_errors_total),

@@ -359,6 +359,10 @@ typedef struct wspush_stats_snapshot {
      * Heartbeat pings sent.
      */
     uint64_t pings_total;
+    /**
+     * Sockets answered 429 by a per-address limit (max connections or handshakes per IP).
+     */
+    uint64_t ip_limited_total;
 } wspush_stats_snapshot;
 
 /**
@@ -389,8 +393,9 @@ extern "C" {
  * A new configuration with the defaults: listen "127.0.0.1:8080", path "/ws", one I/O thread
  * per core, 1,000,000 connections, 64 KiB messages, ping every 30 s, idle timeout 75 s,
  * handshake timeout 10 s, 1 MiB queue per connection with the close policy, any Origin, 8 KiB
- * request heads, 1024 handshakes per thread, no per-user limit, 5 s drain, 2 s close timeout,
- * no callbacks. Returns NULL only on an internal error. Release with `wspush_config_free`.
+ * request heads, 1024 handshakes per thread, no per-user or per-IP limit, no JWT authentication,
+ * 5 s drain, 2 s close timeout, no callbacks. Returns NULL only on an internal error. Release
+ * with `wspush_config_free`.
  */
 struct wspush_config *wspush_config_new(void);
 
@@ -518,6 +523,51 @@ wspush_result wspush_config_set_max_handshakes_per_thread(struct wspush_config *
  * `config` must be NULL or a live configuration not used by another thread.
  */
 wspush_result wspush_config_set_max_connections_per_user(struct wspush_config *config, size_t connections);
+
+/**
+ * Connections (open or handshaking) one client IP address may hold, IPv6 counted per /64;
+ * beyond, new sockets from it get 429. 0 (default) = no limit.
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread.
+ */
+wspush_result wspush_config_set_max_connections_per_ip(struct wspush_config *config, size_t connections);
+
+/**
+ * New connections one client IP address (IPv6: /64) may open per second, in bursts of at most
+ * that many; beyond, new sockets from it get 429. 0 (default) = no limit.
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread.
+ */
+wspush_result wspush_config_set_max_handshakes_per_ip_per_sec(struct wspush_config *config,
+                                                              uint32_t handshakes);
+
+/**
+ * Turns on the built-in JSON Web Token authentication with this HS256 secret (`secret_len`
+ * bytes, at least 32, copied; INVALID_ARGUMENT if shorter). The token is read from an
+ * `Authorization: Bearer` header, else from the `token` query parameter; it must be signed with
+ * HS256 (any other alg, "none" included, is refused), carry `exp` (enforced, as is `nbf`, with
+ * the leeway of `wspush_config_set_jwt_leeway_ms`) and a `sub` of 1-255 bytes. Without an
+ * `on_upgrade` callback, a valid token is accepted as user `sub` and anything else gets 401
+ * "invalid token"; with one, the callback decides and reads the verified `sub` with
+ * `wspush_request_verified_user`.
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread; `secret` NULL or
+ * `secret_len` readable bytes.
+ */
+wspush_result wspush_config_set_jwt_hs256_secret(struct wspush_config *config,
+                                                 const uint8_t *secret,
+                                                 size_t secret_len);
+
+/**
+ * Clock skew (ms) allowed when checking a token's `exp` and `nbf` (default 30,000).
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread.
+ */
+wspush_result wspush_config_set_jwt_leeway_ms(struct wspush_config *config, uint64_t leeway_ms);
 
 /**
  * How long (ms) a graceful stop waits for queued data and close handshakes.
@@ -661,6 +711,19 @@ wspush_result wspush_request_header_at(const struct wspush_request *request,
  * `request` must be NULL or the request of a running callback; `ticket` NULL or writable.
  */
 wspush_result wspush_request_ticket(const struct wspush_request *request, uint64_t *ticket);
+
+/**
+ * The user ID (`sub` claim) of the valid JSON Web Token this request carries (see
+ * `wspush_config_set_jwt_hs256_secret`), borrowed for the callback. NOT_FOUND without a
+ * configured secret, without a token, or when the token is invalid.
+ *
+ * # Safety
+ * `request` must be NULL or the request of a running callback; the out-parameters NULL or
+ * valid for writes.
+ */
+wspush_result wspush_request_verified_user(const struct wspush_request *request,
+                                           const uint8_t **user,
+                                           size_t *user_len);
 
 /**
  * In `on_upgrade`: accept the connection as `user` (1-255 bytes, copied). INVALID_USER_ID for

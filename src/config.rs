@@ -48,6 +48,47 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// How long a connection we are closing waits for the peer's close frame.
     pub close_timeout: Duration,
+    /// Connections (open or handshaking) one client IP address may hold; 0 (default) means no
+    /// limit. IPv6 clients are counted per /64 (one host usually owns a whole /64). Beyond: 429.
+    pub max_connections_per_ip: usize,
+    /// New connections one client IP address (IPv6: /64) may open per second, with bursts of the
+    /// same size; 0 (default) means no limit. Beyond: 429.
+    pub max_handshakes_per_ip_per_sec: u32,
+    /// When set, upgrades are authenticated with JSON Web Tokens signed with this HS256 secret
+    /// (at least 32 bytes): see [`crate::Request::verified_user`] and the default
+    /// [`crate::Handler::on_upgrade`].
+    pub jwt_hs256_secret: Option<Secret>,
+    /// Clock skew allowed when checking a token's `exp` and `nbf`.
+    pub jwt_leeway: Duration,
+}
+
+/// Key material that must not end up in logs: `Debug` prints its length only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// The secret's bytes.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for Secret {
+    fn from(bytes: Vec<u8>) -> Secret {
+        Secret(bytes)
+    }
+}
+
+impl From<&[u8]> for Secret {
+    fn from(bytes: &[u8]) -> Secret {
+        Secret(bytes.to_vec())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes, redacted)", self.0.len())
+    }
 }
 
 impl Default for Config {
@@ -69,6 +110,10 @@ impl Default for Config {
             max_connections_per_user: 0,
             drain_timeout: Duration::from_secs(5),
             close_timeout: Duration::from_secs(2),
+            max_connections_per_ip: 0,
+            max_handshakes_per_ip_per_sec: 0,
+            jwt_hs256_secret: None,
+            jwt_leeway: Duration::from_secs(30),
         }
     }
 }
@@ -96,6 +141,9 @@ impl Config {
         }
         if self.max_handshakes_per_thread == 0 {
             return Err("max_handshakes_per_thread must be > 0");
+        }
+        if self.jwt_hs256_secret.as_ref().is_some_and(|s| s.0.len() < crate::jwt::MIN_SECRET_LEN) {
+            return Err("jwt_hs256_secret must be at least 32 bytes (RFC 7518 section 3.2)");
         }
         Ok(())
     }

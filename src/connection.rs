@@ -21,8 +21,8 @@ use crate::handler::{MessageKind, UpgradeDecision};
 use crate::handshake::{self, Head, MAX_HEADERS};
 use crate::registry::UserId;
 use crate::server::check_user_id;
-use crate::socket;
 use crate::stats::{bump, drop_by};
+use crate::{ip_limits, jwt, socket};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum State {
@@ -383,7 +383,10 @@ impl IoThread {
                 self.enter_closing(slot, close::ABNORMAL, &bytes);
                 Some(buf.len())
             }
-            Head::Upgrade { len, request, accept_key } => {
+            Head::Upgrade { len, mut request, accept_key } => {
+                if let Some(jwt) = &self.shared.jwt {
+                    request.verified_user = jwt::token_of(&request).and_then(|token| jwt.verify(token).ok());
+                }
                 let decision = guarded(|| handler.on_upgrade(server, &request)).unwrap_or(UpgradeDecision::Reject(500));
                 match decision {
                     UpgradeDecision::Accept(user) => self.open(slot, &user, &accept_key),
@@ -425,11 +428,17 @@ impl IoThread {
         }
     }
 
-    fn reject(&mut self, slot: usize, status: u16) {
+    pub(crate) fn reject(&mut self, slot: usize, status: u16) {
         let status = if (400..=599).contains(&status) { status } else { 500 };
         bump(&stats!(self).rejected_total, 1);
         self.leave_handshake(slot);
-        self.enter_closing(slot, close::ABNORMAL, &handshake::error_response(status));
+        let response = if status == 401 && self.shared.jwt.is_some() {
+            // Which check failed stays private: an attacker learns nothing to refine a forgery.
+            handshake::response(401, "text/plain; charset=utf-8", b"invalid token\n")
+        } else {
+            handshake::error_response(status)
+        };
+        self.enter_closing(slot, close::ABNORMAL, &response);
     }
 
     fn open(&mut self, slot: usize, user: &[u8], accept_key: &str) {
@@ -697,6 +706,11 @@ impl IoThread {
         let id = self.conn_id(slot);
         let conn = self.conns.remove(slot);
         self.me().live.clear(slot);
+        if let Some(key) = self.ip_keys.get_mut(slot).map(|k| std::mem::replace(k, ip_limits::NOT_COUNTED)) {
+            if let (Some(limits), true) = (&self.shared.ip_limits, key != ip_limits::NOT_COUNTED) {
+                limits.release(key);
+            }
+        }
         self.shared.open_sockets.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         drop(conn.stream); // closing the descriptor also removes it from epoll
         if std::mem::take(&mut self.accept_after_close) {

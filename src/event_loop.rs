@@ -2,6 +2,7 @@
 //! read scratch buffer. Other threads reach it only through its inbox of [`Command`]s.
 
 use std::io;
+use std::net::IpAddr;
 use std::net::TcpListener as StdTcpListener;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::config::Config;
 use crate::conn_id::{self, MAX_SLOTS};
 use crate::connection::{Conn, State};
 use crate::handler::{ConnId, UpgradeDecision};
+use crate::ip_limits::{self, IpKey};
 use crate::registry::UserCheck;
 use crate::server::{ServerHandle, Shared, ThreadShared, ENGINE_OF_THIS_THREAD, OWNING_IO_THREAD};
 use crate::stats::bump;
@@ -97,6 +99,9 @@ impl IoThreadSetup {
             accept_after_close: false,
             again: Vec::new(),
             drain_deadline: None,
+            ip_keys: Vec::new(),
+            next_ip_sweep: Instant::now(),
+            ip_sweeps: 0,
         };
         if catch_unwind(AssertUnwindSafe(|| io.event_loop())).is_err() {
             eprintln!("wspush: I/O thread {} panicked; its connections are closed", io.index);
@@ -136,6 +141,10 @@ pub(crate) struct IoThread {
     /// Connections that still had input when their read budget ran out.
     pub(crate) again: Vec<usize>,
     drain_deadline: Option<Instant>,
+    /// With per-address limits on: the address each slot's connection is counted under.
+    pub(crate) ip_keys: Vec<IpKey>,
+    next_ip_sweep: Instant,
+    ip_sweeps: usize,
 }
 
 impl IoThread {
@@ -208,6 +217,7 @@ impl IoThread {
             for entry in due.drain(..) {
                 self.on_timer(entry, now);
             }
+            self.sweep_ip_limits();
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() || Instant::now() >= deadline {
                     return;
@@ -272,7 +282,7 @@ impl IoThread {
         while self.can_accept() {
             let Some(listener) = &self.listener else { return };
             match listener.accept() {
-                Ok((stream, _)) => self.admit(stream),
+                Ok((stream, peer)) => self.admit(stream, peer.ip()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.accept_pending = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
@@ -287,7 +297,7 @@ impl IoThread {
         }
     }
 
-    fn admit(&mut self, mut stream: mio::net::TcpStream) {
+    fn admit(&mut self, mut stream: mio::net::TcpStream, peer: IpAddr) {
         bump(&stats!(self).accepted_total, 1);
         let total = self.shared.open_sockets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if total >= self.config().max_connections || self.conns.vacant_key() >= MAX_SLOTS {
@@ -311,6 +321,32 @@ impl IoThread {
         self.handshakes += 1;
         bump(&stats!(self).handshakes, 1);
         self.arm_timer(slot, now + self.ticks.handshake);
+        if let Some(limits) = &self.shared.ip_limits {
+            let key = ip_limits::key_of(peer);
+            if self.ip_keys.len() <= slot {
+                self.ip_keys.resize(slot + 1, ip_limits::NOT_COUNTED);
+            }
+            if limits.admit(key).is_ok() {
+                self.ip_keys[slot] = key;
+            } else {
+                // Answered like any rejected request (sent, then a lingering close) so the
+                // client reads the 429 instead of a reset.
+                bump(&stats!(self).ip_limited_total, 1);
+                self.reject(slot, 429);
+            }
+        }
+    }
+
+    /// Each thread, once a second, lets the per-address limits forget one shard's idle entries.
+    fn sweep_ip_limits(&mut self) {
+        let Some(limits) = &self.shared.ip_limits else { return };
+        let now = Instant::now();
+        if now < self.next_ip_sweep {
+            return;
+        }
+        self.next_ip_sweep = now + Duration::from_secs(1);
+        limits.sweep(self.ip_sweeps * self.shared.threads.len() + self.index);
+        self.ip_sweeps = self.ip_sweeps.wrapping_add(1);
     }
 
     /// Schedules the connection's timer entry for `deadline` (the one entry it has).

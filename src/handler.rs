@@ -47,6 +47,7 @@ pub struct Request<'a> {
     pub(crate) headers: &'a [httparse::Header<'a>],
     pub(crate) peer: Option<SocketAddr>,
     pub(crate) ticket: ConnId,
+    pub(crate) verified_user: Option<Vec<u8>>,
 }
 
 impl<'a> Request<'a> {
@@ -88,9 +89,26 @@ impl<'a> Request<'a> {
         self.peer
     }
 
+    /// The user ID (`sub` claim) of the valid JSON Web Token this request carries, when
+    /// `Config::jwt_hs256_secret` is set: taken from an `Authorization: Bearer` header, else the
+    /// `token` query parameter. `None` without a secret, without a token, or when the token is
+    /// invalid (bad signature, not HS256, expired, not yet valid, no usable `sub`).
+    pub fn verified_user(&self) -> Option<&[u8]> {
+        self.verified_user.as_deref()
+    }
+
     /// Identifies this pending upgrade for a deferred decision; it becomes the connection's ID.
     pub fn ticket(&self) -> ConnId {
         self.ticket
+    }
+}
+
+/// What an upgrade gets when the host does not decide: accepted as the user of its verified token
+/// (see [`Request::verified_user`]), else rejected with 401.
+pub fn default_upgrade_decision(request: &Request<'_>) -> UpgradeDecision {
+    match request.verified_user() {
+        Some(user) => UpgradeDecision::Accept(user.to_vec()),
+        None => UpgradeDecision::Reject(401),
     }
 }
 
@@ -100,10 +118,11 @@ impl<'a> Request<'a> {
 /// threads and answer later (see [`UpgradeDecision::Defer`]).
 pub trait Handler: Send + Sync + 'static {
     /// A WebSocket upgrade request passed protocol checks (path, version, key, origin). The
-    /// default rejects with 401: nothing is let in unless the host says so.
+    /// default is [`default_upgrade_decision`]: with a JWT secret configured, a valid token lets
+    /// its `sub` in; otherwise 401. Nothing is let in unless a token or the host says so.
     fn on_upgrade(&self, server: &ServerHandle, request: &Request<'_>) -> UpgradeDecision {
-        let _ = (server, request);
-        UpgradeDecision::Reject(401)
+        let _ = server;
+        default_upgrade_decision(request)
     }
 
     /// A connection was upgraded and registered under `user`.

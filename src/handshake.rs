@@ -58,7 +58,7 @@ pub(crate) fn parse<'a>(
     let (Some(method), Some(target), Some(version)) = (parsed.method, parsed.path, parsed.version) else {
         return Head::Reject(400);
     };
-    let request = Request { method, target, headers: parsed.headers, peer: peer(), ticket };
+    let request = Request { method, target, headers: parsed.headers, peer: peer(), ticket, verified_user: None };
 
     let upgrade = request.header("upgrade").is_some_and(|v| has_token(v, "websocket"));
     if !upgrade {

@@ -10,6 +10,7 @@
 //! - `event_loop`: one I/O thread (epoll via mio, listener, slab of connections, inbox);
 //! - `connection`: per-connection state machine, input parsing, output queue, closing;
 //! - `handshake`: in-place HTTP upgrade parsing and validation; `codec`: RFC 6455 frames;
+//! - `jwt`: built-in token authentication; `ip_limits`: per-client-address limits;
 //! - `registry`: user → connections; `timer`: heartbeat and deadlines; `conn_id`: ID layout;
 //! - `socket`: the raw socket calls; [`stats`]: counters; [`ffi`]: the C surface only.
 //!
@@ -46,19 +47,23 @@ mod conn_id;
 mod connection;
 mod event_loop;
 mod handshake;
+mod ip_limits;
+mod jwt;
 mod registry;
 mod socket;
 mod timer;
 
 pub use codec::is_valid_close_code;
-pub use config::{Config, SlowConsumerPolicy};
+pub use config::{Config, Secret, SlowConsumerPolicy};
 pub use error::Error;
-pub use handler::{ConnId, Handler, HttpResponse, MessageKind, Request, UpgradeDecision};
+pub use handler::{default_upgrade_decision, ConnId, Handler, HttpResponse, MessageKind, Request, UpgradeDecision};
 pub use server::{Server, ServerHandle};
 pub use stats::Stats;
 
 /// Longest user ID, in bytes.
 pub const MAX_USER_ID_LEN: usize = 255;
+/// Shortest HS256 secret `Config::jwt_hs256_secret` accepts (RFC 7518 §3.2: the hash's size).
+pub const JWT_MIN_SECRET_LEN: usize = jwt::MIN_SECRET_LEN;
 /// This crate's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -94,6 +99,25 @@ pub mod internals {
     /// Frames a text message once, as publish does.
     pub fn frame_text(payload: &[u8]) -> std::sync::Arc<[u8]> {
         crate::codec::encode(crate::codec::Opcode::Text, payload)
+    }
+
+    /// Built-in token verification, as every upgrade runs it when a secret is configured.
+    pub struct JwtVerifier(crate::jwt::JwtVerifier);
+
+    impl JwtVerifier {
+        pub fn new(secret: &[u8], leeway: std::time::Duration) -> JwtVerifier {
+            JwtVerifier(crate::jwt::JwtVerifier::new(secret, leeway))
+        }
+
+        /// The subject of `token` if it is valid at `now` (seconds since the Unix epoch).
+        pub fn verify_at(&self, token: &[u8], now: f64) -> Option<Vec<u8>> {
+            self.0.verify_at(token, now).ok()
+        }
+    }
+
+    /// Signs `header.claims` (JSON texts) with HS256, as a token issuer would.
+    pub fn sign_jwt(header: &str, claims: &str, secret: &[u8]) -> String {
+        crate::jwt::sign(header, claims, secret)
     }
 
     /// The user registry.

@@ -18,6 +18,8 @@ use crate::conn_id::{self, LiveTable};
 use crate::error::Error;
 use crate::event_loop::{Command, IoThreadSetup, ANY_USER};
 use crate::handler::{ConnId, Handler, MessageKind};
+use crate::ip_limits::IpLimits;
+use crate::jwt::JwtVerifier;
 use crate::registry::Registry;
 use crate::stats::{Stats, ThreadStats};
 use crate::{socket, MAX_USER_ID_LEN};
@@ -38,6 +40,10 @@ pub(crate) struct Shared {
     broadcasts: AtomicU64,
     /// Accepted sockets not yet closed (handshaking, open or closing), for `max_connections`.
     pub(crate) open_sockets: AtomicUsize,
+    /// Built-in token authentication, when `Config::jwt_hs256_secret` is set.
+    pub(crate) jwt: Option<JwtVerifier>,
+    /// Per-client-address limits, when configured.
+    pub(crate) ip_limits: Option<IpLimits>,
 }
 
 /// The part of an I/O thread that other threads talk to.
@@ -134,6 +140,8 @@ impl Server {
             publishes: AtomicU64::new(0),
             broadcasts: AtomicU64::new(0),
             open_sockets: AtomicUsize::new(0),
+            jwt: config.jwt_hs256_secret.as_ref().map(|secret| JwtVerifier::new(secret.expose(), config.jwt_leeway)),
+            ip_limits: IpLimits::new(&config),
             config,
         });
         let handle = ServerHandle { shared };

@@ -40,6 +40,9 @@ pub struct Stats {
     pub timeouts_total: u64,
     /// Heartbeat pings sent.
     pub pings_total: u64,
+    /// Sockets answered 429 by a per-address limit (`max_connections_per_ip`,
+    /// `max_handshakes_per_ip_per_sec`).
+    pub ip_limited_total: u64,
 }
 
 /// Per-thread counters, written by one I/O thread, read by `stats()`.
@@ -60,6 +63,7 @@ pub(crate) struct ThreadStats {
     pub protocol_errors_total: AtomicU64,
     pub timeouts_total: AtomicU64,
     pub pings_total: AtomicU64,
+    pub ip_limited_total: AtomicU64,
 }
 
 /// Adds one to a counter only this thread writes (a plain load+store, no locked instruction).
@@ -90,5 +94,6 @@ impl ThreadStats {
         s.protocol_errors_total += self.protocol_errors_total.load(Relaxed);
         s.timeouts_total += self.timeouts_total.load(Relaxed);
         s.pings_total += self.pings_total.load(Relaxed);
+        s.ip_limited_total += self.ip_limited_total.load(Relaxed);
     }
 }

@@ -9,6 +9,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+#[allow(dead_code)]
+mod common;
+
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
@@ -62,9 +65,15 @@ fn collect(pipe: impl Read + Send + 'static, into: Arc<Mutex<String>>, lines: Op
 }
 
 impl Daemon {
+    /// In demo mode.
     fn start(extra_args: &[&str]) -> Daemon {
+        Daemon::start_with_auth(&["--demo"], extra_args)
+    }
+
+    fn start_with_auth(auth_args: &[&str], extra_args: &[&str]) -> Daemon {
         let mut child = Command::new(daemon_binary())
-            .args(["--demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--threads", "2"])
+            .args(auth_args)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--threads", "2"])
             .args(["--drain-timeout-ms", "1000"])
             .args(extra_args)
             .stdin(Stdio::null())
@@ -369,7 +378,15 @@ fn stats_and_metrics_report_the_engine_counters() {
     assert_eq!(read_text(&mut alice), "one");
     assert_eq!(read_text(&mut alice), "two");
 
-    let stats = daemon.get("/stats");
+    // Counters are bumped right after the write that the client may already have read.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stats = loop {
+        let stats = daemon.get("/stats");
+        if stats.text().contains(r#""messages_out_total":2"#) || Instant::now() > deadline {
+            break stats;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(stats.status, 200);
     assert_eq!(stats.header("content-type"), Some("application/json"));
     let json = stats.text();
@@ -395,6 +412,7 @@ fn stats_and_metrics_report_the_engine_counters() {
         "protocol_errors_total",
         "timeouts_total",
         "pings_total",
+        "ip_limited_total",
     ] {
         assert!(json.contains(&format!("\"{field}\":")), "{field} missing in {json}");
     }
@@ -604,6 +622,124 @@ fn demo_upgrade_without_a_user_is_refused() {
     }
 }
 
+// ------------------------------------------------------------------------------------- security
+
+/// A file holding `content` in a fresh temporary directory, removed when dropped.
+struct SecretFile(PathBuf);
+
+impl SecretFile {
+    fn new(name: &str, content: &[u8]) -> SecretFile {
+        let dir = std::env::temp_dir().join(format!("wspushd-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        SecretFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+const JWT_SECRET: &[u8] = b"the daemon's HS256 secret, 32+ bytes";
+
+fn token_for(sub: &str) -> String {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 60;
+    common::sign_jwt(r#"{"alg":"HS256","typ":"JWT"}"#, &format!(r#"{{"sub":"{sub}","exp":{exp}}}"#), JWT_SECRET)
+}
+
+/// The status and body a WebSocket upgrade for `target` gets.
+fn upgrade_status(addr: SocketAddr, target: &str) -> (u16, String) {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    match tungstenite::client(format!("ws://{addr}{target}"), stream) {
+        Ok(_) => (101, String::new()),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            let body = response.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+            (response.status().as_u16(), body)
+        }
+        Err(e) => panic!("{target}: {e}"),
+    }
+}
+
+#[test]
+fn jwt_mode_lets_in_the_subject_of_a_valid_token_and_nobody_else() {
+    let secret = SecretFile::new("jwt", &[JWT_SECRET, b"\n"].concat());
+    let daemon = Daemon::start_with_auth(&["--jwt-secret-file", secret.path()], &[]);
+    let mut alice = daemon.connect(&format!("token={}", token_for("alice")));
+    let response = daemon.post("/publish?user=alice", "for alice");
+    assert_eq!((response.status, response.text()), (200, r#"{"delivered":1}"#));
+    assert_eq!(read_text(&mut alice), "for alice");
+
+    for target in ["/ws?user=alice", "/ws?token=abc.def.ghi", "/ws"] {
+        assert_eq!(upgrade_status(daemon.ws, target), (401, "invalid token\n".to_string()), "{target}");
+    }
+    // The demo page is a demo-mode feature only.
+    assert_eq!(Http::connect(daemon.ws).request("GET", "/", &[], b"").status, 404);
+    daemon.wait_for_stdout("mode JWT (HS256)");
+}
+
+#[test]
+fn a_jwt_secret_that_is_too_short_or_combined_with_demo_is_a_usage_error() {
+    let short = SecretFile::new("short", b"not 32 bytes");
+    let output = run_to_exit(&["--jwt-secret-file", short.path(), "--listen", "127.0.0.1:0"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("at least 32"));
+    let good = SecretFile::new("good", JWT_SECRET);
+    let output = run_to_exit(&["--demo", "--jwt-secret-file", good.path()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("exclude each other"));
+}
+
+#[test]
+fn with_an_admin_token_every_admin_request_needs_it() {
+    let token = SecretFile::new("admin", b"s3cret-admin-token-0123456789\n");
+    let daemon = Daemon::start(&["--admin-token-file", token.path()]);
+    let mut refused = daemon.admin();
+    let response = refused.request("POST", "/broadcast", &[], b"x");
+    assert_eq!(response.status, 401);
+    assert_eq!(response.header("www-authenticate"), Some("Bearer realm=\"wspushd-admin\""));
+    assert!(refused.is_closed_by_server(), "an unauthorized caller gets nothing more on that connection");
+    for header in
+        ["Bearer wrong-token-0123456789", "Basic s3cret-admin-token-0123456789", "Bearer s3cret-admin-token-012345678"]
+    {
+        let response = daemon.request("GET", "/stats", &[("Authorization", header)], b"");
+        assert_eq!(response.status, 401, "{header}");
+    }
+    assert_eq!(daemon.get("/healthz").status, 401);
+    let good = [("Authorization", "Bearer s3cret-admin-token-0123456789")];
+    assert_eq!(daemon.request("GET", "/healthz", &good, b"").status, 200);
+    let mut ws = daemon.connect("user=bob");
+    let mut admin = daemon.admin();
+    // Keep-alive works for an authorized caller: two requests on one connection.
+    assert_eq!(admin.request("POST", "/publish?user=bob", &good, b"one").text(), r#"{"delivered":1}"#);
+    assert_eq!(admin.request("POST", "/publish?user=bob", &good, b"two").text(), r#"{"delivered":1}"#);
+    assert_eq!((read_text(&mut ws), read_text(&mut ws)), ("one".to_string(), "two".to_string()));
+}
+
+#[test]
+fn per_ip_limits_are_on_by_default_and_answer_429() {
+    let daemon = Daemon::start(&["--max-connections-per-ip", "2"]);
+    let _a = daemon.connect("user=a");
+    let _b = daemon.connect("user=b");
+    assert_eq!(upgrade_status(daemon.ws, "/ws?user=c").0, 429);
+    assert!(daemon.get("/stats").text().contains(r#""ip_limited_total":1"#));
+    // The handshake rate limit is on without any flag: a burst past 100/s from one address is
+    // refused (the connection cap of 2 is lifted for this part).
+    let daemon = Daemon::start(&[]);
+    let statuses: Vec<u16> = (0..150).map(|i| upgrade_status(daemon.ws, &format!("/ws?user=u{i}")).0).collect();
+    assert!(statuses.contains(&429), "no 429 in a burst of 150 handshakes: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 101 || *s == 429), "{statuses:?}");
+}
+
 // ------------------------------------------------------------------------------------- process
 
 fn run_to_exit(args: &[&str]) -> Output {
@@ -657,6 +793,11 @@ fn help_documents_every_option() {
         "--drain-timeout-ms",
         "--allowed-origin",
         "--admin-idle-timeout-ms",
+        "--admin-token-file",
+        "--jwt-secret-file",
+        "--jwt-leeway-ms",
+        "--max-connections-per-ip",
+        "--max-handshakes-per-ip-per-sec",
         "POST /publish",
         "POST /broadcast",
         "POST /disconnect",

@@ -174,6 +174,8 @@ impl Daemon {
             .args(["--demo", "--echo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--threads", "2"])
             // Frequent pings: loadgen's clients must answer them or be closed as idle.
             .args(["--ping-interval-ms", "200", "--idle-timeout-ms", "2000"])
+            // loadgen opens hundreds of connections from one address at once.
+            .args(["--max-connections-per-ip", "0", "--max-handshakes-per-ip-per-sec", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -17,7 +17,7 @@ echo "   release library the bindings load is never built with the hook)"
 cargo test --features test-hooks --test panic_hook
 
 echo "== wspushd against the contract the benchmark peers share"
-python3 benches/peers/check_contract.py target/release/examples/wspushd --demo
+python3 benches/peers/check_contract.py target/release/examples/wspushd --demo --max-connections-per-ip 0 --max-handshakes-per-ip-per-sec 0
 
 echo "== the demo page in headless Chromium (reconnects across a daemon restart)"
 npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error

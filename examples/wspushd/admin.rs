@@ -29,6 +29,8 @@ pub struct Admin {
     pub server: ServerHandle,
     pub max_body: usize,
     pub idle_timeout: Duration,
+    /// Bearer token every request must carry, when set.
+    pub token: Option<Vec<u8>>,
     pub errors: Arc<ErrorLog>,
     pub requests_total: AtomicU64,
     pub client_errors_total: AtomicU64,
@@ -36,11 +38,18 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub fn new(server: ServerHandle, max_body: usize, idle_timeout: Duration, errors: Arc<ErrorLog>) -> Admin {
+    pub fn new(
+        server: ServerHandle,
+        max_body: usize,
+        idle_timeout: Duration,
+        token: Option<Vec<u8>>,
+        errors: Arc<ErrorLog>,
+    ) -> Admin {
         Admin {
             server,
             max_body,
             idle_timeout,
+            token,
             errors,
             requests_total: AtomicU64::new(0),
             client_errors_total: AtomicU64::new(0),
@@ -109,6 +118,8 @@ struct Head {
     binary: bool,
     keep_alive: bool,
     expect_continue: bool,
+    /// The credentials of an `Authorization: Bearer` header.
+    bearer: Option<Vec<u8>>,
 }
 
 /// Why a request can't be served; the connection is answered and then closed, since the rest of
@@ -153,6 +164,7 @@ fn parse_head(buf: &[u8]) -> Parsed {
         // HTTP/1.1 keeps the connection by default, HTTP/1.0 only when asked.
         keep_alive: version == 1,
         expect_continue: false,
+        bearer: None,
     };
     let mut seen_length = false;
     for header in request.headers.iter() {
@@ -183,6 +195,11 @@ fn parse_head(buf: &[u8]) -> Parsed {
                 } else if token.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
                     head.keep_alive = true;
                 }
+            }
+        } else if header.name.eq_ignore_ascii_case("authorization") {
+            let (scheme, credentials) = value.split_at_checked(7).unwrap_or_default();
+            if scheme.eq_ignore_ascii_case(b"bearer ") {
+                head.bearer = Some(credentials.trim_ascii().to_vec());
             }
         } else if header.name.eq_ignore_ascii_case("expect") {
             head.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
@@ -217,6 +234,17 @@ fn serve_connection(mut stream: &TcpStream, admin: &Admin) -> io::Result<()> {
                     break false;
                 }
                 Parsed::Complete(head) => {
+                    if !authorized(admin, &head) {
+                        // Before the body is read (and before any 100 Continue): a caller without
+                        // the token cannot make us buffer anything. The connection ends here.
+                        admin.client_errors_total.fetch_add(1, Ordering::Relaxed);
+                        let what = format!("{} {}", head.method, path_of(&head.target));
+                        admin.errors.report(ErrorClass::AdminUnauthorized, &what);
+                        let body = b"missing or wrong bearer token\n";
+                        let challenge = ["WWW-Authenticate: Bearer realm=\"wspushd-admin\""];
+                        output.extend(response(401, "text/plain; charset=utf-8", body, true, &challenge));
+                        break false;
+                    }
                     if head.content_length > admin.max_body {
                         admin.client_errors_total.fetch_add(1, Ordering::Relaxed);
                         admin.errors.report(ErrorClass::AdminBadRequest, "413 request body too large");
@@ -351,6 +379,21 @@ impl Reply {
     }
 }
 
+/// Compares without an early exit, so response timing does not reveal how much of a guess
+/// was right (the length is not secret).
+fn same_token(expected: &[u8], given: &[u8]) -> bool {
+    let difference = expected.iter().zip(given).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    std::hint::black_box(difference) == 0 && expected.len() == given.len()
+}
+
+/// Whether the request carries the admin token (always, when none is configured).
+fn authorized(admin: &Admin, head: &Head) -> bool {
+    match &admin.token {
+        None => true,
+        Some(token) => head.bearer.as_deref().is_some_and(|given| same_token(token, given)),
+    }
+}
+
 /// Routes one complete request.
 fn handle(admin: &Admin, head: &Head, body: &[u8]) -> Reply {
     let (path, query) = head.target.split_once('?').unwrap_or((&head.target, ""));
@@ -425,6 +468,11 @@ fn handle(admin: &Admin, head: &Head, body: &[u8]) -> Reply {
     }
 }
 
+/// The path of a request target, for logs: the query may hold user IDs.
+fn path_of(target: &str) -> &str {
+    target.split_once('?').map_or(target, |(path, _)| path)
+}
+
 fn user_param(user: Option<&[u8]>) -> Result<&[u8], Reply> {
     match user {
         None | Some([]) => Err(Reply::error(400, "missing user parameter")),
@@ -487,7 +535,7 @@ pub fn url_decode(text: &str) -> Result<Vec<u8>, &'static str> {
 type StatField = (&'static str, u64, &'static str, &'static str);
 
 /// Every engine counter; one list feeds both /stats and /metrics.
-fn stats_fields(s: &Stats) -> [StatField; 17] {
+fn stats_fields(s: &Stats) -> [StatField; 18] {
     [
         ("connections", s.connections, "gauge", "Open (upgraded) WebSocket connections."),
         ("handshakes", s.handshakes, "gauge", "Connections accepted but not yet upgraded."),
@@ -526,6 +574,7 @@ fn stats_fields(s: &Stats) -> [StatField; 17] {
             "Connections closed by the handshake deadline or the idle timeout.",
         ),
         ("pings_total", s.pings_total, "counter", "Heartbeat pings sent."),
+        ("ip_limited_total", s.ip_limited_total, "counter", "Sockets answered 429 by a per-IP limit."),
     ]
 }
 
@@ -586,6 +635,7 @@ fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",

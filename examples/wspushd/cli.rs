@@ -9,12 +9,20 @@ pub const USAGE: &str = "\
 wspushd: standalone WebSocket push daemon built on the wspush engine.
 
 USAGE:
+    wspushd --jwt-secret-file PATH [OPTIONS]
     wspushd --demo [OPTIONS]
 
 Clients connect to ws://LISTEN/PATH. Your backend pushes to them through the admin HTTP API,
 which is served on a separate address and must never be exposed publicly.
 
-AUTHENTICATION (one is required):
+AUTHENTICATION (exactly one is required):
+    --jwt-secret-file PATH         Authenticate upgrades with JSON Web Tokens signed with HS256
+                                   using the secret in PATH (at least 32 bytes; one trailing
+                                   newline is ignored). The token comes from an
+                                   `Authorization: Bearer` header or the `token` query parameter
+                                   (browsers); its `sub` claim is the user ID; `exp` is required.
+                                   Anything else is answered 401 \"invalid token\".
+    --jwt-leeway-ms MS             Clock skew allowed for `exp` and `nbf` [default: 30000]
     --demo                         Take the user ID from the `user` query parameter of the
                                    WebSocket URL, WITHOUT ANY AUTHENTICATION (development only),
                                    and serve a demo inbox page at GET / on the public port.
@@ -28,6 +36,11 @@ OPTIONS:
     --threads N                    I/O threads; 0 = one per core [default: 0]
     --max-connections N            Open + handshaking connections; beyond, 503 [default: 1000000]
     --max-connections-per-user N   Connections per user; 0 = no limit; beyond, 429 [default: 0]
+    --max-connections-per-ip N     Connections per client IP address (IPv6: per /64); 0 = no
+                                   limit; beyond, 429 [default: 1000]
+    --max-handshakes-per-ip-per-sec N
+                                   New connections per second per client IP address (IPv6: /64),
+                                   in bursts of up to N; 0 = no limit; beyond, 429 [default: 100]
     --max-message-size BYTES       Largest message a client may send; larger closes with 1009
                                    [default: 65536]
     --max-queue-bytes BYTES        Unsent bytes queued per connection before the slow-consumer
@@ -41,6 +54,9 @@ OPTIONS:
     --allowed-origin ORIGIN        Accept browser upgrades only from this Origin (repeatable;
                                    e.g. https://mail.example.com); default: any origin
     --admin-idle-timeout-ms MS     Close admin connections idle this long [default: 30000]
+    --admin-token-file PATH        Require `Authorization: Bearer TOKEN` on every admin request,
+                                   TOKEN being the content of PATH (at least 16 bytes; one
+                                   trailing newline is ignored); others get 401
     -h, --help                     Print this help
     -V, --version                  Print the version
 
@@ -74,6 +90,8 @@ pub struct Options {
     pub demo: bool,
     pub echo: bool,
     pub admin_idle_timeout: Duration,
+    /// Bearer token the admin API requires, when set.
+    pub admin_token: Option<Vec<u8>>,
 }
 
 /// What the command line asks for.
@@ -91,7 +109,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         demo: false,
         echo: false,
         admin_idle_timeout: Duration::from_secs(30),
+        admin_token: None,
     };
+    // Production defaults the library leaves off: one address cannot take the whole server.
+    options.config.max_connections_per_ip = 1000;
+    options.config.max_handshakes_per_ip_per_sec = 100;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         // Both "--flag value" and "--flag=value".
@@ -126,6 +148,19 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--threads" => config.threads = number(&flag, &value()?)?,
             "--max-connections" => config.max_connections = number(&flag, &value()?)?,
             "--max-connections-per-user" => config.max_connections_per_user = number(&flag, &value()?)?,
+            "--max-connections-per-ip" => config.max_connections_per_ip = number(&flag, &value()?)?,
+            "--max-handshakes-per-ip-per-sec" => {
+                let value = value()?;
+                config.max_handshakes_per_ip_per_sec = value
+                    .parse()
+                    .map_err(|_| format!("{flag} takes an integer from 0 to 4294967295, got '{value}'"))?;
+            }
+            "--jwt-secret-file" => {
+                let secret = secret_file(&flag, &value()?, wspush::JWT_MIN_SECRET_LEN)?;
+                config.jwt_hs256_secret = Some(secret.into());
+            }
+            "--jwt-leeway-ms" => config.jwt_leeway = millis(&flag, &value()?)?,
+            "--admin-token-file" => options.admin_token = Some(secret_file(&flag, &value()?, MIN_ADMIN_TOKEN_LEN)?),
             "--max-message-size" => config.max_message_size = number(&flag, &value()?)?,
             "--max-queue-bytes" => config.max_queue_bytes = number(&flag, &value()?)?,
             "--slow-consumer" => {
@@ -157,9 +192,34 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     Ok(Command::Run(Box::new(options)))
 }
 
+/// Shortest admin token accepted: 16 bytes of a random token are 128 bits or less of guessing.
+const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// Reads a secret from a file (never from the command line, where `ps` shows it to everyone),
+/// without one trailing newline (what editors and `echo` add).
+fn secret_file(flag: &str, path: &str, min_len: usize) -> Result<Vec<u8>, String> {
+    let mut secret = std::fs::read(path).map_err(|e| format!("{flag}: cannot read '{path}': {e}"))?;
+    if secret.ends_with(b"\n") {
+        secret.pop();
+        if secret.ends_with(b"\r") {
+            secret.pop();
+        }
+    }
+    if secret.len() < min_len {
+        return Err(format!(
+            "{flag}: the secret in '{path}' is {} bytes; at least {min_len} are required",
+            secret.len()
+        ));
+    }
+    Ok(secret)
+}
+
 /// Cross-option checks the engine would not explain as clearly.
 fn check(options: &Options) -> Result<(), String> {
     let config = &options.config;
+    if options.demo && config.jwt_hs256_secret.is_some() {
+        return Err("--demo and --jwt-secret-file exclude each other: pick one authentication mode".into());
+    }
     if config.ping_interval.is_zero() || config.idle_timeout.is_zero() || config.handshake_timeout.is_zero() {
         return Err("--ping-interval-ms, --idle-timeout-ms and --handshake-timeout-ms must be > 0".into());
     }
@@ -215,6 +275,39 @@ mod tests {
         assert_eq!(options.config.path, "/ws");
         assert_eq!(options.admin_listen, "127.0.0.1:8081");
         assert!(!options.demo && !options.echo);
+        assert_eq!(options.config.max_connections_per_ip, 1000, "per-IP limits are on in the daemon");
+        assert_eq!(options.config.max_handshakes_per_ip_per_sec, 100);
+        assert!(options.config.jwt_hs256_secret.is_none() && options.admin_token.is_none());
+    }
+
+    #[test]
+    fn secrets_are_read_from_files_and_checked() {
+        let dir = std::env::temp_dir().join(format!("wspushd-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, content: &[u8]| {
+            let path = dir.join(name);
+            std::fs::write(&path, content).unwrap();
+            path.to_str().unwrap().to_string()
+        };
+        let secret = write("secret", b"0123456789abcdef0123456789abcdef\n");
+        let token = write("token", b"admin-token-16-bytes\r\n");
+        let short = write("short", b"0123456789abcdef0123456789abcde\n");
+        let options = run(&["--jwt-secret-file", &secret, "--admin-token-file", &token]).unwrap();
+        assert_eq!(options.config.jwt_hs256_secret.unwrap().expose(), b"0123456789abcdef0123456789abcdef");
+        assert_eq!(options.admin_token.unwrap(), b"admin-token-16-bytes");
+        assert!(run(&["--jwt-secret-file", &short]).unwrap_err().contains("at least 32"));
+        assert!(run(&["--admin-token-file", &short]).is_ok(), "31 bytes is plenty for an admin token");
+        assert!(run(&["--admin-token-file", &write("tiny", b"abc")]).unwrap_err().contains("at least 16"));
+        assert!(run(&["--jwt-secret-file", "/nonexistent/x"]).unwrap_err().contains("cannot read"));
+        assert!(run(&["--demo", "--jwt-secret-file", &secret]).unwrap_err().contains("exclude"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn per_ip_limits_can_be_turned_off() {
+        let options = run(&["--max-connections-per-ip", "0", "--max-handshakes-per-ip-per-sec=0"]).unwrap();
+        assert_eq!((options.config.max_connections_per_ip, options.config.max_handshakes_per_ip_per_sec), (0, 0));
+        assert!(run(&["--max-handshakes-per-ip-per-sec", "-1"]).unwrap_err().contains("'-1'"));
     }
 
     #[test]

@@ -10,13 +10,15 @@ pub enum ErrorClass {
     AdminAccept,
     AdminIo,
     AdminBadRequest,
+    AdminUnauthorized,
     OverCapacity,
+    IpLimited,
     SlowConsumerClose,
     SlowConsumerDrop,
     ProtocolError,
 }
 
-const CLASS_COUNT: usize = 7;
+const CLASS_COUNT: usize = 9;
 
 impl ErrorClass {
     fn describe(self) -> &'static str {
@@ -24,7 +26,9 @@ impl ErrorClass {
             ErrorClass::AdminAccept => "admin API: accepting a connection failed",
             ErrorClass::AdminIo => "admin API: connection I/O failed",
             ErrorClass::AdminBadRequest => "admin API: bad request",
+            ErrorClass::AdminUnauthorized => "admin API: request without the right bearer token (401)",
             ErrorClass::OverCapacity => "over capacity: --max-connections reached, new sockets answered 503",
+            ErrorClass::IpLimited => "per-IP limit: new sockets from one address answered 429",
             ErrorClass::SlowConsumerClose => "slow consumer: closed connections whose send queue was full (1008)",
             ErrorClass::SlowConsumerDrop => "slow consumer: dropped messages for connections whose send queue was full",
             ErrorClass::ProtocolError => {
@@ -37,8 +41,11 @@ impl ErrorClass {
     fn counted_in(self) -> &'static str {
         match self {
             ErrorClass::AdminAccept | ErrorClass::AdminIo => "not counted",
-            ErrorClass::AdminBadRequest => "counted in wspushd_admin_client_errors_total",
+            ErrorClass::AdminBadRequest | ErrorClass::AdminUnauthorized => {
+                "counted in wspushd_admin_client_errors_total"
+            }
             ErrorClass::OverCapacity => "counted in wspush_over_capacity_total",
+            ErrorClass::IpLimited => "counted in wspush_ip_limited_total",
             ErrorClass::SlowConsumerClose => "counted in wspush_slow_consumer_closes_total",
             ErrorClass::SlowConsumerDrop => "counted in wspush_dropped_total",
             ErrorClass::ProtocolError => "counted in wspush_protocol_errors_total",

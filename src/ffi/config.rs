@@ -4,7 +4,7 @@ use std::ffi::{c_char, c_void};
 use std::mem::{offset_of, size_of};
 use std::time::Duration;
 
-use super::boundary::{arg_mut, ffi_boundary, text, wspush_result};
+use super::boundary::{arg_mut, bytes, ffi_boundary, text, wspush_result};
 use super::request::wspush_request;
 use super::server::wspush_server;
 use crate::{Config, SlowConsumerPolicy};
@@ -181,8 +181,9 @@ fn looks_like_listen_address(address: &str) -> bool {
 /// A new configuration with the defaults: listen "127.0.0.1:8080", path "/ws", one I/O thread
 /// per core, 1,000,000 connections, 64 KiB messages, ping every 30 s, idle timeout 75 s,
 /// handshake timeout 10 s, 1 MiB queue per connection with the close policy, any Origin, 8 KiB
-/// request heads, 1024 handshakes per thread, no per-user limit, 5 s drain, 2 s close timeout,
-/// no callbacks. Returns NULL only on an internal error. Release with `wspush_config_free`.
+/// request heads, 1024 handshakes per thread, no per-user or per-IP limit, no JWT authentication,
+/// 5 s drain, 2 s close timeout, no callbacks. Returns NULL only on an internal error. Release
+/// with `wspush_config_free`.
 #[no_mangle]
 pub extern "C" fn wspush_config_new() -> *mut wspush_config {
     ffi_boundary(|| {
@@ -457,6 +458,90 @@ pub unsafe extern "C" fn wspush_config_set_max_connections_per_user(
     unsafe {
         update(config, |c| {
             c.max_connections_per_user = connections;
+            Ok(())
+        })
+    }
+}
+
+/// Connections (open or handshaking) one client IP address may hold, IPv6 counted per /64;
+/// beyond, new sockets from it get 429. 0 (default) = no limit.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_max_connections_per_ip(
+    config: *mut wspush_config,
+    connections: usize,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.max_connections_per_ip = connections;
+            Ok(())
+        })
+    }
+}
+
+/// New connections one client IP address (IPv6: /64) may open per second, in bursts of at most
+/// that many; beyond, new sockets from it get 429. 0 (default) = no limit.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_max_handshakes_per_ip_per_sec(
+    config: *mut wspush_config,
+    handshakes: u32,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.max_handshakes_per_ip_per_sec = handshakes;
+            Ok(())
+        })
+    }
+}
+
+/// Turns on the built-in JSON Web Token authentication with this HS256 secret (`secret_len`
+/// bytes, at least 32, copied; INVALID_ARGUMENT if shorter). The token is read from an
+/// `Authorization: Bearer` header, else from the `token` query parameter; it must be signed with
+/// HS256 (any other alg, "none" included, is refused), carry `exp` (enforced, as is `nbf`, with
+/// the leeway of `wspush_config_set_jwt_leeway_ms`) and a `sub` of 1-255 bytes. Without an
+/// `on_upgrade` callback, a valid token is accepted as user `sub` and anything else gets 401
+/// "invalid token"; with one, the callback decides and reads the verified `sub` with
+/// `wspush_request_verified_user`.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread; `secret` NULL or
+/// `secret_len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_jwt_hs256_secret(
+    config: *mut wspush_config,
+    secret: *const u8,
+    secret_len: usize,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            let secret = bytes(secret, secret_len)?;
+            if secret.len() < crate::jwt::MIN_SECRET_LEN {
+                return Err(wspush_result::InvalidArgument);
+            }
+            c.jwt_hs256_secret = Some(secret.into());
+            Ok(())
+        })
+    }
+}
+
+/// Clock skew (ms) allowed when checking a token's `exp` and `nbf` (default 30,000).
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_jwt_leeway_ms(config: *mut wspush_config, leeway_ms: u64) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.jwt_leeway = millis(leeway_ms)?;
             Ok(())
         })
     }

@@ -4,6 +4,7 @@ use super::boundary::out_bytes;
 use super::config::{wspush_callbacks, wspush_message_kind, WSPUSH_MESSAGE_KIND_BINARY, WSPUSH_MESSAGE_KIND_TEXT};
 use super::request::{Purpose, RequestView};
 use super::server::server_ptr;
+use crate::handler::default_upgrade_decision;
 use crate::{ConnId, Handler, HttpResponse, MessageKind, Request, ServerHandle, UpgradeDecision};
 
 /// The host's callbacks, called from every I/O thread.
@@ -37,7 +38,7 @@ fn kind_code(kind: MessageKind) -> wspush_message_kind {
 impl Handler for CallbackHandler {
     fn on_upgrade(&self, server: &ServerHandle, request: &Request<'_>) -> UpgradeDecision {
         let Some(callback) = self.callbacks.on_upgrade else {
-            return UpgradeDecision::Reject(401);
+            return default_upgrade_decision(request);
         };
         let view = RequestView::new(request, Purpose::Upgrade);
         // SAFETY: see the comment on this impl; `view` lives until after the call.

@@ -317,6 +317,29 @@ pub unsafe extern "C" fn wspush_request_ticket(request: *const wspush_request, t
     })
 }
 
+/// The user ID (`sub` claim) of the valid JSON Web Token this request carries (see
+/// `wspush_config_set_jwt_hs256_secret`), borrowed for the callback. NOT_FOUND without a
+/// configured secret, without a token, or when the token is invalid.
+///
+/// # Safety
+/// `request` must be NULL or the request of a running callback; the out-parameters NULL or
+/// valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_request_verified_user(
+    request: *const wspush_request,
+    user: *mut *const u8,
+    user_len: *mut usize,
+) -> wspush_result {
+    ffi_boundary(|| {
+        // SAFETY: per this function's contract.
+        let view = unsafe { view(request) }?;
+        let (user, user_len) = (Out::new(user)?, Out::new(user_len)?);
+        let found = view.request.verified_user().ok_or(wspush_result::NotFound)?;
+        // SAFETY: checked non-NULL, valid per the contract.
+        Ok(unsafe { write_bytes(found, user, user_len) })
+    })
+}
+
 /// In `on_upgrade`: accept the connection as `user` (1-255 bytes, copied). INVALID_USER_ID for
 /// another length (the decision is then unchanged); INVALID_ARGUMENT in `on_http`. The last
 /// accept/reject/defer call of the callback wins.

@@ -390,6 +390,8 @@ pub struct wspush_stats_snapshot {
     pub timeouts_total: u64,
     /// Heartbeat pings sent.
     pub pings_total: u64,
+    /// Sockets answered 429 by a per-address limit (max connections or handshakes per IP).
+    pub ip_limited_total: u64,
 }
 
 impl From<Stats> for wspush_stats_snapshot {
@@ -413,6 +415,7 @@ impl From<Stats> for wspush_stats_snapshot {
             protocol_errors_total: s.protocol_errors_total,
             timeouts_total: s.timeouts_total,
             pings_total: s.pings_total,
+            ip_limited_total: s.ip_limited_total,
         }
     }
 }
