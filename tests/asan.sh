@@ -21,7 +21,7 @@ export ASAN_OPTIONS="${ASAN_OPTIONS:-halt_on_error=1:detect_leaks=1:detect_stack
 target="$(rustc -vV | sed -n 's/^host: //p')"
 
 cargo test --target "$target" --lib --example wspushd \
-  --test api --test frames --test http --test liveness --test ffi --test ffi_misuse --test faults
+  --test api --test frames --test http --test liveness --test ffi --test ffi_misuse --test faults --test auth
 cargo test --target "$target" --test conformance -- library::
 # The panicking calls of the test hook must leave no reference count off by one.
 cargo test --target "$target" --features test-hooks --test panic_hook
