@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The Rust test suite under AddressSanitizer (with LeakSanitizer): use-after-free, overflows,
+# The Rust test suite under AddressSanitizer (with LeakSanitizer), part of tests/run-all.sh: use-after-free, overflows,
 # double frees and leaks in the engine, its unsafe FFI layer and the tests' C-ABI calls.
 #
 # Needs the nightly-only -Zsanitizer flag, hence RUSTC_BOOTSTRAP=1 on this stable toolchain.
 # --target makes RUSTFLAGS apply to the test crates only, not to build scripts and proc-macros
-# (which would not link). A separate target dir keeps the instrumented build apart.
+# (which would not link). A separate target dir keeps the instrumented build apart. Cost on
+# this 2-core machine: about 2.7 min of CPU to build from clean, 40 s to run.
 #
 # Left out, because they compile or build something themselves and an ASan-instrumented
 # libwspush.so cannot be linked into a plain gcc/cargo build: c_example, c_example_valgrind,

@@ -16,6 +16,9 @@ echo "== a panic inside wspush becomes WSPUSH_RESULT_PANIC (test-only hook; debu
 echo "   release library the bindings load is never built with the hook)"
 cargo test --features test-hooks --test panic_hook
 
+echo "== the in-process Rust tests under AddressSanitizer + LeakSanitizer (own target dir)"
+bash tests/asan.sh
+
 echo "== wspushd against the contract the benchmark peers share"
 python3 benches/peers/check_contract.py target/release/examples/wspushd --demo --max-connections-per-ip 0 --max-handshakes-per-ip-per-sec 0
 

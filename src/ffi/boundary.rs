@@ -155,14 +155,22 @@ pub(crate) fn ffi_boundary<R: FfiReturn>(body: impl FnOnce() -> Result<R, wspush
         Ok(Ok(value)) => value,
         Ok(Err(code)) => R::on_failure(code),
         Err(payload) => {
-            // Dropping a panic payload runs its Drop, which could itself panic and unwind into
-            // C from here; such a payload is leaked instead.
-            if let Err(unwinding_drop) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
-                std::mem::forget(unwinding_drop);
-            }
+            drop_panic_payload(payload);
             R::on_failure(wspush_result::Panic)
         }
     }
+}
+
+/// Drops a caught panic's payload without letting its Drop unwind into C: a Drop that panics
+/// yields another payload, dropped the same way; a chain that never ends is cut and leaked.
+fn drop_panic_payload(mut payload: Box<dyn std::any::Any + Send>) {
+    for _ in 0..8 {
+        match catch_unwind(AssertUnwindSafe(|| drop(payload))) {
+            Ok(()) => return,
+            Err(next) => payload = next,
+        }
+    }
+    std::mem::forget(payload);
 }
 
 /// Converts an engine result for the `?` operator.
