@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The Rust test suite under AddressSanitizer (with LeakSanitizer), part of tests/run-all.sh: use-after-free, overflows,
-# double frees and leaks in the engine, its unsafe FFI layer and the tests' C-ABI calls.
+# The Rust test suite under AddressSanitizer (with LeakSanitizer), part of tests/run-all.sh:
+# use-after-free, overflows, double frees and leaks in the engine, its unsafe FFI layer and the
+# tests' C-ABI calls.
 #
 # Needs the nightly-only -Zsanitizer flag, hence RUSTC_BOOTSTRAP=1 on this stable toolchain.
 # --target makes RUSTFLAGS apply to the test crates only, not to build scripts and proc-macros
@@ -9,8 +10,8 @@
 #
 # Left out, because they compile or build something themselves and an ASan-instrumented
 # libwspush.so cannot be linked into a plain gcc/cargo build: c_example, c_example_valgrind,
-# cpp_example, daemon, loadgen_smoke, and the `daemon::` half of conformance. The library they drive is the same code
-# the tests below exercise in-process.
+# cpp_example, daemon, loadgen_smoke, and the `daemon::` half of conformance. The library they
+# drive is the same code the tests below exercise in-process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
