@@ -38,6 +38,9 @@ pub mod ffi;
 pub mod handler;
 pub mod server;
 pub mod stats;
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub mod test_hooks;
 
 mod codec;
 mod conn_id;

@@ -154,8 +154,23 @@ pub(crate) fn ffi_boundary<R: FfiReturn>(body: impl FnOnce() -> Result<R, wspush
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(value)) => value,
         Ok(Err(code)) => R::on_failure(code),
-        Err(_) => R::on_failure(wspush_result::Panic),
+        Err(payload) => {
+            drop_panic_payload(payload);
+            R::on_failure(wspush_result::Panic)
+        }
     }
+}
+
+/// Drops a caught panic's payload without letting its Drop unwind into C: a Drop that panics
+/// yields another payload, dropped the same way; a chain that never ends is cut and leaked.
+fn drop_panic_payload(mut payload: Box<dyn std::any::Any + Send>) {
+    for _ in 0..8 {
+        match catch_unwind(AssertUnwindSafe(|| drop(payload))) {
+            Ok(()) => return,
+            Err(next) => payload = next,
+        }
+    }
+    std::mem::forget(payload);
 }
 
 /// Converts an engine result for the `?` operator.
@@ -256,6 +271,18 @@ mod tests {
         assert_eq!(code, wspush_result::Panic);
         let pointer: *const u8 = ffi_boundary(|| panic!("bug"));
         assert!(pointer.is_null());
+    }
+
+    #[test]
+    fn a_panic_whose_payload_panics_when_dropped_still_becomes_the_panic_code() {
+        struct PanicsWhenDropped;
+        impl Drop for PanicsWhenDropped {
+            fn drop(&mut self) {
+                panic!("payload drop");
+            }
+        }
+        let code: wspush_result = ffi_boundary(|| std::panic::resume_unwind(Box::new(PanicsWhenDropped)));
+        assert_eq!(code, wspush_result::Panic);
     }
 
     #[test]
