@@ -8,7 +8,6 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read};
 use std::os::fd::AsRawFd;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use mio::net::TcpStream;
@@ -17,6 +16,7 @@ use crate::codec::{self, close, Decoded, Frame, Opcode, Reassembly};
 use crate::config::SlowConsumerPolicy;
 use crate::conn_id;
 use crate::event_loop::{stats, IoThread, READS_PER_ROUND};
+use crate::guard::guarded;
 use crate::handler::{MessageKind, UpgradeDecision};
 use crate::handshake::{self, Head, MAX_HEADERS};
 use crate::registry::UserId;
@@ -135,9 +135,6 @@ impl Conn {
 }
 
 /// Runs a host callback; a panic in it is contained (and reported as `None`).
-fn guarded<R>(callback: impl FnOnce() -> R) -> Option<R> {
-    catch_unwind(AssertUnwindSafe(callback)).ok()
-}
 
 impl IoThread {
     // ---------------------------------------------------------------- input

@@ -46,6 +46,7 @@ mod codec;
 mod conn_id;
 mod connection;
 mod event_loop;
+mod guard;
 mod handshake;
 mod ip_limits;
 mod jwt;

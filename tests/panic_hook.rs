@@ -16,6 +16,9 @@ const OK: wspush_result = wspush_result::Ok;
 const PANIC: wspush_result = wspush_result::Panic;
 const WAIT: Duration = Duration::from_secs(5);
 
+/// The I/O-thread hook is process-wide: tests that run commands must not overlap with it armed.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// What the callbacks saw (userdata).
 #[derive(Default)]
 struct Counts {
@@ -96,6 +99,7 @@ fn next_text(client: &mut WebSocket<TcpStream>) -> String {
 
 #[test]
 fn a_panic_inside_a_call_returns_panic_and_leaves_the_server_working() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let counts = Counts::default();
     let (server, port) = start(&counts);
     let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -144,4 +148,52 @@ fn a_panic_inside_a_call_returns_panic_and_leaves_the_server_working() {
         Ok(Message::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 1001),
         other => panic!("expected close 1001, got {other:?}"),
     }
+}
+
+#[test]
+fn a_panic_on_an_io_thread_fails_the_server_and_the_host_lives() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let counts = Counts::default();
+    let (server, port) = start(&counts);
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let (mut alice, _) = tungstenite::client(format!("ws://127.0.0.1:{port}/ws"), stream).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while counts.opened.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "on_open never came");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    // The publish is queued (OK), then the I/O thread panics while executing it.
+    wspush::test_hooks::panic_in_next_io_command();
+    assert_eq!(publish(server, "never sent"), (OK, 1));
+    // The server has failed itself: calls say PANIC instead of pretending to deliver.
+    let deadline = Instant::now() + WAIT;
+    while publish(server, "probe").0 != PANIC {
+        assert!(Instant::now() < deadline, "the server never reported its failure");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(publish(server, "after").0, PANIC);
+    // The connection was torn down with on_close, and the client is not left hanging.
+    let deadline = Instant::now() + WAIT;
+    while counts.closed.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "on_close never came");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    match alice.read() {
+        Err(tungstenite::Error::Io(e))
+            if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+        {
+            panic!("the client's socket was left open")
+        }
+        Ok(message) if !message.is_close() => panic!("unexpected {message:?}"),
+        _ => {} // reset, end of stream or a close frame
+    }
+    // stop joins the threads and free releases the server; the host process is still here.
+    // SAFETY: the live server, freed once.
+    unsafe {
+        assert_eq!(wspush_server_stop(server), OK);
+        assert_eq!(wspush_server_free(server), OK);
+    }
+    assert_eq!(counts.closed.load(Ordering::SeqCst), 1, "on_close exactly once");
 }

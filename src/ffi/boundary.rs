@@ -5,8 +5,8 @@
 //! `WSPUSH_RESULT_PANIC` instead of unwinding into C (which would abort the host). What an error
 //! or panic turns into for each return type is the [`FfiReturn`] trait.
 
+use crate::guard::guarded;
 use std::ffi::c_char;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::Error;
 
@@ -115,6 +115,7 @@ impl From<Error> for wspush_result {
             Error::MessageTooLarge => wspush_result::MessageTooLarge,
             Error::NotFound => wspush_result::NotFound,
             Error::Stopped => wspush_result::Stopped,
+            Error::Failed => wspush_result::Panic,
         }
     }
 }
@@ -151,26 +152,11 @@ impl FfiReturn for () {
 /// the only state the caller can observe is the engine's, which stays consistent (its locks are
 /// parking_lot, which do not poison, and no entry point leaves half-built shared state).
 pub(crate) fn ffi_boundary<R: FfiReturn>(body: impl FnOnce() -> Result<R, wspush_result>) -> R {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(value)) => value,
-        Ok(Err(code)) => R::on_failure(code),
-        Err(payload) => {
-            drop_panic_payload(payload);
-            R::on_failure(wspush_result::Panic)
-        }
+    match guarded(body) {
+        Some(Ok(value)) => value,
+        Some(Err(code)) => R::on_failure(code),
+        None => R::on_failure(wspush_result::Panic),
     }
-}
-
-/// Drops a caught panic's payload without letting its Drop unwind into C: a Drop that panics
-/// yields another payload, dropped the same way; a chain that never ends is cut and leaked.
-fn drop_panic_payload(mut payload: Box<dyn std::any::Any + Send>) {
-    for _ in 0..8 {
-        match catch_unwind(AssertUnwindSafe(|| drop(payload))) {
-            Ok(()) => return,
-            Err(next) => payload = next,
-        }
-    }
-    std::mem::forget(payload);
 }
 
 /// Converts an engine result for the `?` operator.
