@@ -142,8 +142,9 @@ enum wspush_result
      */
     WSPUSH_RESULT_IN_CALLBACK = 14,
     /**
-     * A bug in wspush: a panic was caught at the C boundary. The call had no effect or only
-     * part of it.
+     * A bug in wspush: a panic was caught at the C boundary (the call had no effect or only
+     * part of it), or an engine thread panicked earlier and the server stopped itself (every
+     * later call on it returns PANIC: stop and free it, then start a new one).
      */
     WSPUSH_RESULT_PANIC = 15,
 };

@@ -45,8 +45,9 @@ pub enum wspush_result {
     Io = 13,
     /// The call is not allowed from inside a callback of this server (`wspush_server_free`).
     InCallback = 14,
-    /// A bug in wspush: a panic was caught at the C boundary. The call had no effect or only
-    /// part of it.
+    /// A bug in wspush: a panic was caught at the C boundary (the call had no effect or only
+    /// part of it), or an engine thread panicked earlier and the server stopped itself (every
+    /// later call on it returns PANIC: stop and free it, then start a new one).
     Panic = 15,
 }
 
