@@ -97,19 +97,25 @@ fn next_text(client: &mut WebSocket<TcpStream>) -> String {
     }
 }
 
-#[test]
-fn a_panic_inside_a_call_returns_panic_and_leaves_the_server_working() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let counts = Counts::default();
-    let (server, port) = start(&counts);
+/// A client (accepted as "alice"), returned once the host has seen it open.
+fn connect_alice(port: u16, counts: &Counts) -> WebSocket<TcpStream> {
     let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
-    let (mut alice, _) = tungstenite::client(format!("ws://127.0.0.1:{port}/ws"), stream).unwrap();
+    let (alice, _) = tungstenite::client(format!("ws://127.0.0.1:{port}/ws"), stream).unwrap();
     let deadline = Instant::now() + WAIT;
     while counts.opened.load(Ordering::SeqCst) == 0 {
         assert!(Instant::now() < deadline, "on_open never came");
         std::thread::sleep(Duration::from_millis(5));
     }
+    alice
+}
+
+#[test]
+fn a_panic_inside_a_call_returns_panic_and_leaves_the_server_working() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let counts = Counts::default();
+    let (server, port) = start(&counts);
+    let mut alice = connect_alice(port, &counts);
 
     // A panic in publish: PANIC, the out-parameter untouched, nothing sent.
     panic_in_next_ffi_call();
@@ -155,14 +161,7 @@ fn a_panic_on_an_io_thread_fails_the_server_and_the_host_lives() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let counts = Counts::default();
     let (server, port) = start(&counts);
-    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    let (mut alice, _) = tungstenite::client(format!("ws://127.0.0.1:{port}/ws"), stream).unwrap();
-    let deadline = Instant::now() + WAIT;
-    while counts.opened.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "on_open never came");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut alice = connect_alice(port, &counts);
 
     // The publish is queued (OK), then the I/O thread panics while executing it.
     wspush::test_hooks::panic_in_next_io_command();
