@@ -3,7 +3,9 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
-use wspush::internals::{apply_mask, frame_text, parse_frame_header, parse_upgrade, sign_jwt, JwtVerifier, Registry};
+use wspush::internals::{
+    apply_mask, decode_next, frame_text, parse_frame_header, parse_upgrade, sign_jwt, JwtVerifier, Registry,
+};
 use wspush::Config;
 
 /// What Chromium sends when a page opens `new WebSocket("ws://host/ws?user=...")`.
@@ -35,6 +37,18 @@ fn frames(c: &mut Criterion) {
     let header = [0x81u8, 0x80 | 20, 1, 2, 3, 4];
     group.throughput(Throughput::Elements(1));
     group.bench_function("decode_client_header", |b| b.iter(|| parse_frame_header(black_box(&header), 65536)));
+    // The whole per-frame path of an open connection: header, unmask, UTF-8, sequencing.
+    let text_frame: Vec<u8> =
+        header.iter().copied().chain((0..20u8).map(|i| (b'a' + i) ^ [1, 2, 3, 4][usize::from(i) % 4])).collect();
+    group.bench_function("decode_text_frame", |b| {
+        let mut buf = text_frame.clone();
+        b.iter(|| {
+            buf.copy_from_slice(&text_frame);
+            let mut reassembly = None;
+            let (used, _) = decode_next(black_box(&mut buf), &mut reassembly, 65536);
+            used
+        })
+    });
     for size in [20usize, 1024, 65536] {
         let mut payload = vec![0x5au8; size];
         group.throughput(Throughput::Bytes(size as u64));

@@ -59,6 +59,18 @@ PONG = frame(0x8A, b"")
 CLOSE = frame(0x88, struct.pack(">H", 1000) + b"bye")
 EURO = "€uro".encode()  # the 3-byte code point is split across the fragments below
 FRAGMENTED = frame(0x01, EURO[:2]) + frame(0x89, b"") + frame(0x00, EURO[2:4]) + frame(0x80, EURO[4:])
+# Text cut into one-byte fragments: every code point of 1-4 bytes is split somewhere.
+ONE_BYTE_TEXT = "aé€😀".encode()
+ONE_BYTE_FRAGMENTS = (
+    frame(0x01, ONE_BYTE_TEXT[:1])
+    + b"".join(frame(0x00, ONE_BYTE_TEXT[i:i + 1]) for i in range(1, len(ONE_BYTE_TEXT) - 1))
+    + frame(0x80, ONE_BYTE_TEXT[-1:])
+)
+SMILE = "😀".encode()
+INTERLEAVED = (
+    frame(0x01, SMILE[:1]) + PING + frame(0x00, SMILE[1:3]) + PONG + frame(0x8A, b"pong")
+    + frame(0x80, SMILE[3:]) + BINARY + CLOSE
+)
 HEADER_64K = frame(0x82, b"", length=64 * 1024)  # header only: the payload never comes
 HEADER_MSB = bytes([0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0]) + MASK
 INVALID_UTF8 = frame(0x81, b"ok\xff")
@@ -73,15 +85,32 @@ SEEDS = {
         "plain_http": PLAIN_HTTP,
         "truncated_upgrade": BROWSER_UPGRADE[:100],
     },
-    # frame_decoder: [limit index, unmask split point, stream...]; limit 5 is 65536, 4 is 65535.
+    # frame_decoder: [limit index, chunking, chunk sizes..., stream...]; the low nibble of
+    # `chunking` counts the chunk-size bytes (b = b + 1 bytes). Limit indexes: 6 = 16 bytes,
+    # 10 = 300, 11 = 1024, 12 = 65535, 13 = 65536, 15 = usize::MAX.
     "frame_decoder": {
-        "text_binary_ping_close": bytes([5, 3]) + TEXT + BINARY + PING + PONG + CLOSE,
-        "fragmented": bytes([2, 1]) + FRAGMENTED,
-        "header_64k_at_limit": bytes([5, 0]) + HEADER_64K,
-        "header_64k_over_limit": bytes([4, 0]) + HEADER_64K,
-        "header_msb_set": bytes([7, 0]) + HEADER_MSB,
-        "medium_126": bytes([5, 7]) + frame(0x82, bytes(300)),
-        "unmasked": bytes([5, 0]) + UNMASKED,
+        "text_binary_ping_close": bytes([13, 0]) + TEXT + BINARY + PING + PONG + CLOSE,
+        "fragmented_split_code_point": bytes([11, 3, 0, 5, 1]) + FRAGMENTED + CLOSE,
+        "fragmented_one_byte_text": bytes([11, 1, 0]) + ONE_BYTE_FRAGMENTS,
+        "interleaved_controls": bytes([11, 2, 3, 9]) + INTERLEAVED,
+        "invalid_utf8_first_fragment": bytes([11, 0]) + frame(0x01, b"ok\xff") + frame(0x80, b"!"),
+        "invalid_utf8_middle_fragment": bytes([11, 1, 6]) + frame(0x01, b"\xe2\x82") + frame(0x00, b"A") + frame(0x80, b"!"),
+        "invalid_utf8_truncated_at_end": bytes([11, 0]) + frame(0x01, b"ab") + frame(0x80, b"\xf0\x9f\x98"),
+        "invalid_utf8_surrogate": bytes([11, 0]) + frame(0x81, b"\xed\xa0\x80"),
+        "invalid_utf8_overlong": bytes([11, 0]) + frame(0x81, b"\xc0\xaf"),
+        "invalid_close_reason": bytes([11, 0]) + frame(0x88, struct.pack(">H", 1000) + b"\xff"),
+        "close_codes": bytes([11, 0]) + frame(0x88, struct.pack(">H", 1005)) + frame(0x88, b"\x03"),
+        "oversize_single_frame": bytes([6, 0]) + frame(0x82, bytes(17)),
+        "oversize_reassembled": bytes([6, 1, 7]) + frame(0x02, bytes(10)) + frame(0x00, bytes(6)) + frame(0x80, bytes(1)),
+        "at_limit_reassembled": bytes([6, 0]) + frame(0x01, b"a" * 10) + frame(0x80, b"b" * 6),
+        "new_message_inside_fragmented": bytes([11, 0]) + frame(0x01, b"a") + TEXT,
+        "continuation_without_start": bytes([11, 0]) + frame(0x80, b"x"),
+        "header_64k_at_limit": bytes([13, 0]) + HEADER_64K,
+        "header_64k_over_limit": bytes([12, 0]) + HEADER_64K,
+        "header_msb_set": bytes([15, 0]) + HEADER_MSB,
+        "medium_126": bytes([11, 1, 100]) + frame(0x82, bytes(300)),
+        "unmasked": bytes([13, 0]) + UNMASKED,
+        "fragmented_ping": bytes([11, 0]) + frame(0x09, b"x"),
     },
     # connection: [flags, chunk sizes..., payload]; flags bit 0 = target sends its own upgrade
     # first, bit 1 = paced chunks, bit 2 = abortive close, high nibble = number of chunk sizes.

@@ -26,7 +26,7 @@
  *   optional count out-parameters documented as "may be NULL".
  * - Buffers are (pointer, length) pairs and need no NUL terminator; NULL with length 0 is the
  *   empty buffer. Text arguments (addresses, paths, origins, close reasons, names) must be
- *   UTF-8. Out-parameters are written only when the call returns WSPUSH_RESULT_OK.
+ *   UTF-8 (else WSPUSH_RESULT_INVALID_UTF8). Out-parameters are written only when the call returns WSPUSH_RESULT_OK.
  * - Strings returned through out-parameters are NOT NUL-terminated: use their length. They are
  *   borrowed: valid only during the callback that received the request.
  * - Structs with a leading `size` field (wspush_callbacks, wspush_stats_snapshot) only ever
@@ -142,8 +142,9 @@ enum wspush_result
      */
     WSPUSH_RESULT_IN_CALLBACK = 14,
     /**
-     * A bug in wspush: a panic was caught at the C boundary. The call had no effect or only
-     * part of it.
+     * A bug in wspush: a panic was caught at the C boundary (the call had no effect or only
+     * part of it), or an engine thread panicked earlier and the server stopped itself (every
+     * later call on it returns PANIC: stop and free it, then start a new one).
      */
     WSPUSH_RESULT_PANIC = 15,
 };
@@ -807,7 +808,10 @@ wspush_result wspush_server_local_port(const struct wspush_server *server, uint1
  * all that is done, except when called from inside a callback: then it only starts the stop
  * and returns (an I/O thread cannot wait for itself). Calling it again is harmless; while
  * another thread is still inside a stop of the same server, it may return before that stop has
- * finished. After it, publish/broadcast/send/close/disconnect/upgrade_* return STOPPED.
+ * finished. Returns OK, also when called again (from any thread); NULL_ARGUMENT for NULL.
+ * After it, publish/broadcast/send/close/disconnect/upgrade_* return STOPPED (argument errors
+ * such as NULL_ARGUMENT or INVALID_USER_ID are still reported first); stats and local_port
+ * keep working until `wspush_server_free`.
  *
  * # Safety
  * `server` must be NULL or a live server.
@@ -846,6 +850,7 @@ wspush_result wspush_publish(const struct wspush_server *server,
 
 /**
  * Sends `payload` to every open connection. `*count` (optional) receives how many were open.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (kind), MESSAGE_TOO_LARGE, STOPPED.
  *
  * # Safety
  * `server` must be NULL or a live server; `payload` NULL or readable for `payload_len` bytes;
@@ -860,6 +865,7 @@ wspush_result wspush_broadcast(const struct wspush_server *server,
 /**
  * Sends `payload` to one connection. NOT_FOUND when it is not open (connection IDs are never
  * reused, so a stale ID cannot reach another connection).
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (kind), MESSAGE_TOO_LARGE, NOT_FOUND, STOPPED.
  *
  * # Safety
  * `server` must be NULL or a live server; `payload` NULL or readable for `payload_len` bytes.
@@ -887,6 +893,7 @@ wspush_result wspush_close(const struct wspush_server *server,
 
 /**
  * Closes every connection of `user` with `code`. `*count` (optional) receives how many.
+ * Errors: NULL_ARGUMENT, INVALID_USER_ID (not 1-255 bytes), INVALID_CLOSE_CODE, STOPPED.
  *
  * # Safety
  * `server` must be NULL or a live server; `user` NULL or readable for `user_len` bytes; `count`
@@ -903,6 +910,7 @@ wspush_result wspush_disconnect_user(const struct wspush_server *server,
  * NOT_FOUND when no pending upgrade or connection has that ticket (unknown, timed out, client
  * gone). The decision is applied asynchronously: one for a ticket that is no longer waiting
  * (already decided) is ignored.
+ * Errors: NULL_ARGUMENT, INVALID_USER_ID, NOT_FOUND, STOPPED.
  *
  * # Safety
  * `server` must be NULL or a live server; `user` NULL or readable for `user_len` bytes.

@@ -1,6 +1,8 @@
 //! RFC 6455 frame codec, separate from I/O: header parse/format (tungstenite's `FrameHeader`),
-//! masking, close-frame payloads and the validation rules the connection state machine applies.
+//! masking, close-frame payloads, and [`decode_next`]: the whole client-stream decoder (frame rules,
+//! reassembly, UTF-8) that the connection runs and the `frame_decoder` fuzz target checks.
 
+use std::borrow::Cow;
 use std::io::Cursor;
 use std::sync::Arc;
 
@@ -132,7 +134,8 @@ pub(crate) struct FrameInfo {
 }
 
 /// Parses one client frame header at the start of `buf`. `Ok(None)`: need more bytes.
-/// `Err(code)`: the connection must be failed with that close code.
+/// `Err(code)`: the connection must be failed with that close code. Decided on the header alone
+/// (tungstenite's `FrameHeader`), never waiting for a payload.
 pub(crate) fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<FrameInfo>, u16> {
     let mut cursor = Cursor::new(buf);
     let (header, length) = match FrameHeader::parse(&mut cursor) {
@@ -141,9 +144,9 @@ pub(crate) fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Fram
         Err(_) => return Err(close::PROTOCOL), // reserved opcode
     };
     if header.rsv1 || header.rsv2 || header.rsv3 {
-        return Err(close::PROTOCOL);
+        return Err(close::PROTOCOL); // no extension was negotiated
     }
-    let Some(mask) = header.mask else { return Err(close::PROTOCOL) };
+    let Some(mask) = header.mask else { return Err(close::PROTOCOL) }; // RFC 6455 5.1
     let opcode = match header.opcode {
         OpCode::Data(Data::Continue) => Opcode::Continuation,
         OpCode::Data(Data::Text) => Opcode::Text,
@@ -153,7 +156,9 @@ pub(crate) fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Fram
         OpCode::Control(Control::Pong) => Opcode::Pong,
         _ => return Err(close::PROTOCOL),
     };
-    if opcode.is_control() && (!header.is_final || length > 125) {
+    // RFC 6455 5.5: control frames are final and <= 125 bytes, said in the 7-bit length field
+    // (buf holds at least the 2 bytes just parsed).
+    if opcode.is_control() && (!header.is_final || buf[1] & 0x7f > 125) {
         return Err(close::PROTOCOL);
     }
     if length >> 63 != 0 {
@@ -162,6 +167,7 @@ pub(crate) fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Fram
     if length > max_payload as u64 {
         return Err(close::TOO_BIG);
     }
+    // `length <= max_payload`, a usize: the cast is lossless.
     Ok(Some(FrameInfo {
         fin: header.is_final,
         opcode,
@@ -169,6 +175,123 @@ pub(crate) fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Fram
         header_len: cursor.position() as usize,
         payload_len: length as usize,
     }))
+}
+
+/// A text or binary message arriving in fragments. Exists only between a message's first
+/// fragment and its last (the connection keeps it in its lazily allocated spill).
+#[derive(Debug)]
+pub struct Reassembly {
+    text: bool,
+    data: Vec<u8>,
+    utf8: Utf8Check,
+}
+
+/// What the next bytes of a client stream amount to (see [`decode_next`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    /// Not a whole frame yet (or a fragment's header not yet complete): nothing consumed,
+    /// the input untouched. Call again with more bytes.
+    Incomplete,
+    /// A non-final fragment was taken into the reassembly; nothing to deliver yet.
+    Fragment,
+    /// A complete message: borrowed from the input when it came in one frame, owned when it
+    /// was reassembled. Text is valid UTF-8.
+    Message(MessageKind, Cow<'a, [u8]>),
+    Ping(&'a [u8]),
+    Pong(&'a [u8]),
+    /// A valid close frame: the peer's code (1005 when the payload was empty).
+    Close(u16),
+    /// The connection must be failed with this close code (RFC 6455 §7.1.7): nothing consumed,
+    /// the reassembly dropped; the stream is not to be decoded further (the failing frame's
+    /// payload may have been unmasked in place).
+    Fail(u16),
+}
+
+/// Decodes the next client frame at the start of `buf`: header rules, unmasking (in place),
+/// fragment sequencing and reassembly under `max_message_size` (whole messages, not only single
+/// frames), UTF-8 of text messages checked fragment by fragment (a message fails on the fragment
+/// that makes it invalid, not at its end), control-frame and close-payload rules.
+///
+/// Returns the bytes consumed and what they were. Pure: no I/O, no allocation unless a message
+/// is fragmented. Size and sequencing violations are reported as soon as the header shows them,
+/// before the payload arrives.
+pub fn decode_next<'a>(
+    buf: &'a mut [u8],
+    reassembly: &mut Option<Reassembly>,
+    max_message_size: usize,
+) -> (usize, Decoded<'a>) {
+    let fail = |reassembly: &mut Option<Reassembly>, code| {
+        *reassembly = None;
+        (0, Decoded::Fail(code))
+    };
+    let info = match parse_header(buf, max_message_size) {
+        Ok(Some(info)) => info,
+        Ok(None) => return (0, Decoded::Incomplete),
+        Err(code) => return fail(reassembly, code),
+    };
+    match (info.opcode, reassembly.as_ref()) {
+        (Opcode::Text | Opcode::Binary, Some(_)) => return fail(reassembly, close::PROTOCOL), // new message inside a fragmented one
+        (Opcode::Continuation, None) => return fail(reassembly, close::PROTOCOL), // continuation without a start
+        // `data.len() <= max_message_size` holds between fragments, so this cannot underflow.
+        (Opcode::Continuation, Some(open)) if info.payload_len > max_message_size - open.data.len() => {
+            return fail(reassembly, close::TOO_BIG);
+        }
+        _ => {}
+    }
+    let end = info.header_len + info.payload_len; // both bounded: header <= 14, payload <= buf
+    if buf.len() < end {
+        return (0, Decoded::Incomplete);
+    }
+    let payload = &mut buf[info.header_len..end];
+    apply_mask(payload, info.mask, 0);
+    let payload: &'a [u8] = payload;
+    let decoded = match info.opcode {
+        Opcode::Text | Opcode::Binary => {
+            let text = info.opcode == Opcode::Text;
+            if info.fin {
+                if text && std::str::from_utf8(payload).is_err() {
+                    return fail(reassembly, close::INVALID_PAYLOAD);
+                }
+                Decoded::Message(kind(text), Cow::Borrowed(payload))
+            } else {
+                let mut utf8 = Utf8Check::default();
+                if text && !utf8.feed(payload, false) {
+                    return fail(reassembly, close::INVALID_PAYLOAD);
+                }
+                *reassembly = Some(Reassembly { text, data: payload.to_vec(), utf8 });
+                Decoded::Fragment
+            }
+        }
+        Opcode::Continuation => {
+            let Some(open) = reassembly.as_mut() else { return fail(reassembly, close::PROTOCOL) };
+            open.data.extend_from_slice(payload);
+            if open.text && !open.utf8.feed(&open.data, info.fin) {
+                return fail(reassembly, close::INVALID_PAYLOAD);
+            }
+            match reassembly.take() {
+                Some(done) if info.fin => Decoded::Message(kind(done.text), Cow::Owned(done.data)),
+                still_open => {
+                    *reassembly = still_open;
+                    Decoded::Fragment
+                }
+            }
+        }
+        Opcode::Ping => Decoded::Ping(payload),
+        Opcode::Pong => Decoded::Pong(payload),
+        Opcode::Close => match parse_close_payload(payload) {
+            Ok(code) => Decoded::Close(code),
+            Err(code) => return fail(reassembly, code),
+        },
+    };
+    (end, decoded)
+}
+
+fn kind(text: bool) -> MessageKind {
+    if text {
+        MessageKind::Text
+    } else {
+        MessageKind::Binary
+    }
 }
 
 /// Unmasks (or masks) `buf` in place; `offset` is the position of `buf[0]` within the payload.
@@ -211,14 +334,17 @@ pub(crate) fn parse_close_payload(payload: &[u8]) -> Result<u16, u16> {
 }
 
 /// Incremental UTF-8 check for a text message arriving in fragments: fails on the first invalid
-/// byte, tolerates a code point split across fragments.
+/// byte, tolerates a code point split across fragments. Each call examines only the bytes after
+/// the last complete code point (at most 3 carried over), so a message in many fragments is
+/// checked in linear time although the whole message so far is passed each time.
 #[derive(Default, Debug)]
 pub(crate) struct Utf8Check {
     valid_up_to: usize,
 }
 
 impl Utf8Check {
-    /// `message` is everything received so far; returns false as soon as it cannot be valid.
+    /// `message` is everything received so far (earlier calls' bytes unchanged, new ones
+    /// appended); returns false as soon as it cannot be valid.
     pub(crate) fn feed(&mut self, message: &[u8], is_last: bool) -> bool {
         match std::str::from_utf8(&message[self.valid_up_to..]) {
             Ok(_) => {
@@ -278,6 +404,106 @@ mod tests {
         assert_eq!(parse_header(&client_frame(0x09, b""), 100).unwrap_err(), close::PROTOCOL, "fragmented ping");
         assert_eq!(parse_header(&client_frame(0x89, &[0; 126]), 1000).unwrap_err(), close::PROTOCOL);
         assert_eq!(parse_header(&client_frame(0x82, &[0; 101]), 100).unwrap_err(), close::TOO_BIG);
+    }
+
+    #[test]
+    fn header_violations_fail_on_the_header_alone() {
+        let header = |first: u8| [first, 0x80 | 3, 1, 2, 3, 4];
+        assert_eq!(parse_header(&header(0x83), 100).unwrap_err(), close::PROTOCOL, "reserved opcode");
+        assert_eq!(parse_header(&header(0x09), 100).unwrap_err(), close::PROTOCOL, "fragmented ping");
+        assert!(parse_header(&[0x82, 0xff], 100).unwrap().is_none(), "needs the length first");
+    }
+
+    /// Decodes `stream` frame by frame as the connection does, stopping at Incomplete/Fail.
+    fn decode_all(stream: &[u8], max: usize) -> Vec<String> {
+        let mut buf = stream.to_vec();
+        let mut reassembly = None;
+        let mut pos = 0;
+        let mut events = Vec::new();
+        loop {
+            let (used, decoded) = decode_next(&mut buf[pos..], &mut reassembly, max);
+            pos += used;
+            let event = match decoded {
+                Decoded::Incomplete => return events,
+                Decoded::Fragment => "fragment".to_string(),
+                Decoded::Message(kind, payload) => format!("{kind:?} {}", String::from_utf8_lossy(&payload)),
+                Decoded::Ping(payload) => format!("ping {}", String::from_utf8_lossy(payload)),
+                Decoded::Pong(payload) => format!("pong {}", String::from_utf8_lossy(payload)),
+                Decoded::Close(code) => format!("close {code}"),
+                Decoded::Fail(code) => format!("fail {code}"),
+            };
+            let done = event.starts_with("fail") || event.starts_with("close");
+            events.push(event);
+            if done {
+                return events;
+            }
+        }
+    }
+
+    #[test]
+    fn reassembles_fragments_around_a_ping_with_a_split_code_point() {
+        let euro = "€uro".as_bytes();
+        let stream = [
+            client_frame(0x01, &euro[..2]),
+            client_frame(0x89, b"p"),
+            client_frame(0x00, &euro[2..4]),
+            client_frame(0x80, &euro[4..]),
+            client_frame(0x88, &[0x03, 0xE8]),
+        ]
+        .concat();
+        assert_eq!(decode_all(&stream, 100), ["fragment", "ping p", "fragment", "Text €uro", "close 1000"]);
+    }
+
+    #[test]
+    fn a_text_message_fails_on_the_fragment_that_makes_it_invalid() {
+        // The final fragment never comes: the first one's invalid byte is enough.
+        assert_eq!(decode_all(&client_frame(0x01, b"ok\xff"), 100), ["fail 1007"]);
+        let second_bad = [client_frame(0x01, b"\xe2\x82"), client_frame(0x00, b"\x41")].concat();
+        assert_eq!(decode_all(&second_bad, 100), ["fragment", "fail 1007"]);
+        let cut_at_end = [client_frame(0x01, b"a"), client_frame(0x80, b"\xe2\x82")].concat();
+        assert_eq!(decode_all(&cut_at_end, 100), ["fragment", "fail 1007"]);
+        let binary = [client_frame(0x02, b"\xff"), client_frame(0x80, b"\xfe")].concat();
+        assert_eq!(decode_all(&binary, 100), ["fragment", "Binary \u{fffd}\u{fffd}"]);
+    }
+
+    #[test]
+    fn sequencing_violations_are_1002() {
+        assert_eq!(decode_all(&client_frame(0x80, b"x"), 100), ["fail 1002"], "continuation without a start");
+        let nested = [client_frame(0x01, b"a"), client_frame(0x81, b"b")].concat();
+        assert_eq!(decode_all(&nested, 100), ["fragment", "fail 1002"], "new message inside a fragmented one");
+    }
+
+    #[test]
+    fn the_message_size_cap_covers_reassembly_and_fires_on_the_header() {
+        let at_cap = [client_frame(0x02, &[1; 6]), client_frame(0x80, &[2; 4])].concat();
+        assert_eq!(decode_all(&at_cap, 10).len(), 2);
+        // Only the header of the fragment that would pass the cap: no need to wait for its payload.
+        let over = [client_frame(0x02, &[1; 6]), client_frame(0x80, &[2; 5])[..6].to_vec()].concat();
+        assert_eq!(decode_all(&over, 10), ["fragment", "fail 1009"]);
+    }
+
+    #[test]
+    fn incomplete_input_is_left_untouched() {
+        let frame = client_frame(0x81, b"hello");
+        for cut in 0..frame.len() {
+            let mut buf = frame[..cut].to_vec();
+            let mut reassembly = None;
+            assert_eq!(decode_next(&mut buf, &mut reassembly, 100), (0, Decoded::Incomplete), "cut {cut}");
+            assert_eq!(buf, frame[..cut]);
+        }
+    }
+
+    #[test]
+    fn a_message_in_many_one_byte_fragments_is_checked_correctly() {
+        let text = "😀é€a".repeat(2000);
+        let bytes = text.as_bytes();
+        let mut stream = client_frame(0x01, &bytes[..1]);
+        for (i, byte) in bytes.iter().enumerate().skip(1) {
+            stream.extend(client_frame(if i + 1 == bytes.len() { 0x80 } else { 0x00 }, &[*byte]));
+        }
+        let events = decode_all(&stream, bytes.len());
+        assert_eq!(events.len(), bytes.len());
+        assert_eq!(events.last().unwrap(), &format!("Text {text}"));
     }
 
     #[test]

@@ -8,15 +8,15 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read};
 use std::os::fd::AsRawFd;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use mio::net::TcpStream;
 
-use crate::codec::{self, close, Frame, FrameInfo, Opcode, Utf8Check};
+use crate::codec::{self, close, Decoded, Frame, Opcode, Reassembly};
 use crate::config::SlowConsumerPolicy;
 use crate::conn_id;
 use crate::event_loop::{stats, IoThread, READS_PER_ROUND};
+use crate::guard::guarded;
 use crate::handler::{MessageKind, UpgradeDecision};
 use crate::handshake::{self, Head, MAX_HEADERS};
 use crate::registry::UserId;
@@ -66,19 +66,13 @@ struct Spill {
     /// Received bytes not consumed yet: part of a request head or of a frame.
     input: Vec<u8>,
     /// A fragmented message being reassembled.
-    fragments: Option<Fragments>,
+    fragments: Option<Reassembly>,
     /// Frames the socket has not taken yet; the front one may be partly sent.
     queue: VecDeque<Frame>,
     front_sent: usize,
     queued_bytes: usize,
     /// Sec-WebSocket-Accept for a deferred upgrade.
     accept_key: Option<Box<str>>,
-}
-
-struct Fragments {
-    kind: MessageKind,
-    data: Vec<u8>,
-    utf8: Utf8Check,
 }
 
 impl Spill {
@@ -141,9 +135,6 @@ impl Conn {
 }
 
 /// Runs a host callback; a panic in it is contained (and reported as `None`).
-fn guarded<R>(callback: impl FnOnce() -> R) -> Option<R> {
-    catch_unwind(AssertUnwindSafe(callback)).ok()
-}
 
 impl IoThread {
     // ---------------------------------------------------------------- input
@@ -269,80 +260,45 @@ impl IoThread {
                 }
                 State::Open => {
                     let max = self.config().max_message_size;
-                    let info = match codec::parse_header(&buf[pos..], max) {
-                        Ok(Some(info)) => info,
-                        Ok(None) => return pos,
-                        Err(code) => {
+                    // The reassembly is lent to the decoder and put back before the frame is
+                    // acted on, so that failing or closing (which drop it) see it in place.
+                    let conn = &mut self.conns[slot];
+                    let mut reassembly = conn.spill.as_mut().and_then(|s| s.fragments.take());
+                    let (used, decoded) = codec::decode_next(&mut buf[pos..], &mut reassembly, max);
+                    if reassembly.is_some() {
+                        conn.spill().fragments = reassembly;
+                    }
+                    pos += used;
+                    match decoded {
+                        Decoded::Incomplete => return pos,
+                        Decoded::Fail(code) => {
                             self.fail(slot, code);
                             return buf.len();
                         }
-                    };
-                    let end = pos + info.header_len + info.payload_len;
-                    if end > buf.len() {
-                        return pos;
+                        frame => self.on_frame(slot, frame),
                     }
-                    let payload = &mut buf[pos + info.header_len..end];
-                    codec::apply_mask(payload, info.mask, 0);
-                    self.on_frame(slot, info, payload);
-                    pos = end;
                 }
             }
         }
     }
 
-    fn on_frame(&mut self, slot: usize, info: FrameInfo, payload: &[u8]) {
-        let max = self.config().max_message_size;
-        let conn = &mut self.conns[slot];
-        match info.opcode {
-            Opcode::Text | Opcode::Binary => {
-                let kind = if info.opcode == Opcode::Text { MessageKind::Text } else { MessageKind::Binary };
-                if conn.spill.as_ref().is_some_and(|s| s.fragments.is_some()) {
-                    return self.fail(slot, close::PROTOCOL); // new message inside a fragmented one
-                }
-                if info.fin {
-                    if kind == MessageKind::Text && std::str::from_utf8(payload).is_err() {
-                        return self.fail(slot, close::INVALID_PAYLOAD);
-                    }
-                    return self.deliver(slot, kind, payload);
-                }
-                let mut utf8 = Utf8Check::default();
-                if kind == MessageKind::Text && !utf8.feed(payload, false) {
-                    return self.fail(slot, close::INVALID_PAYLOAD);
-                }
-                conn.spill().fragments = Some(Fragments { kind, data: payload.to_vec(), utf8 });
-            }
-            Opcode::Continuation => {
-                let Some(fragments) = conn.spill.as_mut().and_then(|s| s.fragments.as_mut()) else {
-                    return self.fail(slot, close::PROTOCOL); // continuation without a start
+    /// Acts on one decoded client frame (validated by the codec: only what the peer may send).
+    fn on_frame(&mut self, slot: usize, frame: Decoded<'_>) {
+        match frame {
+            Decoded::Message(kind, payload) => self.deliver(slot, kind, &payload),
+            Decoded::Ping(payload) => self.send_control(slot, codec::control(Opcode::Pong, payload).as_bytes()),
+            Decoded::Pong(_) | Decoded::Fragment | Decoded::Incomplete => {}
+            Decoded::Close(code) => {
+                // Echo the peer's code (an empty close is answered with an empty one).
+                let reply = if code == close::NO_STATUS {
+                    codec::control(Opcode::Close, b"")
+                } else {
+                    codec::control(Opcode::Close, &code.to_be_bytes())
                 };
-                if fragments.data.len() + payload.len() > max {
-                    return self.fail(slot, close::TOO_BIG);
-                }
-                fragments.data.extend_from_slice(payload);
-                if fragments.kind == MessageKind::Text && !fragments.utf8.feed(&fragments.data, info.fin) {
-                    return self.fail(slot, close::INVALID_PAYLOAD);
-                }
-                if info.fin {
-                    if let Some(done) = conn.spill.as_mut().and_then(|s| s.fragments.take()) {
-                        self.deliver(slot, done.kind, &done.data);
-                    }
-                }
+                self.conns[slot].flags |= CLOSE_RECEIVED;
+                self.enter_closing(slot, code, reply.as_bytes());
             }
-            Opcode::Ping => self.send_control(slot, codec::control(Opcode::Pong, payload).as_bytes()),
-            Opcode::Pong => {}
-            Opcode::Close => match codec::parse_close_payload(payload) {
-                Ok(code) => {
-                    // Echo the peer's code (an empty close is answered with an empty one).
-                    let reply = if code == close::NO_STATUS {
-                        codec::control(Opcode::Close, b"")
-                    } else {
-                        codec::control(Opcode::Close, &payload[..2])
-                    };
-                    self.conns[slot].flags |= CLOSE_RECEIVED;
-                    self.enter_closing(slot, code, reply.as_bytes());
-                }
-                Err(code) => self.fail(slot, code),
-            },
+            Decoded::Fail(code) => self.fail(slot, code),
         }
     }
 
@@ -738,5 +694,18 @@ impl IoThread {
             let (handler, server) = (&self.shared.handler, &self.server);
             guarded(|| handler.on_close(server, id, &user, code));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cost of an idle connection: reassembly and every other in-flight state live behind the
+    /// lazily allocated spill, not inline.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn an_idle_connection_is_48_bytes() {
+        assert_eq!(std::mem::size_of::<Conn>(), 48);
     }
 }

@@ -29,6 +29,9 @@ pub enum Error {
     NotFound,
     /// The server is stopping or stopped.
     Stopped,
+    /// An engine thread panicked (a bug in wspush): the server stopped itself. Stop it (which
+    /// joins the threads) and start a new one.
+    Failed,
 }
 
 impl fmt::Display for Error {
@@ -45,6 +48,7 @@ impl fmt::Display for Error {
             Error::MessageTooLarge => f.write_str("message larger than max_queue_bytes"),
             Error::NotFound => f.write_str("no such connection"),
             Error::Stopped => f.write_str("server is stopped"),
+            Error::Failed => f.write_str("server failed: an engine thread panicked"),
         }
     }
 }

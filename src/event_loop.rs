@@ -4,7 +4,6 @@
 use std::io;
 use std::net::IpAddr;
 use std::net::TcpListener as StdTcpListener;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,7 @@ use crate::codec::{close, Frame};
 use crate::config::Config;
 use crate::conn_id::{self, MAX_SLOTS};
 use crate::connection::{Conn, State};
+use crate::guard::guarded;
 use crate::handler::{ConnId, UpgradeDecision};
 use crate::ip_limits::{self, IpKey};
 use crate::registry::UserCheck;
@@ -103,8 +103,13 @@ impl IoThreadSetup {
             next_ip_sweep: Instant::now(),
             ip_sweeps: 0,
         };
-        if catch_unwind(AssertUnwindSafe(|| io.event_loop())).is_err() {
-            eprintln!("wspush: I/O thread {} panicked; its connections are closed", io.index);
+        if guarded(|| io.event_loop()).is_none() {
+            // A bug in the engine: this thread's state can't be trusted, and a server silently
+            // missing a thread (its connections, its share of the listener) is worse than a
+            // stopped one. Fail the server: calls return Failed (PANIC in C), the other threads
+            // stop gracefully, and the host restarts it.
+            eprintln!("wspush: I/O thread {} panicked; the server is stopping (calls now fail)", io.index);
+            io.server.fail();
         }
         io.close_all();
     }
@@ -227,6 +232,8 @@ impl IoThread {
     }
 
     fn execute(&mut self, command: Command) {
+        #[cfg(feature = "test-hooks")]
+        crate::test_hooks::io_thread_point();
         match command {
             Command::Deliver { conn, frame, user_check } => {
                 if let Some(slot) = self.lookup(conn, State::Open, user_check) {
@@ -388,7 +395,10 @@ impl IoThread {
                 bump(&stats!(self).pings_total, 1);
                 self.send_control(slot, crate::codec::control(crate::codec::Opcode::Ping, b"").as_bytes());
                 if self.conns.contains(slot) {
-                    self.arm_timer(slot, since + self.ticks.idle);
+                    // Check back one ping interval from now, not only at the idle deadline: if
+                    // the pong comes, the next ping is then due ping_interval after it, instead
+                    // of going out late (at the idle deadline) with little time left to answer.
+                    self.arm_timer(slot, (since + self.ticks.idle).min(now + self.ticks.ping));
                 }
             }
             TimerAction::Timeout => {

@@ -38,11 +38,15 @@ pub mod ffi;
 pub mod handler;
 pub mod server;
 pub mod stats;
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub mod test_hooks;
 
 mod codec;
 mod conn_id;
 mod connection;
 mod event_loop;
+mod guard;
 mod handshake;
 mod ip_limits;
 mod jwt;
@@ -70,6 +74,10 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod internals {
     use crate::config::Config;
     use crate::handshake::{self, Head, MAX_HEADERS};
+
+    /// The client-stream decoder the connection runs (frames, reassembly, UTF-8): the
+    /// `frame_decoder` fuzz target drives exactly this.
+    pub use crate::codec::{decode_next, Decoded, Reassembly};
 
     /// Unmasks a client payload in place.
     pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {

@@ -26,6 +26,8 @@ use crate::{socket, MAX_USER_ID_LEN};
 
 const RUNNING: u8 = 0;
 const STOPPING: u8 = 1;
+/// An I/O thread panicked (an engine bug): the server stops and calls return `Error::Failed`.
+const FAILED: u8 = 2;
 
 /// State shared by the handle(s) and the I/O threads.
 pub(crate) struct Shared {
@@ -196,10 +198,20 @@ pub(crate) fn check_user_id(user: &[u8]) -> Result<(), Error> {
 
 impl ServerHandle {
     fn ensure_running(&self) -> Result<(), Error> {
-        if self.shared.state.load(Ordering::Acquire) == RUNNING {
-            Ok(())
-        } else {
-            Err(Error::Stopped)
+        match self.shared.state.load(Ordering::Acquire) {
+            RUNNING => Ok(()),
+            FAILED => Err(Error::Failed),
+            _ => Err(Error::Stopped),
+        }
+    }
+
+    /// Called by an I/O thread that panicked: marks the server failed and asks every thread to
+    /// stop (the one calling is already leaving its loop).
+    pub(crate) fn fail(&self) {
+        if self.shared.state.compare_exchange(RUNNING, FAILED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            for thread in self.shared.threads.iter() {
+                thread.push(Command::Stop);
+            }
         }
     }
 
@@ -344,7 +356,7 @@ impl ServerHandle {
         }
     }
 
-    /// Whether `stop` has been called.
+    /// Whether `stop` has been called (or the server failed: see `Error::Failed`).
     pub fn is_stopped(&self) -> bool {
         self.shared.state.load(Ordering::Acquire) != RUNNING
     }

@@ -114,6 +114,19 @@ fn message_over_max_message_size_is_1009() {
 }
 
 #[test]
+fn violations_are_answered_on_the_header_without_waiting_for_the_payload() {
+    // A fragment that would take the message past the limit: only its header is ever sent.
+    let mut bytes = frame(0x02, &[1; 600]);
+    bytes.extend(&frame(0x80, &[2; 401])[..8]);
+    assert_fails_with(&bytes, 1009);
+    // The header alone shows a reserved opcode / an unmasked frame of 256 bytes.
+    assert_fails_with(&[0x83, 0x80, 1, 2, 3, 4], 1002);
+    assert_fails_with(&[0x82, 0x7e, 0x01, 0x00], 1002);
+    // A continuation with nothing to continue, announced as 900 bytes that never come.
+    assert_fails_with(&frame(0x80, &[0; 900])[..8], 1002);
+}
+
+#[test]
 fn message_at_max_message_size_is_delivered() {
     let (_server, mut events, mut raw, conn) = connected(small_limit());
     raw.send_frame(0x82, &[1; 1000]);

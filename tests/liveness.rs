@@ -85,6 +85,30 @@ fn a_peer_sending_data_is_not_pinged() {
 }
 
 #[test]
+fn an_answering_peer_is_pinged_every_ping_interval_not_at_the_idle_deadline() {
+    let mut cfg = config();
+    cfg.ping_interval = Duration::from_millis(200);
+    cfg.idle_timeout = Duration::from_millis(2000);
+    let (server, mut events) = start(cfg);
+    let mut raw = Raw::upgrade(server.local_addr(), "/ws?user=steady");
+    let conn = events.opened(b"steady");
+    // Answer each ping at once and measure the silence before the next one.
+    let mut answered = Instant::now();
+    let mut silences = Vec::new();
+    for _ in 0..6 {
+        let ping = raw.read_frame().expect("a ping");
+        assert_eq!(ping.opcode, 9);
+        silences.push(answered.elapsed());
+        raw.send_frame(0x8a, &ping.payload);
+        answered = Instant::now();
+    }
+    // Each ping comes one interval (plus timer granularity) after the last pong; before the
+    // fix every other one waited until idle - ping = 1.8 s.
+    assert!(silences.iter().all(|s| *s < Duration::from_millis(1000)), "silences before pings: {silences:?}");
+    events.assert_none("on_close", Duration::ZERO, |e| matches!(e, Event::Close { conn: c, .. } if *c == conn));
+}
+
+#[test]
 fn first_ping_is_not_delayed_by_a_long_handshake_timeout() {
     let mut cfg = config();
     cfg.ping_interval = Duration::from_millis(100);

@@ -12,6 +12,13 @@ git diff --exit-code -- include/wspush.h || { echo "include/wspush.h is stale: c
 echo "== Rust unit and integration tests (C ABI and C example included)"
 cargo test --release
 
+echo "== a panic inside wspush becomes WSPUSH_RESULT_PANIC (test-only hook; debug profile, so the"
+echo "   release library the bindings load is never built with the hook)"
+cargo test --features test-hooks --test panic_hook
+
+echo "== the in-process Rust tests under AddressSanitizer + LeakSanitizer (own target dir)"
+bash tests/asan.sh
+
 echo "== wspushd against the contract the benchmark peers share"
 python3 benches/peers/check_contract.py target/release/examples/wspushd --demo --max-connections-per-ip 0 --max-handshakes-per-ip-per-sec 0
 
@@ -27,3 +34,6 @@ target/pyenv/bin/pytest -q bindings/python/tests
 echo "== Go binding (cgo) and the Go host example, with the race detector"
 (cd bindings/go && go vet ./... && go test -race -count=1 ./...)
 (cd examples/go_host && go vet ./... && go test -race -count=1 ./...)
+
+echo "== fuzz smoke: regression inputs once, then each cargo-fuzz target 60 s from the committed seeds"
+bash fuzz/ci.sh

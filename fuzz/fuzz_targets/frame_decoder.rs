@@ -1,84 +1,284 @@
-//! Arbitrary bytes as a stream of client frames, decoded the way the connection's Open state does:
-//! header, bounds, unmask, next frame. Checks the engine's header parser against an independent
-//! RFC 6455 §5.2 reading, and the unmasking against a byte-at-a-time XOR.
+//! A client byte stream fed to the engine's decoder (`internals::decode_next`: frame rules,
+//! unmasking, fragment reassembly under the message-size cap, incremental UTF-8, control and close
+//! rules) the way the connection feeds it: bytes kept across reads, decoded frame by frame.
 //!
-//! Input: byte 0 picks the message size limit, byte 1 a split point for the chunked unmask, the
-//! rest is the stream.
+//! Checks, for every input:
+//! - the events equal those of an independent RFC 6455 reading written here (`model`):
+//!   a reassembled message is the concatenation of its fragments, text is delivered iff it is
+//!   valid UTF-8 (checked by this file's own RFC 3629 table, and again by `std`), failures carry
+//!   1002 / 1007 / 1009 where the RFC puts them, and at the end a message is open iff the model
+//!   has one open;
+//! - chunking invariance: the same events whether the stream arrives in one piece, in the
+//!   fuzzer's chunk sizes, or one byte at a time;
+//! - `consumed` never exceeds the input, is 0 exactly for Incomplete/Fail, and Incomplete leaves
+//!   the bytes untouched (they are decoded again once more arrive; a Fail ends the stream);
+//! - no panic, no overflow (the fuzz build has overflow checks on).
+//!
+//! Input: byte 0 picks the message size limit; byte 1's low nibble is the number of chunk-size
+//! bytes that follow (byte `b` = a chunk of `b + 1` bytes, used in turn); the rest is the stream.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wspush::internals::{apply_mask, parse_frame_header};
+use wspush::internals::{decode_next, Decoded, Reassembly};
+use wspush::MessageKind;
 
-/// Limits around the length-encoding boundaries (125/126, 65535/65536) and the extremes.
-const LIMITS: [usize; 8] = [0, 1, 125, 126, 65_535, 65_536, 64 * 1024 * 1024, usize::MAX];
+/// Small limits (reached by inputs of a few KiB), the length-encoding boundaries, the extremes.
+const LIMITS: [usize; 16] = [0, 1, 2, 3, 5, 7, 16, 64, 125, 126, 300, 1024, 65_535, 65_536, 1 << 40, usize::MAX];
 
-/// RFC 6455 §5.2 for a client frame: `Some((header_len, payload_len))` for a complete, acceptable
-/// header; `None` when incomplete or when the connection must be failed.
-fn reference_header(buf: &[u8], max_payload: usize) -> Option<(usize, usize)> {
-    let (&b0, &b1) = (buf.first()?, buf.get(1)?);
-    let fin = b0 & 0x80 != 0;
-    let rsv = b0 & 0x70;
-    let opcode = b0 & 0x0f;
-    let masked = b1 & 0x80 != 0;
-    let (len_bytes, mut payload_len) = match b1 & 0x7f {
-        126 => (2, 0u64),
-        127 => (8, 0u64),
-        short => (0, u64::from(short)),
-    };
-    let header_len = 2 + len_bytes + 4;
-    if buf.len() < header_len {
-        return None;
+#[derive(Debug, PartialEq, Eq)]
+enum Event {
+    Fragment,
+    Message { text: bool, payload: Vec<u8> },
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Close(u16),
+    Fail(u16),
+}
+
+impl Event {
+    /// Close and Fail end the decoding (the connection moves on to closing).
+    fn ends_stream(&self) -> bool {
+        matches!(self, Event::Close(_) | Event::Fail(_))
     }
-    for &byte in &buf[2..2 + len_bytes] {
-        payload_len = payload_len << 8 | u64::from(byte);
+}
+
+/// What decoding a stream produced: the events, and whether a fragmented message is still open.
+#[derive(Debug, PartialEq, Eq)]
+struct Outcome {
+    events: Vec<Event>,
+    message_open: bool,
+}
+
+// ------------------------------------------------------------------------------ the engine
+
+/// Feeds `stream` to the engine's decoder in chunks of the given sizes (cycled; the last chunk
+/// may be shorter), keeping unconsumed bytes between chunks as the connection does.
+fn run_engine(stream: &[u8], max: usize, chunk_sizes: &[usize]) -> Outcome {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut reassembly: Option<Reassembly> = None;
+    let mut events = Vec::new();
+    let mut rest = stream;
+    for &size in chunk_sizes.iter().cycle() {
+        let take = size.max(1).min(rest.len());
+        pending.extend_from_slice(&rest[..take]);
+        rest = &rest[take..];
+        let mut pos = 0;
+        loop {
+            let available = pending.len() - pos;
+            // The header and the start of the payload: enough to see an unmask done too early
+            // (copying everything on every call would make one-byte feeding quadratic).
+            let mut before = [0u8; 64];
+            let watched = available.min(before.len());
+            before[..watched].copy_from_slice(&pending[pos..pos + watched]);
+            let (used, decoded) = decode_next(&mut pending[pos..], &mut reassembly, max);
+            assert!(used <= available, "consumed {used} of {available} bytes");
+            let event = match decoded {
+                Decoded::Incomplete => None,
+                Decoded::Fragment => Some(Event::Fragment),
+                Decoded::Message(kind, payload) => {
+                    let text = kind == MessageKind::Text;
+                    if text {
+                        assert!(std::str::from_utf8(&payload).is_ok(), "text message with invalid UTF-8 delivered");
+                    }
+                    assert!(payload.len() <= max, "{}-byte message passed the {max}-byte limit", payload.len());
+                    Some(Event::Message { text, payload: payload.into_owned() })
+                }
+                Decoded::Ping(payload) => Some(Event::Ping(payload.to_vec())),
+                Decoded::Pong(payload) => Some(Event::Pong(payload.to_vec())),
+                Decoded::Close(code) => Some(Event::Close(code)),
+                Decoded::Fail(code) => Some(Event::Fail(code)),
+            };
+            match &event {
+                None => {
+                    assert_eq!(used, 0, "Incomplete consumed bytes");
+                    assert_eq!(pending[pos..pos + watched], before[..watched], "Incomplete changed the input");
+                }
+                Some(Event::Fail(_)) => assert_eq!(used, 0, "Fail consumed bytes"),
+                Some(_) => assert!(used > 0, "an event without consuming a byte"),
+            }
+            pos += used;
+            let Some(event) = event else { break };
+            let ends = event.ends_stream();
+            events.push(event);
+            if ends {
+                return Outcome { events, message_open: false };
+            }
+        }
+        pending.drain(..pos);
+        if rest.is_empty() {
+            break;
+        }
     }
-    let is_control = opcode & 0x08 != 0;
-    let acceptable = rsv == 0
-        && masked
-        && matches!(opcode, 0x0 | 0x1 | 0x2 | 0x8 | 0x9 | 0xA)
-        && (!is_control || (fin && payload_len <= 125))
-        && payload_len >> 63 == 0
-        && payload_len <= max_payload as u64;
-    acceptable.then_some((header_len, payload_len as usize))
+    Outcome { events, message_open: reassembly.is_some() }
+}
+
+// ------------------------------------------------------------------------------ the model
+
+/// RFC 3629 §4: is `bytes` valid UTF-8 (`complete`), or a prefix of valid UTF-8 (`!complete`)?
+fn utf8_ok(bytes: &[u8], complete: bool) -> bool {
+    let mut i = 0;
+    while i < bytes.len() {
+        // Sequence length and the allowed range of the second byte (the table excludes
+        // overlong forms, surrogates and code points above U+10FFFF).
+        let (len, second) = match bytes[i] {
+            0x00..=0x7F => (1, 0x80..=0xBF),
+            0xC2..=0xDF => (2, 0x80..=0xBF),
+            0xE0 => (3, 0xA0..=0xBF),
+            0xE1..=0xEC | 0xEE..=0xEF => (3, 0x80..=0xBF),
+            0xED => (3, 0x80..=0x9F),
+            0xF0 => (4, 0x90..=0xBF),
+            0xF1..=0xF3 => (4, 0x80..=0xBF),
+            0xF4 => (4, 0x80..=0x8F),
+            _ => return false,
+        };
+        for k in 1..len {
+            let Some(&byte) = bytes.get(i + k) else { return !complete };
+            let allowed = if k == 1 { second.clone() } else { 0x80..=0xBF };
+            if !allowed.contains(&byte) {
+                return false;
+            }
+        }
+        i += len;
+    }
+    true
+}
+
+/// RFC 6455 §7.4.1 plus the IANA registry: codes a client may put in a close frame.
+fn close_code_allowed(code: u16) -> bool {
+    (1000..=1003).contains(&code) || (1007..=1014).contains(&code) || (3000..=4999).contains(&code)
+}
+
+/// An independent reading of RFC 6455 for a server receiving `stream`, deciding each frame on its
+/// complete header (2 bytes, the extended length, the mask key when the mask bit is set): RSV
+/// (§5.2, no extensions), opcode (§5.2), masking (§5.1), control-frame rules (§5.5, the 7-bit
+/// length must say <= 125), the 64-bit MSB (§5.2), the size limit (§10.4, 1009), fragment sequencing (§5.4)
+/// and the message-size limit over the reassembled message; the payload decides UTF-8 (§8.1,
+/// 1007, as soon as a fragment makes the message invalid) and the close payload (§5.5.1, §7.4).
+fn model(stream: &[u8], max: usize) -> Outcome {
+    let mut events = Vec::new();
+    let mut open: Option<(bool, Vec<u8>)> = None; // (text, bytes so far)
+    let mut at = 0usize;
+    macro_rules! fail {
+        ($code:expr) => {{
+            events.push(Event::Fail($code));
+            return Outcome { events, message_open: false };
+        }};
+    }
+    loop {
+        let left = &stream[at..];
+        if left.len() < 2 {
+            break;
+        }
+        let fin = left[0] >> 7 == 1;
+        let rsv = (left[0] >> 4) & 0b111;
+        let opcode = left[0] & 0x0F;
+        let masked = left[1] >> 7 == 1;
+        let len7 = left[1] & 0x7F;
+        let extended = match len7 {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        if left.len() < 2 + extended + if masked { 4 } else { 0 } {
+            break;
+        }
+        if rsv != 0 || ![0x0, 0x1, 0x2, 0x8, 0x9, 0xA].contains(&opcode) || !masked {
+            fail!(1002);
+        }
+        let control = opcode >= 0x8;
+        if control && (!fin || len7 > 125) {
+            fail!(1002);
+        }
+        let length: u128 = if extended == 0 {
+            u128::from(len7)
+        } else {
+            left[2..2 + extended].iter().fold(0u128, |acc, &b| acc * 256 + u128::from(b))
+        };
+        if length >= 1 << 63 {
+            fail!(1002);
+        }
+        if length > max as u128 {
+            fail!(1009);
+        }
+        let header = 2 + extended + 4;
+        if left.len() < header {
+            break;
+        }
+        match (opcode, &open) {
+            (0x1 | 0x2, Some(_)) | (0x0, None) => fail!(1002),
+            (0x0, Some((_, so_far))) if so_far.len() as u128 + length > max as u128 => fail!(1009),
+            _ => {}
+        }
+        let length = length as usize;
+        if left.len() < header + length {
+            break;
+        }
+        let key = &left[header - 4..header];
+        let payload: Vec<u8> = left[header..header + length].iter().enumerate().map(|(i, b)| b ^ key[i % 4]).collect();
+        at += header + length;
+        match opcode {
+            0x1 | 0x2 => {
+                let text = opcode == 0x1;
+                if text && !utf8_ok(&payload, fin) {
+                    fail!(1007);
+                }
+                if fin {
+                    events.push(Event::Message { text, payload });
+                } else {
+                    open = Some((text, payload));
+                    events.push(Event::Fragment);
+                }
+            }
+            0x0 => {
+                let Some((text, mut so_far)) = open.take() else { unreachable!("checked above") };
+                so_far.extend_from_slice(&payload);
+                if text && !utf8_ok(&so_far, fin) {
+                    fail!(1007);
+                }
+                if fin {
+                    events.push(Event::Message { text, payload: so_far });
+                } else {
+                    open = Some((text, so_far));
+                    events.push(Event::Fragment);
+                }
+            }
+            0x9 => events.push(Event::Ping(payload)),
+            0xA => events.push(Event::Pong(payload)),
+            _ => {
+                // 0x8, close: no body is 1005 (nothing to report); one byte cannot hold a code.
+                if payload.is_empty() {
+                    events.push(Event::Close(1005));
+                } else if payload.len() == 1 {
+                    fail!(1002);
+                } else {
+                    let code = u16::from(payload[0]) << 8 | u16::from(payload[1]);
+                    if !close_code_allowed(code) {
+                        fail!(1002);
+                    }
+                    if !utf8_ok(&payload[2..], true) {
+                        fail!(1007);
+                    }
+                    events.push(Event::Close(code));
+                }
+                return Outcome { events, message_open: false };
+            }
+        }
+    }
+    Outcome { events, message_open: open.is_some() }
 }
 
 fuzz_target!(|data: &[u8]| {
-    let [limit_pick, split_pick, stream @ ..] = data else { return };
-    let max_payload = LIMITS[usize::from(*limit_pick) % LIMITS.len()];
-    let mut stream = stream.to_vec();
-    let mut pos = 0;
-    while pos < stream.len() {
-        let parsed = parse_frame_header(&stream[pos..], max_payload);
-        assert_eq!(parsed, reference_header(&stream[pos..], max_payload), "header at offset {pos}");
-        let Some((header_len, payload_len)) = parsed else { break };
-        assert!((2..=14).contains(&header_len), "header_len {header_len}");
-        assert!(payload_len <= max_payload, "{payload_len} bytes passed the {max_payload} limit");
-        let Some(frame_len) = header_len.checked_add(payload_len) else { panic!("frame length overflows") };
-        // As the connection does: wait for the whole frame (here: the stream ends).
-        let Some(end) = pos.checked_add(frame_len).filter(|&end| end <= stream.len()) else { break };
-        // A header that parses is complete: any shorter prefix of it must ask for more bytes.
-        assert_eq!(parse_frame_header(&stream[pos..pos + header_len - 1], max_payload), None);
+    let [limit_pick, chunking, rest @ ..] = data else { return };
+    let max = LIMITS[usize::from(*limit_pick) % LIMITS.len()];
+    let size_count = usize::from(chunking & 0x0F).min(rest.len());
+    let (sizes, stream) = rest.split_at(size_count);
+    let chunk_sizes: Vec<usize> = sizes.iter().map(|&b| usize::from(b) + 1).collect();
 
-        let mask: [u8; 4] = stream[pos + header_len - 4..pos + header_len].try_into().expect("4 bytes");
-        let payload = &mut stream[pos + header_len..end];
-        let original = payload.to_vec();
-        let expected: Vec<u8> = original.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
-
-        apply_mask(payload, mask, 0);
-        assert_eq!(payload, &expected[..], "unmask in one piece");
-
-        // Unmasking in two pieces (as data arriving in two reads would be) gives the same bytes.
-        let mut pieces = original.clone();
-        let split = if pieces.is_empty() { 0 } else { usize::from(*split_pick) % (pieces.len() + 1) };
-        let (head, tail) = pieces.split_at_mut(split);
-        apply_mask(head, mask, 0);
-        apply_mask(tail, mask, split);
-        assert_eq!(pieces, expected, "unmask split at {split}");
-
-        // Masking is an involution.
-        apply_mask(&mut pieces, mask, 0);
-        assert_eq!(pieces, original, "mask twice");
-
-        pos = end;
+    let expected = model(stream, max);
+    let whole = run_engine(stream, max, &[usize::MAX]);
+    assert_eq!(whole, expected, "engine (one piece) vs the RFC model, limit {max}");
+    if !chunk_sizes.is_empty() {
+        assert_eq!(run_engine(stream, max, &chunk_sizes), expected, "chunked {chunk_sizes:?}, limit {max}");
     }
+    assert_eq!(run_engine(stream, max, &[1]), expected, "one byte at a time, limit {max}");
 });

@@ -5,8 +5,8 @@
 //! `WSPUSH_RESULT_PANIC` instead of unwinding into C (which would abort the host). What an error
 //! or panic turns into for each return type is the [`FfiReturn`] trait.
 
+use crate::guard::guarded;
 use std::ffi::c_char;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::Error;
 
@@ -45,8 +45,9 @@ pub enum wspush_result {
     Io = 13,
     /// The call is not allowed from inside a callback of this server (`wspush_server_free`).
     InCallback = 14,
-    /// A bug in wspush: a panic was caught at the C boundary. The call had no effect or only
-    /// part of it.
+    /// A bug in wspush: a panic was caught at the C boundary (the call had no effect or only
+    /// part of it), or an engine thread panicked earlier and the server stopped itself (every
+    /// later call on it returns PANIC: stop and free it, then start a new one).
     Panic = 15,
 }
 
@@ -115,6 +116,7 @@ impl From<Error> for wspush_result {
             Error::MessageTooLarge => wspush_result::MessageTooLarge,
             Error::NotFound => wspush_result::NotFound,
             Error::Stopped => wspush_result::Stopped,
+            Error::Failed => wspush_result::Panic,
         }
     }
 }
@@ -151,10 +153,10 @@ impl FfiReturn for () {
 /// the only state the caller can observe is the engine's, which stays consistent (its locks are
 /// parking_lot, which do not poison, and no entry point leaves half-built shared state).
 pub(crate) fn ffi_boundary<R: FfiReturn>(body: impl FnOnce() -> Result<R, wspush_result>) -> R {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(value)) => value,
-        Ok(Err(code)) => R::on_failure(code),
-        Err(_) => R::on_failure(wspush_result::Panic),
+    match guarded(body) {
+        Some(Ok(value)) => value,
+        Some(Err(code)) => R::on_failure(code),
+        None => R::on_failure(wspush_result::Panic),
     }
 }
 
@@ -256,6 +258,18 @@ mod tests {
         assert_eq!(code, wspush_result::Panic);
         let pointer: *const u8 = ffi_boundary(|| panic!("bug"));
         assert!(pointer.is_null());
+    }
+
+    #[test]
+    fn a_panic_whose_payload_panics_when_dropped_still_becomes_the_panic_code() {
+        struct PanicsWhenDropped;
+        impl Drop for PanicsWhenDropped {
+            fn drop(&mut self) {
+                panic!("payload drop");
+            }
+        }
+        let code: wspush_result = ffi_boundary(|| std::panic::resume_unwind(Box::new(PanicsWhenDropped)));
+        assert_eq!(code, wspush_result::Panic);
     }
 
     #[test]

@@ -46,7 +46,11 @@ unsafe fn server_arg(server: *const wspush_server) -> Result<BorrowedServer, wsp
     // host's reference, or the I/O thread's during a callback). ManuallyDrop never releases
     // the reference we did not take.
     let shared = unsafe { Arc::from_raw(server.cast::<Shared>()) };
-    Ok(BorrowedServer(ManuallyDrop::new(ServerHandle { shared })))
+    let borrowed = BorrowedServer(ManuallyDrop::new(ServerHandle { shared }));
+    // A panic here unwinds past a live borrow: the reference count must come out unchanged.
+    #[cfg(feature = "test-hooks")]
+    crate::test_hooks::ffi_call_point();
+    Ok(borrowed)
 }
 
 /// Whether the calling thread is one of this server's I/O threads, i.e. inside its callback.
@@ -137,7 +141,10 @@ pub unsafe extern "C" fn wspush_server_local_port(server: *const wspush_server, 
 /// all that is done, except when called from inside a callback: then it only starts the stop
 /// and returns (an I/O thread cannot wait for itself). Calling it again is harmless; while
 /// another thread is still inside a stop of the same server, it may return before that stop has
-/// finished. After it, publish/broadcast/send/close/disconnect/upgrade_* return STOPPED.
+/// finished. Returns OK, also when called again (from any thread); NULL_ARGUMENT for NULL.
+/// After it, publish/broadcast/send/close/disconnect/upgrade_* return STOPPED (argument errors
+/// such as NULL_ARGUMENT or INVALID_USER_ID are still reported first); stats and local_port
+/// keep working until `wspush_server_free`.
 ///
 /// # Safety
 /// `server` must be NULL or a live server.
@@ -207,6 +214,7 @@ pub unsafe extern "C" fn wspush_publish(
 }
 
 /// Sends `payload` to every open connection. `*count` (optional) receives how many were open.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (kind), MESSAGE_TOO_LARGE, STOPPED.
 ///
 /// # Safety
 /// `server` must be NULL or a live server; `payload` NULL or readable for `payload_len` bytes;
@@ -231,6 +239,7 @@ pub unsafe extern "C" fn wspush_broadcast(
 
 /// Sends `payload` to one connection. NOT_FOUND when it is not open (connection IDs are never
 /// reused, so a stale ID cannot reach another connection).
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (kind), MESSAGE_TOO_LARGE, NOT_FOUND, STOPPED.
 ///
 /// # Safety
 /// `server` must be NULL or a live server; `payload` NULL or readable for `payload_len` bytes.
@@ -274,6 +283,7 @@ pub unsafe extern "C" fn wspush_close(
 }
 
 /// Closes every connection of `user` with `code`. `*count` (optional) receives how many.
+/// Errors: NULL_ARGUMENT, INVALID_USER_ID (not 1-255 bytes), INVALID_CLOSE_CODE, STOPPED.
 ///
 /// # Safety
 /// `server` must be NULL or a live server; `user` NULL or readable for `user_len` bytes; `count`
@@ -300,6 +310,7 @@ pub unsafe extern "C" fn wspush_disconnect_user(
 /// NOT_FOUND when no pending upgrade or connection has that ticket (unknown, timed out, client
 /// gone). The decision is applied asynchronously: one for a ticket that is no longer waiting
 /// (already decided) is ignored.
+/// Errors: NULL_ARGUMENT, INVALID_USER_ID, NOT_FOUND, STOPPED.
 ///
 /// # Safety
 /// `server` must be NULL or a live server; `user` NULL or readable for `user_len` bytes.

@@ -66,13 +66,14 @@ pub struct Host {
 
 impl Host {
     pub fn spawn(binary: &Path, listen: &str) -> Host {
-        let mut child = Command::new(binary)
-            .arg(listen)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut command = Command::new(binary);
+        command.arg(listen);
+        Host::spawn_command(command)
+    }
+
+    /// Runs `command` (e.g. the host under valgrind) with piped stdio, as `spawn` does.
+    pub fn spawn_command(mut command: Command) -> Host {
+        let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let (sender, lines) = channel();
         // stdout and stderr both feed the line channel, so a test can wait for either.
         let stdout = child.stdout.take().unwrap();
@@ -95,7 +96,11 @@ impl Host {
     /// Starts the host on a free port and returns it with that port (from its
     /// "listening on port N" line).
     pub fn start(binary: &Path) -> (Host, u16) {
-        let mut host = Host::spawn(binary, "127.0.0.1:0");
+        Host::port_of(Host::spawn(binary, "127.0.0.1:0"))
+    }
+
+    /// Waits for the host's "listening on port N" line.
+    pub fn port_of(mut host: Host) -> (Host, u16) {
         let line = host.expect_line("listening on port ");
         let port = line["listening on port ".len()..].parse().unwrap();
         (host, port)
@@ -131,7 +136,11 @@ impl Host {
     }
 
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
+        self.wait_exit_within(WAIT)
+    }
+
+    pub fn wait_exit_within(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
