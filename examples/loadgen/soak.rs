@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     format_kib, latency_fields, latency_text, progress, sys, AdminClient, Histogram, Lanes, Phase, PhaseResult,
-    Published, Report, Run, Value,
+    Published, Run, Value,
 };
 
 /// The server's memory and descriptors at one moment.
@@ -250,7 +250,8 @@ impl Run {
         let o = self.options.clone();
         let start = self.workers.report()?;
         self.workers.send_all(connect_command)?;
-        self.wait_connected(name)?;
+        let everyone: Vec<usize> = (0..self.workers.ranges.len()).collect();
+        self.wait_resolved(Phase::Soak, &everyone, name)?;
         let users = o.conns.div_ceil(o.tabs);
         let started = Instant::now();
         let lanes = Lanes::start(&o, users, o.conns, started + Duration::from_secs_f64(secs), true);
@@ -283,7 +284,7 @@ impl Run {
         let published = lanes.join()?;
         let send_secs = started.elapsed().as_secs_f64();
         // The last churn's reconnects finish before anything is judged.
-        self.wait_connected(name)?;
+        self.wait_resolved(Phase::Soak, &everyone, name)?;
         self.tell_sent(&published)?;
         let quiet = Duration::from_secs_f64(o.drain_secs);
         let report = self.wait_until(
@@ -320,26 +321,6 @@ impl Run {
         round.closed_by_server = round.closed_by_server.max(delta("closed_by_peer"));
         eprintln!("[soak] {name} done: {}", round.headline());
         Ok(round)
-    }
-
-    /// Waits until no connection is waiting to start or handshaking.
-    fn wait_connected(&mut self, name: &str) -> Result<Report, String> {
-        let quiet = Duration::from_secs_f64(self.options.connect_timeout + 5.0);
-        let conns = self.options.conns;
-        self.wait_until(
-            Phase::Soak,
-            quiet,
-            "connected",
-            |r| r.get("pending") == 0 && r.get("inflight") == 0,
-            |r| {
-                format!(
-                    "{name}: {}/{conns} open, {} to start, {} handshaking",
-                    r.get("open"),
-                    r.get("pending"),
-                    r.get("inflight")
-                )
-            },
-        )
     }
 
     /// Tells each worker how many publishes each of its users was sent, and when the last one.

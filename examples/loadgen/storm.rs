@@ -139,7 +139,7 @@ impl Run {
 
         // Receivers first, all of them.
         self.workers.send(0, "connect")?;
-        let report = self.wait_resolved(&[0], "receivers")?;
+        let report = self.wait_resolved(Phase::Storm, &[0], "receivers")?;
         if report.get("open") != receivers as u64 {
             return Err(format!("only {} of {receivers} receivers connected", report.get("open")));
         }
@@ -165,7 +165,7 @@ impl Run {
         for &index in &stormers {
             self.workers.send(index, "connect")?;
         }
-        let outcomes = self.wait_resolved(&stormers, "storm")?;
+        let outcomes = self.wait_resolved(Phase::Storm, &stormers, "storm")?;
         let storm_secs = storm_start.elapsed().as_secs_f64();
         let latency = self.workers.histogram("pub reset")?;
         stop_sampling.store(true, Ordering::Relaxed);
@@ -315,7 +315,7 @@ impl Run {
 
     /// Waits until the workers `from` have no connection left to start or handshaking (or
     /// nothing resolved for --connect-timeout + 5 s); returns their summed report.
-    fn wait_resolved(&mut self, from: &[usize], what: &str) -> Result<Report, String> {
+    pub(super) fn wait_resolved(&mut self, phase: Phase, from: &[usize], what: &str) -> Result<Report, String> {
         let quiet = Duration::from_secs_f64(self.options.connect_timeout + 5.0);
         let started = Instant::now();
         let mut last_print = Instant::now();
@@ -334,7 +334,7 @@ impl Run {
             } else if last_change.elapsed() >= quiet {
                 return Ok(report);
             }
-            progress(Phase::Storm, &mut last_print, || {
+            progress(phase, &mut last_print, || {
                 format!(
                     "{what} {:.1} s: {} open, {} handshaking, {} x 503, {} other failures",
                     started.elapsed().as_secs_f64(),
