@@ -57,6 +57,11 @@ pub(crate) const FIRST_CONN_TOKEN: usize = 2;
 const SCRATCH_BYTES: usize = 64 * 1024;
 /// Reads per connection per round before others get a turn.
 pub(crate) const READS_PER_ROUND: usize = 16;
+/// Socket events handled per round. Commands (publishes) wait for the end of a round, so the
+/// round must stay short even when a reconnect storm makes every event a handshake.
+const EVENTS_PER_ROUND: usize = 64;
+/// Sockets accepted per round, for the same reason; the rest are taken in the next rounds.
+const ACCEPTS_PER_ROUND: usize = 16;
 
 /// What `Server::start` builds before the shared state exists.
 pub(crate) struct IoThreadSetup {
@@ -162,7 +167,7 @@ impl IoThread {
     }
 
     fn event_loop(&mut self) {
-        let mut events = Events::with_capacity(1024);
+        let mut events = Events::with_capacity(EVENTS_PER_ROUND);
         let mut inbox = Vec::new();
         let mut due: Vec<Entry> = Vec::new();
         let mut again = Vec::new();
@@ -286,7 +291,10 @@ impl IoThread {
     }
 
     fn accept(&mut self) {
-        while self.can_accept() {
+        for _ in 0..ACCEPTS_PER_ROUND {
+            if !self.can_accept() {
+                return;
+            }
             let Some(listener) = &self.listener else { return };
             match listener.accept() {
                 Ok((stream, peer)) => self.admit(stream, peer.ip()),

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 
 const BUCKETS: u32 = 1024;
+/// Capacity a drained bucket may keep (steady traffic reuses it without reallocating).
+const SMALL_BUCKET: usize = 16;
 
 /// A wheel entry: the connection's slab slot (24 bits) and timer epoch (6 bits), and its
 /// generation. Entries whose connection is gone or whose epoch was replaced are skipped.
@@ -79,7 +81,14 @@ impl TimerWheel {
         let end = now.wrapping_add(1);
         let steps = end.saturating_sub(self.next).min(BUCKETS);
         for i in 0..steps {
-            due.append(&mut self.buckets[((self.next + i) % BUCKETS) as usize]);
+            let bucket = &mut self.buckets[((self.next + i) % BUCKETS) as usize];
+            due.append(bucket);
+            if bucket.capacity() > SMALL_BUCKET {
+                // A burst of connections (a reconnect storm) fills one bucket and moves on as a
+                // cluster, one bucket after another: keeping each drained bucket's capacity would
+                // leave every bucket at the burst's size for good.
+                *bucket = Vec::new();
+            }
         }
         self.next = self.next.max(end);
     }
