@@ -403,7 +403,7 @@ fn soak_counts_each_lost_duplicated_and_reordered_publish_on_a_live_connection()
     let pid = std::process::id();
     let args = format!(
         "--phases soak --server-pid {pid} --conns 4 --publish-rate 100 --warmup-secs 1 --soak-secs 1 \
-         --churn-fraction 0 --settle-secs 0 --drain-secs 1 --admin-conns 1"
+         --churn-fraction 0 --settle-secs 0 --drain-secs 3 --admin-conns 1"
     );
     let (code, json) = run_loadgen(ws_port, admin_port, &args);
     assert_eq!(code, 1, "anomalies must make the exit status non-zero");
