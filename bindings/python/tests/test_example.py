@@ -31,6 +31,10 @@ class Host:
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
+            # Ctrl-C as a user's terminal delivers it: a runner that started us in the
+            # background hands down SIGINT ignored, and Python then never raises
+            # KeyboardInterrupt (it only installs its handler over the default disposition).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.lines: "queue.Queue[str]" = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
