@@ -1679,7 +1679,8 @@ fn print_results(o: &Options, results: &[PhaseResult], anomalies: u64) {
     }
     if anomalies > 0 {
         eprintln!(
-            "loadgen: FAILED: {anomalies} message(s) lost, duplicated, reordered or unexpected (see the counts above)"
+            "loadgen: FAILED: {anomalies} anomalies (messages lost, duplicated, reordered or unexpected, \
+             limits or server checks that did not hold; see the lines above)"
         );
     }
 }
