@@ -59,22 +59,7 @@ fn library_addr() -> SocketAddr {
 
 /// Builds the wspushd example with this test's profile and target dir (as tests/daemon.rs does).
 fn daemon_binary() -> PathBuf {
-    // The test executable lives in <target-dir>/<profile-dir>/deps/.
-    let test_exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = test_exe.parent().and_then(|deps| deps.parent()).expect("profile dir").to_path_buf();
-    let target_dir = profile_dir.parent().expect("target dir");
-    let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
-        Some("debug") | None => "dev".to_string(),
-        Some(other) => other.to_string(),
-    };
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--example", "wspushd", "--profile", &profile, "--target-dir"])
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build --example wspushd failed");
-    profile_dir.join("examples").join("wspushd")
+    common::build_examples(&["wspushd"]).join("wspushd")
 }
 
 /// `wspushd --demo --echo`, started once and shared by every `daemon::` case.

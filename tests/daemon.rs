@@ -9,7 +9,6 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-#[allow(dead_code)]
 mod common;
 
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -20,25 +19,7 @@ use tungstenite::{Message, WebSocket};
 /// Builds the example with the profile (and target dir) this test was built with, once.
 fn daemon_binary() -> &'static PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        // The test executable lives in <target-dir>/<profile-dir>/deps/.
-        let test_exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = test_exe.parent().and_then(|deps| deps.parent()).expect("profile dir").to_path_buf();
-        let target_dir = profile_dir.parent().expect("target dir");
-        let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
-            Some("debug") => "dev".to_string(),
-            Some(other) => other.to_string(),
-            None => "dev".to_string(),
-        };
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--example", "wspushd", "--profile", &profile, "--target-dir"])
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build --example wspushd failed");
-        profile_dir.join("examples").join("wspushd")
-    })
+    BINARY.get_or_init(|| common::build_examples(&["wspushd"]).join("wspushd"))
 }
 
 /// A running daemon, killed when dropped.

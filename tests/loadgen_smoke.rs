@@ -5,6 +5,8 @@
 //! loadgen reports what really happened: every message delivered by a correct server, exact
 //! loss / duplicate / reorder counts and a failing exit status otherwise.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -144,25 +146,7 @@ fn start_stand_in(faults: Faults) -> (Server, u16, u16) {
 /// returns the directory holding them.
 fn examples_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        // The test executable lives in <target-dir>/<profile-dir>/deps/.
-        let test_exe = std::env::current_exe().unwrap();
-        let profile_dir = test_exe.parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
-        let target_dir = profile_dir.parent().unwrap();
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev".to_string(),
-            Some(other) => other.to_string(),
-        };
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--example", "loadgen", "--example", "wspushd", "--profile", &profile])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the loadgen and wspushd examples failed");
-        profile_dir.join("examples")
-    })
+    DIR.get_or_init(|| common::build_examples(&["loadgen", "wspushd"]))
 }
 
 /// The wspushd daemon in demo + echo mode on ports 0/0; killed when dropped.

@@ -274,6 +274,27 @@ pub fn ws_try_connect(addr: SocketAddr, target: &str) -> Result<Ws, u16> {
     ws_try_connect_with(addr, target, &[])
 }
 
+/// Builds the named examples with the profile and target dir this test binary was built with
+/// (so `cargo test --release` drives release binaries) and returns the directory they are in.
+pub fn build_examples(names: &[&str]) -> std::path::PathBuf {
+    // The test executable lives in <target-dir>/<profile-dir>/deps/.
+    let test_exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = test_exe.parent().and_then(|deps| deps.parent()).expect("profile dir").to_path_buf();
+    let target_dir = profile_dir.parent().expect("target dir");
+    let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
+        Some("debug") | None => "dev".to_string(),
+        Some(other) => other.to_string(),
+    };
+    let mut command = std::process::Command::new(env!("CARGO"));
+    command.args(["build", "--quiet", "--profile", &profile, "--target-dir"]).arg(target_dir);
+    for name in names {
+        command.args(["--example", name]);
+    }
+    let status = command.current_dir(env!("CARGO_MANIFEST_DIR")).status().expect("run cargo build");
+    assert!(status.success(), "cargo build of the examples {names:?} failed");
+    profile_dir.join("examples")
+}
+
 /// Signs a JSON Web Token (HS256) over the given header and claims JSON, as an issuer would.
 pub fn sign_jwt(header: &str, claims: &str, secret: &[u8]) -> String {
     use hmac::{KeyInit, Mac};
