@@ -194,7 +194,7 @@ fn run(options: Options, shutdown_signals: &libc::sigset_t) {
     let admin = Arc::new(Admin::new(server.handle(), max_body, admin_idle_timeout, admin_token, Arc::clone(&errors)));
     spawn("wspushd-admin-accept", move || admin::serve(admin_listener, admin));
     let watched = server.handle();
-    spawn("wspushd-watch", move || watch_error_counters(&watched, &errors));
+    spawn("wspushd-watch", move || watch(&watched, &errors));
 
     let mode = if demo { "demo (NO AUTHENTICATION)" } else { "JWT (HS256)" };
     let echo = if echo { "on" } else { "off" };
@@ -237,9 +237,10 @@ fn spawn(name: &str, body: impl FnOnce() + Send + 'static) {
     }
 }
 
-/// Logs the first occurrence of each engine-side error class, from the counters (the engine does
-/// not log, and per-connection log lines would flood the log).
-fn watch_error_counters(server: &ServerHandle, errors: &ErrorLog) {
+/// Once a second: logs the first occurrence of each engine-side error class, from the counters
+/// (the engine does not log, and per-connection log lines would flood the log), and hands freed
+/// heap back to the kernel after a crowd of connections has left.
+fn watch(server: &ServerHandle, errors: &ErrorLog) {
     type Counter = fn(&Stats) -> u64;
     let watched: [(ErrorClass, Counter); 5] = [
         (ErrorClass::OverCapacity, |s| s.over_capacity_total),
@@ -248,6 +249,7 @@ fn watch_error_counters(server: &ServerHandle, errors: &ErrorLog) {
         (ErrorClass::SlowConsumerDrop, |s| s.dropped_total),
         (ErrorClass::ProtocolError, |s| s.protocol_errors_total),
     ];
+    let mut heap = HeapTrim::default();
     while !server.is_stopped() {
         let stats = server.stats();
         for (class, counter) in watched {
@@ -256,9 +258,56 @@ fn watch_error_counters(server: &ServerHandle, errors: &ErrorLog) {
                 errors.report(class, &format!("{count} so far"));
             }
         }
+        heap.observe(stats.connections + stats.handshakes);
         std::thread::sleep(Duration::from_secs(1));
     }
 }
+
+/// The engine gives its tables back to the allocator when connections leave, but glibc's malloc
+/// keeps freed pages in its arenas (it only returns the top of a heap on its own), so after a
+/// storm or a mass disconnect the daemon's RSS would stay at its peak. This returns them once
+/// the number of sockets has halved since the last trim. It waits two seconds after seeing the
+/// drop: the I/O threads shrink their tables once a second. Small drops are not worth a trim.
+#[derive(Default)]
+struct HeapTrim {
+    peak_sockets: u64,
+    /// Seconds until the trim, once a drop has been seen.
+    countdown: Option<u8>,
+}
+
+impl HeapTrim {
+    const WORTH_IT: u64 = 1_000;
+    const DELAY_SECS: u8 = 2;
+
+    /// Called once a second with the current number of sockets.
+    fn observe(&mut self, sockets: u64) {
+        self.peak_sockets = self.peak_sockets.max(sockets);
+        match self.countdown {
+            Some(0) => {
+                release_free_heap();
+                self.countdown = None;
+                self.peak_sockets = sockets;
+            }
+            Some(seconds) => self.countdown = Some(seconds - 1),
+            None if self.peak_sockets - sockets >= Self::WORTH_IT && sockets <= self.peak_sockets / 2 => {
+                self.countdown = Some(Self::DELAY_SECS - 1);
+            }
+            None => {}
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_free_heap() {
+    // SAFETY: malloc_trim only walks and madvises the allocator's own free memory, taking each
+    // arena's lock; it is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_heap() {}
 
 fn block_shutdown_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initializes it before any other use, and

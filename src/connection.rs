@@ -134,8 +134,6 @@ impl Conn {
     }
 }
 
-/// Runs a host callback; a panic in it is contained (and reported as `None`).
-
 impl IoThread {
     // ---------------------------------------------------------------- input
 

@@ -22,7 +22,7 @@ use crate::registry::UserCheck;
 use crate::server::{ServerHandle, Shared, ThreadShared, ENGINE_OF_THIS_THREAD, OWNING_IO_THREAD};
 use crate::stats::bump;
 use crate::timer::{self, Entry, Ticks, TimerWheel};
-use crate::{handshake, socket};
+use crate::{handshake, slack, socket};
 
 /// This thread's counters, borrowing only the `shared` field (so a connection may stay borrowed).
 macro_rules! stats {
@@ -105,7 +105,7 @@ impl IoThreadSetup {
             again: Vec::new(),
             drain_deadline: None,
             ip_keys: Vec::new(),
-            next_ip_sweep: Instant::now(),
+            next_housekeeping: Instant::now(),
             ip_sweeps: 0,
         };
         if guarded(|| io.event_loop()).is_none() {
@@ -153,7 +153,7 @@ pub(crate) struct IoThread {
     drain_deadline: Option<Instant>,
     /// With per-address limits on: the address each slot's connection is counted under.
     pub(crate) ip_keys: Vec<IpKey>,
-    next_ip_sweep: Instant,
+    next_housekeeping: Instant,
     ip_sweeps: usize,
 }
 
@@ -227,7 +227,13 @@ impl IoThread {
             for entry in due.drain(..) {
                 self.on_timer(entry, now);
             }
-            self.sweep_ip_limits();
+            if self.housekeeping_due() {
+                self.housekeeping();
+                slack::release_vec(&mut inbox);
+                slack::release_vec(&mut due);
+                slack::release_vec(&mut again);
+                slack::release_vec(&mut broadcasts);
+            }
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() || Instant::now() >= deadline {
                     return;
@@ -352,16 +358,34 @@ impl IoThread {
         }
     }
 
-    /// Each thread, once a second, lets the per-address limits forget one shard's idle entries.
-    fn sweep_ip_limits(&mut self) {
-        let Some(limits) = &self.shared.ip_limits else { return };
+    fn housekeeping_due(&mut self) -> bool {
         let now = Instant::now();
-        if now < self.next_ip_sweep {
-            return;
+        if now < self.next_housekeeping {
+            return false;
         }
-        self.next_ip_sweep = now + Duration::from_secs(1);
-        limits.sweep(self.ip_sweeps * self.shared.threads.len() + self.index);
-        self.ip_sweeps = self.ip_sweeps.wrapping_add(1);
+        self.next_housekeeping = now + Duration::from_secs(1);
+        true
+    }
+
+    /// Once a second: the per-address limits forget one shard's idle entries, and tables sized
+    /// for a peak that has passed (a storm, everyone leaving) give their memory back, so a
+    /// server's footprint follows its connections down as well as up.
+    fn housekeeping(&mut self) {
+        if let Some(limits) = &self.shared.ip_limits {
+            limits.sweep(self.ip_sweeps * self.shared.threads.len() + self.index);
+            self.ip_sweeps = self.ip_sweeps.wrapping_add(1);
+        }
+        if self.conns.len() * 4 <= self.conns.capacity() {
+            // Slots are connection IDs and epoll tokens, so only the vacant tail can go.
+            self.conns.shrink_to_fit();
+            // Slots past the slab's end hold no connection, hence nothing counted per address.
+            self.ip_keys.truncate(self.conns.capacity());
+            slack::release_vec(&mut self.ip_keys);
+        }
+        if self.conns.is_empty() {
+            self.wheel.clear();
+        }
+        slack::release_vec(&mut self.again);
     }
 
     /// Schedules the connection's timer entry for `deadline` (the one entry it has).

@@ -132,6 +132,7 @@ impl IpLimits {
     fn sweep_at(&self, index: usize, now_ms: u64) {
         let mut shard = self.shards[index % SHARDS].lock();
         shard.retain(|_, entry| entry.connections > 0 || (self.rate > 0.0 && !self.refill(entry, now_ms)));
+        crate::slack::release_map(&mut shard);
     }
 
     #[cfg(test)]

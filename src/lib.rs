@@ -51,6 +51,7 @@ mod handshake;
 mod ip_limits;
 mod jwt;
 mod registry;
+mod slack;
 mod socket;
 mod timer;
 

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parking_lot::Mutex;
 
 use crate::handler::ConnId;
+use crate::slack;
 
 const SHARDS: usize = 64;
 /// User IDs up to this length are stored inside the connection without an allocation.
@@ -178,15 +179,13 @@ impl Registry {
         let key = self.key(user);
         let mut shard = self.shard(key).lock();
         let shard = &mut *shard;
-        if shard.second.get(&key).is_none() {
+        if !shard.second.contains_key(&key) {
             // The common case: a user's only connection leaves.
             if shard.first.get(&key) == Some(&conn) {
                 shard.first.remove(&key);
                 self.users.fetch_sub(1, Ordering::Relaxed);
                 // Give memory back when a shard empties after a storm of disconnects.
-                if shard.first.capacity() > 64 && shard.first.len() * 4 < shard.first.capacity() {
-                    shard.first.shrink_to_fit();
-                }
+                slack::release_map(&mut shard.first);
             }
             return;
         }
@@ -194,6 +193,8 @@ impl Registry {
         shard.for_each(key, |id| conns.push(id));
         conns.retain(|&id| id != conn);
         shard.store(key, &conns);
+        slack::release_map(&mut shard.second);
+        slack::release_map(&mut shard.more);
     }
 
     /// Calls `f` for each connection of `user` with the user's check value, while holding its

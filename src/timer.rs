@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 
 const BUCKETS: u32 = 1024;
-/// Capacity a drained bucket may keep (steady traffic reuses it without reallocating).
-const SMALL_BUCKET: usize = 16;
 
 /// A wheel entry: the connection's slab slot (24 bits) and timer epoch (6 bits), and its
 /// generation. Entries whose connection is gone or whose epoch was replaced are skipped.
@@ -83,14 +81,21 @@ impl TimerWheel {
         for i in 0..steps {
             let bucket = &mut self.buckets[((self.next + i) % BUCKETS) as usize];
             due.append(bucket);
-            if bucket.capacity() > SMALL_BUCKET {
-                // A burst of connections (a reconnect storm) fills one bucket and moves on as a
-                // cluster, one bucket after another: keeping each drained bucket's capacity would
-                // leave every bucket at the burst's size for good.
-                *bucket = Vec::new();
-            }
+            // A drained bucket gives its memory back: kept, every bucket would end up holding
+            // the largest crowd it ever saw (a storm's cluster of deadlines moves from bucket
+            // to bucket), and with steady traffic a bucket fills again only a tick before it
+            // drains, so keeping its room saves a few reallocations per tick at most.
+            *bucket = Vec::new();
         }
         self.next = self.next.max(end);
+    }
+
+    /// Drops every entry. For a thread with no connections left, whose entries are all stale:
+    /// without this, the wheel would hold them (and their memory) until each came due.
+    pub(crate) fn clear(&mut self) {
+        for bucket in self.buckets.iter_mut().filter(|bucket| bucket.capacity() > 0) {
+            *bucket = Vec::new();
+        }
     }
 
     /// How long the poller may sleep before the next bucket is due.
@@ -117,5 +122,10 @@ mod tests {
         due.clear();
         wheel.expire(BUCKETS + 10, &mut due);
         assert_eq!(due, vec![(2, 1)], "parked entry surfaces to be recomputed");
+        due.clear();
+        wheel.schedule((3, 1), BUCKETS + 20);
+        wheel.clear();
+        wheel.expire(3 * BUCKETS, &mut due);
+        assert!(due.is_empty(), "cleared entries never come due");
     }
 }
