@@ -142,6 +142,7 @@ fn main() {
     // Before any thread exists, so that every thread inherits the mask and the signals wait for
     // sigwait in main instead of killing the process mid-drain.
     let shutdown_signals = block_shutdown_signals();
+    fix_heap_thresholds();
     run(options, &shutdown_signals);
 }
 
@@ -296,6 +297,26 @@ impl HeapTrim {
         }
     }
 }
+
+/// glibc raises its trim threshold to twice the largest mmap'd block ever freed (here the
+/// connection slab of a past peak, hundreds of KB), and per-thread arenas only give their top
+/// back on a free above that threshold; `malloc_trim` does not touch those tops. Fixed
+/// thresholds (glibc's own defaults, made permanent) keep the I/O threads' arenas from holding
+/// most of a peak's memory after it has passed; blocks of 128 KiB and more are mapped and
+/// unmapped on their own.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn fix_heap_thresholds() {
+    const THRESHOLD: libc::c_int = 128 * 1024;
+    // SAFETY: mallopt only sets allocator parameters; it is called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, THRESHOLD);
+        libc::mallopt(libc::M_TOP_PAD, 0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn fix_heap_thresholds() {}
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn release_free_heap() {

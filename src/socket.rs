@@ -6,7 +6,9 @@ use std::io::{self, IoSlice};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-const BACKLOG: libc::c_int = 4096;
+/// Asked of the kernel, which caps it at net.core.somaxconn: a reconnect storm should wait in
+/// the accept queue, not have its SYNs dropped and retransmitted a second later all at once.
+const BACKLOG: libc::c_int = 65_535;
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
