@@ -259,7 +259,9 @@ fn watch(server: &ServerHandle, errors: &ErrorLog) {
                 errors.report(class, &format!("{count} so far"));
             }
         }
-        heap.observe(stats.connections + stats.handshakes);
+        if heap.trim_now(stats.connections + stats.handshakes) {
+            release_free_heap();
+        }
         std::thread::sleep(Duration::from_secs(1));
     }
 }
@@ -280,14 +282,14 @@ impl HeapTrim {
     const WORTH_IT: u64 = 1_000;
     const DELAY_SECS: u8 = 2;
 
-    /// Called once a second with the current number of sockets.
-    fn observe(&mut self, sockets: u64) {
+    /// Called once a second with the current number of sockets: whether to trim now.
+    fn trim_now(&mut self, sockets: u64) -> bool {
         self.peak_sockets = self.peak_sockets.max(sockets);
         match self.countdown {
             Some(0) => {
-                release_free_heap();
                 self.countdown = None;
                 self.peak_sockets = sockets;
+                return true;
             }
             Some(seconds) => self.countdown = Some(seconds - 1),
             None if self.peak_sockets - sockets >= Self::WORTH_IT && sockets <= self.peak_sockets / 2 => {
@@ -295,6 +297,7 @@ impl HeapTrim {
             }
             None => {}
         }
+        false
     }
 }
 
@@ -377,5 +380,25 @@ mod tests {
         let page = String::from_utf8(demo_page("/push", "127.0.0.1:9".parse().unwrap())).unwrap();
         assert!(page.contains("const CONFIG = {\"path\": \"/push\", \"admin\": \"http://127.0.0.1:9\"};"));
         assert!(!page.contains("/*CONFIG*/"));
+    }
+
+    #[test]
+    fn the_heap_is_trimmed_two_seconds_after_the_sockets_halve_and_not_for_small_drops() {
+        let mut heap = HeapTrim::default();
+        let seconds = |heap: &mut HeapTrim, counts: &[u64]| -> Vec<bool> {
+            counts.iter().map(|&sockets| heap.trim_now(sockets)).collect()
+        };
+        // A crowd arrives, stays, leaves: one trim, two seconds after the drop was seen.
+        assert_eq!(
+            seconds(&mut heap, &[0, 15_000, 15_000, 0, 0, 0, 0]),
+            [false, false, false, false, false, true, false]
+        );
+        // Churn and a drop by less than half, or by fewer than 1,000 sockets: no trim.
+        assert!(!seconds(&mut heap, &[10_000, 9_000, 10_000, 6_000, 6_000, 6_000]).contains(&true));
+        assert!(!seconds(&mut HeapTrim::default(), &[1_500, 600, 600, 600, 600]).contains(&true));
+        // The peak restarts at each trim: halving again trims again.
+        let mut heap = HeapTrim::default();
+        assert_eq!(seconds(&mut heap, &[8_000, 4_000, 4_000, 4_000]), [false, false, false, true]);
+        assert_eq!(seconds(&mut heap, &[2_000, 2_000, 2_000]), [false, false, true]);
     }
 }
