@@ -131,6 +131,25 @@ fn resident_buffer(len: usize) -> Box<[u8]> {
     buffer
 }
 
+/// The vectors a round works in, kept from round to round so a round allocates nothing.
+#[derive(Default)]
+struct RoundBuffers {
+    inbox: Vec<Command>,
+    due: Vec<Entry>,
+    /// Swapped with `IoThread::again` each round.
+    again: Vec<usize>,
+    broadcasts: Vec<Frame>,
+}
+
+impl RoundBuffers {
+    fn release_slack(&mut self) {
+        slack::release_vec(&mut self.inbox);
+        slack::release_vec(&mut self.due);
+        slack::release_vec(&mut self.again);
+        slack::release_vec(&mut self.broadcasts);
+    }
+}
+
 pub(crate) struct IoThread {
     pub(crate) index: usize,
     pub(crate) shared: Arc<Shared>,
@@ -168,10 +187,7 @@ impl IoThread {
 
     fn event_loop(&mut self) {
         let mut events = Events::with_capacity(EVENTS_PER_ROUND);
-        let mut inbox = Vec::new();
-        let mut due: Vec<Entry> = Vec::new();
-        let mut again = Vec::new();
-        let mut broadcasts = Vec::new();
+        let mut round = RoundBuffers::default();
         loop {
             let idle = self.again.is_empty() && !self.can_accept() && !self.me().has_commands();
             let timeout = if idle { self.wheel.timeout().max(Duration::from_millis(1)) } else { Duration::ZERO };
@@ -197,23 +213,23 @@ impl IoThread {
                     }
                 }
             }
-            std::mem::swap(&mut again, &mut self.again);
-            for slot in again.drain(..) {
+            std::mem::swap(&mut round.again, &mut self.again);
+            for slot in round.again.drain(..) {
                 self.on_readable(slot, true); // its earlier event may have carried a FIN
             }
-            self.me().take_inbox(&mut inbox);
-            let mut commands = inbox.drain(..).peekable();
+            self.me().take_inbox(&mut round.inbox);
+            let mut commands = round.inbox.drain(..).peekable();
             while let Some(command) = commands.next() {
                 if let Command::Broadcast { frame } = command {
                     // Back-to-back broadcasts reach each connection in one sendmsg.
-                    broadcasts.push(frame);
+                    round.broadcasts.push(frame);
                     while let Some(Command::Broadcast { .. }) = commands.peek() {
                         if let Some(Command::Broadcast { frame }) = commands.next() {
-                            broadcasts.push(frame);
+                            round.broadcasts.push(frame);
                         }
                     }
-                    self.broadcast(&broadcasts);
-                    broadcasts.clear();
+                    self.broadcast(&round.broadcasts);
+                    round.broadcasts.clear();
                 } else {
                     self.execute(command);
                 }
@@ -223,17 +239,11 @@ impl IoThread {
                 self.accept();
             }
             let now = self.wheel.now();
-            self.wheel.expire(now, &mut due);
-            for entry in due.drain(..) {
+            self.wheel.expire(now, &mut round.due);
+            for entry in round.due.drain(..) {
                 self.on_timer(entry, now);
             }
-            if self.housekeeping_due() {
-                self.housekeeping();
-                slack::release_vec(&mut inbox);
-                slack::release_vec(&mut due);
-                slack::release_vec(&mut again);
-                slack::release_vec(&mut broadcasts);
-            }
+            self.housekeeping(&mut round);
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() || Instant::now() >= deadline {
                     return;
@@ -358,19 +368,15 @@ impl IoThread {
         }
     }
 
-    fn housekeeping_due(&mut self) -> bool {
-        let now = Instant::now();
-        if now < self.next_housekeeping {
-            return false;
-        }
-        self.next_housekeeping = now + Duration::from_secs(1);
-        true
-    }
-
     /// Once a second: the per-address limits forget one shard's idle entries, and tables sized
     /// for a peak that has passed (a storm, everyone leaving) give their memory back, so a
     /// server's footprint follows its connections down as well as up.
-    fn housekeeping(&mut self) {
+    fn housekeeping(&mut self, round: &mut RoundBuffers) {
+        let now = Instant::now();
+        if now < self.next_housekeeping {
+            return;
+        }
+        self.next_housekeeping = now + Duration::from_secs(1);
         if let Some(limits) = &self.shared.ip_limits {
             limits.sweep(self.ip_sweeps * self.shared.threads.len() + self.index);
             self.ip_sweeps = self.ip_sweeps.wrapping_add(1);
@@ -386,6 +392,7 @@ impl IoThread {
             self.wheel.clear();
         }
         slack::release_vec(&mut self.again);
+        round.release_slack();
     }
 
     /// Schedules the connection's timer entry for `deadline` (the one entry it has).

@@ -79,13 +79,11 @@ impl TimerWheel {
         let end = now.wrapping_add(1);
         let steps = end.saturating_sub(self.next).min(BUCKETS);
         for i in 0..steps {
-            let bucket = &mut self.buckets[((self.next + i) % BUCKETS) as usize];
-            due.append(bucket);
-            // A drained bucket gives its memory back: kept, every bucket would end up holding
-            // the largest crowd it ever saw (a storm's cluster of deadlines moves from bucket
-            // to bucket), and with steady traffic a bucket fills again only a tick before it
-            // drains, so keeping its room saves a few reallocations per tick at most.
-            *bucket = Vec::new();
+            // A drained bucket gives its memory back (`take`): kept, every bucket would end up
+            // holding the largest crowd it ever saw (a storm's cluster of deadlines moves from
+            // bucket to bucket), and with steady traffic a bucket fills again only a tick
+            // before it drains, so keeping its room saves a few reallocations per tick at most.
+            due.append(&mut std::mem::take(&mut self.buckets[((self.next + i) % BUCKETS) as usize]));
         }
         self.next = self.next.max(end);
     }
@@ -93,9 +91,7 @@ impl TimerWheel {
     /// Drops every entry. For a thread with no connections left, whose entries are all stale:
     /// without this, the wheel would hold them (and their memory) until each came due.
     pub(crate) fn clear(&mut self) {
-        for bucket in self.buckets.iter_mut().filter(|bucket| bucket.capacity() > 0) {
-            *bucket = Vec::new();
-        }
+        self.buckets.iter_mut().for_each(|bucket| *bucket = Vec::new());
     }
 
     /// How long the poller may sleep before the next bucket is due.
