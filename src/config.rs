@@ -22,6 +22,9 @@ pub struct Config {
     /// Number of I/O threads; 0 means one per available core.
     pub threads: usize,
     /// Open plus handshaking connections beyond which new sockets are answered 503 and closed.
+    /// At start the process's descriptor table is grown to hold this many more descriptors
+    /// (capped by RLIMIT_NOFILE; 8 bytes of kernel memory each), so a storm never waits for the
+    /// kernel to double it.
     pub max_connections: usize,
     /// Largest message (after reassembly of fragments) a client may send; larger closes with 1009.
     pub max_message_size: usize,

@@ -186,8 +186,7 @@ mod tests {
         assert_eq!(check("GET / HTTP/1.1\r\nHost: x\r\n\r\n", &c), Err(0), "plain HTTP");
         let big = format!("GET /ws HTTP/1.1\r\nX: {}\r\n", "a".repeat(9000));
         assert_eq!(check(&big, &c), Err(431));
-        let mut origin = Config::default();
-        origin.allowed_origins = vec!["https://other.example".into()];
+        let mut origin = Config { allowed_origins: vec!["https://other.example".into()], ..Config::default() };
         assert_eq!(check(GOOD, &origin), Err(403));
         origin.allowed_origins.push("https://MAIL.example".into());
         assert!(check(GOOD, &origin).is_ok());

@@ -6,6 +6,7 @@
 
 use std::cell::Cell;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -119,6 +120,10 @@ impl Server {
         let thread_count = config.io_threads();
         let listeners = socket::bind_listeners(addr, thread_count).map_err(Error::Bind)?;
         let local_addr = listeners[0].local_addr().map_err(Error::Bind)?;
+        // Room for every connection plus each thread's poller and waker, before any storm.
+        if let Some(newest) = listeners.last() {
+            socket::reserve_descriptors(newest.as_raw_fd(), config.max_connections.saturating_add(2 * thread_count));
+        }
 
         let mut loops = Vec::with_capacity(thread_count);
         let mut thread_shared = Vec::with_capacity(thread_count);

@@ -1,6 +1,7 @@
 //! The few socket calls std and mio don't offer, fenced in one place: a SO_REUSEPORT listener
-//! group (one listener per I/O thread, balanced by the kernel) and sends that can never raise
-//! SIGPIPE in the host process (MSG_NOSIGNAL; the host's signal dispositions are left alone).
+//! group (one listener per I/O thread, balanced by the kernel), sends that can never raise
+//! SIGPIPE in the host process (MSG_NOSIGNAL; the host's signal dispositions are left alone), and
+//! a descriptor table sized at start for the connections to come.
 
 use std::io::{self, IoSlice};
 use std::net::{SocketAddr, TcpListener};
@@ -101,6 +102,31 @@ pub(crate) fn bind_listeners(addr: SocketAddr, count: usize) -> io::Result<Vec<T
     Ok(listeners)
 }
 
+/// Grows the process's descriptor table now so that it holds `more` descriptors above `above`
+/// (at most RLIMIT_NOFILE). The kernel grows the table by doubling when a new descriptor does
+/// not fit, and in a multi-threaded process each doubling waits for an RCU grace period while
+/// every thread that opens a descriptor waits behind it: in a connection storm all I/O threads
+/// stalled in accept(2) for 5-8 ms per doubling, and every publish waited with them. The table
+/// never shrinks, so one growth at start is all it costs (8 bytes of kernel memory per slot).
+/// Best effort: a failure only means the kernel grows the table later, as it would anyway.
+pub(crate) fn reserve_descriptors(above: RawFd, more: usize) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let soft_limit = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX).min(libc::c_int::MAX as usize);
+    let wanted = (above.max(0) as usize).saturating_add(more).min(soft_limit);
+    let Some(highest) = wanted.checked_sub(1) else { return };
+    // F_DUPFD answers with the lowest free descriptor >= `highest`, growing the table to hold it.
+    // SAFETY: `above` is an open descriptor; the duplicate is ours and closed right away.
+    let duplicate = unsafe { libc::fcntl(above, libc::F_DUPFD_CLOEXEC, highest as libc::c_int) };
+    if duplicate >= 0 {
+        // SAFETY: `duplicate` was just created and nothing else refers to it.
+        drop(unsafe { OwnedFd::from_raw_fd(duplicate) });
+    }
+}
+
 /// Writes without blocking and without SIGPIPE.
 pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for `buf.len()` bytes for the duration of the call.
@@ -125,5 +151,39 @@ pub(crate) fn send_vectored(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize
         Err(io::Error::last_os_error())
     } else {
         Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The descriptor table's capacity, from /proc/self/status (it only ever grows).
+    fn table_size() -> usize {
+        let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+        let line = status.lines().find_map(|line| line.strip_prefix("FDSize:")).expect("FDSize line");
+        line.trim().parse().expect("FDSize number")
+    }
+
+    fn soft_limit() -> usize {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit only writes the struct it is given.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    }
+
+    #[test]
+    fn reserving_descriptors_grows_the_table_once_and_leaves_no_descriptor_open() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let fd = listener.as_raw_fd();
+        let wanted = (fd as usize + 3_000).min(soft_limit());
+        reserve_descriptors(fd, 3_000);
+        assert!(table_size() >= wanted, "table holds {} descriptors, wanted {wanted}", table_size());
+        // The probe descriptor is closed again: the slot it took is free.
+        // SAFETY: F_GETFD only inspects the descriptor number.
+        assert_eq!(unsafe { libc::fcntl(wanted as libc::c_int - 1, libc::F_GETFD) }, -1);
+        // Asking past the limit is capped, not an error, and the listener still works.
+        reserve_descriptors(fd, usize::MAX);
+        assert!(listener.local_addr().is_ok());
     }
 }

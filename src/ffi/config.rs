@@ -308,6 +308,8 @@ pub unsafe extern "C" fn wspush_config_set_threads(config: *mut wspush_config, t
 }
 
 /// Open plus handshaking connections beyond which new sockets get 503 (must be > 0).
+/// `wspush_server_start` grows the process's descriptor table to hold this many more descriptors
+/// (capped by RLIMIT_NOFILE), so a connection storm never stalls on the kernel doubling it.
 ///
 /// # Safety
 /// `config` must be NULL or a live configuration not used by another thread.
