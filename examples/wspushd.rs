@@ -16,6 +16,31 @@ mod cli;
 #[path = "wspushd/log.rs"]
 mod log;
 
+/// The daemon's allocator: jemalloc without per-thread caches, returning pages left unused for a
+/// second from a background thread (so an idle daemon gets there too). With glibc's malloc the
+/// daemon kept 2-15% of a soak's peak resident after every client had left: chunks cached per
+/// thread and the tops of per-thread arenas (which `malloc_trim` leaves alone) pin their pages.
+/// The library itself uses whatever allocator its host has. Unit tests keep the system allocator
+/// so that AddressSanitizer sees their heap.
+#[cfg(not(test))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc reads this before main; `_RJEM_MALLOC_CONF` in the environment overrides it.
+#[cfg(not(test))]
+#[export_name = "_rjem_malloc_conf"]
+static JEMALLOC_OPTIONS: JemallocOptions =
+    JemallocOptions(c"background_thread:true,max_background_threads:1,tcache:false,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
+
+/// A C string pointer as jemalloc expects `malloc_conf` (`const char *`).
+#[cfg(not(test))]
+#[repr(transparent)]
+struct JemallocOptions(*const std::ffi::c_char);
+
+// SAFETY: the pointer is to an immutable static string, so sharing it between threads is sound.
+#[cfg(not(test))]
+unsafe impl Sync for JemallocOptions {}
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::process::exit;
@@ -142,7 +167,6 @@ fn main() {
     // Before any thread exists, so that every thread inherits the mask and the signals wait for
     // sigwait in main instead of killing the process mid-drain.
     let shutdown_signals = block_shutdown_signals();
-    fix_heap_thresholds();
     run(options, &shutdown_signals);
 }
 
@@ -239,8 +263,7 @@ fn spawn(name: &str, body: impl FnOnce() + Send + 'static) {
 }
 
 /// Once a second: logs the first occurrence of each engine-side error class, from the counters
-/// (the engine does not log, and per-connection log lines would flood the log), and hands freed
-/// heap back to the kernel after a crowd of connections has left.
+/// (the engine does not log, and per-connection log lines would flood the log).
 fn watch(server: &ServerHandle, errors: &ErrorLog) {
     type Counter = fn(&Stats) -> u64;
     let watched: [(ErrorClass, Counter); 5] = [
@@ -250,7 +273,6 @@ fn watch(server: &ServerHandle, errors: &ErrorLog) {
         (ErrorClass::SlowConsumerDrop, |s| s.dropped_total),
         (ErrorClass::ProtocolError, |s| s.protocol_errors_total),
     ];
-    let mut heap = HeapTrim::default();
     while !server.is_stopped() {
         let stats = server.stats();
         for (class, counter) in watched {
@@ -259,79 +281,9 @@ fn watch(server: &ServerHandle, errors: &ErrorLog) {
                 errors.report(class, &format!("{count} so far"));
             }
         }
-        if heap.trim_now(stats.connections + stats.handshakes) {
-            release_free_heap();
-        }
         std::thread::sleep(Duration::from_secs(1));
     }
 }
-
-/// The engine gives its tables back to the allocator when connections leave, but glibc's malloc
-/// keeps freed pages in its arenas (it only returns the top of a heap on its own), so after a
-/// storm or a mass disconnect the daemon's RSS would stay at its peak. This returns them once
-/// the number of sockets has halved since the last trim. It waits two seconds after seeing the
-/// drop: the I/O threads shrink their tables once a second. Small drops are not worth a trim.
-#[derive(Default)]
-struct HeapTrim {
-    peak_sockets: u64,
-    /// Seconds until the trim, once a drop has been seen.
-    countdown: Option<u8>,
-}
-
-impl HeapTrim {
-    const WORTH_IT: u64 = 1_000;
-    const DELAY_SECS: u8 = 2;
-
-    /// Called once a second with the current number of sockets: whether to trim now.
-    fn trim_now(&mut self, sockets: u64) -> bool {
-        self.peak_sockets = self.peak_sockets.max(sockets);
-        match self.countdown {
-            Some(0) => {
-                self.countdown = None;
-                self.peak_sockets = sockets;
-                return true;
-            }
-            Some(seconds) => self.countdown = Some(seconds - 1),
-            None if self.peak_sockets - sockets >= Self::WORTH_IT && sockets <= self.peak_sockets / 2 => {
-                self.countdown = Some(Self::DELAY_SECS - 1);
-            }
-            None => {}
-        }
-        false
-    }
-}
-
-/// glibc raises its trim threshold to twice the largest mmap'd block ever freed (here the
-/// connection slab of a past peak, hundreds of KB), and per-thread arenas only give their top
-/// back on a free above that threshold; `malloc_trim` does not touch those tops. Fixed
-/// thresholds (glibc's own defaults, made permanent) keep the I/O threads' arenas from holding
-/// most of a peak's memory after it has passed; blocks of 128 KiB and more are mapped and
-/// unmapped on their own.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn fix_heap_thresholds() {
-    const THRESHOLD: libc::c_int = 128 * 1024;
-    // SAFETY: mallopt only sets allocator parameters; it is called before any thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, THRESHOLD);
-        libc::mallopt(libc::M_TOP_PAD, 0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn fix_heap_thresholds() {}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn release_free_heap() {
-    // SAFETY: malloc_trim only walks and madvises the allocator's own free memory, taking each
-    // arena's lock; it is safe to call from any thread at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn release_free_heap() {}
 
 fn block_shutdown_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initializes it before any other use, and
@@ -382,23 +334,4 @@ mod tests {
         assert!(!page.contains("/*CONFIG*/"));
     }
 
-    #[test]
-    fn the_heap_is_trimmed_two_seconds_after_the_sockets_halve_and_not_for_small_drops() {
-        let mut heap = HeapTrim::default();
-        let seconds = |heap: &mut HeapTrim, counts: &[u64]| -> Vec<bool> {
-            counts.iter().map(|&sockets| heap.trim_now(sockets)).collect()
-        };
-        // A crowd arrives, stays, leaves: one trim, two seconds after the drop was seen.
-        assert_eq!(
-            seconds(&mut heap, &[0, 15_000, 15_000, 0, 0, 0, 0]),
-            [false, false, false, false, false, true, false]
-        );
-        // Churn and a drop by less than half, or by fewer than 1,000 sockets: no trim.
-        assert!(!seconds(&mut heap, &[10_000, 9_000, 10_000, 6_000, 6_000, 6_000]).contains(&true));
-        assert!(!seconds(&mut HeapTrim::default(), &[1_500, 600, 600, 600, 600]).contains(&true));
-        // The peak restarts at each trim: halving again trims again.
-        let mut heap = HeapTrim::default();
-        assert_eq!(seconds(&mut heap, &[8_000, 4_000, 4_000, 4_000]), [false, false, false, true]);
-        assert_eq!(seconds(&mut heap, &[2_000, 2_000, 2_000]), [false, false, true]);
-    }
 }
