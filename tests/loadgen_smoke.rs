@@ -316,7 +316,7 @@ fn churn_soak_loses_nothing_on_live_connections_and_gives_back_every_fd() {
     // pings every 200 ms throughout.
     let args = format!(
         "--phases soak --server-pid {pid} --conns 1000 --publish-rate 500 --soak-secs 15 --churn-secs 3 \
-         --churn-fraction 0.1 --warmup-secs 3 --settle-secs 0.5 --drain-secs 3 {SMALL_SCALE_RSS_TOLERANCE}"
+         --churn-fraction 0.1 --warmup-secs 3 --drain-secs 3 {SMALL_SCALE_MEMORY_CHECK}"
     );
     let (code, json) = run_loadgen(daemon.ws_port, daemon.admin_port, &args);
     assert_eq!(code, 0, "loadgen reported anomalies or failed");
@@ -338,12 +338,12 @@ fn churn_soak_loses_nothing_on_live_connections_and_gives_back_every_fd() {
     daemon.assert_healthy();
 }
 
-/// At 1,000 connections the server's RssAnon is about 1 MiB, so the 1% criterion would be 10 KiB:
-/// less than glibc's per-thread caches move between two samples (the engine's own heap does come
-/// back, tests/memory_return.rs checks that to the byte-ish). Here the memory check only catches
-/// a gross leak (~450 bytes per connection incarnation); the fds must come back exactly. The long
-/// run at 15,000 connections is in the soak note.
-const SMALL_SCALE_RSS_TOLERANCE: &str = "--rss-tolerance-pct 100";
+/// At 1,000 connections wspushd's RssAnon is about 1.7 MiB, so 1% would be 17 KiB, within what
+/// moves between two samples at this size (-1.9% to +2.4% in five runs here). 10% still catches a
+/// leak of ~110 bytes per connection incarnation; the fds must come back exactly. The settle time
+/// covers jemalloc's one-second purge (examples/wspushd.rs). The long run at 15,000 connections,
+/// judged at 1%, is in the soak note.
+const SMALL_SCALE_MEMORY_CHECK: &str = "--settle-secs 2 --rss-tolerance-pct 10";
 
 #[test]
 fn connection_storm_is_answered_101_or_503_within_the_limits() {
