@@ -110,13 +110,8 @@ pub(crate) fn bind_listeners(addr: SocketAddr, count: usize) -> io::Result<Vec<T
 /// never shrinks, so one growth at start is all it costs (8 bytes of kernel memory per slot).
 /// Best effort: a failure only means the kernel grows the table later, as it would anyway.
 pub(crate) fn reserve_descriptors(above: RawFd, more: usize) {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit only writes the struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return;
-    }
-    let soft_limit = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX).min(libc::c_int::MAX as usize);
-    let wanted = (above.max(0) as usize).saturating_add(more).min(soft_limit);
+    let Some(limit) = open_files_limit() else { return };
+    let wanted = (above.max(0) as usize).saturating_add(more).min(limit);
     let Some(highest) = wanted.checked_sub(1) else { return };
     // F_DUPFD answers with the lowest free descriptor >= `highest`, growing the table to hold it.
     // SAFETY: `above` is an open descriptor; the duplicate is ours and closed right away.
@@ -125,6 +120,16 @@ pub(crate) fn reserve_descriptors(above: RawFd, more: usize) {
         // SAFETY: `duplicate` was just created and nothing else refers to it.
         drop(unsafe { OwnedFd::from_raw_fd(duplicate) });
     }
+}
+
+/// The soft RLIMIT_NOFILE: one more than the highest descriptor number this process may open.
+fn open_files_limit() -> Option<usize> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    Some(usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX).min(libc::c_int::MAX as usize))
 }
 
 /// Writes without blocking and without SIGPIPE.
@@ -165,18 +170,11 @@ mod tests {
         line.trim().parse().expect("FDSize number")
     }
 
-    fn soft_limit() -> usize {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit only writes the struct it is given.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
-        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
-    }
-
     #[test]
     fn reserving_descriptors_grows_the_table_once_and_leaves_no_descriptor_open() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let fd = listener.as_raw_fd();
-        let wanted = (fd as usize + 3_000).min(soft_limit());
+        let wanted = (fd as usize + 3_000).min(open_files_limit().expect("RLIMIT_NOFILE"));
         reserve_descriptors(fd, 3_000);
         assert!(table_size() >= wanted, "table holds {} descriptors, wanted {wanted}", table_size());
         // The probe descriptor is closed again: the slot it took is free.
