@@ -697,14 +697,12 @@ impl IoThread {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     /// The cost of an idle connection: reassembly and every other in-flight state live behind the
     /// lazily allocated spill, not inline. Release builds only: in debug builds mio's stream
     /// carries an extra selector ID for its own registration checks.
     #[test]
     #[cfg(all(target_pointer_width = "64", not(debug_assertions)))]
     fn an_idle_connection_is_48_bytes() {
-        assert_eq!(std::mem::size_of::<Conn>(), 48);
+        assert_eq!(std::mem::size_of::<super::Conn>(), 48);
     }
 }
