@@ -4,7 +4,8 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use wspush::internals::{
-    apply_mask, decode_next, frame_text, parse_frame_header, parse_upgrade, sign_jwt, JwtVerifier, Registry,
+    apply_mask, decode_next, frame_text, parse_frame_header, parse_upgrade, sign_jwt, DecoderState, JwtVerifier,
+    Registry,
 };
 use wspush::Config;
 
@@ -44,8 +45,8 @@ fn frames(c: &mut Criterion) {
         let mut buf = text_frame.clone();
         b.iter(|| {
             buf.copy_from_slice(&text_frame);
-            let mut reassembly = None;
-            let (used, _) = decode_next(black_box(&mut buf), &mut reassembly, 65536);
+            let mut state = DecoderState::default();
+            let (used, _) = decode_next(black_box(&mut buf), &mut state, 65536);
             used
         })
     });

@@ -364,6 +364,26 @@ typedef struct wspush_stats_snapshot {
      * Sockets answered 429 by a per-address limit (max connections or handshakes per IP).
      */
     uint64_t ip_limited_total;
+    /**
+     * Bytes queued for connections that their sockets have not taken yet.
+     */
+    uint64_t queued_bytes;
+    /**
+     * Bytes held for incomplete client frames and messages (max_partial_input_bytes).
+     */
+    uint64_t partial_input_bytes;
+    /**
+     * Connections closed with 1008: a started frame or message not completed in time.
+     */
+    uint64_t message_timeouts_total;
+    /**
+     * Connections closed with 1013 because max_partial_input_bytes was reached.
+     */
+    uint64_t partial_input_refusals_total;
+    /**
+     * The connection cap in force: max_connections, lowered to what RLIMIT_NOFILE allows.
+     */
+    uint64_t max_connections;
 } wspush_stats_snapshot;
 
 /**
@@ -610,6 +630,47 @@ wspush_result wspush_config_set_slow_consumer_policy(struct wspush_config *confi
  */
 wspush_result wspush_config_set_callbacks(struct wspush_config *config,
                                           const struct wspush_callbacks *callbacks);
+
+/**
+ * Time (ms, > 0; default 5000) a client has to complete a frame or a fragmented message once it
+ * has started sending it; then the connection is closed with 1008, so parked half-frames can't
+ * pin memory until the idle timeout.
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread.
+ */
+wspush_result wspush_config_set_message_timeout_ms(struct wspush_config *config, uint64_t message_timeout_ms);
+
+/**
+ * Bytes all connections together may hold for incomplete frames and messages (default
+ * 256 MiB); the connection whose input would pass it is closed with 1013 (try again later).
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread.
+ */
+wspush_result wspush_config_set_max_partial_input_bytes(struct wspush_config *config, size_t bytes);
+
+/**
+ * Handshakes in progress (accepted, not yet upgraded) one client address (IPv6: /64) may have;
+ * beyond, new sockets from it get 429. 0 (default) = no limit.
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread.
+ */
+wspush_result wspush_config_set_max_pending_handshakes_per_ip(struct wspush_config *config,
+                                                              size_t handshakes);
+
+/**
+ * SO_SNDBUF and SO_RCVBUF of every connection's socket, in bytes; 0 (default) keeps the
+ * kernel's autotuning. Smaller buffers save kernel memory per connection (several KiB each at
+ * millions of connections) at the cost of throughput per connection.
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread.
+ */
+wspush_result wspush_config_set_socket_buffers(struct wspush_config *config,
+                                               size_t send_bytes,
+                                               size_t recv_bytes);
 
 /**
  * The request method, e.g. "GET".

@@ -28,6 +28,7 @@ pub(crate) mod close {
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,14 +184,52 @@ pub(crate) fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Fram
 pub struct Reassembly {
     text: bool,
     data: Vec<u8>,
-    utf8: Utf8Check,
+    /// UTF-8 state after `data` (text only).
+    utf8: Utf8Stream,
+}
+
+/// Progress through a frame whose payload has only partly arrived: how much of it is already
+/// unmasked in place and, for text, checked as UTF-8. So an invalid byte fails the connection
+/// as soon as it arrives rather than when the frame completes, and no byte is unmasked or
+/// checked twice however the payload trickles in.
+#[derive(Debug, Default)]
+struct PartialFrame {
+    unmasked: usize,
+    /// UTF-8 state after the message so far plus `unmasked` bytes of this frame (text only).
+    utf8: Option<Utf8Stream>,
+}
+
+/// What the decoder carries from one call to the next for one client stream.
+#[derive(Debug, Default)]
+pub struct DecoderState {
+    reassembly: Option<Reassembly>,
+    partial: PartialFrame,
+}
+
+impl DecoderState {
+    /// No message or frame in progress: nothing held.
+    pub fn is_idle(&self) -> bool {
+        self.reassembly.is_none() && self.partial.unmasked == 0 && self.partial.utf8.is_none()
+    }
+
+    /// Whether a fragmented message has started and not ended.
+    #[allow(dead_code)] // for the fuzz target, through `internals`
+    pub fn message_open(&self) -> bool {
+        self.reassembly.is_some()
+    }
+
+    /// Heap bytes the reassembly holds.
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.reassembly.as_ref().map_or(0, |r| r.data.capacity())
+    }
 }
 
 /// What the next bytes of a client stream amount to (see [`decode_next`]).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded<'a> {
-    /// Not a whole frame yet (or a fragment's header not yet complete): nothing consumed,
-    /// the input untouched. Call again with more bytes.
+    /// Not a whole frame yet: nothing consumed. The payload that has arrived may have been
+    /// unmasked and checked in place (the state remembers how far): call again with the same
+    /// bytes plus more.
     Incomplete,
     /// A non-final fragment was taken into the reassembly; nothing to deliver yet.
     Fragment,
@@ -202,76 +241,90 @@ pub enum Decoded<'a> {
     /// A valid close frame: the peer's code (1005 when the payload was empty).
     Close(u16),
     /// The connection must be failed with this close code (RFC 6455 §7.1.7): nothing consumed,
-    /// the reassembly dropped; the stream is not to be decoded further (the failing frame's
-    /// payload may have been unmasked in place).
+    /// the state reset; the stream is not to be decoded further (the failing frame's payload
+    /// may have been unmasked in place).
     Fail(u16),
 }
 
 /// Decodes the next client frame at the start of `buf`: header rules, unmasking (in place),
 /// fragment sequencing and reassembly under `max_message_size` (whole messages, not only single
-/// frames), UTF-8 of text messages checked fragment by fragment (a message fails on the fragment
-/// that makes it invalid, not at its end), control-frame and close-payload rules.
+/// frames), UTF-8 of text messages checked as the bytes arrive (a message fails on the byte that
+/// makes it invalid, even inside a frame whose payload has only partly arrived), control-frame
+/// and close-payload rules.
 ///
 /// Returns the bytes consumed and what they were. Pure: no I/O, no allocation unless a message
 /// is fragmented. Size and sequencing violations are reported as soon as the header shows them,
 /// before the payload arrives.
-pub fn decode_next<'a>(
-    buf: &'a mut [u8],
-    reassembly: &mut Option<Reassembly>,
-    max_message_size: usize,
-) -> (usize, Decoded<'a>) {
-    let fail = |reassembly: &mut Option<Reassembly>, code| {
-        *reassembly = None;
+pub fn decode_next<'a>(buf: &'a mut [u8], state: &mut DecoderState, max_message_size: usize) -> (usize, Decoded<'a>) {
+    let fail = |state: &mut DecoderState, code| {
+        *state = DecoderState::default();
         (0, Decoded::Fail(code))
     };
     let info = match parse_header(buf, max_message_size) {
         Ok(Some(info)) => info,
         Ok(None) => return (0, Decoded::Incomplete),
-        Err(code) => return fail(reassembly, code),
+        Err(code) => return fail(state, code),
     };
-    match (info.opcode, reassembly.as_ref()) {
-        (Opcode::Text | Opcode::Binary, Some(_)) => return fail(reassembly, close::PROTOCOL), // new message inside a fragmented one
-        (Opcode::Continuation, None) => return fail(reassembly, close::PROTOCOL), // continuation without a start
+    match (info.opcode, state.reassembly.as_ref()) {
+        (Opcode::Text | Opcode::Binary, Some(_)) => return fail(state, close::PROTOCOL), // new message inside a fragmented one
+        (Opcode::Continuation, None) => return fail(state, close::PROTOCOL),             // continuation without a start
         // `data.len() <= max_message_size` holds between fragments, so this cannot underflow.
         (Opcode::Continuation, Some(open)) if info.payload_len > max_message_size - open.data.len() => {
-            return fail(reassembly, close::TOO_BIG);
+            return fail(state, close::TOO_BIG);
         }
         _ => {}
     }
-    let end = info.header_len + info.payload_len; // both bounded: header <= 14, payload <= buf
+    let text = match info.opcode {
+        Opcode::Text => true,
+        Opcode::Continuation => state.reassembly.as_ref().is_some_and(|open| open.text),
+        _ => false,
+    };
+    let end = info.header_len + info.payload_len; // both bounded: header <= 14, payload <= max
+    let arrived_end = end.min(buf.len());
+    let arrived = &mut buf[info.header_len..arrived_end];
+    let partial = &mut state.partial;
+    // The caller passes the same stream plus more bytes, so `unmasked <= arrived.len()`.
+    let done = partial.unmasked.min(arrived.len());
+    let fresh = &mut arrived[done..];
+    apply_mask(fresh, info.mask, done);
+    if text {
+        let before = match info.opcode {
+            Opcode::Continuation => state.reassembly.as_ref().map_or(Utf8Stream::default(), |open| open.utf8),
+            _ => Utf8Stream::default(),
+        };
+        if !partial.utf8.get_or_insert(before).feed(fresh) {
+            return fail(state, close::INVALID_PAYLOAD);
+        }
+    }
+    partial.unmasked = arrived.len();
     if buf.len() < end {
         return (0, Decoded::Incomplete);
     }
-    let payload = &mut buf[info.header_len..end];
-    apply_mask(payload, info.mask, 0);
-    let payload: &'a [u8] = payload;
+    let utf8 = std::mem::take(&mut state.partial).utf8.unwrap_or_default();
+    let payload: &'a [u8] = &buf[info.header_len..end];
     let decoded = match info.opcode {
-        Opcode::Text | Opcode::Binary => {
-            let text = info.opcode == Opcode::Text;
-            if info.fin {
-                if text && std::str::from_utf8(payload).is_err() {
-                    return fail(reassembly, close::INVALID_PAYLOAD);
-                }
-                Decoded::Message(kind(text), Cow::Borrowed(payload))
-            } else {
-                let mut utf8 = Utf8Check::default();
-                if text && !utf8.feed(payload, false) {
-                    return fail(reassembly, close::INVALID_PAYLOAD);
-                }
-                *reassembly = Some(Reassembly { text, data: payload.to_vec(), utf8 });
-                Decoded::Fragment
+        Opcode::Text | Opcode::Binary if info.fin => {
+            if text && !utf8.is_complete() {
+                return fail(state, close::INVALID_PAYLOAD);
             }
+            Decoded::Message(kind(text), Cow::Borrowed(payload))
+        }
+        Opcode::Text | Opcode::Binary => {
+            state.reassembly = Some(Reassembly { text, data: payload.to_vec(), utf8 });
+            Decoded::Fragment
         }
         Opcode::Continuation => {
-            let Some(open) = reassembly.as_mut() else { return fail(reassembly, close::PROTOCOL) };
+            let Some(open) = state.reassembly.as_mut() else { return fail(state, close::PROTOCOL) };
+            grow_within(&mut open.data, payload.len(), max_message_size);
             open.data.extend_from_slice(payload);
-            if open.text && !open.utf8.feed(&open.data, info.fin) {
-                return fail(reassembly, close::INVALID_PAYLOAD);
+            open.utf8 = utf8;
+            if info.fin && text && !utf8.is_complete() {
+                return fail(state, close::INVALID_PAYLOAD);
             }
-            match reassembly.take() {
+            match state.reassembly.take() {
                 Some(done) if info.fin => Decoded::Message(kind(done.text), Cow::Owned(done.data)),
                 still_open => {
-                    *reassembly = still_open;
+                    state.reassembly = still_open;
                     Decoded::Fragment
                 }
             }
@@ -280,10 +333,20 @@ pub fn decode_next<'a>(
         Opcode::Pong => Decoded::Pong(payload),
         Opcode::Close => match parse_close_payload(payload) {
             Ok(code) => Decoded::Close(code),
-            Err(code) => return fail(reassembly, code),
+            Err(code) => return fail(state, code),
         },
     };
     (end, decoded)
+}
+
+/// Makes room for `more` bytes, doubling as usual but never past `limit` (the message-size cap):
+/// a reassembly near the cap would otherwise hold up to twice the cap.
+fn grow_within(data: &mut Vec<u8>, more: usize, limit: usize) {
+    let needed = data.len() + more;
+    if needed > data.capacity() {
+        let target = data.capacity().saturating_mul(2).max(needed).min(limit.max(needed));
+        data.reserve_exact(target - data.len());
+    }
 }
 
 fn kind(text: bool) -> MessageKind {
@@ -333,30 +396,55 @@ pub(crate) fn parse_close_payload(payload: &[u8]) -> Result<u16, u16> {
     }
 }
 
-/// Incremental UTF-8 check for a text message arriving in fragments: fails on the first invalid
-/// byte, tolerates a code point split across fragments. Each call examines only the bytes after
-/// the last complete code point (at most 3 carried over), so a message in many fragments is
-/// checked in linear time although the whole message so far is passed each time.
-#[derive(Default, Debug)]
-pub(crate) struct Utf8Check {
-    valid_up_to: usize,
+/// Incremental UTF-8 validation of a text message arriving in pieces (fragments, or a frame's
+/// payload as it trickles in): fails on the first byte that cannot belong to valid UTF-8, carries
+/// an incomplete code point (at most 3 bytes) over to the next piece. Linear in the bytes fed.
+#[derive(Clone, Copy, Default, Debug)]
+pub(crate) struct Utf8Stream {
+    carry: [u8; 4],
+    carry_len: u8,
 }
 
-impl Utf8Check {
-    /// `message` is everything received so far (earlier calls' bytes unchanged, new ones
-    /// appended); returns false as soon as it cannot be valid.
-    pub(crate) fn feed(&mut self, message: &[u8], is_last: bool) -> bool {
-        match std::str::from_utf8(&message[self.valid_up_to..]) {
-            Ok(_) => {
-                self.valid_up_to = message.len();
-                true
+impl Utf8Stream {
+    /// Feeds the next bytes of the message; false as soon as it cannot be valid.
+    pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        if self.carry_len > 0 {
+            let have = usize::from(self.carry_len);
+            let width = match self.carry[0] {
+                0xf0..=0xf4 => 4,
+                0xe0..=0xef => 3,
+                _ => 2,
+            };
+            let take = (width - have).min(bytes.len());
+            let mut point = self.carry;
+            point[have..have + take].copy_from_slice(&bytes[..take]);
+            match std::str::from_utf8(&point[..have + take]) {
+                Ok(_) => self.carry_len = 0,
+                // Still short of its last byte(s), and `bytes` is used up.
+                Err(e) if e.error_len().is_none() => {
+                    self.carry = point;
+                    self.carry_len = (have + take) as u8;
+                    return true;
+                }
+                Err(_) => return false,
             }
-            Err(e) if e.error_len().is_none() && !is_last => {
-                self.valid_up_to += e.valid_up_to();
+            bytes = &bytes[take..];
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(_) => true,
+            Err(e) if e.error_len().is_none() => {
+                let tail = &bytes[e.valid_up_to()..]; // an incomplete code point: 1 to 3 bytes
+                self.carry[..tail.len()].copy_from_slice(tail);
+                self.carry_len = tail.len() as u8;
                 true
             }
             Err(_) => false,
         }
+    }
+
+    /// No code point is left half-finished (a message may end here).
+    pub(crate) fn is_complete(&self) -> bool {
+        self.carry_len == 0
     }
 }
 
@@ -417,11 +505,11 @@ mod tests {
     /// Decodes `stream` frame by frame as the connection does, stopping at Incomplete/Fail.
     fn decode_all(stream: &[u8], max: usize) -> Vec<String> {
         let mut buf = stream.to_vec();
-        let mut reassembly = None;
+        let mut state = DecoderState::default();
         let mut pos = 0;
         let mut events = Vec::new();
         loop {
-            let (used, decoded) = decode_next(&mut buf[pos..], &mut reassembly, max);
+            let (used, decoded) = decode_next(&mut buf[pos..], &mut state, max);
             pos += used;
             let event = match decoded {
                 Decoded::Incomplete => return events,
@@ -483,14 +571,44 @@ mod tests {
     }
 
     #[test]
-    fn incomplete_input_is_left_untouched() {
-        let frame = client_frame(0x81, b"hello");
-        for cut in 0..frame.len() {
-            let mut buf = frame[..cut].to_vec();
-            let mut reassembly = None;
-            assert_eq!(decode_next(&mut buf, &mut reassembly, 100), (0, Decoded::Incomplete), "cut {cut}");
-            assert_eq!(buf, frame[..cut]);
+    fn a_frame_fed_byte_by_byte_decodes_like_the_whole_frame() {
+        for first in [0x81u8, 0x82, 0x01] {
+            let frame = client_frame(first, "a€😀z".repeat(20).as_bytes());
+            let mut buf = Vec::new();
+            let mut state = DecoderState::default();
+            for (i, byte) in frame.iter().enumerate() {
+                buf.push(*byte);
+                let (used, decoded) = decode_next(&mut buf, &mut state, 1000);
+                if i + 1 < frame.len() {
+                    assert_eq!((used, decoded), (0, Decoded::Incomplete), "byte {i}");
+                    assert!(buf.len() < 2 || buf[..2] == frame[..2], "the header is left as it came");
+                } else {
+                    assert_eq!(used, frame.len());
+                    match decoded {
+                        Decoded::Message(_, payload) => assert_eq!(&payload[..], "a€😀z".repeat(20).as_bytes()),
+                        Decoded::Fragment => assert!(state.message_open()),
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }
         }
+    }
+
+    #[test]
+    fn invalid_utf8_fails_before_its_frame_has_arrived() {
+        let frame = client_frame(0x81, &[b"valid start ".as_slice(), b"\xff", &[b'x'; 500]].concat());
+        let mut state = DecoderState::default();
+        let mut buf = frame[..21].to_vec(); // 8 header bytes, "valid start " and the bad byte
+        assert_eq!(decode_next(&mut buf, &mut state, 1000), (0, Decoded::Fail(close::INVALID_PAYLOAD)));
+        // Inside a fragmented text message too, and with a code point split across the frames.
+        let first = client_frame(0x01, "ok\u{20ac}".as_bytes().split_at(4).0);
+        let mut buf = [first.clone(), client_frame(0x80, &[0x82, b'!', 0xc0, 0x80, b'y', b'y'])].concat();
+        let mut state = DecoderState::default();
+        let (used, decoded) = decode_next(&mut buf, &mut state, 1000);
+        assert_eq!((used, decoded), (first.len(), Decoded::Fragment));
+        let partial = &mut buf[first.len()..first.len() + 6 + 3];
+        assert_eq!(decode_next(partial, &mut state, 1000), (0, Decoded::Fail(close::INVALID_PAYLOAD)));
+        assert!(state.is_idle(), "a failure resets the state");
     }
 
     #[test]
@@ -538,17 +656,25 @@ mod tests {
     }
 
     #[test]
-    fn utf8_split_across_fragments() {
+    fn utf8_split_anywhere() {
         let text = "aé€😀".as_bytes();
-        for cut in 0..text.len() {
-            let mut check = Utf8Check::default();
-            assert!(check.feed(&text[..cut], false), "cut {cut}");
-            assert!(check.feed(text, true));
+        for cut in 0..=text.len() {
+            for second in cut..=text.len() {
+                let mut check = Utf8Stream::default();
+                assert!(check.feed(&text[..cut]), "cut {cut}");
+                assert!(check.feed(&text[cut..second]));
+                assert!(check.feed(&text[second..]));
+                assert!(check.is_complete());
+            }
         }
-        let mut check = Utf8Check::default();
-        assert!(!check.feed(&[b'a', 0xff], false), "fails fast on an invalid byte");
-        let mut check = Utf8Check::default();
-        assert!(check.feed(&[0xe2, 0x82], false));
-        assert!(!check.feed(&[0xe2, 0x82], true), "incomplete at the end");
+        let mut check = Utf8Stream::default();
+        assert!(!check.feed(&[b'a', 0xff]), "fails fast on an invalid byte");
+        let mut check = Utf8Stream::default();
+        assert!(check.feed(&[0xe2, 0x82]));
+        assert!(!check.is_complete(), "incomplete at the end");
+        assert!(!check.feed(&[0x41]), "a code point cut short by an ASCII byte");
+        let mut check = Utf8Stream::default();
+        assert!(check.feed(&[0xf0]));
+        assert!(!check.feed(&[0x80]), "overlong 4-byte lead is refused at its second byte");
     }
 }

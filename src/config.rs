@@ -63,6 +63,23 @@ pub struct Config {
     pub jwt_hs256_secret: Option<Secret>,
     /// Clock skew allowed when checking a token's `exp` and `nbf`.
     pub jwt_leeway: Duration,
+    /// Time a client has to complete a frame or a fragmented message once it has started
+    /// sending it; then the connection is closed with 1008. Parked half-frames cannot pin memory
+    /// until the idle timeout.
+    pub message_timeout: Duration,
+    /// Bytes all connections together may hold for incomplete frames and messages; the
+    /// connection whose input would pass it is closed with 1013 (try again later). Each
+    /// connection holds at most about `max_message_size` on its own.
+    pub max_partial_input_bytes: usize,
+    /// Handshakes in progress (accepted, not yet upgraded) one client address (IPv6: /64) may
+    /// have; 0 (default) means no limit. Beyond: 429. Keeps idle sockets from one address from
+    /// taking every handshake slot.
+    pub max_pending_handshakes_per_ip: usize,
+    /// SO_SNDBUF / SO_RCVBUF of every connection's socket (set on the listeners, which pass them
+    /// on); 0 (default) leaves the kernel's autotuning. Smaller buffers save kernel memory per
+    /// connection at the cost of throughput per connection.
+    pub socket_send_buffer: usize,
+    pub socket_recv_buffer: usize,
 }
 
 /// Key material that must not end up in logs: `Debug` prints its length only.
@@ -117,6 +134,11 @@ impl Default for Config {
             max_handshakes_per_ip_per_sec: 0,
             jwt_hs256_secret: None,
             jwt_leeway: Duration::from_secs(30),
+            message_timeout: Duration::from_secs(5),
+            max_partial_input_bytes: 256 * 1024 * 1024,
+            max_pending_handshakes_per_ip: 0,
+            socket_send_buffer: 0,
+            socket_recv_buffer: 0,
         }
     }
 }
@@ -136,7 +158,11 @@ impl Config {
         if self.threads > 255 {
             return Err("threads must be <= 255");
         }
-        if self.ping_interval.is_zero() || self.idle_timeout.is_zero() || self.handshake_timeout.is_zero() {
+        if self.ping_interval.is_zero()
+            || self.idle_timeout.is_zero()
+            || self.handshake_timeout.is_zero()
+            || self.message_timeout.is_zero()
+        {
             return Err("timeouts must be > 0");
         }
         if self.max_header_bytes < 256 {

@@ -4,15 +4,22 @@
 //! An idle open connection is a [`Conn`] of 48 bytes: the socket, its generation, the tick of its
 //! last input, state, flags, close code, its user ID (inline when ≤ 22 bytes) and one
 //! `Option<Box<Spill>>` that stays `None` unless input or output is actually pending.
+//!
+//! What a client can make the engine hold for it is bounded whatever it sends or fails to read:
+//! input ≤ one frame (sized to that frame) plus a reassembly ≤ `max_message_size`, and a started
+//! frame or message must complete within `message_timeout`; output ≤ `max_queue_bytes` plus the
+//! control frames (one pong however many pings, one close); a connection whose output is at the
+//! cap is not read from until it drains.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
 
-use crate::codec::{self, close, Decoded, Frame, Opcode, Reassembly};
+use crate::codec::{self, close, Decoded, DecoderState, Frame, Opcode};
 use crate::config::SlowConsumerPolicy;
 use crate::conn_id;
 use crate::event_loop::{stats, IoThread, READS_PER_ROUND};
@@ -30,13 +37,10 @@ pub(crate) enum State {
     Handshake,
     /// Waiting for the host's deferred upgrade decision.
     Deciding,
-    /// Refused at accept (a per-address limit): the HTTP status, kept in `close_code`, is sent
-    /// once the request arrives, so the client reads it rather than a reset of its request.
-    Refusing,
     /// Upgraded: frames flow.
     Open,
     /// Our last bytes (close frame or HTTP error) are queued; input is discarded until the peer
-    /// closes or the close timeout passes.
+    /// closes or the close timeout passes. Holds no handshake slot (a lingering close).
     Closing,
 }
 
@@ -44,8 +48,15 @@ const PINGED: u8 = 1;
 const WRITE_SHUT: u8 = 2;
 /// The peer's close frame has arrived: once ours is flushed the close handshake is complete.
 const CLOSE_RECEIVED: u8 = 4;
-/// The upper 5 bits of `flags` number the connection's current timer entry (see `rearm_timer`).
-const EPOCH_SHIFT: u8 = 3;
+/// Output reached `max_queue_bytes`: input is left in the kernel until the output drains to half.
+const INPUT_PAUSED: u8 = 8;
+/// The connection is on its thread's list of partial inputs whose deadline is watched.
+pub(crate) const PARTIAL_TRACKED: u8 = 16;
+/// The upper 3 bits of `flags` number the connection's current timer entry (see `rearm_timer`).
+const EPOCH_SHIFT: u8 = 5;
+
+/// Frames gathered into one sendmsg.
+const MAX_IOVECS: usize = 64;
 
 pub(crate) struct Conn {
     stream: TcpStream,
@@ -53,7 +64,7 @@ pub(crate) struct Conn {
     /// Tick of the last input (or of accept, or of the start of closing).
     pub(crate) last_rx: u32,
     pub(crate) state: State,
-    flags: u8,
+    pub(crate) flags: u8,
     /// Code reported to `on_close`.
     pub(crate) close_code: u16,
     user: Option<UserId>,
@@ -63,21 +74,79 @@ pub(crate) struct Conn {
 /// Whatever a connection holds only while bytes are in flight.
 #[derive(Default)]
 struct Spill {
-    /// Received bytes not consumed yet: part of a request head or of a frame.
+    /// Received bytes not consumed yet: part of a request head or of a frame (sized to the
+    /// frame once its header is in).
     input: Vec<u8>,
-    /// A fragmented message being reassembled.
-    fragments: Option<Reassembly>,
+    /// Reassembly of a fragmented message, progress through a partly arrived frame.
+    decoder: DecoderState,
+    /// Tick at which the current incomplete frame or message began (`message_timeout`).
+    input_since: u32,
+    /// Bytes of incomplete input counted in the server's `partial_input_bytes`.
+    held: usize,
     /// Frames the socket has not taken yet; the front one may be partly sent.
     queue: VecDeque<Frame>,
     front_sent: usize,
     queued_bytes: usize,
+    /// Where in `queue` a pong waits that has not started to go out: a newer ping replaces it.
+    pong_at: Option<usize>,
     /// Sec-WebSocket-Accept for a deferred upgrade.
     accept_key: Option<Box<str>>,
 }
 
 impl Spill {
     fn is_empty(&self) -> bool {
-        self.input.is_empty() && self.fragments.is_none() && self.queue.is_empty() && self.accept_key.is_none()
+        self.input.is_empty()
+            && self.decoder.is_idle()
+            && self.held == 0
+            && self.queue.is_empty()
+            && self.accept_key.is_none()
+    }
+
+    /// Adds a frame to the output; returns its size for the queued-bytes gauge.
+    fn push(&mut self, frame: Frame) -> usize {
+        let len = frame.len();
+        self.queued_bytes += len;
+        self.queue.push_back(frame);
+        len
+    }
+
+    /// Accounts for `written` bytes taken by the socket from the front of the queue.
+    fn sent(&mut self, mut written: usize) {
+        self.queued_bytes = self.queued_bytes.saturating_sub(written);
+        while let Some(front) = self.queue.front() {
+            let remaining = front.len() - self.front_sent;
+            if written < remaining {
+                self.front_sent += written;
+                return;
+            }
+            written -= remaining;
+            self.front_sent = 0;
+            self.queue.pop_front();
+            self.pong_at = self.pong_at.and_then(|at| at.checked_sub(1));
+        }
+    }
+
+    /// Drops queued frames past the first `keep`; returns the bytes dropped.
+    fn truncate(&mut self, keep: usize) -> usize {
+        let before = self.queued_bytes;
+        self.queue.truncate(keep);
+        self.queued_bytes = self.queue.iter().map(|f| f.len()).sum::<usize>()
+            - self.front_sent.min(self.queue.front().map_or(0, |f| f.len()));
+        if self.queue.is_empty() {
+            self.front_sent = 0;
+        }
+        self.pong_at = self.pong_at.filter(|&at| at < self.queue.len());
+        before - self.queued_bytes
+    }
+
+    /// Fills `slices` with the queued bytes in order; returns how many slices are used.
+    fn gather<'a>(&'a self, slices: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
+        let mut count = 0;
+        for (i, frame) in self.queue.iter().take(MAX_IOVECS).enumerate() {
+            slices[i] = IoSlice::new(if i == 0 { &frame[self.front_sent..] } else { &frame[..] });
+            count += 1;
+        }
+        count
     }
 }
 
@@ -132,6 +201,30 @@ impl Conn {
     fn has_queued_output(&self) -> bool {
         self.spill.as_ref().is_some_and(|s| !s.queue.is_empty())
     }
+
+    fn queued_bytes(&self) -> usize {
+        self.spill.as_ref().map_or(0, |s| s.queued_bytes)
+    }
+
+    /// When the incomplete frame or message this connection holds began, if it holds one.
+    pub(crate) fn partial_input_since(&self) -> Option<u32> {
+        self.spill.as_ref().filter(|s| s.held > 0).map(|s| s.input_since)
+    }
+}
+
+/// Writes `frames` (the first from byte `skip`) in one call.
+fn write_frames(fd: RawFd, frames: &[Frame], skip: usize) -> io::Result<usize> {
+    match frames {
+        [frame] => socket::send(fd, &frame[skip..]),
+        _ => {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let count = frames.len().min(MAX_IOVECS);
+            for (i, (slice, frame)) in slices.iter_mut().zip(frames).enumerate() {
+                *slice = IoSlice::new(if i == 0 { &frame[skip..] } else { frame });
+            }
+            socket::send_vectored(fd, &slices[..count])
+        }
+    }
 }
 
 impl IoThread {
@@ -143,7 +236,17 @@ impl IoThread {
     /// end of stream is only seen by the read after the data).
     pub(crate) fn on_readable(&mut self, slot: usize, until_drained: bool) {
         for _ in 0..READS_PER_ROUND {
+            let max_queue = self.config().max_queue_bytes;
             let Some(conn) = self.conns.get_mut(slot) else { return };
+            if conn.state == State::Open && conn.queued_bytes() >= max_queue {
+                conn.flags |= INPUT_PAUSED;
+            }
+            if conn.flags & INPUT_PAUSED != 0 {
+                // Backpressure: a client that sends (pings, requests the host answers) but
+                // does not read can't make us queue more; its input waits in the kernel until
+                // the output drains (`flush` resumes reading).
+                return;
+            }
             let read = conn.stream.read(&mut self.scratch);
             match read {
                 Ok(0) => return self.on_peer_gone(slot),
@@ -160,7 +263,7 @@ impl IoThread {
                             conn.last_rx = self.wheel.now();
                             conn.flags &= !PINGED;
                         }
-                        State::Handshake | State::Deciding | State::Refusing => {}
+                        State::Handshake | State::Deciding => {}
                     }
                     self.process_input(slot, n);
                     if n < self.scratch.len() && !until_drained {
@@ -187,32 +290,101 @@ impl IoThread {
         let pending = self.conns[slot].spill.as_mut().map(|s| std::mem::take(&mut s.input)).unwrap_or_default();
         if pending.is_empty() {
             let used = self.consume(slot, &mut scratch[..n]);
-            if used < n {
-                if let Some(conn) = self.conns.get_mut(slot) {
-                    conn.spill().input.extend_from_slice(&scratch[used..n]);
-                }
-            }
+            self.keep_copy(slot, &scratch[used..n]);
         } else {
             let mut input = pending;
+            // Exactly: a buffer sized to its frame takes the rest of that frame without growing.
+            input.reserve_exact(n);
             input.extend_from_slice(&scratch[..n]);
             self.consume_kept(slot, input);
         }
         self.scratch = scratch;
-        if let Some(conn) = self.conns.get_mut(slot) {
-            conn.release_spill();
-        }
+        self.input_settled(slot);
     }
 
     /// Feeds bytes kept from earlier reads to the state machine and keeps what it leaves.
     fn consume_kept(&mut self, slot: usize, mut input: Vec<u8>) {
         let used = self.consume(slot, &mut input);
-        input.drain(..used);
-        if let Some(conn) = self.conns.get_mut(slot) {
-            if !input.is_empty() {
+        let need = self.input_need(slot, &input[used..]);
+        if used == 0 && input.capacity() <= need {
+            // Still the frame this buffer was sized for: keep it as it is.
+            input.reserve_exact(need - input.len());
+            if let Some(conn) = self.conns.get_mut(slot).filter(|_| !input.is_empty()) {
                 conn.spill().input = input;
             }
-            conn.release_spill();
+        } else {
+            // Not kept to hold a few leftover bytes in the room of what was consumed.
+            self.keep_copy(slot, &input[used..]);
         }
+    }
+
+    /// Keeps `rest`, the unconsumed input, in a buffer sized to what it will become.
+    fn keep_copy(&mut self, slot: usize, rest: &[u8]) {
+        if rest.is_empty() {
+            return;
+        }
+        let mut kept = Vec::with_capacity(self.input_need(slot, rest));
+        kept.extend_from_slice(rest);
+        if let Some(conn) = self.conns.get_mut(slot) {
+            conn.spill().input = kept;
+        }
+    }
+
+    /// How large the kept input `rest` will grow before it can be consumed: the whole frame
+    /// once its header is in (bounded by the message-size cap), else the bytes themselves.
+    fn input_need(&self, slot: usize, rest: &[u8]) -> usize {
+        let framed = self.conns.get(slot).is_some_and(|c| matches!(c.state, State::Open | State::Closing));
+        match codec::parse_header(rest, self.config().max_message_size) {
+            Ok(Some(info)) if framed => (info.header_len + info.payload_len).max(rest.len()),
+            _ => rest.len(),
+        }
+    }
+
+    /// After input was consumed: counts what the connection now holds for an incomplete frame or
+    /// message in the server's `partial_input_bytes` (past `max_partial_input_bytes`, the
+    /// connection that grew it is refused with 1013), starts the message deadline when such
+    /// input begins, and frees the spill when nothing is pending.
+    fn input_settled(&mut self, slot: usize) {
+        let now = self.wheel.now();
+        let max_total = self.config().max_partial_input_bytes;
+        let Some(conn) = self.conns.get_mut(slot) else { return };
+        let held = match (conn.state, conn.spill.as_deref()) {
+            (State::Open, Some(spill)) => spill.input.capacity() + spill.decoder.held_bytes(),
+            _ => 0,
+        };
+        let before = conn.spill.as_ref().map_or(0, |s| s.held);
+        let mut over = false;
+        if held > before {
+            let total = self.shared.partial_input_bytes.fetch_add(held - before, Relaxed) + (held - before);
+            over = total > max_total;
+            let spill = conn.spill();
+            spill.held = held;
+            if before == 0 {
+                spill.input_since = now;
+                if conn.flags & PARTIAL_TRACKED == 0 {
+                    conn.flags |= PARTIAL_TRACKED;
+                    self.partial_inputs.push((slot, conn.generation));
+                }
+            }
+        } else if held < before {
+            self.shared.partial_input_bytes.fetch_sub(before - held, Relaxed);
+            conn.spill().held = held;
+        }
+        conn.release_spill();
+        if over {
+            bump(&stats!(self).partial_input_refusals_total, 1);
+            let frame = codec::close_frame(close::TRY_AGAIN_LATER, "server busy: too much incomplete input");
+            self.enter_closing(slot, close::TRY_AGAIN_LATER, frame.as_bytes());
+        }
+    }
+
+    /// Drops whatever input the connection holds (closing: the rest is discarded).
+    fn drop_input(&mut self, slot: usize) {
+        let Some(spill) = self.conns.get_mut(slot).and_then(|c| c.spill.as_mut()) else { return };
+        spill.input = Vec::new();
+        spill.decoder = DecoderState::default();
+        spill.accept_key = None;
+        self.shared.partial_input_bytes.fetch_sub(std::mem::take(&mut spill.held), Relaxed);
     }
 
     /// Feeds `buf` to the state machine; returns how many bytes it consumed.
@@ -225,11 +397,6 @@ impl IoThread {
                     Some(used) => pos += used,
                     None => return pos,
                 },
-                State::Refusing => {
-                    let status = conn.close_code;
-                    self.reject(slot, status);
-                    return buf.len();
-                }
                 State::Deciding => {
                     if buf.len() - pos > self.config().max_header_bytes {
                         self.finish(slot, close::ABNORMAL);
@@ -258,13 +425,13 @@ impl IoThread {
                 }
                 State::Open => {
                     let max = self.config().max_message_size;
-                    // The reassembly is lent to the decoder and put back before the frame is
+                    // The decoder state is lent to the decoder and put back before the frame is
                     // acted on, so that failing or closing (which drop it) see it in place.
                     let conn = &mut self.conns[slot];
-                    let mut reassembly = conn.spill.as_mut().and_then(|s| s.fragments.take());
-                    let (used, decoded) = codec::decode_next(&mut buf[pos..], &mut reassembly, max);
-                    if reassembly.is_some() {
-                        conn.spill().fragments = reassembly;
+                    let mut decoder = conn.spill.as_mut().map(|s| std::mem::take(&mut s.decoder)).unwrap_or_default();
+                    let (used, decoded) = codec::decode_next(&mut buf[pos..], &mut decoder, max);
+                    if !decoder.is_idle() {
+                        conn.spill().decoder = decoder;
                     }
                     pos += used;
                     match decoded {
@@ -284,9 +451,14 @@ impl IoThread {
     fn on_frame(&mut self, slot: usize, frame: Decoded<'_>) {
         match frame {
             Decoded::Message(kind, payload) => self.deliver(slot, kind, &payload),
-            Decoded::Ping(payload) => self.send_control(slot, codec::control(Opcode::Pong, payload).as_bytes()),
+            Decoded::Ping(payload) => self.send_pong(slot, payload),
             Decoded::Pong(_) | Decoded::Fragment | Decoded::Incomplete => {}
             Decoded::Close(code) => {
+                // What the host sent in answer to earlier messages goes out before our close.
+                self.run_queued_commands();
+                if self.conns.get(slot).is_none_or(|c| c.state != State::Open) {
+                    return;
+                }
                 // Echo the peer's code (an empty close is answered with an empty one).
                 let reply = if code == close::NO_STATUS {
                     codec::control(Opcode::Close, b"")
@@ -308,8 +480,13 @@ impl IoThread {
         guarded(|| handler.on_message(server, id, user, kind, payload));
     }
 
-    /// Fails the connection for a protocol violation (RFC 6455 §7.1.7).
-    fn fail(&mut self, slot: usize, code: u16) {
+    /// Fails the connection for a protocol violation (RFC 6455 §7.1.7), after anything the host
+    /// sent in answer to the messages before it.
+    pub(crate) fn fail(&mut self, slot: usize, code: u16) {
+        self.run_queued_commands();
+        if self.conns.get(slot).is_none_or(|c| c.state == State::Closing) {
+            return;
+        }
         bump(&stats!(self).protocol_errors_total, 1);
         let reason = match code {
             close::TOO_BIG => "message too big",
@@ -388,7 +565,12 @@ impl IoThread {
     }
 
     fn leave_handshake(&mut self, slot: usize) {
-        if matches!(self.conns[slot].state, State::Handshake | State::Deciding | State::Refusing) {
+        if matches!(self.conns[slot].state, State::Handshake | State::Deciding) {
+            if let (Some(limits), Some(&key)) = (&self.shared.ip_limits, self.ip_keys.get(slot)) {
+                if key != ip_limits::NOT_COUNTED {
+                    limits.handshake_done(key);
+                }
+            }
             self.handshakes -= 1;
             drop_by(&stats!(self).handshakes, 1);
             if self.handshakes + 1 == self.config().max_handshakes_per_thread {
@@ -442,56 +624,63 @@ impl IoThread {
 
     // ---------------------------------------------------------------- output
 
-    /// Sends data messages to one connection: as many as the socket takes in one call, the rest
-    /// queued behind them under the slow-consumer policy. Several frames (back-to-back
-    /// broadcasts) go out in one sendmsg.
+    /// Sends data messages to one connection: straight to the socket while it takes everything
+    /// (nothing is allocated then), the rest queued under the slow-consumer policy. Several
+    /// frames (back-to-back broadcasts) go out in one sendmsg.
     pub(crate) fn queue_messages(&mut self, slot: usize, frames: &[Frame]) {
         let mut rest = frames;
         let conn = &mut self.conns[slot];
-        if !conn.has_queued_output() && !frames.is_empty() {
+        // A queue that is not empty is waiting for a writable event: join it.
+        let mut blocked = conn.has_queued_output();
+        if !blocked {
             let fd = conn.stream.as_raw_fd();
-            let written = if let [frame] = frames {
-                socket::send(fd, frame)
-            } else {
-                let mut slices = [IoSlice::new(&[]); 64];
-                let count = frames.len().min(slices.len());
-                for (slice, frame) in slices.iter_mut().zip(frames) {
-                    *slice = IoSlice::new(frame);
+            while !rest.is_empty() {
+                let batch = &rest[..rest.len().min(MAX_IOVECS)];
+                let mut sent = match write_frames(fd, batch, 0) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        blocked = true;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => return self.on_peer_gone(slot),
+                };
+                bump(&stats!(self).bytes_out_total, sent as u64);
+                let before = rest.len();
+                while let [frame, tail @ ..] = rest {
+                    if sent < frame.len() {
+                        break;
+                    }
+                    sent -= frame.len();
+                    rest = tail;
                 }
-                socket::send_vectored(fd, &slices[..count])
-            };
-            let mut sent = match written {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(_) => return self.on_peer_gone(slot),
-            };
-            bump(&stats!(self).bytes_out_total, sent as u64);
-            while let [frame, tail @ ..] = rest {
-                if sent < frame.len() {
-                    break;
-                }
-                sent -= frame.len();
-                rest = tail;
-                bump(&stats!(self).messages_out_total, 1);
-            }
-            if let [partial, tail @ ..] = rest {
-                if sent > 0 {
+                bump(&stats!(self).messages_out_total, (before - rest.len()) as u64);
+                if let ([partial, tail @ ..], true) = (rest, sent > 0) {
                     // Part of this frame is on the wire: it is queued whatever the policy.
                     bump(&stats!(self).messages_out_total, 1);
                     let spill = conn.spill();
                     spill.front_sent = sent;
-                    spill.queued_bytes = partial.len() - sent;
-                    spill.queue.push_back(partial.clone());
+                    let added = spill.push(partial.clone()) - sent;
+                    spill.queued_bytes -= sent;
+                    bump(&stats!(self).queued_bytes, added as u64);
                     rest = tail;
+                    break;
+                }
+                if rest.len() + batch.len() > before {
+                    break; // the socket took less than offered
                 }
             }
         }
         for frame in rest {
             self.enqueue_message(slot, frame.clone());
         }
+        if !blocked {
+            self.flush(slot);
+        }
     }
 
-    /// Queues a data message behind others, applying the slow-consumer policy.
+    /// Queues a data message behind others, applying the slow-consumer policy. Everything queued
+    /// counts against `max_queue_bytes`, control frames included.
     fn enqueue_message(&mut self, slot: usize, frame: Frame) {
         let max_queue = self.config().max_queue_bytes;
         let Some(conn) = self.conns.get_mut(slot) else { return };
@@ -501,13 +690,16 @@ impl IoThread {
         let spill = conn.spill();
         if spill.queued_bytes + frame.len() <= max_queue {
             bump(&stats!(self).messages_out_total, 1);
-            spill.queued_bytes += frame.len();
-            spill.queue.push_back(frame);
+            let added = spill.push(frame);
+            bump(&stats!(self).queued_bytes, added as u64);
             return;
         }
         match self.shared.config.slow_consumer {
             SlowConsumerPolicy::Drop => {
                 bump(&stats!(self).dropped_total, 1);
+                if !spill.queue.is_empty() {
+                    conn.flags |= INPUT_PAUSED; // over the cap: read no more until it drains
+                }
                 let id = self.conn_id(slot);
                 if let Some(user) = &self.conns[slot].user {
                     let (handler, server) = (&self.shared.handler, &self.server);
@@ -518,93 +710,122 @@ impl IoThread {
                 bump(&stats!(self).slow_consumer_closes_total, 1);
                 // Free the backlog now, keeping only a partly sent frame so that the close frame
                 // starts on a frame boundary.
-                let spill = conn.spill();
-                if spill.front_sent > 0 {
-                    spill.queue.truncate(1);
-                    spill.queued_bytes = spill.queue.front().map_or(0, |f| f.len() - spill.front_sent);
-                } else {
-                    spill.queue.clear();
-                    spill.queued_bytes = 0;
-                }
+                let keep = usize::from(spill.front_sent > 0);
+                let freed = spill.truncate(keep);
+                drop_by(&stats!(self).queued_bytes, freed as u64);
                 self.enter_closing(slot, close::POLICY, codec::close_frame(close::POLICY, "slow consumer").as_bytes());
             }
         }
     }
 
-    /// Sends bytes that must never be dropped (handshake responses, pong, ping, close), after
-    /// anything already queued.
+    /// Sends bytes that must never be dropped (handshake responses, ping, close), after anything
+    /// already queued.
     pub(crate) fn send_control(&mut self, slot: usize, bytes: &[u8]) {
         let conn = &mut self.conns[slot];
-        let mut sent = 0;
-        if !conn.has_queued_output() {
-            sent = match socket::send(conn.stream.as_raw_fd(), bytes) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(_) => return self.on_peer_gone(slot),
-            };
-            bump(&stats!(self).bytes_out_total, sent as u64);
+        if conn.has_queued_output() {
+            let added = conn.spill().push(Arc::from(bytes));
+            bump(&stats!(self).queued_bytes, added as u64);
+            return;
         }
+        let fd = conn.stream.as_raw_fd();
+        let (sent, blocked) = loop {
+            match socket::send(fd, bytes) {
+                Ok(n) => break (n, false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break (0, true),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.on_peer_gone(slot),
+            }
+        };
+        bump(&stats!(self).bytes_out_total, sent as u64);
         if sent < bytes.len() {
-            let rest: Frame = Arc::from(&bytes[sent..]);
+            // Queued whole, as the started front frame: a pong must not cut in before its end.
             let spill = conn.spill();
-            spill.queued_bytes += rest.len();
-            spill.queue.push_back(rest);
+            let added = spill.push(Arc::from(bytes)) - sent;
+            spill.front_sent = sent;
+            spill.queued_bytes -= sent;
+            bump(&stats!(self).queued_bytes, added as u64);
+            if !blocked {
+                self.flush(slot);
+            }
         }
     }
 
-    pub(crate) fn on_writable(&mut self, slot: usize) {
+    /// Answers a ping. With output waiting, only the most recent unanswered ping is answered
+    /// (RFC 6455 §5.5.3): a ping flood from a client that does not read holds one pong, not one
+    /// per ping. The pong goes ahead of queued data, at the next frame boundary.
+    fn send_pong(&mut self, slot: usize, payload: &[u8]) {
+        let pong = codec::control(Opcode::Pong, payload);
+        let conn = &mut self.conns[slot];
+        if !conn.has_queued_output() {
+            return self.send_control(slot, pong.as_bytes());
+        }
+        let spill = conn.spill();
+        let frame: Frame = Arc::from(pong.as_bytes());
+        match spill.pong_at {
+            Some(at) if at > 0 || spill.front_sent == 0 => {
+                let replaced = std::mem::replace(&mut spill.queue[at], frame);
+                spill.queued_bytes = spill.queued_bytes - replaced.len() + pong.as_bytes().len();
+                drop_by(&stats!(self).queued_bytes, replaced.len() as u64);
+            }
+            _ => {
+                let at = usize::from(spill.front_sent > 0);
+                spill.queued_bytes += frame.len();
+                spill.queue.insert(at, frame);
+                spill.pong_at = Some(at);
+            }
+        }
+        bump(&stats!(self).queued_bytes, pong.as_bytes().len() as u64);
+    }
+
+    /// Writes the queue until it is empty or the socket says WouldBlock. With edge-triggered
+    /// polling a short write that did not end in WouldBlock is followed by no writable event:
+    /// stopping there would strand the rest until some unrelated event. Once the output is below
+    /// the queue cap again, reading resumes for a connection paused by backpressure.
+    fn flush(&mut self, slot: usize) {
+        let max_queue = self.config().max_queue_bytes;
         let Some(conn) = self.conns.get_mut(slot) else { return };
         let fd = conn.stream.as_raw_fd();
-        let mut written_total = 0u64;
+        let mut written_total = 0usize;
         let mut gone = false;
         if let Some(spill) = conn.spill.as_mut() {
             while !spill.queue.is_empty() {
-                let mut slices = [IoSlice::new(&[]); 64];
-                let mut count = 0;
-                let mut offered = 0;
-                for (i, frame) in spill.queue.iter().take(slices.len()).enumerate() {
-                    let bytes = if i == 0 { &frame[spill.front_sent..] } else { &frame[..] };
-                    slices[i] = IoSlice::new(bytes);
-                    offered += bytes.len();
-                    count += 1;
-                }
-                let written = match socket::send_vectored(fd, &slices[..count]) {
-                    Ok(n) => n,
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let count = spill.gather(&mut slices);
+                match socket::send_vectored(fd, &slices[..count]) {
+                    Ok(written) => {
+                        written_total += written;
+                        spill.sent(written);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(_) => {
                         gone = true;
                         break;
                     }
-                };
-                written_total += written as u64;
-                spill.queued_bytes = spill.queued_bytes.saturating_sub(written);
-                let mut left = written;
-                while let Some(front) = spill.queue.front() {
-                    let remaining = front.len() - spill.front_sent;
-                    if left < remaining {
-                        spill.front_sent += left;
-                        break;
-                    }
-                    left -= remaining;
-                    spill.front_sent = 0;
-                    spill.queue.pop_front();
-                }
-                if written < offered {
-                    break; // the socket is full; wait for the next writable edge
                 }
             }
             if spill.queue.is_empty() {
-                spill.queued_bytes = 0;
-                spill.queue = VecDeque::new();
+                spill.queue = VecDeque::new(); // give the ring's memory back
             }
         }
-        bump(&stats!(self).bytes_out_total, written_total);
+        bump(&stats!(self).bytes_out_total, written_total as u64);
+        drop_by(&stats!(self).queued_bytes, written_total as u64);
         if gone {
             return self.on_peer_gone(slot);
         }
-        conn.release_spill();
-        self.progress_close(slot);
+        // Resumed at half the cap, so a client at the edge is not paused and resumed per frame.
+        if conn.flags & INPUT_PAUSED != 0 && conn.queued_bytes() <= max_queue / 2 {
+            conn.flags &= !INPUT_PAUSED;
+            self.again.push(slot); // its input waited in the kernel: read it this round
+        }
+    }
+
+    pub(crate) fn on_writable(&mut self, slot: usize) {
+        self.flush(slot);
+        if let Some(conn) = self.conns.get_mut(slot) {
+            conn.release_spill();
+            self.progress_close(slot);
+        }
     }
 
     // ---------------------------------------------------------------- closing
@@ -615,7 +836,7 @@ impl IoThread {
     }
 
     /// Sends our last bytes, then waits (bounded by close_timeout) for the peer to close.
-    fn enter_closing(&mut self, slot: usize, code: u16, last_bytes: &[u8]) {
+    pub(crate) fn enter_closing(&mut self, slot: usize, code: u16, last_bytes: &[u8]) {
         let now = self.wheel.now();
         let conn = &mut self.conns[slot];
         if conn.state == State::Closing {
@@ -633,12 +854,7 @@ impl IoThread {
             }
             drop_by(&stats!(self).connections, 1);
         }
-        let conn = &mut self.conns[slot];
-        if let Some(spill) = conn.spill.as_mut() {
-            spill.input = Vec::new();
-            spill.fragments = None;
-            spill.accept_key = None;
-        }
+        self.drop_input(slot);
         self.rearm_timer(slot, now + self.ticks.close);
         self.send_control(slot, last_bytes);
         self.progress_close(slot);
@@ -671,8 +887,12 @@ impl IoThread {
             return;
         }
         self.leave_handshake(slot);
+        self.drop_input(slot);
         let id = self.conn_id(slot);
         let conn = self.conns.remove(slot);
+        if let Some(spill) = &conn.spill {
+            drop_by(&stats!(self).queued_bytes, spill.queued_bytes as u64);
+        }
         self.me().live.clear(slot);
         if let Some(key) = self.ip_keys.get_mut(slot).map(|k| std::mem::replace(k, ip_limits::NOT_COUNTED)) {
             if let (Some(limits), true) = (&self.shared.ip_limits, key != ip_limits::NOT_COUNTED) {

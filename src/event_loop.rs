@@ -14,7 +14,7 @@ use slab::Slab;
 use crate::codec::{close, Frame};
 use crate::config::Config;
 use crate::conn_id::{self, MAX_SLOTS};
-use crate::connection::{Conn, State};
+use crate::connection::{Conn, State, PARTIAL_TRACKED};
 use crate::guard::guarded;
 use crate::handler::{ConnId, UpgradeDecision};
 use crate::ip_limits::{self, IpKey};
@@ -62,6 +62,8 @@ pub(crate) const READS_PER_ROUND: usize = 16;
 const EVENTS_PER_ROUND: usize = 64;
 /// Sockets accepted per round, for the same reason; the rest are taken in the next rounds.
 const ACCEPTS_PER_ROUND: usize = 16;
+/// How often the deadlines of incomplete frames and messages are checked.
+const PARTIAL_SWEEP: Duration = Duration::from_millis(100);
 
 /// What `Server::start` builds before the shared state exists.
 pub(crate) struct IoThreadSetup {
@@ -107,6 +109,9 @@ impl IoThreadSetup {
             ip_keys: Vec::new(),
             next_housekeeping: Instant::now(),
             ip_sweeps: 0,
+            partial_inputs: Vec::new(),
+            next_partial_sweep: Instant::now(),
+            reserve_fd: socket::reserve_descriptor(),
         };
         if guarded(|| io.event_loop()).is_none() {
             // A bug in the engine: this thread's state can't be trusted, and a server silently
@@ -174,6 +179,12 @@ pub(crate) struct IoThread {
     pub(crate) ip_keys: Vec<IpKey>,
     next_housekeeping: Instant,
     ip_sweeps: usize,
+    /// Connections holding an incomplete frame or message, as (slot, generation): each must
+    /// complete within `message_timeout`. Flagged `PARTIAL_TRACKED` while listed.
+    pub(crate) partial_inputs: Vec<(usize, u32)>,
+    next_partial_sweep: Instant,
+    /// See `socket::reserve_descriptor`.
+    reserve_fd: Option<std::os::fd::OwnedFd>,
 }
 
 impl IoThread {
@@ -218,23 +229,7 @@ impl IoThread {
                 self.on_readable(slot, true); // its earlier event may have carried a FIN
             }
             self.me().take_inbox(&mut round.inbox);
-            let mut commands = round.inbox.drain(..).peekable();
-            while let Some(command) = commands.next() {
-                if let Command::Broadcast { frame } = command {
-                    // Back-to-back broadcasts reach each connection in one sendmsg.
-                    round.broadcasts.push(frame);
-                    while let Some(Command::Broadcast { .. }) = commands.peek() {
-                        if let Some(Command::Broadcast { frame }) = commands.next() {
-                            round.broadcasts.push(frame);
-                        }
-                    }
-                    self.broadcast(&round.broadcasts);
-                    round.broadcasts.clear();
-                } else {
-                    self.execute(command);
-                }
-            }
-            drop(commands);
+            self.run_commands(&mut round.inbox, &mut round.broadcasts);
             if self.can_accept() {
                 self.accept();
             }
@@ -243,10 +238,75 @@ impl IoThread {
             for entry in round.due.drain(..) {
                 self.on_timer(entry, now);
             }
+            self.sweep_partial_inputs();
             self.housekeeping(&mut round);
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() || Instant::now() >= deadline {
                     return;
+                }
+            }
+        }
+    }
+
+    /// Executes `commands` in order (draining it); back-to-back broadcasts reach each connection
+    /// in one sendmsg.
+    fn run_commands(&mut self, commands: &mut Vec<Command>, broadcasts: &mut Vec<Frame>) {
+        let mut commands = commands.drain(..).peekable();
+        while let Some(command) = commands.next() {
+            if let Command::Broadcast { frame } = command {
+                broadcasts.push(frame);
+                while let Some(Command::Broadcast { .. }) = commands.peek() {
+                    if let Some(Command::Broadcast { frame }) = commands.next() {
+                        broadcasts.push(frame);
+                    }
+                }
+                self.broadcast(broadcasts);
+                broadcasts.clear();
+            } else {
+                self.execute(command);
+            }
+        }
+    }
+
+    /// Executes what callbacks on this thread queued so far, now rather than at the end of the
+    /// round: before a connection closes because of input that followed a message, the host's
+    /// answer to that message must go out first.
+    pub(crate) fn run_queued_commands(&mut self) {
+        if self.me().has_commands() {
+            let (mut commands, mut broadcasts) = (Vec::new(), Vec::new());
+            self.me().take_inbox(&mut commands);
+            self.run_commands(&mut commands, &mut broadcasts);
+        }
+    }
+
+    /// Closes (1008) connections whose incomplete frame or message has passed `message_timeout`;
+    /// forgets those that completed it.
+    fn sweep_partial_inputs(&mut self) {
+        let now = Instant::now();
+        if self.partial_inputs.is_empty() || now < self.next_partial_sweep {
+            return;
+        }
+        self.next_partial_sweep = now + PARTIAL_SWEEP;
+        let tick = self.wheel.now();
+        let mut i = 0;
+        while i < self.partial_inputs.len() {
+            let (slot, generation) = self.partial_inputs[i];
+            let Some(conn) = self.conns.get_mut(slot).filter(|c| c.generation == generation) else {
+                self.partial_inputs.swap_remove(i);
+                continue;
+            };
+            match conn.partial_input_since().filter(|_| conn.state == State::Open) {
+                Some(since) if tick >= since + self.ticks.message => {
+                    conn.flags &= !PARTIAL_TRACKED;
+                    self.partial_inputs.swap_remove(i);
+                    bump(&stats!(self).message_timeouts_total, 1);
+                    let frame = crate::codec::close_frame(close::POLICY, "message not completed in time");
+                    self.enter_closing(slot, close::POLICY, frame.as_bytes());
+                }
+                Some(_) => i += 1,
+                None => {
+                    conn.flags &= !PARTIAL_TRACKED;
+                    self.partial_inputs.swap_remove(i);
                 }
             }
         }
@@ -316,6 +376,7 @@ impl IoThread {
                 Ok((stream, peer)) => self.admit(stream, peer.ip()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.accept_pending = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if socket::is_out_of_descriptors(&e) && self.refuse_with_reserve() => {}
                 Err(_) => {
                     // Out of descriptors or memory: the listener stays readable (level state in
                     // the kernel), so stop for now and try again when the next socket closes
@@ -328,14 +389,43 @@ impl IoThread {
         }
     }
 
+    /// Out of descriptors: frees the reserve descriptor to take one waiting client, answers it
+    /// 503 and closes it, then takes the reserve back. False when there is no reserve to use
+    /// (another thread took the freed number first): then wait for a socket to close.
+    fn refuse_with_reserve(&mut self) -> bool {
+        let (Some(listener), Some(reserve)) = (&self.listener, self.reserve_fd.take()) else { return false };
+        drop(reserve);
+        let refused = match listener.accept() {
+            Ok((stream, _)) => {
+                bump(&stats!(self).accepted_total, 1);
+                self.refuse_over_capacity(stream);
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.accept_pending = false;
+                true
+            }
+            Err(_) => false,
+        };
+        self.reserve_fd = socket::reserve_descriptor();
+        refused && self.reserve_fd.is_some()
+    }
+
+    /// Answers 503 to a socket the server has no room for and closes it.
+    fn refuse_over_capacity(&mut self, mut stream: mio::net::TcpStream) {
+        bump(&stats!(self).over_capacity_total, 1);
+        let _ = socket::send(std::os::fd::AsRawFd::as_raw_fd(&stream), &handshake::error_response(503));
+        // Read what request already arrived, so that closing sends FIN rather than a reset that
+        // could destroy the answer before the client reads it.
+        let _ = std::io::Read::read(&mut stream, &mut self.scratch);
+    }
+
     fn admit(&mut self, mut stream: mio::net::TcpStream, peer: IpAddr) {
         bump(&stats!(self).accepted_total, 1);
         let total = self.shared.open_sockets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if total >= self.config().max_connections || self.conns.vacant_key() >= MAX_SLOTS {
+        if total >= self.shared.max_connections || self.conns.vacant_key() >= MAX_SLOTS {
             self.shared.open_sockets.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            bump(&stats!(self).over_capacity_total, 1);
-            let _ = socket::send(std::os::fd::AsRawFd::as_raw_fd(&stream), &handshake::error_response(503));
-            return;
+            return self.refuse_over_capacity(stream);
         }
         let _ = stream.set_nodelay(true);
         let slot = self.conns.vacant_key();
@@ -349,23 +439,24 @@ impl IoThread {
         let now = self.wheel.now();
         self.conns.insert(Conn::new(stream, generation, now));
         self.me().live.set(slot, generation);
-        self.handshakes += 1;
-        bump(&stats!(self).handshakes, 1);
-        self.arm_timer(slot, now + self.ticks.handshake);
         if let Some(limits) = &self.shared.ip_limits {
             let key = ip_limits::key_of(peer);
             if self.ip_keys.len() <= slot {
                 self.ip_keys.resize(slot + 1, ip_limits::NOT_COUNTED);
             }
-            if limits.admit(key).is_ok() {
-                self.ip_keys[slot] = key;
-            } else {
+            if limits.admit(key).is_err() {
+                // Answered now, in a lingering close that holds no handshake slot: idle sockets
+                // from one address, refused, must not keep other addresses' clients waiting.
                 bump(&stats!(self).ip_limited_total, 1);
-                let conn = &mut self.conns[slot];
-                conn.state = State::Refusing;
-                conn.close_code = 429;
+                bump(&stats!(self).rejected_total, 1);
+                // (Not yet counted as a handshake; closing moves it straight out of that state.)
+                return self.enter_closing(slot, close::ABNORMAL, &handshake::error_response(429));
             }
+            self.ip_keys[slot] = key;
         }
+        self.handshakes += 1;
+        bump(&stats!(self).handshakes, 1);
+        self.arm_timer(slot, now + self.ticks.handshake);
     }
 
     /// Once a second: the per-address limits forget one shard's idle entries, and tables sized
@@ -417,9 +508,7 @@ impl IoThread {
         }
         let since = conn.last_rx;
         let (deadline, fire) = match conn.state {
-            State::Handshake | State::Deciding | State::Refusing => {
-                (since + self.ticks.handshake, TimerAction::Timeout)
-            }
+            State::Handshake | State::Deciding => (since + self.ticks.handshake, TimerAction::Timeout),
             State::Open if conn.pinged() => (since + self.ticks.idle, TimerAction::Timeout),
             State::Open => (since + self.ticks.ping, TimerAction::Ping),
             State::Closing => (since + self.ticks.close, TimerAction::Finish),
@@ -465,7 +554,7 @@ impl IoThread {
         for slot in 0..self.conns.capacity() {
             match self.conns.get(slot).map(|c| c.state) {
                 Some(State::Open) => self.start_close(slot, close::GOING_AWAY, "server shutting down"),
-                Some(State::Handshake | State::Deciding | State::Refusing) => self.finish(slot, close::GOING_AWAY),
+                Some(State::Handshake | State::Deciding) => self.finish(slot, close::GOING_AWAY),
                 _ => {}
             }
         }

@@ -1,6 +1,7 @@
 //! Per-client-address limits, so one host (or one bot) cannot take the whole server: open
-//! connections per address, and new connections per second per address (a token bucket that
-//! allows bursts of one second's worth). IPv6 clients are counted per /64, since one host
+//! connections per address, handshakes in progress per address (idle sockets that never send a
+//! request must not take every handshake slot), and new connections per second per address (a
+//! token bucket that allows bursts of one second's worth). IPv6 clients are counted per /64, since one host
 //! usually owns a whole /64 and could otherwise rotate through 2^64 addresses.
 //!
 //! Shared by every I/O thread (SO_REUSEPORT spreads one address's connections over all of them),
@@ -36,6 +37,8 @@ pub(crate) const SHARDS: usize = 64;
 
 struct Entry {
     connections: u32,
+    /// Of `connections`, those not yet upgraded (or refused).
+    handshaking: u32,
     tokens: f64,
     refilled_ms: u64,
 }
@@ -45,11 +48,14 @@ struct Entry {
 pub(crate) enum Refusal {
     TooManyConnections,
     TooManyHandshakes,
+    TooManyPendingHandshakes,
 }
 
 pub(crate) struct IpLimits {
     /// 0 = no limit.
     max_connections: u32,
+    /// Handshakes in progress per address; 0 = no limit.
+    max_pending_handshakes: u32,
     /// Tokens per second and bucket size; 0 = no limit.
     rate: f64,
     started: Instant,
@@ -59,11 +65,15 @@ pub(crate) struct IpLimits {
 impl IpLimits {
     /// `None` when the configuration sets no per-address limit.
     pub(crate) fn new(config: &Config) -> Option<IpLimits> {
-        if config.max_connections_per_ip == 0 && config.max_handshakes_per_ip_per_sec == 0 {
+        if config.max_connections_per_ip == 0
+            && config.max_handshakes_per_ip_per_sec == 0
+            && config.max_pending_handshakes_per_ip == 0
+        {
             return None;
         }
         Some(IpLimits {
             max_connections: u32::try_from(config.max_connections_per_ip).unwrap_or(u32::MAX),
+            max_pending_handshakes: u32::try_from(config.max_pending_handshakes_per_ip).unwrap_or(u32::MAX),
             rate: f64::from(config.max_handshakes_per_ip_per_sec),
             started: Instant::now(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
@@ -87,16 +97,24 @@ impl IpLimits {
         entry.tokens >= self.rate
     }
 
-    /// Counts a new connection from `key`, or says why it must be refused.
+    /// Counts a new connection from `key`, handshaking, or says why it must be refused.
     pub(crate) fn admit(&self, key: IpKey) -> Result<(), Refusal> {
         self.admit_at(key, self.now_ms())
     }
 
     fn admit_at(&self, key: IpKey, now_ms: u64) -> Result<(), Refusal> {
         let mut shard = self.shard(key).lock();
-        let entry = shard.entry(key).or_insert(Entry { connections: 0, tokens: self.rate, refilled_ms: now_ms });
+        let entry = shard.entry(key).or_insert(Entry {
+            connections: 0,
+            handshaking: 0,
+            tokens: self.rate,
+            refilled_ms: now_ms,
+        });
         if self.max_connections > 0 && entry.connections >= self.max_connections {
             return Err(Refusal::TooManyConnections);
+        }
+        if self.max_pending_handshakes > 0 && entry.handshaking >= self.max_pending_handshakes {
+            return Err(Refusal::TooManyPendingHandshakes);
         }
         if self.rate > 0.0 {
             self.refill(entry, now_ms);
@@ -106,7 +124,15 @@ impl IpLimits {
             entry.tokens -= 1.0;
         }
         entry.connections += 1;
+        entry.handshaking += 1;
         Ok(())
+    }
+
+    /// A connection counted by `admit` has left its handshake (upgraded, refused or closed).
+    pub(crate) fn handshake_done(&self, key: IpKey) {
+        if let Some(entry) = self.shard(key).lock().get_mut(&key) {
+            entry.handshaking = entry.handshaking.saturating_sub(1);
+        }
     }
 
     /// A connection counted by `admit` has closed.
@@ -146,7 +172,12 @@ mod tests {
     use super::*;
 
     fn limits(max_connections: usize, per_sec: u32) -> IpLimits {
+        limits_with(max_connections, per_sec, 0)
+    }
+
+    fn limits_with(max_connections: usize, per_sec: u32, pending: usize) -> IpLimits {
         let config = Config {
+            max_pending_handshakes_per_ip: pending,
             max_connections_per_ip: max_connections,
             max_handshakes_per_ip_per_sec: per_sec,
             ..Config::default()
@@ -185,6 +216,23 @@ mod tests {
             l.release(key);
         }
         assert_eq!(l.entries(), 0, "an address with no connection and no rate state is forgotten");
+    }
+
+    #[test]
+    fn caps_handshakes_in_progress_per_address() {
+        let l = limits_with(0, 0, 2);
+        let (a, b) = (key_of("10.0.0.1".parse().unwrap()), key_of("10.0.0.2".parse().unwrap()));
+        assert_eq!(l.admit(a), Ok(()));
+        assert_eq!(l.admit(a), Ok(()));
+        assert_eq!(l.admit(a), Err(Refusal::TooManyPendingHandshakes));
+        assert_eq!(l.admit(b), Ok(()), "other addresses are not affected");
+        l.handshake_done(a); // upgraded: still a connection, no longer a handshake
+        assert_eq!(l.admit(a), Ok(()));
+        for key in [a, a, a, b] {
+            l.handshake_done(key);
+            l.release(key);
+        }
+        assert_eq!(l.entries(), 0);
     }
 
     #[test]

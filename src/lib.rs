@@ -78,7 +78,7 @@ pub mod internals {
 
     /// The client-stream decoder the connection runs (frames, reassembly, UTF-8): the
     /// `frame_decoder` fuzz target drives exactly this.
-    pub use crate::codec::{decode_next, Decoded, Reassembly};
+    pub use crate::codec::{decode_next, Decoded, DecoderState};
 
     /// Unmasks a client payload in place.
     pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {

@@ -47,6 +47,10 @@ pub(crate) struct Shared {
     pub(crate) jwt: Option<JwtVerifier>,
     /// Per-client-address limits, when configured.
     pub(crate) ip_limits: Option<IpLimits>,
+    /// Bytes all connections hold for incomplete frames and messages.
+    pub(crate) partial_input_bytes: AtomicUsize,
+    /// `config.max_connections`, capped to what RLIMIT_NOFILE allows.
+    pub(crate) max_connections: usize,
 }
 
 /// The part of an I/O thread that other threads talk to.
@@ -118,11 +122,13 @@ impl Server {
         let addr =
             config.listen.to_socket_addrs().map_err(|_| Error::InvalidAddress)?.next().ok_or(Error::InvalidAddress)?;
         let thread_count = config.io_threads();
-        let listeners = socket::bind_listeners(addr, thread_count).map_err(Error::Bind)?;
+        let buffers = socket::BufferSizes { send: config.socket_send_buffer, recv: config.socket_recv_buffer };
+        let listeners = socket::bind_listeners(addr, thread_count, buffers).map_err(Error::Bind)?;
         let local_addr = listeners[0].local_addr().map_err(Error::Bind)?;
-        // Room for every connection plus each thread's poller and waker, before any storm.
+        let max_connections = connection_cap(config.max_connections, thread_count);
+        // Room for every connection plus each thread's poller, waker and reserve, before any storm.
         if let Some(newest) = listeners.last() {
-            socket::reserve_descriptors(newest.as_raw_fd(), config.max_connections.saturating_add(2 * thread_count));
+            socket::reserve_descriptors(newest.as_raw_fd(), max_connections.saturating_add(3 * thread_count));
         }
 
         let mut loops = Vec::with_capacity(thread_count);
@@ -149,6 +155,8 @@ impl Server {
             open_sockets: AtomicUsize::new(0),
             jwt: config.jwt_hs256_secret.as_ref().map(|secret| JwtVerifier::new(secret.expose(), config.jwt_leeway)),
             ip_limits: IpLimits::new(&config),
+            partial_input_bytes: AtomicUsize::new(0),
+            max_connections,
             config,
         });
         let handle = ServerHandle { shared };
@@ -190,6 +198,25 @@ impl Drop for Server {
             self.handle.stop();
         }
     }
+}
+
+/// Descriptors left to the host process when the connection cap is derived from RLIMIT_NOFILE.
+const HOST_DESCRIPTORS: usize = 64;
+
+/// `wanted`, lowered to what RLIMIT_NOFILE leaves once the host keeps some descriptors and each
+/// I/O thread has its poller, waker and reserve: a cap the process cannot reach would leave
+/// clients past it waiting in the backlog, unanswered, instead of getting 503. Said on stderr
+/// when it happens, and in `Stats::max_connections`.
+fn connection_cap(wanted: usize, threads: usize) -> usize {
+    let Some(left) = socket::descriptors_left() else { return wanted };
+    let allowed = left.saturating_sub(HOST_DESCRIPTORS + 3 * threads).max(1);
+    if wanted > allowed {
+        eprintln!(
+            "wspush: max_connections {wanted} is more than the open-files limit allows; capped to {allowed} \
+             (raise RLIMIT_NOFILE, e.g. ulimit -n or LimitNOFILE=, for more)"
+        );
+    }
+    wanted.min(allowed)
 }
 
 /// Checks a user ID's length (1 to 255 bytes).
@@ -336,6 +363,8 @@ impl ServerHandle {
         stats.users = self.shared.registry.user_count() as u64;
         stats.publishes_total = self.shared.publishes.load(Ordering::Relaxed);
         stats.broadcasts_total = self.shared.broadcasts.load(Ordering::Relaxed);
+        stats.partial_input_bytes = self.shared.partial_input_bytes.load(Ordering::Relaxed) as u64;
+        stats.max_connections = self.shared.max_connections as u64;
         stats
     }
 

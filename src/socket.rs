@@ -81,11 +81,33 @@ fn bound_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+fn set_size(fd: RawFd, option: libc::c_int, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fd` is an open socket; the option value points to a live c_int of the given size.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// Socket buffer sizes for accepted connections; 0 leaves the kernel's default.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct BufferSizes {
+    pub send: usize,
+    pub recv: usize,
+}
+
 /// Binds `count` listeners on one address, one per I/O thread, with SO_REUSEPORT so the kernel
 /// spreads incoming connections among them. A busy address is refused first with a probe bind
 /// without SO_REUSEPORT, so a second server on the same port fails instead of silently taking a
-/// share of the connections.
-pub(crate) fn bind_listeners(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListener>> {
+/// share of the connections. Accepted sockets inherit the listeners' buffer sizes.
+pub(crate) fn bind_listeners(addr: SocketAddr, count: usize, buffers: BufferSizes) -> io::Result<Vec<TcpListener>> {
     let mut addr = addr;
     if addr.port() != 0 {
         drop(bound_socket(addr, false)?);
@@ -93,6 +115,12 @@ pub(crate) fn bind_listeners(addr: SocketAddr, count: usize) -> io::Result<Vec<T
     let mut listeners = Vec::with_capacity(count);
     for _ in 0..count {
         let fd = bound_socket(addr, true)?;
+        if buffers.send > 0 {
+            set_size(fd.as_raw_fd(), libc::SO_SNDBUF, buffers.send)?;
+        }
+        if buffers.recv > 0 {
+            set_size(fd.as_raw_fd(), libc::SO_RCVBUF, buffers.recv)?;
+        }
         // SAFETY: `fd` is a bound stream socket we own.
         check(unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) })?;
         let listener = TcpListener::from(fd);
@@ -120,6 +148,28 @@ pub(crate) fn reserve_descriptors(above: RawFd, more: usize) {
         // SAFETY: `duplicate` was just created and nothing else refers to it.
         drop(unsafe { OwnedFd::from_raw_fd(duplicate) });
     }
+}
+
+/// How many more descriptors this process may open now (RLIMIT_NOFILE less those open), when
+/// /proc tells.
+pub(crate) fn descriptors_left() -> Option<usize> {
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count().saturating_sub(1); // less the listing's own
+    Some(open_files_limit()?.saturating_sub(open))
+}
+
+/// A descriptor kept in reserve so that, out of descriptors, an I/O thread can still accept a
+/// waiting client to answer it 503 and close it, instead of leaving it in the backlog unanswered
+/// (close the reserve, accept, answer, close, take the reserve again).
+pub(crate) fn reserve_descriptor() -> Option<OwnedFd> {
+    // SAFETY: open(2) of a constant NUL-terminated path; the result is checked before use.
+    let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    // SAFETY: a descriptor just returned by open(2), owned by nothing else.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether an accept error means the process or system is out of descriptors.
+pub(crate) fn is_out_of_descriptors(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// The soft RLIMIT_NOFILE: one more than the highest descriptor number this process may open.

@@ -43,6 +43,17 @@ pub struct Stats {
     /// Sockets answered 429 by a per-address limit (`max_connections_per_ip`,
     /// `max_handshakes_per_ip_per_sec`).
     pub ip_limited_total: u64,
+    /// Bytes queued for connections that their sockets have not taken yet.
+    pub queued_bytes: u64,
+    /// Bytes held for incomplete client frames and messages (see `max_partial_input_bytes`).
+    pub partial_input_bytes: u64,
+    /// Connections closed with 1008 because a started frame or message was not completed
+    /// within `message_timeout`.
+    pub message_timeouts_total: u64,
+    /// Connections closed with 1013 because `max_partial_input_bytes` was reached.
+    pub partial_input_refusals_total: u64,
+    /// The connection cap in force: `max_connections`, lowered to what RLIMIT_NOFILE allows.
+    pub max_connections: u64,
 }
 
 /// Per-thread counters, written by one I/O thread, read by `stats()`.
@@ -64,6 +75,9 @@ pub(crate) struct ThreadStats {
     pub timeouts_total: AtomicU64,
     pub pings_total: AtomicU64,
     pub ip_limited_total: AtomicU64,
+    pub queued_bytes: AtomicU64,
+    pub message_timeouts_total: AtomicU64,
+    pub partial_input_refusals_total: AtomicU64,
 }
 
 /// Adds one to a counter only this thread writes (a plain load+store, no locked instruction).
@@ -95,5 +109,8 @@ impl ThreadStats {
         s.timeouts_total += self.timeouts_total.load(Relaxed);
         s.pings_total += self.pings_total.load(Relaxed);
         s.ip_limited_total += self.ip_limited_total.load(Relaxed);
+        s.queued_bytes += self.queued_bytes.load(Relaxed);
+        s.message_timeouts_total += self.message_timeouts_total.load(Relaxed);
+        s.partial_input_refusals_total += self.partial_input_refusals_total.load(Relaxed);
     }
 }

@@ -32,6 +32,7 @@ pub(crate) struct Ticks {
     pub idle: u32,
     pub handshake: u32,
     pub close: u32,
+    pub message: u32,
 }
 
 pub(crate) struct TimerWheel {
@@ -45,10 +46,16 @@ pub(crate) struct TimerWheel {
 impl TimerWheel {
     /// A wheel whose tick is fine enough for the shortest configured timeout.
     pub(crate) fn new(config: &Config) -> (TimerWheel, Ticks) {
-        let shortest = [config.ping_interval, config.idle_timeout, config.handshake_timeout, config.close_timeout]
-            .into_iter()
-            .min()
-            .unwrap_or(Duration::from_secs(1));
+        let shortest = [
+            config.ping_interval,
+            config.idle_timeout,
+            config.handshake_timeout,
+            config.close_timeout,
+            config.message_timeout,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(Duration::from_secs(1));
         let tick = (shortest / 8).clamp(Duration::from_millis(1), Duration::from_millis(250));
         let to_ticks = |d: Duration| (d.as_nanos().div_ceil(tick.as_nanos())).min(u32::MAX as u128 / 2) as u32;
         let ticks = Ticks {
@@ -56,6 +63,7 @@ impl TimerWheel {
             idle: to_ticks(config.idle_timeout),
             handshake: to_ticks(config.handshake_timeout),
             close: to_ticks(config.close_timeout),
+            message: to_ticks(config.message_timeout),
         };
         let wheel =
             TimerWheel { start: Instant::now(), tick, next: 0, buckets: (0..BUCKETS).map(|_| Vec::new()).collect() };

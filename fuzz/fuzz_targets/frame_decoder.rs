@@ -11,7 +11,9 @@
 //! - chunking invariance: the same events whether the stream arrives in one piece, in the
 //!   fuzzer's chunk sizes, or one byte at a time;
 //! - `consumed` never exceeds the input, is 0 exactly for Incomplete/Fail, and Incomplete leaves
-//!   the bytes untouched (they are decoded again once more arrive; a Fail ends the stream);
+//!   the header untouched (the bytes are decoded again once more arrive, the state remembering
+//!   how much payload is already unmasked and checked; a Fail ends the stream);
+//! - text fails on invalid UTF-8 as soon as it arrives, also inside a frame not complete yet;
 //! - no panic, no overflow (the fuzz build has overflow checks on).
 //!
 //! Input: byte 0 picks the message size limit; byte 1's low nibble is the number of chunk-size
@@ -19,7 +21,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wspush::internals::{decode_next, Decoded, Reassembly};
+use wspush::internals::{decode_next, Decoded, DecoderState};
 use wspush::MessageKind;
 
 /// Small limits (reached by inputs of a few KiB), the length-encoding boundaries, the extremes.
@@ -55,7 +57,7 @@ struct Outcome {
 /// may be shorter), keeping unconsumed bytes between chunks as the connection does.
 fn run_engine(stream: &[u8], max: usize, chunk_sizes: &[usize]) -> Outcome {
     let mut pending: Vec<u8> = Vec::new();
-    let mut reassembly: Option<Reassembly> = None;
+    let mut state = DecoderState::default();
     let mut events = Vec::new();
     let mut rest = stream;
     for &size in chunk_sizes.iter().cycle() {
@@ -70,7 +72,7 @@ fn run_engine(stream: &[u8], max: usize, chunk_sizes: &[usize]) -> Outcome {
             let mut before = [0u8; 64];
             let watched = available.min(before.len());
             before[..watched].copy_from_slice(&pending[pos..pos + watched]);
-            let (used, decoded) = decode_next(&mut pending[pos..], &mut reassembly, max);
+            let (used, decoded) = decode_next(&mut pending[pos..], &mut state, max);
             assert!(used <= available, "consumed {used} of {available} bytes");
             let event = match decoded {
                 Decoded::Incomplete => None,
@@ -91,7 +93,10 @@ fn run_engine(stream: &[u8], max: usize, chunk_sizes: &[usize]) -> Outcome {
             match &event {
                 None => {
                     assert_eq!(used, 0, "Incomplete consumed bytes");
-                    assert_eq!(pending[pos..pos + watched], before[..watched], "Incomplete changed the input");
+                    // The payload that has arrived may be unmasked in place (the state remembers
+                    // how far); the header is left as it came.
+                    let header = watched.min(2);
+                    assert_eq!(pending[pos..pos + header], before[..header], "Incomplete changed the header");
                 }
                 Some(Event::Fail(_)) => assert_eq!(used, 0, "Fail consumed bytes"),
                 Some(_) => assert!(used > 0, "an event without consuming a byte"),
@@ -109,7 +114,7 @@ fn run_engine(stream: &[u8], max: usize, chunk_sizes: &[usize]) -> Outcome {
             break;
         }
     }
-    Outcome { events, message_open: reassembly.is_some() }
+    Outcome { events, message_open: state.message_open() }
 }
 
 // ------------------------------------------------------------------------------ the model
@@ -211,6 +216,18 @@ fn model(stream: &[u8], max: usize) -> Outcome {
         }
         let length = length as usize;
         if left.len() < header + length {
+            // A text frame whose payload has only partly arrived fails as soon as what has
+            // arrived cannot begin valid UTF-8 (with the message so far).
+            let key = &left[header - 4..header];
+            let arrived = left[header..].iter().enumerate().map(|(i, b)| b ^ key[i % 4]);
+            let so_far = match (opcode, &open) {
+                (0x1, _) => Some(arrived.collect::<Vec<u8>>()),
+                (0x0, Some((true, so_far))) => Some(so_far.iter().copied().chain(arrived).collect()),
+                _ => None,
+            };
+            if so_far.is_some_and(|bytes| !utf8_ok(&bytes, false)) {
+                fail!(1007);
+            }
             break;
         }
         let key = &left[header - 4..header];

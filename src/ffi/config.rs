@@ -647,3 +647,83 @@ pub unsafe extern "C" fn wspush_config_set_callbacks(
         Ok(wspush_result::Ok)
     })
 }
+
+/// Time (ms, > 0; default 5000) a client has to complete a frame or a fragmented message once it
+/// has started sending it; then the connection is closed with 1008, so parked half-frames can't
+/// pin memory until the idle timeout.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_message_timeout_ms(
+    config: *mut wspush_config,
+    message_timeout_ms: u64,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.message_timeout = millis(message_timeout_ms)?;
+            Ok(())
+        })
+    }
+}
+
+/// Bytes all connections together may hold for incomplete frames and messages (default
+/// 256 MiB); the connection whose input would pass it is closed with 1013 (try again later).
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_max_partial_input_bytes(
+    config: *mut wspush_config,
+    bytes: usize,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.max_partial_input_bytes = bytes;
+            Ok(())
+        })
+    }
+}
+
+/// Handshakes in progress (accepted, not yet upgraded) one client address (IPv6: /64) may have;
+/// beyond, new sockets from it get 429. 0 (default) = no limit.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_max_pending_handshakes_per_ip(
+    config: *mut wspush_config,
+    handshakes: usize,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.max_pending_handshakes_per_ip = handshakes;
+            Ok(())
+        })
+    }
+}
+
+/// SO_SNDBUF and SO_RCVBUF of every connection's socket, in bytes; 0 (default) keeps the
+/// kernel's autotuning. Smaller buffers save kernel memory per connection (several KiB each at
+/// millions of connections) at the cost of throughput per connection.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_socket_buffers(
+    config: *mut wspush_config,
+    send_bytes: usize,
+    recv_bytes: usize,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.socket_send_buffer = send_bytes;
+            c.socket_recv_buffer = recv_bytes;
+            Ok(())
+        })
+    }
+}

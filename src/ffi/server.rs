@@ -392,6 +392,16 @@ pub struct wspush_stats_snapshot {
     pub pings_total: u64,
     /// Sockets answered 429 by a per-address limit (max connections or handshakes per IP).
     pub ip_limited_total: u64,
+    /// Bytes queued for connections that their sockets have not taken yet.
+    pub queued_bytes: u64,
+    /// Bytes held for incomplete client frames and messages (max_partial_input_bytes).
+    pub partial_input_bytes: u64,
+    /// Connections closed with 1008: a started frame or message not completed in time.
+    pub message_timeouts_total: u64,
+    /// Connections closed with 1013 because max_partial_input_bytes was reached.
+    pub partial_input_refusals_total: u64,
+    /// The connection cap in force: max_connections, lowered to what RLIMIT_NOFILE allows.
+    pub max_connections: u64,
 }
 
 impl From<Stats> for wspush_stats_snapshot {
@@ -416,6 +426,11 @@ impl From<Stats> for wspush_stats_snapshot {
             timeouts_total: s.timeouts_total,
             pings_total: s.pings_total,
             ip_limited_total: s.ip_limited_total,
+            queued_bytes: s.queued_bytes,
+            partial_input_bytes: s.partial_input_bytes,
+            message_timeouts_total: s.message_timeouts_total,
+            partial_input_refusals_total: s.partial_input_refusals_total,
+            max_connections: s.max_connections,
         }
     }
 }

@@ -689,3 +689,44 @@ pub fn connect_small_rcvbuf(addr: SocketAddr, bytes: i32) -> TcpStream {
     stream.set_read_timeout(Some(WAIT)).unwrap();
     stream
 }
+
+/// A TCP connection to `addr` from the loopback source address `source` (e.g. 127.0.0.2), so a
+/// test can play several client hosts.
+pub fn connect_from(addr: SocketAddr, source: std::net::Ipv4Addr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = addr else { panic!("IPv4 only") };
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(ip.octets()) },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: plain socket(2); the descriptor is checked and then owned by the TcpStream below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+    // SAFETY: `fd` is an open socket we own and nothing else refers to.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let local = sockaddr(source, 0);
+    // SAFETY: `local` is a valid sockaddr_in of the length given, alive during the call.
+    let rc = unsafe { libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) };
+    assert_eq!(rc, 0, "bind {source}: {}", io::Error::last_os_error());
+    let remote = sockaddr(*v4.ip(), v4.port());
+    // SAFETY: as above.
+    let rc = unsafe { libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) };
+    assert_eq!(rc, 0, "connect: {}", io::Error::last_os_error());
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.set_write_timeout(Some(WAIT)).unwrap();
+    stream
+}
+
+/// This process's anonymous resident memory (RssAnon), in bytes.
+pub fn rss_anon() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("RssAnon:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("RssAnon line");
+    kib * 1024
+}
