@@ -614,7 +614,10 @@ pub unsafe extern "C" fn wspush_config_set_slow_consumer_policy(
 /// # Safety
 /// `config` must be NULL or a live configuration not used by another thread.
 #[no_mangle]
-pub unsafe extern "C" fn wspush_config_set_thread_stack_size(config: *mut wspush_config, bytes: usize) -> wspush_result {
+pub unsafe extern "C" fn wspush_config_set_thread_stack_size(
+    config: *mut wspush_config,
+    bytes: usize,
+) -> wspush_result {
     // SAFETY: forwarded contract.
     unsafe {
         update(config, |c| {
