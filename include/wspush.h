@@ -51,6 +51,18 @@
  * - wspush_server_free must be the last use of a server by any thread. wspush_config_* calls
  *   on one configuration must not run concurrently.
  * - Callbacks must return normally: no longjmp out of them and no C++ exception through them.
+ * - Callbacks run on stacks of wspush_config_set_thread_stack_size bytes (default 8 MiB, as an
+ *   ordinary glibc thread): raise it for callback code that recurses deeper than that.
+ *
+ * FORK
+ * - A server belongs to the process that started it. fork() copies only the calling thread, so
+ *   a child has no I/O threads: it must not call any wspush function on an inherited server,
+ *   not even wspush_server_free (calls fail, e.g. with WSPUSH_RESULT_PANIC, or wait forever).
+ *   Fork before starting servers, or exec (or _exit) in the child promptly.
+ * - Every descriptor the engine opens (listening and accepted sockets, epoll, eventfd) is
+ *   close-on-exec, so an exec'd child keeps none. A child that does not exec keeps the
+ *   listening sockets open: after the parent stops, new clients then wait in a backlog nobody
+ *   accepts until the child exits.
  */
 
 
@@ -415,8 +427,8 @@ extern "C" {
  * per core, 1,000,000 connections, 64 KiB messages, ping every 30 s, idle timeout 75 s,
  * handshake timeout 10 s, 1 MiB queue per connection with the close policy, any Origin, 8 KiB
  * request heads, 1024 handshakes per thread, no per-user or per-IP limit, no JWT authentication,
- * 5 s drain, 2 s close timeout, no callbacks. Returns NULL only on an internal error. Release
- * with `wspush_config_free`.
+ * 5 s drain, 2 s close timeout, 8 MiB I/O thread stacks, no callbacks. Returns NULL only on an
+ * internal error. Release with `wspush_config_free`.
  */
 struct wspush_config *wspush_config_new(void);
 
@@ -617,6 +629,19 @@ wspush_result wspush_config_set_close_timeout_ms(struct wspush_config *config, u
  */
 wspush_result wspush_config_set_slow_consumer_policy(struct wspush_config *config,
                                                      wspush_slow_consumer_policy policy);
+
+/**
+ * Stack size in bytes of each engine I/O thread, where every callback runs: 0 (default) means
+ * 8 MiB, what glibc gives an ordinary thread, so callback code that recurses deeply (e.g. an
+ * interpreter's) has the stack it would have on the host's own threads. Otherwise at least
+ * 64 KiB (else INVALID_ARGUMENT). Untouched stack pages are never committed: a larger stack
+ * costs address space, not memory. A size the system cannot give makes `wspush_server_start`
+ * fail with IO.
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread.
+ */
+wspush_result wspush_config_set_thread_stack_size(struct wspush_config *config, size_t bytes);
 
 /**
  * Copies the host's callbacks (and userdata) into the configuration, replacing earlier ones.

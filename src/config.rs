@@ -80,7 +80,21 @@ pub struct Config {
     /// connection at the cost of throughput per connection.
     pub socket_send_buffer: usize,
     pub socket_recv_buffer: usize,
+    /// Stack size of each I/O thread in bytes; 0 (default) means [`DEFAULT_THREAD_STACK_SIZE`].
+    /// Every callback runs on these threads, so host code that recurses deeply (an interpreter's
+    /// callback, say) needs as much stack as on its own threads. At least [`MIN_THREAD_STACK_SIZE`].
+    pub thread_stack_size: usize,
 }
+
+/// The I/O threads' stack size when `Config::thread_stack_size` is 0: 8 MiB, what glibc gives an
+/// ordinary thread (RLIMIT_STACK's usual value), so host callbacks get the stack they would have
+/// on the host's own threads rather than Rust's 2 MiB. Untouched stack pages are never committed,
+/// so this costs address space, not memory, for the few (one per core) I/O threads.
+pub const DEFAULT_THREAD_STACK_SIZE: usize = 8 * 1024 * 1024;
+
+/// The smallest `Config::thread_stack_size` accepted (besides 0): below it the engine's own frames
+/// plus a trivial callback could overflow.
+pub const MIN_THREAD_STACK_SIZE: usize = 64 * 1024;
 
 /// Key material that must not end up in logs: `Debug` prints its length only.
 #[derive(Clone, PartialEq, Eq)]
@@ -139,6 +153,7 @@ impl Default for Config {
             max_pending_handshakes_per_ip: 0,
             socket_send_buffer: 0,
             socket_recv_buffer: 0,
+            thread_stack_size: 0,
         }
     }
 }
@@ -174,7 +189,19 @@ impl Config {
         if self.jwt_hs256_secret.as_ref().is_some_and(|s| s.0.len() < crate::jwt::MIN_SECRET_LEN) {
             return Err("jwt_hs256_secret must be at least 32 bytes (RFC 7518 section 3.2)");
         }
+        if self.thread_stack_size != 0 && self.thread_stack_size < MIN_THREAD_STACK_SIZE {
+            return Err("thread_stack_size must be 0 (default) or >= 64 KiB");
+        }
         Ok(())
+    }
+
+    /// The I/O threads' stack size actually used.
+    pub(crate) fn io_thread_stack_size(&self) -> usize {
+        if self.thread_stack_size == 0 {
+            DEFAULT_THREAD_STACK_SIZE
+        } else {
+            self.thread_stack_size
+        }
     }
 
     /// The thread count actually used.

@@ -56,7 +56,7 @@ mod socket;
 mod timer;
 
 pub use codec::is_valid_close_code;
-pub use config::{Config, Secret, SlowConsumerPolicy};
+pub use config::{Config, Secret, SlowConsumerPolicy, DEFAULT_THREAD_STACK_SIZE, MIN_THREAD_STACK_SIZE};
 pub use error::Error;
 pub use handler::{default_upgrade_decision, ConnId, Handler, HttpResponse, MessageKind, Request, UpgradeDecision};
 pub use server::{Server, ServerHandle};

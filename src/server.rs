@@ -166,6 +166,7 @@ impl Server {
             let thread_handle = handle.clone();
             let join = std::thread::Builder::new()
                 .name(format!("wspush-io-{}", io.index()))
+                .stack_size(handle.shared.config.io_thread_stack_size())
                 .spawn(move || io.run(thread_handle))
                 .map_err(Error::Io)?;
             handle.shared.joins.lock().push(join);

@@ -583,3 +583,43 @@ fn a_close_we_start_completes_when_the_client_answers_it_even_if_it_keeps_the_so
     let ((code, _), _still_open) = client.join().unwrap();
     assert_eq!(code, 1001);
 }
+
+/// Uses about `depth` × 64 KiB of stack, like a host callback that recurses deeply.
+fn deep_stack(depth: usize) -> u8 {
+    let mut frame = [depth as u8; 64 * 1024];
+    std::hint::black_box(&mut frame);
+    if depth == 0 {
+        frame[0]
+    } else {
+        deep_stack(depth - 1).wrapping_add(frame[depth])
+    }
+}
+
+#[test]
+fn callbacks_get_8_mib_stacks_by_default() {
+    // 4 MiB of stack in a callback: past Rust's 2 MiB thread default (which aborted the process
+    // with a stack overflow), within the 8 MiB of an ordinary glibc thread.
+    let (server, mut events) = Harness::new(config())
+        .on_message(|server, conn, _user, kind, _payload| {
+            let sum = deep_stack(64);
+            server.send(conn, format!("survived {}", sum != 1).as_bytes(), kind).unwrap();
+        })
+        .start();
+    let mut ws = ws_connect(server.local_addr(), "alice");
+    events.opened(b"alice");
+    ws.send(tungstenite::Message::text("recurse")).unwrap();
+    assert!(ws_text(&mut ws).starts_with("survived"));
+}
+
+#[test]
+fn the_smallest_thread_stack_size_serves_connections_and_smaller_is_refused() {
+    let mut cfg = config();
+    cfg.thread_stack_size = wspush::MIN_THREAD_STACK_SIZE - 1;
+    assert!(matches!(wspush::Server::start(cfg.clone(), DropFlag(Default::default())), Err(Error::InvalidConfig(_))));
+    cfg.thread_stack_size = wspush::MIN_THREAD_STACK_SIZE;
+    let (server, mut events) = start(cfg);
+    let mut ws = ws_connect(server.local_addr(), "alice");
+    events.opened(b"alice");
+    assert_eq!(server.publish(b"alice", b"small stacks", MessageKind::Text).unwrap(), 1);
+    assert_eq!(ws_text(&mut ws), "small stacks");
+}

@@ -563,6 +563,7 @@ fn null_arguments_are_reported_not_dereferenced() {
         assert_eq!(wspush_config_set_max_connections_per_user(c, 1), NullArgument);
         assert_eq!(wspush_config_set_drain_timeout_ms(c, 1), NullArgument);
         assert_eq!(wspush_config_set_close_timeout_ms(c, 1), NullArgument);
+        assert_eq!(wspush_config_set_thread_stack_size(c, 1 << 20), NullArgument);
         assert_eq!(wspush_config_set_slow_consumer_policy(c, WSPUSH_SLOW_CONSUMER_DROP), NullArgument);
         let rec = Arc::new(Recorder::default());
         assert_eq!(wspush_config_set_callbacks(c, &all_callbacks(&rec)), NullArgument);
@@ -654,6 +655,9 @@ fn invalid_configuration_values_are_refused_and_leave_the_old_value() {
         assert_eq!(wspush_config_set_max_header_bytes(c, 255), InvalidArgument);
         assert_eq!(wspush_config_set_max_handshakes_per_thread(c, 0), InvalidArgument);
         assert_eq!(wspush_config_set_slow_consumer_policy(c, 7), InvalidArgument);
+        assert_eq!(wspush_config_set_thread_stack_size(c, 64 * 1024 - 1), InvalidArgument, "below 64 KiB");
+        assert_eq!(wspush_config_set_thread_stack_size(c, 0), OK, "0 is the default");
+        assert_eq!(wspush_config_set_thread_stack_size(c, 1 << 20), OK);
         let mut callbacks = wspush_callbacks { size: 0, ..all_callbacks(&Arc::new(Recorder::default())) };
         assert_eq!(wspush_config_set_callbacks(c, &callbacks), InvalidArgument, "size 0: forgot to set it");
         callbacks.size = offset_of!(wspush_callbacks, on_upgrade);

@@ -10,7 +10,9 @@ package wspush
 import "C"
 
 import (
+	"fmt"
 	"math"
+	"os"
 	"runtime/cgo"
 	"runtime/debug"
 	"sync/atomic"
@@ -37,10 +39,28 @@ func copyBytes(ptr *C.uint8_t, length C.size_t) []byte {
 	return append([]byte(nil), unsafe.Slice((*byte)(unsafe.Pointer(ptr)), int(length))...)
 }
 
-// recoverHandler logs a panic of a handler method; run deferred.
-func (state *serverState) recoverHandler(event string) {
+// recoverHandler logs a panic of a handler method, or reports a runtime.Goexit (returned
+// false without a panic); run deferred.
+func (state *serverState) recoverHandler(event string, returned *bool) {
 	if recovered := recover(); recovered != nil {
 		state.errorLog.Printf("wspush: panic in %s handler (recovered): %v\n%s", event, recovered, debug.Stack())
+	} else if !*returned {
+		state.reportGoexit(event)
+	}
+}
+
+// reportGoexit explains, before the runtime kills the process, that a handler called
+// runtime.Goexit. Go cannot end a goroutine on a thread it did not create (the engine's I/O
+// thread): Goexit cannot be recovered, and the runtime aborts with "Goexit called in a thread
+// that was not created by the Go runtime" once the deferred calls have run. t.Fatal, t.FailNow,
+// t.Skip and friends call Goexit, so a test must not use them in a handler.
+func (state *serverState) reportGoexit(event string) {
+	message := fmt.Sprintf("wspush: FATAL: the %s handler called runtime.Goexit (t.Fatal, t.FailNow, t.Skip... "+
+		"in a handler?). Handlers run on the engine's threads, which Go cannot exit: the process dies now. "+
+		"In tests, use t.Error and return, or hand the failure to the test goroutine.\n%s", event, debug.Stack())
+	state.errorLog.Print(message)
+	if state.errorLog.Writer() != os.Stderr {
+		fmt.Fprint(os.Stderr, message) // the log may be buffered or discarded: this is the last word
 	}
 }
 
@@ -50,15 +70,19 @@ func wspushGoOnUpgrade(handle C.uintptr_t, server *C.wspush_server, request *C.w
 	r := &Request{ptr: request}
 	// After the callback the request is gone: later calls on this thread must not reach it.
 	defer r.ended.Store(true)
+	returned := false
 	defer func() {
 		if recovered := recover(); recovered != nil {
 			state.errorLog.Printf("wspush: panic in upgrade handler (recovered; rejecting with 500): %v\n%s",
 				recovered, debug.Stack())
 			// The last decision wins, so this overrides whatever the handler decided before.
 			C.wspush_request_reject(request, 500)
+		} else if !returned {
+			state.reportGoexit("upgrade")
 		}
 	}()
 	state.handler.OnUpgrade(state.server, r)
+	returned = true
 }
 
 //export wspushGoOnHTTP
@@ -66,6 +90,7 @@ func wspushGoOnHTTP(handle C.uintptr_t, server *C.wspush_server, request *C.wspu
 	state := stateOf(handle, server)
 	r := &Request{ptr: request}
 	defer r.ended.Store(true)
+	returned := false
 	defer func() {
 		if recovered := recover(); recovered != nil {
 			state.errorLog.Printf("wspush: panic in HTTP handler (recovered; answering 500): %v\n%s",
@@ -73,39 +98,50 @@ func wspushGoOnHTTP(handle C.uintptr_t, server *C.wspush_server, request *C.wspu
 			const contentType, body = "text/plain", "internal server error\n"
 			C.wspush_request_respond(request, 500, strPtr(contentType), C.size_t(len(contentType)),
 				bytesPtr([]byte(body)), C.size_t(len(body)))
+		} else if !returned {
+			state.reportGoexit("HTTP")
 		}
 	}()
 	state.http.OnHTTP(state.server, r)
+	returned = true
 }
 
 //export wspushGoOnOpen
 func wspushGoOnOpen(handle C.uintptr_t, server *C.wspush_server, conn C.uint64_t, user *C.uint8_t, userLen C.size_t) {
 	state := stateOf(handle, server)
-	defer state.recoverHandler("open")
+	returned := false
+	defer state.recoverHandler("open", &returned)
 	state.handler.OnOpen(state.server, ConnID(conn), copyBytes(user, userLen))
+	returned = true
 }
 
 //export wspushGoOnMessage
 func wspushGoOnMessage(handle C.uintptr_t, server *C.wspush_server, conn C.uint64_t, user *C.uint8_t, userLen C.size_t,
 	kind C.wspush_message_kind, payload *C.uint8_t, payloadLen C.size_t) {
 	state := stateOf(handle, server)
-	defer state.recoverHandler("message")
+	returned := false
+	defer state.recoverHandler("message", &returned)
 	state.handler.OnMessage(state.server, ConnID(conn), copyBytes(user, userLen), copyBytes(payload, payloadLen),
 		kind == C.WSPUSH_MESSAGE_KIND_BINARY)
+	returned = true
 }
 
 //export wspushGoOnClose
 func wspushGoOnClose(handle C.uintptr_t, server *C.wspush_server, conn C.uint64_t, user *C.uint8_t, userLen C.size_t,
 	code C.uint16_t) {
 	state := stateOf(handle, server)
-	defer state.recoverHandler("close")
+	returned := false
+	defer state.recoverHandler("close", &returned)
 	state.handler.OnClose(state.server, ConnID(conn), copyBytes(user, userLen), int(code))
+	returned = true
 }
 
 //export wspushGoOnDrop
 func wspushGoOnDrop(handle C.uintptr_t, server *C.wspush_server, conn C.uint64_t, user *C.uint8_t, userLen C.size_t,
 	droppedBytes C.size_t) {
 	state := stateOf(handle, server)
-	defer state.recoverHandler("drop")
+	returned := false
+	defer state.recoverHandler("drop", &returned)
 	state.handler.OnDrop(state.server, ConnID(conn), copyBytes(user, userLen), int(droppedBytes))
+	returned = true
 }

@@ -31,6 +31,24 @@
 //
 // A panic in a handler is recovered and logged (to Config.ErrorLog); in OnUpgrade the
 // connection is then rejected with HTTP 500.
+//
+// # Never runtime.Goexit in a handler
+//
+// A handler must return (or panic); it must not call runtime.Goexit, and so, in tests, not
+// t.Fatal, t.FailNow, t.Skip or anything else that calls it: use t.Error and return, or send
+// the failure to the test goroutine. Handlers run on the engine's I/O threads, which Go did not
+// create and cannot exit, and Goexit cannot be recovered: the Go runtime aborts the whole
+// process ("Goexit called in a thread that was not created by the Go runtime"). The binding
+// cannot prevent that; it writes "wspush: FATAL: the ... handler called runtime.Goexit" with
+// the handler's stack to Config.ErrorLog and standard error just before.
+//
+// # Lifetime and processes
+//
+// Handlers may run before Start returns (clients connecting during the start); Port, Stop and
+// every other method work there. A Server is valid only as returned by Start: the zero value
+// acts as a stopped server (Stop and Stats return ErrStopped). A server belongs to the process
+// that started it; the engine's descriptors are close-on-exec, so os/exec children inherit
+// none of them.
 package wspush
 
 /*
@@ -137,6 +155,10 @@ type Config struct {
 	// JWTLeeway is the clock skew allowed when checking a token's exp and nbf; rounded up to
 	// whole milliseconds, so time.Millisecond is the strictest setting [30s].
 	JWTLeeway time.Duration
+	// ThreadStackSize is the stack size in bytes of the engine's I/O threads, at least 64 KiB
+	// [8 MiB]. Go handlers run on goroutine stacks, which grow as needed; this matters only for
+	// C code a handler calls on that thread.
+	ThreadStackSize int
 	// Handler receives the server's events. Without one (nil, or a HandlerFuncs with a nil
 	// Upgrade), upgrades get DefaultUpgrade: a valid JWT (JWTHS256Secret) opens as its sub,
 	// anything else gets 401. If it also implements HTTPHandler, it answers plain HTTP
@@ -179,17 +201,35 @@ type Server struct {
 	// ptr is the C server; nil before Start returned (set by the first callback in that
 	// window) and after the release.
 	// (An unsafe.Pointer because atomic.Pointer cannot hold an incomplete C type.)
-	ptr  unsafe.Pointer
-	port int
-	// handle is the cgo.Handle of the serverState, the callbacks' userdata; deleted after the
-	// C server is released, when no callback can run any more.
+	ptr unsafe.Pointer
+	// port is the listening port, 0 until known (a handler may ask before Start returned).
+	port atomic.Int32
+	// handle is the cgo.Handle of the serverState, the callbacks' userdata; set before the C
+	// server starts, deleted after it is released, when no callback can run any more.
 	handle   cgo.Handle
 	stopping atomic.Bool
-	done     chan struct{}
+	// started is closed once Start has the C server or has failed (startFailed, written
+	// before). A Stop called by a handler before that waits for it: until
+	// wspush_server_start has returned, the host does not own the server and must not free it.
+	started     chan struct{}
+	startFailed bool
+	// done is nil only in a Server not made by Start (the zero value).
+	done chan struct{}
 	// Written before done is closed.
 	finalStats Stats
 	stopErr    error
 }
+
+// afterCStart, when set (by tests), runs in Start between wspush_server_start and the moment
+// the Server takes the C server: the window in which handlers already run.
+var afterCStart func(port int)
+
+// closedChannel is what Done returns for a Server not made by Start.
+var closedChannel = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
 
 // serverState is what the callbacks reach through the cgo.Handle passed as userdata.
 type serverState struct {
@@ -216,7 +256,7 @@ func Start(config Config) (*Server, error) {
 		return nil, err
 	}
 
-	server := &Server{done: make(chan struct{})}
+	server := &Server{started: make(chan struct{}), done: make(chan struct{})}
 	state := &serverState{server: server, handler: config.Handler, errorLog: config.ErrorLog}
 	if state.errorLog == nil {
 		state.errorLog = log.Default()
@@ -226,18 +266,35 @@ func Start(config Config) (*Server, error) {
 		state.http = h
 	}
 	handle := cgo.NewHandle(state)
+	// Before the start: a handler may run (and Stop) before wspush_go_start returns.
+	server.handle = handle
 	if err := check("Start: callbacks", C.wspush_go_set_callbacks(cfg, C.uintptr_t(handle), C.unsigned(mask))); err != nil {
 		handle.Delete()
 		return nil, err
 	}
 	started := C.wspush_go_start(cfg)
 	if err := check("Start", started.result); err != nil {
+		// The engine has joined whatever threads it started: no handler runs any more. One
+		// that called Stop meanwhile left finishStop waiting for started.
+		server.storePtr(nil)
+		server.startFailed = true
+		close(server.started)
+		if server.stopping.CompareAndSwap(false, true) {
+			close(server.done)
+		} else {
+			<-server.done
+		}
 		handle.Delete()
 		return nil, err
 	}
+	if port := C.wspush_go_local_port(started.server); port.result == C.WSPUSH_RESULT_OK {
+		server.port.Store(int32(port.value))
+	}
+	if afterCStart != nil {
+		afterCStart(int(server.port.Load()))
+	}
 	server.storePtr(started.server)
-	server.port = int(C.wspush_go_local_port(started.server).value)
-	server.handle = handle
+	close(server.started)
 	return server, nil
 }
 
@@ -381,6 +438,14 @@ func applyConfig(cfg *C.wspush_config, config *Config) error {
 			return err
 		}
 	}
+	if config.ThreadStackSize < 0 {
+		return &Error{Code: ResultInvalidArgument, Op: "Config.ThreadStackSize"}
+	}
+	if config.ThreadStackSize > 0 {
+		if err := check("Config.ThreadStackSize", C.wspush_config_set_thread_stack_size(cfg, C.size_t(config.ThreadStackSize))); err != nil {
+			return err
+		}
+	}
 	if len(config.JWTHS256Secret) > 0 {
 		// The error names the field only: the secret never reaches an error message or a log.
 		if err := check("Config.JWTHS256Secret", C.wspush_config_set_jwt_hs256_secret(cfg, bytesPtr(config.JWTHS256Secret), C.size_t(len(config.JWTHS256Secret)))); err != nil {
@@ -435,9 +500,24 @@ func (s *Server) storePtr(ptr *C.wspush_server) {
 	atomic.StorePointer(&s.ptr, unsafe.Pointer(ptr))
 }
 
-// Port returns the TCP port the server listens on (useful with port 0 in Config.Listen).
+// Port returns the TCP port the server listens on (useful with port 0 in Config.Listen), also
+// in a handler that runs before Start has returned; 0 for a Server not made by Start.
 func (s *Server) Port() int {
-	return s.port
+	if port := s.port.Load(); port != 0 {
+		return int(port)
+	}
+	// Start has not read it yet: the handler asking has the C server (see stateOf).
+	ptr := s.acquire()
+	if ptr == nil {
+		return 0
+	}
+	out := C.wspush_go_local_port(ptr)
+	s.lifetime.RUnlock()
+	if out.result != C.WSPUSH_RESULT_OK {
+		return 0
+	}
+	s.port.Store(int32(out.value))
+	return int(out.value)
 }
 
 // Publish sends msg to every open connection of user (1 to MaxUserIDLen bytes), as a binary
@@ -535,6 +615,9 @@ func (s *Server) RejectUpgrade(ticket ConnID, status int) error {
 // Stats returns a snapshot of the server's gauges and counters. After Stop it returns the
 // final snapshot, taken when the server had stopped.
 func (s *Server) Stats() (Stats, error) {
+	if s.done == nil {
+		return Stats{}, &Error{Code: ResultStopped, Op: "Stats"}
+	}
 	ptr := s.acquire()
 	if ptr == nil {
 		<-s.done
@@ -582,8 +665,13 @@ func statsOf(ptr *C.wspush_server) (Stats, error) {
 // (an I/O thread cannot wait for itself); Done tells when it has finished. Calling Stop again,
 // or from several goroutines, is safe: later calls wait for the first to finish (or return at
 // once inside a handler). After Stop, the other methods return ErrStopped, except Port and
-// Stats (the final snapshot).
+// Stats (the final snapshot). A handler may call Stop even before Start has returned: the
+// release then waits for Start. On a Server not made by Start (the zero value) Stop returns
+// ErrStopped.
 func (s *Server) Stop() error {
+	if s.done == nil {
+		return &Error{Code: ResultStopped, Op: "Stop"}
+	}
 	ptr := s.loadPtr()
 	inOwnCallback := ptr != nil && C.wspush_go_callback_server() == ptr
 	if inOwnCallback {
@@ -601,13 +689,24 @@ func (s *Server) Stop() error {
 	return s.stopErr
 }
 
-// Done returns a channel closed when the server has stopped and been released.
+// Done returns a channel closed when the server has stopped and been released (at once for a
+// Server not made by Start).
 func (s *Server) Done() <-chan struct{} {
+	if s.done == nil {
+		return closedChannel
+	}
 	return s.done
 }
 
 // finishStop runs once, on a goroutine that is not an I/O thread of this server.
 func (s *Server) finishStop() {
+	// Stop may come from a handler running before Start returned: the C server is ours to
+	// release only once Start has it.
+	<-s.started
+	if s.startFailed {
+		close(s.done) // Start releases the handle
+		return
+	}
 	ptr := s.loadPtr()
 	// Blocks until the I/O threads have ended: no handler runs after this.
 	s.stopErr = check("Stop", C.wspush_server_stop(ptr))

@@ -182,8 +182,8 @@ fn looks_like_listen_address(address: &str) -> bool {
 /// per core, 1,000,000 connections, 64 KiB messages, ping every 30 s, idle timeout 75 s,
 /// handshake timeout 10 s, 1 MiB queue per connection with the close policy, any Origin, 8 KiB
 /// request heads, 1024 handshakes per thread, no per-user or per-IP limit, no JWT authentication,
-/// 5 s drain, 2 s close timeout, no callbacks. Returns NULL only on an internal error. Release
-/// with `wspush_config_free`.
+/// 5 s drain, 2 s close timeout, 8 MiB I/O thread stacks, no callbacks. Returns NULL only on an
+/// internal error. Release with `wspush_config_free`.
 #[no_mangle]
 pub extern "C" fn wspush_config_new() -> *mut wspush_config {
     ffi_boundary(|| {
@@ -599,6 +599,29 @@ pub unsafe extern "C" fn wspush_config_set_slow_consumer_policy(
     unsafe {
         update(config, |c| {
             c.slow_consumer = slow_consumer_policy(policy)?;
+            Ok(())
+        })
+    }
+}
+
+/// Stack size in bytes of each engine I/O thread, where every callback runs: 0 (default) means
+/// 8 MiB, what glibc gives an ordinary thread, so callback code that recurses deeply (e.g. an
+/// interpreter's) has the stack it would have on the host's own threads. Otherwise at least
+/// 64 KiB (else INVALID_ARGUMENT). Untouched stack pages are never committed: a larger stack
+/// costs address space, not memory. A size the system cannot give makes `wspush_server_start`
+/// fail with IO.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_thread_stack_size(
+    config: *mut wspush_config,
+    bytes: usize,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.thread_stack_size = bytes;
             Ok(())
         })
     }

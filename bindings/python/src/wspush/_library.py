@@ -173,6 +173,7 @@ _PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "wspush_config_set_jwt_hs256_secret": (_R, [_P, c_char_p, c_size_t]),
     "wspush_config_set_jwt_leeway_ms": (_R, [_P, c_uint64]),
     "wspush_config_set_slow_consumer_policy": (_R, [_P, c_uint32]),
+    "wspush_config_set_thread_stack_size": (_R, [_P, c_size_t]),
     "wspush_config_set_callbacks": (_R, [_P, POINTER(Callbacks)]),
     "wspush_request_method": (_R, [_P, _OUT_STR, _OUT_LEN]),
     "wspush_request_path": (_R, [_P, _OUT_STR, _OUT_LEN]),

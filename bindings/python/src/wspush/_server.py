@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import threading
 import time
 import weakref
@@ -12,7 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterable, List, Optional, Tuple, Union
 
 from . import _library
-from ._errors import InCallbackError, Result, StoppedError, error_for
+from ._errors import InCallbackError, Result, StoppedError, WspushError, error_for
 from ._library import KIND_BINARY, KIND_TEXT, SLOW_CONSUMER_CLOSE, SLOW_CONSUMER_DROP
 
 log = logging.getLogger("wspush")
@@ -162,12 +163,16 @@ class Request:
     :meth:`Server.reject_upgrade`.
     """
 
-    __slots__ = ("_lib", "_ptr", "_thread")
+    __slots__ = ("_lib", "_ptr", "_thread", "_tickets", "_ticket")
 
-    def __init__(self, lib: ctypes.CDLL, ptr: int) -> None:
+    def __init__(self, lib: ctypes.CDLL, ptr: int, tickets: Optional["_Tickets"] = None) -> None:
         self._lib = lib
         self._ptr: Optional[int] = ptr
         self._thread = threading.get_ident()
+        self._tickets = tickets
+        # The ticket once it has been handed out (ticket, defer): a decision taken here then
+        # withdraws it from the tickets awaiting a decision.
+        self._ticket: Optional[int] = None
 
     def _live(self) -> int:
         ptr = self._ptr
@@ -271,7 +276,18 @@ class Request:
         rc = self._lib.wspush_request_ticket(self._live(), byref(ticket))
         if rc:
             raise error_for(rc)
+        # Another thread may decide with it before this callback returns.
+        self._hand_out(ticket.value)
         return ticket.value
+
+    def _hand_out(self, ticket: int) -> None:
+        self._ticket = ticket
+        if self._tickets is not None:
+            self._tickets.add(ticket)
+
+    def _decided_here(self) -> None:
+        if self._ticket is not None and self._tickets is not None:
+            self._tickets.take(self._ticket)
 
     def accept(self, user: UserId) -> None:
         """Accept the connection as ``user`` (1-255 bytes). The last decision of the callback wins."""
@@ -279,12 +295,14 @@ class Request:
         rc = self._lib.wspush_request_accept(self._live(), encoded, len(encoded))
         if rc:
             raise error_for(rc, f"accept({user!r})")
+        self._decided_here()
 
     def reject(self, status: int = 401) -> None:
         """Refuse with HTTP ``status`` (400-599) and close."""
         rc = self._lib.wspush_request_reject(self._live(), _http_status(status))
         if rc:
             raise error_for(rc, f"reject({status})")
+        self._decided_here()
 
     def defer(self) -> int:
         """Decide later, from any thread, with ``server.accept_upgrade(ticket, user)`` or
@@ -294,6 +312,7 @@ class Request:
         rc = self._lib.wspush_request_defer(self._live(), byref(ticket))
         if rc:
             raise error_for(rc, "defer()")
+        self._hand_out(ticket.value)
         return ticket.value
 
     def respond(
@@ -313,35 +332,111 @@ class Request:
         return f"<wspush.Request {self.method} {self.path} from {self.peer}>"
 
 
+class _Tickets:
+    """Upgrade tickets handed out (``Request.defer``, ``Request.ticket``) and not decided yet.
+
+    The engine answers a decision on a ticket whose connection is live, and a connection that
+    was accepted stays live: without this record a second decision would seem to succeed (and
+    be ignored). An entry lives at most a handshake timeout, after which the engine has closed
+    the connection and answers NOT_FOUND itself, so the record stays small."""
+
+    __slots__ = ("lock", "deadlines", "lifetime")
+
+    def __init__(self, lifetime_s: float) -> None:
+        self.lock = threading.Lock()
+        # ticket -> monotonic deadline; insertion order is deadline order (one lifetime for all).
+        self.deadlines: "dict[int, float]" = {}
+        self.lifetime = lifetime_s
+
+    def add(self, ticket: int) -> None:
+        now = time.monotonic()
+        with self.lock:
+            deadlines = self.deadlines
+            while deadlines:
+                oldest, deadline = next(iter(deadlines.items()))
+                if deadline > now:
+                    break
+                del deadlines[oldest]
+            deadlines.setdefault(ticket, now + self.lifetime)
+
+    def take(self, ticket: int) -> Optional[float]:
+        """Withdraws ``ticket``; its deadline if it was awaiting a decision, else None."""
+        with self.lock:
+            deadline = self.deadlines.pop(ticket, None)
+        if deadline is not None and deadline <= time.monotonic():
+            return None
+        return deadline
+
+    def restore(self, ticket: int, deadline: float) -> None:
+        with self.lock:
+            self.deadlines[ticket] = deadline
+
+
 class _Handle:
     """The native server pointer and everything that must outlive it (the callbacks). It holds
     no reference to the :class:`Server`, so an abandoned Server can be garbage collected, and
     its finalizer then stops and frees the native server through this object."""
 
-    __slots__ = ("lib", "ptr", "released", "inflight", "keepalive", "release_lock", "io_threads")
+    __slots__ = (
+        "lib",
+        "ptr",
+        "port",
+        "released",
+        "inflight",
+        "keepalive",
+        "release_lock",
+        "io_threads",
+        "in_callback",
+        "tickets",
+        "pid",
+    )
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
+    def __init__(self, lib: ctypes.CDLL, tickets: _Tickets) -> None:
         self.lib = lib
         self.ptr: Optional[c_void_p] = None
+        self.port = 0
         self.released = False
         # Calls in progress push an item while they may use `ptr`. list.append/pop are atomic
         # under the GIL, which makes this the cheapest way for free() to know when no thread can
-        # still be handing the old pointer to the library.
+        # still be handing the old pointer to the library. A call registers only after seeing
+        # `ptr` set, so once free() has cleared it, the wait covers only calls already inside:
+        # threads that keep calling cannot hold it up.
         self.inflight: List[None] = []
         self.keepalive: List[object] = []
         self.release_lock = threading.Lock()
         # Idents of the engine threads that ran our callbacks. Such a thread runs Python only
         # inside a callback, and the engine cannot join it from itself: free() must not run
         # there, not even through a finalizer after the callback dropped the last reference.
+        # Cleared once the engine threads have been joined: a new thread may then get the ident
+        # of a finished one (glibc reuses a same-sized stack, and the ident is its address).
         self.io_threads: "set[int]" = set()
+        # `depth` > 0 while a callback of this server runs on the current thread: unlike an
+        # ident, never true on a thread that merely inherited a finished engine thread's ident.
+        self.in_callback = threading.local()
+        self.tickets = tickets
+        # The engine's threads exist only in the process that started it: a fork child's copy
+        # of this handle must never reach the library (its join would panic or hang).
+        self.pid = os.getpid()
 
     def on_io_thread(self) -> bool:
         """Whether the calling thread is one of this server's engine I/O threads."""
-        return threading.get_ident() in self.io_threads
+        return getattr(self.in_callback, "depth", 0) > 0 or threading.get_ident() in self.io_threads
+
+    def stop_engine(self, ptr: c_void_p) -> int:
+        """wspush_server_stop; off the engine's threads it returns once they have ended."""
+        rc = self.lib.wspush_server_stop(ptr)
+        if not rc and not self.on_io_thread():
+            self.io_threads.clear()
+        return rc
 
     def release(self) -> None:
         """Stop (gracefully, waiting for the I/O threads), then free the native server once no
         other thread is inside a call with its pointer. Idempotent."""
+        if os.getpid() != self.pid:
+            # A fork child leaving (its finalizers run at exit): the server is the parent's.
+            self.ptr = None
+            self.released = True
+            return
         if self.on_io_thread():
             # E.g. the Server was garbage collected when a callback dropped the last reference:
             # the engine cannot join its own thread, so start the stop and free elsewhere.
@@ -358,7 +453,7 @@ class _Handle:
                 return
             # Stop first while the pointer is still published, so callbacks run during the drain
             # (on_close for every connection) can still use the server (stats, ...).
-            self.lib.wspush_server_stop(ptr)
+            self.stop_engine(ptr)
             self.released = True
             self.ptr = None
             while self.inflight:
@@ -382,8 +477,12 @@ class Server:
     Lifetime: :meth:`stop` closes every connection with 1001 and waits for ``on_close`` of each;
     :meth:`free` stops and then releases the native server, after which every method raises
     :class:`~wspush.StoppedError`. Using the server as a context manager frees it on exit, and a
-    server that is garbage collected is freed too. Note that :meth:`close` closes *one
-    connection*, not the server.
+    server that is garbage collected is freed too (``on_close`` still runs for each connection
+    opened). Note that :meth:`close` closes *one connection*, not the server.
+
+    A server belongs to the process that started it: a ``fork()`` child must not use it (its
+    finalizer leaves it alone there). Callbacks run on 8 MiB stacks unless
+    ``thread_stack_size`` says otherwise.
 
     Every method is thread-safe and may be called from inside any callback, except
     :meth:`free` (raises :class:`~wspush.InCallbackError` there: call :meth:`stop`).
@@ -418,6 +517,7 @@ class Server:
         max_handshakes_per_ip_per_sec: Optional[int] = None,
         jwt_hs256_secret: Optional[Union[bytes, bytearray, memoryview, str]] = None,
         jwt_leeway_ms: Optional[int] = None,
+        thread_stack_size: Optional[int] = None,
     ) -> None:
         """Start a server.
 
@@ -455,6 +555,9 @@ class Server:
                 :attr:`Request.verified_user`. Never echoed in error messages.
             jwt_leeway_ms: clock skew allowed when checking ``exp`` and ``nbf`` (default
                 30000; 0 allows none).
+            thread_stack_size: stack size in bytes of the engine threads the callbacks run on
+                (default 8 MiB, as an ordinary thread; at least 64 KiB). Raise it for callbacks
+                that recurse deeper (with ``sys.setrecursionlimit``).
 
         ``None`` keeps the library default (see include/wspush.h ``wspush_config_new``).
 
@@ -465,7 +568,9 @@ class Server:
         """
         lib = _library.load()
         self._lib = lib
-        self._handle = handle = _Handle(lib)
+        # Valid handshake_timeout_ms values are checked (and refused) by the library below.
+        ticket_lifetime_ms = handshake_timeout_ms if isinstance(handshake_timeout_ms, int) else 10_000
+        self._handle = handle = _Handle(lib, _Tickets(max(ticket_lifetime_ms, 0) / 1000))
         self._port = 0
         config = lib.wspush_config_new()
         if not config:
@@ -523,6 +628,7 @@ class Server:
                     _U32_MAX,
                 ),
                 ("jwt_leeway_ms", jwt_leeway_ms, lib.wspush_config_set_jwt_leeway_ms, _U64_MAX),
+                ("thread_stack_size", thread_stack_size, lib.wspush_config_set_thread_stack_size, _SIZE_MAX),
             ]
             for name, value, setter, largest in numeric:
                 if value is None:
@@ -557,7 +663,7 @@ class Server:
             lib.wspush_config_free(config)
         port = c_uint16()
         if lib.wspush_server_local_port(started, byref(port)) == Result.OK:
-            self._port = port.value
+            self._port = handle.port = port.value
         self._finalizer = weakref.finalize(self, handle.release)
 
     def _make_callbacks(
@@ -577,19 +683,35 @@ class Server:
         server_ref = weakref.ref(self)
         get_ident = threading.get_ident
         io_threads = handle.io_threads
+        marker = handle.in_callback
+        tickets = handle.tickets
 
-        def enter(engine_ptr: Optional[int]) -> Optional["Server"]:
+        def enter(engine_ptr: Optional[int]) -> None:
             # Callbacks may run before wspush_server_start has returned: publish the pointer the
             # engine hands us (it is the same one start returns) so the server is usable there.
             if handle.ptr is None and not handle.released and engine_ptr:
                 handle.ptr = c_void_p(engine_ptr)
             io_threads.add(get_ident())
-            return server_ref()
+            marker.depth = getattr(marker, "depth", 0) + 1
+
+        def leave() -> None:
+            marker.depth -= 1
+
+        def detached() -> Server:
+            # The Server was garbage collected and its finalizer is stopping the engine: the
+            # connection callbacks still owe on_close (once per on_open), so they get a Server
+            # on the same native handle, without a finalizer of its own.
+            server = Server.__new__(Server)
+            server._lib = lib
+            server._handle = handle
+            server._port = handle.port
+            return server
 
         def request_trampoline(name: str, callback: Callable[["Server", Request], None]) -> Callable[..., None]:
             def trampoline(_userdata: Any, engine_ptr: Optional[int], request_ptr: int) -> None:
-                server = enter(engine_ptr)
-                request = Request(lib, request_ptr)
+                enter(engine_ptr)
+                server = server_ref()
+                request = Request(lib, request_ptr, tickets)
                 try:
                     if server is None:
                         # The Server object is gone (being finalized): let nobody in.
@@ -610,19 +732,25 @@ class Server:
                         log.exception("wspush: could not answer 500")
                 finally:
                     request._expire()
+                    # Dropped while still marked: if this was the last reference, the finalizer
+                    # runs here and must see that it is on an engine thread.
+                    server = None
+                    leave()
 
             return trampoline
 
         def deliver(name: str, engine_ptr: Optional[int], conn: int, call: Callable[[Server], None]) -> None:
             """Runs a connection callback for the live Server; an exception is logged, never raised
             into the engine."""
-            server = enter(engine_ptr)
-            if server is None:
-                return
+            enter(engine_ptr)
+            server = server_ref()
             try:
-                call(server)
+                call(detached() if server is None else server)
             except BaseException:
                 log.exception("wspush: %s callback raised (conn %d); the engine carries on", name, conn)
+            finally:
+                server = None  # as in request_trampoline
+                leave()
 
         def open_trampoline(_userdata: Any, engine_ptr: Optional[int], conn: int, user: int, user_len: int) -> None:
             deliver("on_open", engine_ptr, conn, lambda server: on_open(server, conn, _copy(user, user_len)))  # type: ignore[misc]
@@ -679,6 +807,8 @@ class Server:
     def _call(self, function: Any, *args: Any) -> None:
         """Calls ``function(server_ptr, *args)`` while holding the pointer alive; raises on error."""
         handle = self._handle
+        if handle.ptr is None:
+            raise _stopped()  # before registering: see _Handle.inflight
         handle.inflight.append(None)
         try:
             ptr = handle.ptr
@@ -711,6 +841,8 @@ class Server:
             payload, kind = _payload(data)
         delivered = c_size_t()
         handle = self._handle
+        if handle.ptr is None:
+            raise _stopped()  # before registering: see _Handle.inflight
         handle.inflight.append(None)
         try:
             ptr = handle.ptr
@@ -752,13 +884,30 @@ class Server:
     def accept_upgrade(self, ticket: int, user: UserId) -> None:
         """Complete a deferred upgrade (see :meth:`Request.defer`) by accepting it as ``user``.
         Any thread. Raises :class:`~wspush.NotFoundError` when the ticket is no longer pending
-        (timed out, client gone)."""
+        (already decided, timed out, client gone)."""
         encoded = _user_bytes(user)
-        self._call(self._lib.wspush_upgrade_accept, _conn_id(ticket), encoded, len(encoded))
+        self._decide(self._lib.wspush_upgrade_accept, _conn_id(ticket), encoded, len(encoded))
 
     def reject_upgrade(self, ticket: int, status: int = 401) -> None:
-        """Complete a deferred upgrade by answering HTTP ``status`` (400-599). Any thread."""
-        self._call(self._lib.wspush_upgrade_reject, _conn_id(ticket), _http_status(status))
+        """Complete a deferred upgrade by answering HTTP ``status`` (400-599). Any thread.
+        Raises :class:`~wspush.NotFoundError` as :meth:`accept_upgrade` does."""
+        self._decide(self._lib.wspush_upgrade_reject, _conn_id(ticket), _http_status(status))
+
+    def _decide(self, function: Any, ticket: int, *args: Any) -> None:
+        """The first decision on a ticket goes to the engine; any later one is NOT_FOUND."""
+        if self._handle.ptr is None:
+            raise _stopped()
+        tickets = self._handle.tickets
+        deadline = tickets.take(ticket)
+        if deadline is None:
+            raise error_for(Result.NOT_FOUND, f"ticket {ticket} is not awaiting a decision")
+        try:
+            self._call(function, ticket, *args)
+        except WspushError as error:
+            # A refused argument (user ID, status) decided nothing: the ticket is still open.
+            if error.code not in (Result.NOT_FOUND, Result.STOPPED):
+                tickets.restore(ticket, deadline)
+            raise
 
     def stats(self) -> Stats:
         """A snapshot of the gauges and counters (works after :meth:`stop` too, not after
@@ -774,12 +923,14 @@ class Server:
         done, except inside a callback, where it only starts the stop. Harmless to repeat;
         afterwards publish and the like raise :class:`~wspush.StoppedError`."""
         handle = self._handle
+        if handle.ptr is None:
+            return  # already freed, hence stopped
         handle.inflight.append(None)
         try:
             ptr = handle.ptr
             if ptr is None:
                 return  # already freed, hence stopped
-            rc = self._lib.wspush_server_stop(ptr)
+            rc = handle.stop_engine(ptr)
         finally:
             handle.inflight.pop()
         if rc:
