@@ -29,8 +29,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// jemalloc reads this before main; `_RJEM_MALLOC_CONF` in the environment overrides it.
 #[cfg(not(test))]
 #[export_name = "_rjem_malloc_conf"]
-static JEMALLOC_OPTIONS: JemallocOptions =
-    JemallocOptions(c"background_thread:true,max_background_threads:1,tcache:false,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
+static JEMALLOC_OPTIONS: JemallocOptions = JemallocOptions(
+    c"background_thread:true,max_background_threads:1,tcache:false,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr(),
+);
 
 /// A C string pointer as jemalloc expects `malloc_conf` (`const char *`).
 #[cfg(not(test))]
@@ -88,7 +89,8 @@ impl Handler for Daemon {
 
     fn on_message(&self, server: &ServerHandle, conn: ConnId, _: &[u8], kind: MessageKind, payload: &[u8]) {
         if self.echo {
-            // Fails only when the connection is already gone or the server is stopping.
+            // Never too large (the command line makes every echo fit in the send queue), so this
+            // fails only when the connection is already gone or the server is stopping.
             let _ = server.send(conn, payload, kind);
         }
     }
@@ -333,5 +335,4 @@ mod tests {
         assert!(page.contains("const CONFIG = {\"path\": \"/push\", \"admin\": \"http://127.0.0.1:9\"};"));
         assert!(!page.contains("/*CONFIG*/"));
     }
-
 }

@@ -721,6 +721,52 @@ fn per_ip_limits_are_on_by_default_and_answer_429() {
     assert!(statuses.iter().all(|s| *s == 101 || *s == 429), "{statuses:?}");
 }
 
+/// Runs the daemon with `args`, expecting it to exit by itself within 10 s.
+fn run_expecting_exit(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(daemon_binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start wspushd");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("wspushd {args:?} kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (status.code(), stderr)
+}
+
+#[test]
+fn echo_refuses_a_message_size_it_could_not_echo() {
+    // The echo of a message that does not fit the send queue cannot be sent: it used to vanish,
+    // the client waiting until its idle timeout for an answer.
+    let ports = ["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+    let args = [&["--demo", "--echo", "--max-message-size", "2048", "--max-queue-bytes", "1024"][..], &ports].concat();
+    let (code, stderr) = run_expecting_exit(&args);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--echo") && stderr.contains("--max-queue-bytes") && stderr.contains("2052"), "{stderr}");
+    // A 1021-byte message is framed with a 4-byte header: 1025 bytes, one more than the queue.
+    let args = [&["--demo", "--echo", "--max-message-size", "1021", "--max-queue-bytes", "1024"][..], &ports].concat();
+    assert_eq!(run_expecting_exit(&args).0, Some(2));
+    // The largest size that fits is echoed in full.
+    let daemon = Daemon::start(&["--echo", "--max-message-size", "1020", "--max-queue-bytes", "1024"]);
+    let mut client = daemon.connect("user=tester");
+    let message = "e".repeat(1020);
+    client.send(Message::text(message.clone())).unwrap();
+    assert_eq!(read_text(&mut client), message);
+}
+
 // ------------------------------------------------------------------------------------- process
 
 fn run_to_exit(args: &[&str]) -> Output {

@@ -32,7 +32,9 @@ OPTIONS:
     --path PATH                    Request path accepting WebSocket upgrades [default: /ws]
     --admin-listen ADDR            Admin HTTP API address [default: 127.0.0.1:8081]
     --echo                         Send every client message back to its sender (same kind);
-                                   for conformance and load tests
+                                   for conformance and load tests. Every echo must fit in the
+                                   send queue: --max-message-size plus its frame header (2, 4 or
+                                   10 bytes) at most --max-queue-bytes, else a usage error
     --threads N                    I/O threads; 0 = one per core [default: 0]
     --max-connections N            Open + handshaking connections; beyond, 503 [default: 1000000]
     --max-connections-per-user N   Connections per user; 0 = no limit; beyond, 429 [default: 0]
@@ -248,6 +250,20 @@ fn check(options: &Options) -> Result<(), String> {
                 .into(),
         );
     }
+    if options.echo {
+        // The engine refuses to send a message that does not fit in the send queue, so the echo
+        // of a larger one would never come and its client would wait until its idle timeout.
+        let header = frame_header_len(config.max_message_size);
+        if config.max_message_size > config.max_queue_bytes.saturating_sub(header) {
+            let frame = config.max_message_size.saturating_add(header);
+            return Err(format!(
+                "--echo: a message of --max-message-size ({}) bytes is echoed as a {frame}-byte frame, which \
+                 does not fit in --max-queue-bytes ({}); raise --max-queue-bytes to at least {frame} or lower \
+                 --max-message-size",
+                config.max_message_size, config.max_queue_bytes
+            ));
+        }
+    }
     if config.threads > 255 {
         return Err("--threads must be at most 255".into());
     }
@@ -255,6 +271,15 @@ fn check(options: &Options) -> Result<(), String> {
         return Err("--admin-listen must differ from --listen: the admin API never shares the public port".into());
     }
     Ok(())
+}
+
+/// Size of the header of a server (unmasked) frame with a payload of `len` bytes (RFC 6455 5.2).
+fn frame_header_len(len: usize) -> usize {
+    match len {
+        0..=125 => 2,
+        126..=65535 => 4,
+        _ => 10,
+    }
 }
 
 fn number(flag: &str, value: &str) -> Result<usize, String> {
@@ -357,5 +382,23 @@ mod tests {
         assert!(run(&["--ping-interval-ms", "1000", "--idle-timeout-ms", "1000"]).unwrap_err().contains("greater"));
         assert!(run(&["--listen", "127.0.0.1:9", "--admin-listen", "127.0.0.1:9"]).unwrap_err().contains("differ"));
         assert!(run(&["stray"]).unwrap_err().contains("stray"));
+    }
+
+    #[test]
+    fn echo_needs_every_message_to_fit_in_the_send_queue() {
+        let sizes = |message: &str, queue: &str| {
+            run(&["--echo", "--max-message-size", message, "--max-queue-bytes", queue]).map(|_| ())
+        };
+        // Header sizes: 2 bytes up to 125, 4 up to 65535, 10 beyond.
+        assert_eq!(sizes("123", "125"), Ok(()));
+        assert!(sizes("124", "125").unwrap_err().contains("at least 126"));
+        assert_eq!(sizes("65535", "65539"), Ok(()));
+        assert!(sizes("65535", "65538").is_err());
+        assert_eq!(sizes("65536", "65546"), Ok(()));
+        assert!(sizes("65536", "65545").unwrap_err().contains("a 65546-byte frame"));
+        assert!(sizes(&usize::MAX.to_string(), &usize::MAX.to_string()).is_err(), "no overflow");
+        // Without --echo nothing is sent back, so any combination goes.
+        assert!(run(&["--max-message-size", "2048", "--max-queue-bytes", "1024"]).is_ok());
+        assert!(run(&[]).is_ok_and(|o| !o.echo) && run(&["--echo"]).is_ok(), "the defaults fit");
     }
 }
