@@ -13,6 +13,8 @@
 mod admin;
 #[path = "wspushd/cli.rs"]
 mod cli;
+#[path = "wspushd/guard.rs"]
+mod guard;
 #[path = "wspushd/log.rs"]
 mod log;
 
@@ -55,6 +57,7 @@ use wspush::{
 
 use crate::admin::Admin;
 use crate::cli::{Command, Options};
+use crate::guard::AllowedHosts;
 use crate::log::{ErrorClass, ErrorLog};
 
 /// Exit status for command-line mistakes (as the contract and sysexits-style tools expect).
@@ -115,6 +118,15 @@ impl Handler for Daemon {
     }
 }
 
+/// The host of a listen address `HOST:PORT` when it is a name, not an IP address.
+fn listen_host_name(listen: &str) -> Option<String> {
+    let (host, _port) = listen.rsplit_once(':')?;
+    if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    guard::host_name(host)
+}
+
 /// The demo page with the WebSocket path and the admin URL (for its curl hint) filled in.
 fn demo_page(ws_path: &str, admin_addr: SocketAddr) -> Vec<u8> {
     let config = format!(
@@ -173,7 +185,8 @@ fn main() {
 }
 
 fn run(options: Options, shutdown_signals: &libc::sigset_t) {
-    let Options { config, admin_listen, demo, echo, admin_idle_timeout, admin_token } = options;
+    let Options { config, admin_listen, demo, echo, admin_idle_timeout, admin_token, mut admin_allowed_hosts } =
+        options;
     if demo {
         eprintln!(
             "wspushd: WARNING: DEMO MODE, NO AUTHENTICATION. Any client can connect as any user \
@@ -218,7 +231,17 @@ fn run(options: Options, shutdown_signals: &libc::sigset_t) {
     };
 
     let errors = Arc::new(ErrorLog::default());
-    let admin = Arc::new(Admin::new(server.handle(), max_body, admin_idle_timeout, admin_token, Arc::clone(&errors)));
+    // A name in --admin-listen is the one backends use to reach the API.
+    admin_allowed_hosts.extend(listen_host_name(&admin_listen));
+    let allowed_hosts = AllowedHosts::new(admin_allowed_hosts);
+    let admin = Arc::new(Admin::new(
+        server.handle(),
+        max_body,
+        admin_idle_timeout,
+        admin_token,
+        allowed_hosts,
+        Arc::clone(&errors),
+    ));
     spawn("wspushd-admin-accept", move || admin::serve(admin_listener, admin));
     let watched = server.handle();
     spawn("wspushd-watch", move || watch(&watched, &errors));
@@ -334,5 +357,14 @@ mod tests {
         let page = String::from_utf8(demo_page("/push", "127.0.0.1:9".parse().unwrap())).unwrap();
         assert!(page.contains("const CONFIG = {\"path\": \"/push\", \"admin\": \"http://127.0.0.1:9\"};"));
         assert!(!page.contains("/*CONFIG*/"));
+    }
+
+    #[test]
+    fn a_name_in_the_admin_listen_address_is_an_allowed_host() {
+        assert_eq!(listen_host_name("Admin.Internal:8081").as_deref(), Some("admin.internal"));
+        assert_eq!(listen_host_name("localhost:8081").as_deref(), Some("localhost"));
+        for address in ["127.0.0.1:8081", "[::1]:8081", "0.0.0.0:0", "nonsense"] {
+            assert_eq!(listen_host_name(address), None, "{address}");
+        }
     }
 }

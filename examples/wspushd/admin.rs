@@ -1,7 +1,8 @@
 //! The admin HTTP API: a minimal HTTP/1.1 server on std::net with one thread per connection (the
 //! backend keeps a few persistent connections, so threads are cheap here). Keep-alive, pipelining
 //! (responses to requests already buffered are written together), Content-Length bodies,
-//! `Expect: 100-continue`, capped head and body sizes, idle and per-request timeouts.
+//! `Expect: 100-continue`, capped head and body sizes, idle and per-request timeouts. Which
+//! requests a browser could have sent (refused) is decided in guard.rs.
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use wspush::{is_valid_close_code, MessageKind, ServerHandle, Stats, MAX_USER_ID_LEN};
 
+use crate::guard::{self, AllowedHosts, Refusal};
 use crate::log::{ErrorClass, ErrorLog};
 
 /// Largest request head (request line plus headers).
@@ -31,6 +33,8 @@ pub struct Admin {
     pub idle_timeout: Duration,
     /// Bearer token every request must carry, when set.
     pub token: Option<Vec<u8>>,
+    /// Host names answered besides IP addresses and localhost.
+    pub allowed_hosts: AllowedHosts,
     pub errors: Arc<ErrorLog>,
     pub requests_total: AtomicU64,
     pub client_errors_total: AtomicU64,
@@ -43,6 +47,7 @@ impl Admin {
         max_body: usize,
         idle_timeout: Duration,
         token: Option<Vec<u8>>,
+        allowed_hosts: AllowedHosts,
         errors: Arc<ErrorLog>,
     ) -> Admin {
         Admin {
@@ -50,6 +55,7 @@ impl Admin {
             max_body,
             idle_timeout,
             token,
+            allowed_hosts,
             errors,
             requests_total: AtomicU64::new(0),
             client_errors_total: AtomicU64::new(0),
@@ -120,6 +126,8 @@ struct Head {
     expect_continue: bool,
     /// The credentials of an `Authorization: Bearer` header.
     bearer: Option<Vec<u8>>,
+    /// Why the request must not run whatever its token (a browser's, or for another host).
+    refusal: Option<Refusal>,
 }
 
 /// Why a request can't be served; the connection is answered and then closed, since the rest of
@@ -135,7 +143,7 @@ enum Parsed {
     Invalid(Fatal),
 }
 
-fn parse_head(buf: &[u8]) -> Parsed {
+fn parse_head(buf: &[u8], allowed_hosts: &AllowedHosts) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let head_len = match request.parse(buf) {
@@ -165,6 +173,12 @@ fn parse_head(buf: &[u8]) -> Parsed {
         keep_alive: version == 1,
         expect_continue: false,
         bearer: None,
+        refusal: guard::check_request_source(
+            version == 1,
+            request.headers.iter().map(|header| (header.name, header.value)),
+            allowed_hosts,
+        )
+        .err(),
     };
     let mut seen_length = false;
     for header in request.headers.iter() {
@@ -225,7 +239,7 @@ fn serve_connection(mut stream: &TcpStream, admin: &Admin) -> io::Result<()> {
         // Serve every complete request already buffered before reading again (pipelining).
         let mut served = 0;
         let keep_going = loop {
-            match parse_head(&input[served..]) {
+            match parse_head(&input[served..], &admin.allowed_hosts) {
                 Parsed::Incomplete => break true,
                 Parsed::Invalid(fatal) => {
                     admin.client_errors_total.fetch_add(1, Ordering::Relaxed);
@@ -234,6 +248,15 @@ fn serve_connection(mut stream: &TcpStream, admin: &Admin) -> io::Result<()> {
                     break false;
                 }
                 Parsed::Complete(head) => {
+                    if let Some(refusal) = head.refusal {
+                        // Before the token and the body, like a 401: the connection ends here.
+                        admin.client_errors_total.fetch_add(1, Ordering::Relaxed);
+                        let what =
+                            format!("{} {}: {} {}", head.method, path_of(&head.target), refusal.status, refusal.reason);
+                        admin.errors.report(ErrorClass::AdminForeign, &what);
+                        output.extend(error_response(refusal.status, refusal.reason, false));
+                        break false;
+                    }
                     if !authorized(admin, &head) {
                         // Before the body is read (and before any 100 Continue): a caller without
                         // the token cannot make us buffer anything. The connection ends here.
@@ -636,11 +659,13 @@ fn reason_phrase(status: u16) -> &'static str {
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         411 => "Length Required",
         413 => "Content Too Large",
+        421 => "Misdirected Request",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
@@ -666,31 +691,47 @@ mod tests {
         );
     }
 
+    fn parse(buf: &[u8]) -> Parsed {
+        parse_head(buf, &AllowedHosts::default())
+    }
+
     #[test]
     fn head_parsing_reads_framing_and_connection_options() {
-        let Parsed::Complete(head) = parse_head(b"POST /publish?user=a HTTP/1.1\r\nContent-Length: 5\r\nContent-Type: application/octet-stream; x=y\r\n\r\nhello") else {
+        let Parsed::Complete(head) = parse(b"POST /publish?user=a HTTP/1.1\r\nContent-Length: 5\r\nContent-Type: application/octet-stream; x=y\r\n\r\nhello") else {
             panic!("not parsed")
         };
         assert_eq!((head.content_length, head.binary, head.keep_alive), (5, true, true));
-        let Parsed::Complete(head) = parse_head(b"GET / HTTP/1.0\r\n\r\n") else { panic!("not parsed") };
+        let Parsed::Complete(head) = parse(b"GET / HTTP/1.0\r\n\r\n") else { panic!("not parsed") };
         assert!(!head.keep_alive);
-        let Parsed::Complete(head) = parse_head(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n") else {
+        let Parsed::Complete(head) = parse(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n") else {
             panic!("not parsed")
         };
         assert!(!head.keep_alive);
-        assert!(matches!(parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n"), Parsed::Incomplete));
+        assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n"), Parsed::Incomplete));
         assert!(matches!(
-            parse_head(b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
+            parse(b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
             Parsed::Invalid(Fatal { status: 400, .. })
         ));
         assert!(matches!(
-            parse_head(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            parse(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
             Parsed::Invalid(Fatal { status: 400, .. })
         ));
         assert!(matches!(
-            parse_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Parsed::Invalid(Fatal { status: 411, .. })
         ));
-        assert!(matches!(parse_head(&[b'A'; MAX_HEAD_BYTES + 1]), Parsed::Invalid(Fatal { status: 400 | 431, .. })));
+        assert!(matches!(parse(&[b'A'; MAX_HEAD_BYTES + 1]), Parsed::Invalid(Fatal { status: 400 | 431, .. })));
+        // A well-framed request that must not run is parsed whole, with the reason it must not:
+        // the caller answers it and ends the connection.
+        let Parsed::Complete(head) =
+            parse(b"POST /broadcast HTTP/1.1\r\nHost: evil.example\r\nContent-Length: 1\r\n\r\nx")
+        else {
+            panic!("not parsed")
+        };
+        assert_eq!((head.content_length, head.refusal.map(|r| r.status)), (1, Some(421)));
+        let Parsed::Complete(head) = parse(b"GET /stats HTTP/1.1\r\nHost: localhost\r\n\r\n") else {
+            panic!("not parsed")
+        };
+        assert_eq!(head.refusal, None);
     }
 }

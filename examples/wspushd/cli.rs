@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use wspush::{Config, SlowConsumerPolicy};
 
+use crate::guard;
+
 pub const USAGE: &str = "\
 wspushd: standalone WebSocket push daemon built on the wspush engine.
 
@@ -62,6 +64,9 @@ OPTIONS:
     --admin-token-file PATH        Require `Authorization: Bearer TOKEN` on every admin request,
                                    TOKEN being the content of PATH (at least 16 bytes; one
                                    trailing newline is ignored); others get 401
+    --admin-allowed-host NAME      Also answer admin requests whose Host is NAME, any port
+                                   (repeatable; e.g. push-admin.internal). Always answered: IP
+                                   addresses, localhost, and the name in --admin-listen
     -h, --help                     Print this help
     -V, --version                  Print the version
 
@@ -78,6 +83,10 @@ ADMIN API (on --admin-listen; query values are URL-decoded: %XX, and '+' for spa
     GET  /healthz                  \"ok\" (503 while stopping)
     Request bodies need Content-Length and may be at most max(--max-message-size,
     --max-queue-bytes) bytes (else 413). HTTP/1.1 keep-alive and pipelining are supported.
+    The API is for backends, never for browsers: a request with an Origin header (any value)
+    or a Sec-Fetch-Site other than none/same-origin gets 403; a Host that is not an IP
+    address, localhost or an allowed name (DNS rebinding) gets 421; HTTP/1.1 without Host 400.
+    Each closes the connection, as a 401 does.
 
 SIGNALS:
     SIGINT, SIGTERM                Graceful stop: close every connection with 1001, drain
@@ -97,6 +106,8 @@ pub struct Options {
     pub admin_idle_timeout: Duration,
     /// Bearer token the admin API requires, when set.
     pub admin_token: Option<Vec<u8>>,
+    /// Host names the admin API answers to besides IP addresses and localhost (checked, lowercase).
+    pub admin_allowed_hosts: Vec<String>,
 }
 
 /// What the command line asks for.
@@ -115,6 +126,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         echo: false,
         admin_idle_timeout: Duration::from_secs(30),
         admin_token: None,
+        admin_allowed_hosts: Vec::new(),
     };
     // Production defaults the library leaves off: one address cannot take the whole server.
     options.config.max_connections_per_ip = 1000;
@@ -167,6 +179,13 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             }
             "--jwt-leeway-ms" => config.jwt_leeway = millis(&flag, &value()?)?,
             "--admin-token-file" => options.admin_token = Some(secret_file(&flag, &value()?, MIN_ADMIN_TOKEN_LEN)?),
+            "--admin-allowed-host" => {
+                let name = value()?;
+                let checked = guard::host_name(&name).ok_or_else(|| {
+                    format!("--admin-allowed-host takes a host name without port (any port is accepted), got '{name}'")
+                })?;
+                options.admin_allowed_hosts.push(checked);
+            }
             "--max-message-size" => config.max_message_size = number(&flag, &value()?)?,
             "--max-queue-bytes" => config.max_queue_bytes = number(&flag, &value()?)?,
             "--slow-consumer" => {
@@ -382,6 +401,13 @@ mod tests {
         assert!(run(&["--ping-interval-ms", "1000", "--idle-timeout-ms", "1000"]).unwrap_err().contains("greater"));
         assert!(run(&["--listen", "127.0.0.1:9", "--admin-listen", "127.0.0.1:9"]).unwrap_err().contains("differ"));
         assert!(run(&["stray"]).unwrap_err().contains("stray"));
+        assert!(run(&["--admin-allowed-host", "admin.example:8081"]).unwrap_err().contains("without port"));
+    }
+
+    #[test]
+    fn allowed_admin_hosts_are_collected_normalized() {
+        let options = run(&["--admin-allowed-host", "Push-Admin.Internal.", "--admin-allowed-host=b.example"]).unwrap();
+        assert_eq!(options.admin_allowed_hosts, ["push-admin.internal", "b.example"]);
     }
 
     #[test]
