@@ -832,6 +832,58 @@ fn admin_requests_naming_a_foreign_host_are_refused() {
     assert_eq!(raw_admin_request(&daemon, "GET /healthz HTTP/1.0\r\n\r\n").0.status, 200);
 }
 
+#[test]
+fn idle_sockets_cannot_lock_the_backend_out_of_the_admin_api() {
+    let token = SecretFile::new("idle", b"s3cret-admin-token-0123456789\n");
+    let daemon = Daemon::start(&["--admin-token-file", token.path()]);
+    let mut alice = daemon.connect("user=alice");
+    let auth = [("Authorization", "Bearer s3cret-admin-token-0123456789")];
+    // The backend's persistent connection, in use before the attack.
+    let mut backend = daemon.admin();
+    assert_eq!(backend.request("POST", "/publish?user=alice", &auth, b"before").status, 200);
+    assert_eq!(read_text(&mut alice), "before");
+
+    // More sockets than the daemon serves at once (256), from the backend's own address, none
+    // of which ever sends a byte.
+    let idle: Vec<TcpStream> = (0..300).map(|_| TcpStream::connect(daemon.admin).unwrap()).collect();
+    let attack_opened = Instant::now();
+    let started = Instant::now();
+    let response = daemon.request("POST", "/publish?user=alice", &auth, b"during");
+    let took = started.elapsed();
+    assert_eq!((response.status, response.text()), (200, r#"{"delivered":1}"#));
+    assert!(took < Duration::from_secs(3), "a new authorised connection waited {took:?}");
+    assert_eq!(read_text(&mut alice), "during");
+    // The idle persistent connection was not pushed out by the newcomers.
+    assert_eq!(backend.request("POST", "/publish?user=alice", &auth, b"still").status, 200);
+    assert_eq!(read_text(&mut alice), "still");
+
+    // One address holds at most 32 admin connections: the others were closed at once (the
+    // publish above was accepted after all of them) ...
+    let closed = |mut socket: &TcpStream| {
+        let mut byte = [0u8; 1];
+        match socket.read(&mut byte) {
+            Ok(read) => read == 0,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    };
+    for socket in &idle {
+        socket.set_nonblocking(true).unwrap();
+    }
+    let closed_at_once = idle.iter().filter(|socket| closed(socket)).count();
+    assert!(closed_at_once >= 300 - 32, "only {closed_at_once} of 300 idle sockets closed at once");
+    // ... and the rest once they have sent nothing for the first-byte deadline (2 s).
+    for socket in &idle {
+        socket.set_nonblocking(false).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(closed(socket), "an idle socket was still open after {:?}", attack_opened.elapsed());
+    }
+    assert!(attack_opened.elapsed() < Duration::from_secs(5), "idle sockets held {:?}", attack_opened.elapsed());
+    let metrics = daemon.request("GET", "/metrics", &auth, b"");
+    let evicted = metrics.text().lines().find_map(|line| line.strip_prefix("wspushd_admin_evicted_total "));
+    let evicted: u64 = evicted.and_then(|count| count.parse().ok()).unwrap_or_else(|| panic!("{}", metrics.text()));
+    assert!((300 - 32..=300).contains(&evicted), "{evicted} connections evicted");
+}
+
 /// Runs the daemon with `args`, expecting it to exit by itself within 10 s.
 fn run_expecting_exit(args: &[&str]) -> (Option<i32>, String) {
     let mut child = Command::new(daemon_binary())

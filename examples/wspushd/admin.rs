@@ -1,26 +1,32 @@
 //! The admin HTTP API: a minimal HTTP/1.1 server on std::net with one thread per connection (the
 //! backend keeps a few persistent connections, so threads are cheap here). Keep-alive, pipelining
 //! (responses to requests already buffered are written together), Content-Length bodies,
-//! `Expect: 100-continue`, capped head and body sizes, idle and per-request timeouts. Which
-//! requests a browser could have sent (refused) is decided in guard.rs.
+//! `Expect: 100-continue`, capped head and body sizes, idle and per-request timeouts. The defences
+//! against browsers and idle sockets are decided in guard.rs.
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wspush::{is_valid_close_code, MessageKind, ServerHandle, Stats, MAX_USER_ID_LEN};
 
-use crate::guard::{self, AllowedHosts, Refusal};
+use crate::guard::{self, Activity, Admission, AllowedHosts, ConnectionTable, Refusal};
 use crate::log::{ErrorClass, ErrorLog};
 
 /// Largest request head (request line plus headers).
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
-/// Admin connections served at once; more are answered 503 (the API is for a few backends).
+/// Admin connections served at once (the API is for a few backends). A newcomer beyond it takes
+/// the slot of a connection with no request in progress; when every one is busy, it gets 503.
 const MAX_ADMIN_CONNECTIONS: usize = 256;
+/// Likewise per client address (IPv6: per /64), so that one host cannot take every slot.
+const MAX_ADMIN_CONNECTIONS_PER_PEER: usize = 32;
+/// Time a new connection has to send the first byte of its first request: clients send at once,
+/// and a socket that sends nothing holds a thread and a slot for nothing.
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time allowed to receive one whole request once its first byte arrived.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,7 +44,10 @@ pub struct Admin {
     pub errors: Arc<ErrorLog>,
     pub requests_total: AtomicU64,
     pub client_errors_total: AtomicU64,
-    open_connections: AtomicUsize,
+    /// Connections closed to make room for a newcomer.
+    pub evicted_total: AtomicU64,
+    /// The open connections, each with a clone of its socket to close it by.
+    connections: ConnectionTable<TcpStream>,
 }
 
 impl Admin {
@@ -59,7 +68,8 @@ impl Admin {
             errors,
             requests_total: AtomicU64::new(0),
             client_errors_total: AtomicU64::new(0),
-            open_connections: AtomicUsize::new(0),
+            evicted_total: AtomicU64::new(0),
+            connections: ConnectionTable::new(MAX_ADMIN_CONNECTIONS, MAX_ADMIN_CONNECTIONS_PER_PEER),
         }
     }
 }
@@ -67,8 +77,8 @@ impl Admin {
 /// Accepts admin connections forever, one thread each.
 pub fn serve(listener: TcpListener, admin: Arc<Admin>) {
     loop {
-        let stream = match listener.accept() {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
             Err(e) => {
                 admin.errors.report(ErrorClass::AdminAccept, &e.to_string());
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -76,27 +86,54 @@ pub fn serve(listener: TcpListener, admin: Arc<Admin>) {
                 continue;
             }
         };
-        if admin.open_connections.fetch_add(1, Ordering::AcqRel) >= MAX_ADMIN_CONNECTIONS {
-            admin.open_connections.fetch_sub(1, Ordering::AcqRel);
-            admin.errors.report(
-                ErrorClass::AdminAccept,
-                &format!("over {MAX_ADMIN_CONNECTIONS} admin connections, answering 503"),
-            );
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-            let _ = (&stream).write_all(&response(503, "text/plain", b"too many admin connections\n", true, &[]));
-            continue;
-        }
+        // The table keeps a clone to close the connection by when it must make room.
+        let handle = match stream.try_clone() {
+            Ok(handle) => handle,
+            Err(e) => {
+                admin.errors.report(ErrorClass::AdminAccept, &format!("cannot clone a socket: {e}"));
+                continue;
+            }
+        };
+        let id = match admin.connections.admit(peer.ip(), handle) {
+            Admission::Admitted { id, evicted } => {
+                if let Some(evicted) = evicted {
+                    admin.evicted_total.fetch_add(1, Ordering::Relaxed);
+                    admin.errors.report(
+                        ErrorClass::AdminCrowded,
+                        &format!(
+                            "over {MAX_ADMIN_CONNECTIONS_PER_PEER} connections from one address or \
+                             {MAX_ADMIN_CONNECTIONS} in all: closing the oldest without a request in progress"
+                        ),
+                    );
+                    // Wakes its thread from its read with end-of-file; the thread then ends.
+                    let _ = evicted.shutdown(Shutdown::Both);
+                }
+                id
+            }
+            Admission::Refused => {
+                admin.errors.report(
+                    ErrorClass::AdminCrowded,
+                    &format!(
+                        "{MAX_ADMIN_CONNECTIONS_PER_PEER} connections from one address or {MAX_ADMIN_CONNECTIONS} \
+                         in all, every one with a request in progress: answering 503"
+                    ),
+                );
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                let _ = (&stream).write_all(&response(503, "text/plain", b"too many admin connections\n", true, &[]));
+                continue;
+            }
+        };
         let conn_admin = Arc::clone(&admin);
         let spawned = std::thread::Builder::new().name("wspushd-admin".into()).spawn(move || {
-            if let Err(e) = serve_connection(&stream, &conn_admin) {
+            if let Err(e) = serve_connection(&stream, &conn_admin, id) {
                 if !is_disconnect(&e) {
                     conn_admin.errors.report(ErrorClass::AdminIo, &e.to_string());
                 }
             }
-            conn_admin.open_connections.fetch_sub(1, Ordering::AcqRel);
+            conn_admin.connections.remove(id);
         });
         if let Err(e) = spawned {
-            admin.open_connections.fetch_sub(1, Ordering::AcqRel);
+            admin.connections.remove(id);
             admin.errors.report(ErrorClass::AdminAccept, &format!("cannot start a thread: {e}"));
         }
     }
@@ -223,12 +260,17 @@ fn parse_head(buf: &[u8], allowed_hosts: &AllowedHosts) -> Parsed {
 }
 
 /// Serves requests on one connection until the peer closes, asks to close, errs or idles out.
-fn serve_connection(mut stream: &TcpStream, admin: &Admin) -> io::Result<()> {
+fn serve_connection(mut stream: &TcpStream, admin: &Admin, id: u64) -> io::Result<()> {
     // Responses are small and written whole; don't let Nagle hold them back.
     stream.set_nodelay(true)?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    let mut read_timeout = admin.idle_timeout;
+    let first_byte_timeout = FIRST_BYTE_TIMEOUT.min(admin.idle_timeout);
+    let mut read_timeout = first_byte_timeout;
     stream.set_read_timeout(Some(read_timeout))?;
+    // Whether a request was accepted on this connection (see Activity), and what the connection
+    // table was last told.
+    let mut proven = false;
+    let mut activity = Activity::Unproven;
     let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut chunk = vec![0u8; READ_CHUNK];
     let mut output: Vec<u8> = Vec::new();
@@ -274,6 +316,11 @@ fn serve_connection(mut stream: &TcpStream, admin: &Admin) -> io::Result<()> {
                         output.extend(error_response(413, "request body too large", false));
                         break false;
                     }
+                    if activity != Activity::Busy {
+                        admin.connections.set_activity(id, Activity::Busy);
+                        activity = Activity::Busy;
+                    }
+                    proven = true;
                     let total = head.head_len + head.content_length;
                     if input.len() - served < total {
                         if head.expect_continue && !continue_sent {
@@ -320,10 +367,24 @@ fn serve_connection(mut stream: &TcpStream, admin: &Admin) -> io::Result<()> {
             return Ok(());
         }
 
-        // Wait for more input: idle timeout between requests, a deadline within one.
+        // Wait for more input: the first-byte deadline before any request, the idle timeout
+        // between requests, a deadline within one.
+        let wanted_activity = match (proven, input.is_empty()) {
+            (false, _) => Activity::Unproven,
+            (true, true) => Activity::Idle,
+            (true, false) => Activity::Busy,
+        };
+        if wanted_activity != activity {
+            admin.connections.set_activity(id, wanted_activity);
+            activity = wanted_activity;
+        }
         let wanted_timeout = if input.is_empty() {
             request_started = None;
-            admin.idle_timeout
+            if proven {
+                admin.idle_timeout
+            } else {
+                first_byte_timeout
+            }
         } else {
             let started = *request_started.get_or_insert_with(Instant::now);
             match REQUEST_TIMEOUT.checked_sub(started.elapsed()) {
@@ -627,6 +688,12 @@ fn metrics_text(stats: &Stats, admin: &Admin) -> String {
         "counter",
         "Admin API requests answered with a 4xx status.",
         client_errors,
+    );
+    metric(
+        "wspushd_admin_evicted_total",
+        "counter",
+        "Admin connections without a request in progress closed to make room for a new one.",
+        admin.evicted_total.load(Ordering::Relaxed),
     );
     text
 }

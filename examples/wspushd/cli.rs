@@ -86,7 +86,9 @@ ADMIN API (on --admin-listen; query values are URL-decoded: %XX, and '+' for spa
     The API is for backends, never for browsers: a request with an Origin header (any value)
     or a Sec-Fetch-Site other than none/same-origin gets 403; a Host that is not an IP
     address, localhost or an allowed name (DNS rebinding) gets 421; HTTP/1.1 without Host 400.
-    Each closes the connection, as a 401 does.
+    Each closes the connection, as a 401 does. A new connection must send its first byte
+    within 2 s. At most 256 connections (32 per client address) are open at once; a newcomer
+    beyond that takes the place of the oldest one with no request in progress, else gets 503.
 
 SIGNALS:
     SIGINT, SIGTERM                Graceful stop: close every connection with 1001, drain
