@@ -13,6 +13,8 @@
 mod admin;
 #[path = "wspushd/cli.rs"]
 mod cli;
+#[path = "wspushd/guard.rs"]
+mod guard;
 #[path = "wspushd/log.rs"]
 mod log;
 
@@ -29,8 +31,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// jemalloc reads this before main; `_RJEM_MALLOC_CONF` in the environment overrides it.
 #[cfg(not(test))]
 #[export_name = "_rjem_malloc_conf"]
-static JEMALLOC_OPTIONS: JemallocOptions =
-    JemallocOptions(c"background_thread:true,max_background_threads:1,tcache:false,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
+static JEMALLOC_OPTIONS: JemallocOptions = JemallocOptions(
+    c"background_thread:true,max_background_threads:1,tcache:false,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr(),
+);
 
 /// A C string pointer as jemalloc expects `malloc_conf` (`const char *`).
 #[cfg(not(test))]
@@ -54,6 +57,7 @@ use wspush::{
 
 use crate::admin::Admin;
 use crate::cli::{Command, Options};
+use crate::guard::AllowedHosts;
 use crate::log::{ErrorClass, ErrorLog};
 
 /// Exit status for command-line mistakes (as the contract and sysexits-style tools expect).
@@ -88,7 +92,8 @@ impl Handler for Daemon {
 
     fn on_message(&self, server: &ServerHandle, conn: ConnId, _: &[u8], kind: MessageKind, payload: &[u8]) {
         if self.echo {
-            // Fails only when the connection is already gone or the server is stopping.
+            // Never too large (the command line makes every echo fit in the send queue), so this
+            // fails only when the connection is already gone or the server is stopping.
             let _ = server.send(conn, payload, kind);
         }
     }
@@ -111,6 +116,15 @@ impl Handler for Daemon {
             _ => Some(text(404, "Not Found\n")),
         }
     }
+}
+
+/// The host of a listen address `HOST:PORT` when it is a name, not an IP address.
+fn listen_host_name(listen: &str) -> Option<String> {
+    let (host, _port) = listen.rsplit_once(':')?;
+    if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    guard::host_name(host)
 }
 
 /// The demo page with the WebSocket path and the admin URL (for its curl hint) filled in.
@@ -171,7 +185,8 @@ fn main() {
 }
 
 fn run(options: Options, shutdown_signals: &libc::sigset_t) {
-    let Options { config, admin_listen, demo, echo, admin_idle_timeout, admin_token } = options;
+    let Options { config, admin_listen, demo, echo, admin_idle_timeout, admin_token, mut admin_allowed_hosts } =
+        options;
     if demo {
         eprintln!(
             "wspushd: WARNING: DEMO MODE, NO AUTHENTICATION. Any client can connect as any user \
@@ -216,7 +231,17 @@ fn run(options: Options, shutdown_signals: &libc::sigset_t) {
     };
 
     let errors = Arc::new(ErrorLog::default());
-    let admin = Arc::new(Admin::new(server.handle(), max_body, admin_idle_timeout, admin_token, Arc::clone(&errors)));
+    // A name in --admin-listen is the one backends use to reach the API.
+    admin_allowed_hosts.extend(listen_host_name(&admin_listen));
+    let allowed_hosts = AllowedHosts::new(admin_allowed_hosts);
+    let admin = Arc::new(Admin::new(
+        server.handle(),
+        max_body,
+        admin_idle_timeout,
+        admin_token,
+        allowed_hosts,
+        Arc::clone(&errors),
+    ));
     spawn("wspushd-admin-accept", move || admin::serve(admin_listener, admin));
     let watched = server.handle();
     spawn("wspushd-watch", move || watch(&watched, &errors));
@@ -334,4 +359,12 @@ mod tests {
         assert!(!page.contains("/*CONFIG*/"));
     }
 
+    #[test]
+    fn a_name_in_the_admin_listen_address_is_an_allowed_host() {
+        assert_eq!(listen_host_name("Admin.Internal:8081").as_deref(), Some("admin.internal"));
+        assert_eq!(listen_host_name("localhost:8081").as_deref(), Some("localhost"));
+        for address in ["127.0.0.1:8081", "[::1]:8081", "0.0.0.0:0", "nonsense"] {
+            assert_eq!(listen_host_name(address), None, "{address}");
+        }
+    }
 }

@@ -168,7 +168,9 @@ impl Http {
     }
 
     fn send(&mut self, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) {
-        let mut head = format!("{method} {target} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n", body.len());
+        // The address connected to, as curl and HTTP libraries send it (the admin API checks it).
+        let host = self.reader.get_ref().peer_addr().unwrap();
+        let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n", body.len());
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -476,9 +478,11 @@ fn an_oversized_body_gets_413_even_while_it_is_still_being_sent() {
     let writer = http.reader.get_ref().try_clone().unwrap();
     // The server answers after the head, long before the body is through; it must not reset the
     // connection (losing its answer) because the rest of the body is still arriving.
+    let admin = daemon.admin;
     let sender = std::thread::spawn(move || {
         let mut writer = writer;
-        let head = format!("POST /publish?user=alice HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len());
+        let head =
+            format!("POST /publish?user=alice HTTP/1.1\r\nHost: {admin}\r\nContent-Length: {}\r\n\r\n", body.len());
         writer.write_all(head.as_bytes()).and_then(|_| writer.write_all(&body))
     });
     let response = http.read_response();
@@ -524,9 +528,12 @@ fn pipelined_requests_are_answered_in_order() {
     let mut batch = Vec::new();
     for n in 0..50 {
         let target = if n % 2 == 0 { "/publish?user=alice" } else { "/publish?user=nobody" };
-        batch.extend_from_slice(format!("POST {target} HTTP/1.1\r\nContent-Length: 1\r\n\r\nx").as_bytes());
+        let host = daemon.admin;
+        batch.extend_from_slice(
+            format!("POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1\r\n\r\nx").as_bytes(),
+        );
     }
-    batch.extend_from_slice(b"GET /healthz HTTP/1.1\r\n\r\n");
+    batch.extend_from_slice(format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", daemon.admin).as_bytes());
     http.write(&batch);
     for n in 0..50 {
         let expected = if n % 2 == 0 { r#"{"delivered":1}"# } else { r#"{"delivered":0}"# };
@@ -554,7 +561,11 @@ fn connection_close_and_http_1_0_end_the_connection_after_the_response() {
 fn expect_100_continue_gets_an_interim_response() {
     let daemon = Daemon::start(&[]);
     let mut http = daemon.admin();
-    http.write(b"POST /broadcast HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+    let head = format!(
+        "POST /broadcast HTTP/1.1\r\nHost: {}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        daemon.admin
+    );
+    http.write(head.as_bytes());
     assert_eq!(http.read_response().status, 100);
     http.write(b"hello");
     let response = http.read_response();
@@ -721,6 +732,204 @@ fn per_ip_limits_are_on_by_default_and_answer_429() {
     assert!(statuses.iter().all(|s| *s == 101 || *s == 429), "{statuses:?}");
 }
 
+// ------------------------------------------------------------------------------------- hostile clients
+
+/// Sends `request` (raw bytes: head and body) on a fresh admin connection; returns the response
+/// and whether the server closed the connection after it.
+fn raw_admin_request(daemon: &Daemon, request: &str) -> (Response, bool) {
+    let mut http = daemon.admin();
+    http.write(request.as_bytes());
+    let response = http.read_response();
+    (response, http.is_closed_by_server())
+}
+
+#[test]
+fn cross_site_browser_requests_to_the_admin_api_are_refused() {
+    let daemon = Daemon::start(&[]);
+    let mut alice = daemon.connect("user=alice");
+    let own_origin = format!("http://{}", daemon.admin);
+    // What a page on another origin gets through with fetch(url, {mode: "no-cors", method: "POST"})
+    // (a CORS simple request: no preflight), and what a rebound or sandboxed page sends.
+    let refused: [&[(&str, &str)]; 6] = [
+        &[("Origin", "https://evil.example"), ("Sec-Fetch-Site", "cross-site")],
+        &[("Origin", "https://evil.example")],
+        &[("Origin", "null")],
+        &[("Origin", &own_origin)],
+        &[("Sec-Fetch-Site", "cross-site")],
+        &[("Sec-Fetch-Site", "same-site")],
+    ];
+    for headers in refused {
+        for (method, target) in [("POST", "/broadcast"), ("POST", "/publish?user=alice"), ("GET", "/stats")] {
+            let mut http = daemon.admin();
+            let response = http.request(method, target, headers, b"forged");
+            assert_eq!(response.status, 403, "{method} {target} {headers:?}");
+            assert!(http.is_closed_by_server(), "{method} {target} {headers:?}");
+        }
+    }
+    assert_nothing_arrives(&mut alice);
+    // curl and backends send neither header; a browser sends `none` when the user typed the URL.
+    let allowed: [&[(&str, &str)]; 3] = [&[], &[("Sec-Fetch-Site", "none")], &[("Sec-Fetch-Site", "same-origin")]];
+    for headers in allowed {
+        let response = daemon.request("POST", "/publish?user=alice", headers, b"from the backend");
+        assert_eq!((response.status, response.text()), (200, r#"{"delivered":1}"#), "{headers:?}");
+        assert_eq!(read_text(&mut alice), "from the backend");
+    }
+    let metrics = daemon.get("/metrics");
+    assert!(metrics.text().contains("\nwspushd_admin_client_errors_total 18\n"), "{}", metrics.text());
+}
+
+#[test]
+fn admin_requests_naming_a_foreign_host_are_refused() {
+    let daemon = Daemon::start(&["--admin-allowed-host", "push-admin.internal"]);
+    let mut alice = daemon.connect("user=alice");
+    let port = daemon.admin.port();
+    let publish = |host_lines: &str| {
+        let request = format!("POST /publish?user=alice HTTP/1.1\r\n{host_lines}Content-Length: 2\r\n\r\nhi");
+        raw_admin_request(&daemon, &request)
+    };
+    // DNS rebinding: the attacker's name first resolved to the attacker's server, then to
+    // 127.0.0.1; the browser, still on the attacker's origin, names it in Host.
+    for host in [
+        "rebind.evil.example".to_string(),
+        format!("rebind.evil.example:{port}"),
+        "localhost.evil.example".into(),
+        "127.0.0.1.nip.io".into(),
+        "push-admin.internal.evil.example".into(),
+    ] {
+        let (response, closed) = publish(&format!("Host: {host}\r\n"));
+        assert_eq!(response.status, 421, "{host}: {response:?}");
+        assert!(closed, "{host}");
+    }
+    let stats = raw_admin_request(&daemon, "GET /stats HTTP/1.1\r\nHost: rebind.evil.example\r\n\r\n").0;
+    assert_eq!(stats.status, 421);
+    // HTTP/1.1 requires exactly one valid Host (RFC 9112, section 3.2).
+    for host_lines in
+        ["", "Host: localhost\r\nHost: localhost\r\n", "Host: \r\n", "Host: a b\r\n", "Host: me@localhost\r\n"]
+    {
+        let (response, closed) = publish(host_lines);
+        assert_eq!(response.status, 400, "{host_lines:?}: {response:?}");
+        assert!(closed, "{host_lines:?}");
+    }
+    assert_nothing_arrives(&mut alice);
+
+    // The admin address, loopback names and addresses (any port: a tunnel may forward another),
+    // and the names given with --admin-allowed-host.
+    for host in [
+        daemon.admin.to_string(),
+        "127.0.0.1".into(),
+        "localhost".into(),
+        format!("LocalHost:{port}"),
+        "localhost:9999".into(),
+        format!("[::1]:{port}"),
+        "push-admin.internal".into(),
+        format!("Push-Admin.Internal:{port}"),
+    ] {
+        let (response, _) = publish(&format!("Host: {host}\r\nConnection: close\r\n"));
+        assert_eq!(response.status, 200, "{host}: {response:?}");
+        assert_eq!(read_text(&mut alice), "hi");
+    }
+    // HTTP/1.0 has no Host requirement (and no browser speaks it).
+    assert_eq!(raw_admin_request(&daemon, "GET /healthz HTTP/1.0\r\n\r\n").0.status, 200);
+}
+
+#[test]
+fn idle_sockets_cannot_lock_the_backend_out_of_the_admin_api() {
+    let token = SecretFile::new("idle", b"s3cret-admin-token-0123456789\n");
+    let daemon = Daemon::start(&["--admin-token-file", token.path()]);
+    let mut alice = daemon.connect("user=alice");
+    let auth = [("Authorization", "Bearer s3cret-admin-token-0123456789")];
+    // The backend's persistent connection, in use before the attack.
+    let mut backend = daemon.admin();
+    assert_eq!(backend.request("POST", "/publish?user=alice", &auth, b"before").status, 200);
+    assert_eq!(read_text(&mut alice), "before");
+
+    // More sockets than the daemon serves at once (256), from the backend's own address, none
+    // of which ever sends a byte.
+    let idle: Vec<TcpStream> = (0..300).map(|_| TcpStream::connect(daemon.admin).unwrap()).collect();
+    let attack_opened = Instant::now();
+    let started = Instant::now();
+    let response = daemon.request("POST", "/publish?user=alice", &auth, b"during");
+    let took = started.elapsed();
+    assert_eq!((response.status, response.text()), (200, r#"{"delivered":1}"#));
+    assert!(took < Duration::from_secs(3), "a new authorised connection waited {took:?}");
+    assert_eq!(read_text(&mut alice), "during");
+    // The idle persistent connection was not pushed out by the newcomers.
+    assert_eq!(backend.request("POST", "/publish?user=alice", &auth, b"still").status, 200);
+    assert_eq!(read_text(&mut alice), "still");
+
+    // One address holds at most 32 admin connections: the others were closed at once (the
+    // publish above was accepted after all of them) ...
+    let closed = |mut socket: &TcpStream| {
+        let mut byte = [0u8; 1];
+        match socket.read(&mut byte) {
+            Ok(read) => read == 0,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    };
+    for socket in &idle {
+        socket.set_nonblocking(true).unwrap();
+    }
+    let closed_at_once = idle.iter().filter(|socket| closed(socket)).count();
+    assert!(closed_at_once >= 300 - 32, "only {closed_at_once} of 300 idle sockets closed at once");
+    // ... and the rest once they have sent nothing for the first-byte deadline (2 s).
+    for socket in &idle {
+        socket.set_nonblocking(false).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(closed(socket), "an idle socket was still open after {:?}", attack_opened.elapsed());
+    }
+    assert!(attack_opened.elapsed() < Duration::from_secs(5), "idle sockets held {:?}", attack_opened.elapsed());
+    let metrics = daemon.request("GET", "/metrics", &auth, b"");
+    let evicted = metrics.text().lines().find_map(|line| line.strip_prefix("wspushd_admin_evicted_total "));
+    let evicted: u64 = evicted.and_then(|count| count.parse().ok()).unwrap_or_else(|| panic!("{}", metrics.text()));
+    assert!((300 - 32..=300).contains(&evicted), "{evicted} connections evicted");
+}
+
+/// Runs the daemon with `args`, expecting it to exit by itself within 10 s.
+fn run_expecting_exit(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(daemon_binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start wspushd");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("wspushd {args:?} kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (status.code(), stderr)
+}
+
+#[test]
+fn echo_refuses_a_message_size_it_could_not_echo() {
+    // The echo of a message that does not fit the send queue cannot be sent: it used to vanish,
+    // the client waiting until its idle timeout for an answer.
+    let ports = ["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+    let args = [&["--demo", "--echo", "--max-message-size", "2048", "--max-queue-bytes", "1024"][..], &ports].concat();
+    let (code, stderr) = run_expecting_exit(&args);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--echo") && stderr.contains("--max-queue-bytes") && stderr.contains("2052"), "{stderr}");
+    // A 1021-byte message is framed with a 4-byte header: 1025 bytes, one more than the queue.
+    let args = [&["--demo", "--echo", "--max-message-size", "1021", "--max-queue-bytes", "1024"][..], &ports].concat();
+    assert_eq!(run_expecting_exit(&args).0, Some(2));
+    // The largest size that fits is echoed in full.
+    let daemon = Daemon::start(&["--echo", "--max-message-size", "1020", "--max-queue-bytes", "1024"]);
+    let mut client = daemon.connect("user=tester");
+    let message = "e".repeat(1020);
+    client.send(Message::text(message.clone())).unwrap();
+    assert_eq!(read_text(&mut client), message);
+}
+
 // ------------------------------------------------------------------------------------- process
 
 fn run_to_exit(args: &[&str]) -> Output {
@@ -775,6 +984,7 @@ fn help_documents_every_option() {
         "--allowed-origin",
         "--admin-idle-timeout-ms",
         "--admin-token-file",
+        "--admin-allowed-host",
         "--jwt-secret-file",
         "--jwt-leeway-ms",
         "--max-connections-per-ip",

@@ -1,24 +1,32 @@
 //! The admin HTTP API: a minimal HTTP/1.1 server on std::net with one thread per connection (the
 //! backend keeps a few persistent connections, so threads are cheap here). Keep-alive, pipelining
 //! (responses to requests already buffered are written together), Content-Length bodies,
-//! `Expect: 100-continue`, capped head and body sizes, idle and per-request timeouts.
+//! `Expect: 100-continue`, capped head and body sizes, idle and per-request timeouts. The defences
+//! against browsers and idle sockets are decided in guard.rs.
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wspush::{is_valid_close_code, MessageKind, ServerHandle, Stats, MAX_USER_ID_LEN};
 
+use crate::guard::{self, Activity, Admission, AllowedHosts, ConnectionTable, Refusal};
 use crate::log::{ErrorClass, ErrorLog};
 
 /// Largest request head (request line plus headers).
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
-/// Admin connections served at once; more are answered 503 (the API is for a few backends).
+/// Admin connections served at once (the API is for a few backends). A newcomer beyond it takes
+/// the slot of a connection with no request in progress; when every one is busy, it gets 503.
 const MAX_ADMIN_CONNECTIONS: usize = 256;
+/// Likewise per client address (IPv6: per /64), so that one host cannot take every slot.
+const MAX_ADMIN_CONNECTIONS_PER_PEER: usize = 32;
+/// Time a new connection has to send the first byte of its first request: clients send at once,
+/// and a socket that sends nothing holds a thread and a slot for nothing.
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time allowed to receive one whole request once its first byte arrived.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,10 +39,15 @@ pub struct Admin {
     pub idle_timeout: Duration,
     /// Bearer token every request must carry, when set.
     pub token: Option<Vec<u8>>,
+    /// Host names answered besides IP addresses and localhost.
+    pub allowed_hosts: AllowedHosts,
     pub errors: Arc<ErrorLog>,
     pub requests_total: AtomicU64,
     pub client_errors_total: AtomicU64,
-    open_connections: AtomicUsize,
+    /// Connections closed to make room for a newcomer.
+    pub evicted_total: AtomicU64,
+    /// The open connections, each with a clone of its socket to close it by.
+    connections: ConnectionTable<TcpStream>,
 }
 
 impl Admin {
@@ -43,6 +56,7 @@ impl Admin {
         max_body: usize,
         idle_timeout: Duration,
         token: Option<Vec<u8>>,
+        allowed_hosts: AllowedHosts,
         errors: Arc<ErrorLog>,
     ) -> Admin {
         Admin {
@@ -50,10 +64,12 @@ impl Admin {
             max_body,
             idle_timeout,
             token,
+            allowed_hosts,
             errors,
             requests_total: AtomicU64::new(0),
             client_errors_total: AtomicU64::new(0),
-            open_connections: AtomicUsize::new(0),
+            evicted_total: AtomicU64::new(0),
+            connections: ConnectionTable::new(MAX_ADMIN_CONNECTIONS, MAX_ADMIN_CONNECTIONS_PER_PEER),
         }
     }
 }
@@ -61,8 +77,8 @@ impl Admin {
 /// Accepts admin connections forever, one thread each.
 pub fn serve(listener: TcpListener, admin: Arc<Admin>) {
     loop {
-        let stream = match listener.accept() {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
             Err(e) => {
                 admin.errors.report(ErrorClass::AdminAccept, &e.to_string());
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -70,27 +86,54 @@ pub fn serve(listener: TcpListener, admin: Arc<Admin>) {
                 continue;
             }
         };
-        if admin.open_connections.fetch_add(1, Ordering::AcqRel) >= MAX_ADMIN_CONNECTIONS {
-            admin.open_connections.fetch_sub(1, Ordering::AcqRel);
-            admin.errors.report(
-                ErrorClass::AdminAccept,
-                &format!("over {MAX_ADMIN_CONNECTIONS} admin connections, answering 503"),
-            );
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-            let _ = (&stream).write_all(&response(503, "text/plain", b"too many admin connections\n", true, &[]));
-            continue;
-        }
+        // The table keeps a clone to close the connection by when it must make room.
+        let handle = match stream.try_clone() {
+            Ok(handle) => handle,
+            Err(e) => {
+                admin.errors.report(ErrorClass::AdminAccept, &format!("cannot clone a socket: {e}"));
+                continue;
+            }
+        };
+        let id = match admin.connections.admit(peer.ip(), handle) {
+            Admission::Admitted { id, evicted } => {
+                if let Some(evicted) = evicted {
+                    admin.evicted_total.fetch_add(1, Ordering::Relaxed);
+                    admin.errors.report(
+                        ErrorClass::AdminCrowded,
+                        &format!(
+                            "over {MAX_ADMIN_CONNECTIONS_PER_PEER} connections from one address or \
+                             {MAX_ADMIN_CONNECTIONS} in all: closing the oldest without a request in progress"
+                        ),
+                    );
+                    // Wakes its thread from its read with end-of-file; the thread then ends.
+                    let _ = evicted.shutdown(Shutdown::Both);
+                }
+                id
+            }
+            Admission::Refused => {
+                admin.errors.report(
+                    ErrorClass::AdminCrowded,
+                    &format!(
+                        "{MAX_ADMIN_CONNECTIONS_PER_PEER} connections from one address or {MAX_ADMIN_CONNECTIONS} \
+                         in all, every one with a request in progress: answering 503"
+                    ),
+                );
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                let _ = (&stream).write_all(&response(503, "text/plain", b"too many admin connections\n", true, &[]));
+                continue;
+            }
+        };
         let conn_admin = Arc::clone(&admin);
         let spawned = std::thread::Builder::new().name("wspushd-admin".into()).spawn(move || {
-            if let Err(e) = serve_connection(&stream, &conn_admin) {
+            if let Err(e) = serve_connection(&stream, &conn_admin, id) {
                 if !is_disconnect(&e) {
                     conn_admin.errors.report(ErrorClass::AdminIo, &e.to_string());
                 }
             }
-            conn_admin.open_connections.fetch_sub(1, Ordering::AcqRel);
+            conn_admin.connections.remove(id);
         });
         if let Err(e) = spawned {
-            admin.open_connections.fetch_sub(1, Ordering::AcqRel);
+            admin.connections.remove(id);
             admin.errors.report(ErrorClass::AdminAccept, &format!("cannot start a thread: {e}"));
         }
     }
@@ -120,6 +163,8 @@ struct Head {
     expect_continue: bool,
     /// The credentials of an `Authorization: Bearer` header.
     bearer: Option<Vec<u8>>,
+    /// Why the request must not run whatever its token (a browser's, or for another host).
+    refusal: Option<Refusal>,
 }
 
 /// Why a request can't be served; the connection is answered and then closed, since the rest of
@@ -135,7 +180,7 @@ enum Parsed {
     Invalid(Fatal),
 }
 
-fn parse_head(buf: &[u8]) -> Parsed {
+fn parse_head(buf: &[u8], allowed_hosts: &AllowedHosts) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let head_len = match request.parse(buf) {
@@ -165,6 +210,12 @@ fn parse_head(buf: &[u8]) -> Parsed {
         keep_alive: version == 1,
         expect_continue: false,
         bearer: None,
+        refusal: guard::check_request_source(
+            version == 1,
+            request.headers.iter().map(|header| (header.name, header.value)),
+            allowed_hosts,
+        )
+        .err(),
     };
     let mut seen_length = false;
     for header in request.headers.iter() {
@@ -209,12 +260,17 @@ fn parse_head(buf: &[u8]) -> Parsed {
 }
 
 /// Serves requests on one connection until the peer closes, asks to close, errs or idles out.
-fn serve_connection(mut stream: &TcpStream, admin: &Admin) -> io::Result<()> {
+fn serve_connection(mut stream: &TcpStream, admin: &Admin, id: u64) -> io::Result<()> {
     // Responses are small and written whole; don't let Nagle hold them back.
     stream.set_nodelay(true)?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    let mut read_timeout = admin.idle_timeout;
+    let first_byte_timeout = FIRST_BYTE_TIMEOUT.min(admin.idle_timeout);
+    let mut read_timeout = first_byte_timeout;
     stream.set_read_timeout(Some(read_timeout))?;
+    // Whether a request was accepted on this connection (see Activity), and what the connection
+    // table was last told.
+    let mut proven = false;
+    let mut activity = Activity::Unproven;
     let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut chunk = vec![0u8; READ_CHUNK];
     let mut output: Vec<u8> = Vec::new();
@@ -225,7 +281,7 @@ fn serve_connection(mut stream: &TcpStream, admin: &Admin) -> io::Result<()> {
         // Serve every complete request already buffered before reading again (pipelining).
         let mut served = 0;
         let keep_going = loop {
-            match parse_head(&input[served..]) {
+            match parse_head(&input[served..], &admin.allowed_hosts) {
                 Parsed::Incomplete => break true,
                 Parsed::Invalid(fatal) => {
                     admin.client_errors_total.fetch_add(1, Ordering::Relaxed);
@@ -234,6 +290,15 @@ fn serve_connection(mut stream: &TcpStream, admin: &Admin) -> io::Result<()> {
                     break false;
                 }
                 Parsed::Complete(head) => {
+                    if let Some(refusal) = head.refusal {
+                        // Before the token and the body, like a 401: the connection ends here.
+                        admin.client_errors_total.fetch_add(1, Ordering::Relaxed);
+                        let what =
+                            format!("{} {}: {} {}", head.method, path_of(&head.target), refusal.status, refusal.reason);
+                        admin.errors.report(ErrorClass::AdminForeign, &what);
+                        output.extend(error_response(refusal.status, refusal.reason, false));
+                        break false;
+                    }
                     if !authorized(admin, &head) {
                         // Before the body is read (and before any 100 Continue): a caller without
                         // the token cannot make us buffer anything. The connection ends here.
@@ -251,6 +316,11 @@ fn serve_connection(mut stream: &TcpStream, admin: &Admin) -> io::Result<()> {
                         output.extend(error_response(413, "request body too large", false));
                         break false;
                     }
+                    if activity != Activity::Busy {
+                        admin.connections.set_activity(id, Activity::Busy);
+                        activity = Activity::Busy;
+                    }
+                    proven = true;
                     let total = head.head_len + head.content_length;
                     if input.len() - served < total {
                         if head.expect_continue && !continue_sent {
@@ -297,10 +367,24 @@ fn serve_connection(mut stream: &TcpStream, admin: &Admin) -> io::Result<()> {
             return Ok(());
         }
 
-        // Wait for more input: idle timeout between requests, a deadline within one.
+        // Wait for more input: the first-byte deadline before any request, the idle timeout
+        // between requests, a deadline within one.
+        let wanted_activity = match (proven, input.is_empty()) {
+            (false, _) => Activity::Unproven,
+            (true, true) => Activity::Idle,
+            (true, false) => Activity::Busy,
+        };
+        if wanted_activity != activity {
+            admin.connections.set_activity(id, wanted_activity);
+            activity = wanted_activity;
+        }
         let wanted_timeout = if input.is_empty() {
             request_started = None;
-            admin.idle_timeout
+            if proven {
+                admin.idle_timeout
+            } else {
+                first_byte_timeout
+            }
         } else {
             let started = *request_started.get_or_insert_with(Instant::now);
             match REQUEST_TIMEOUT.checked_sub(started.elapsed()) {
@@ -605,6 +689,12 @@ fn metrics_text(stats: &Stats, admin: &Admin) -> String {
         "Admin API requests answered with a 4xx status.",
         client_errors,
     );
+    metric(
+        "wspushd_admin_evicted_total",
+        "counter",
+        "Admin connections without a request in progress closed to make room for a new one.",
+        admin.evicted_total.load(Ordering::Relaxed),
+    );
     text
 }
 
@@ -636,11 +726,13 @@ fn reason_phrase(status: u16) -> &'static str {
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         411 => "Length Required",
         413 => "Content Too Large",
+        421 => "Misdirected Request",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
@@ -666,31 +758,47 @@ mod tests {
         );
     }
 
+    fn parse(buf: &[u8]) -> Parsed {
+        parse_head(buf, &AllowedHosts::default())
+    }
+
     #[test]
     fn head_parsing_reads_framing_and_connection_options() {
-        let Parsed::Complete(head) = parse_head(b"POST /publish?user=a HTTP/1.1\r\nContent-Length: 5\r\nContent-Type: application/octet-stream; x=y\r\n\r\nhello") else {
+        let Parsed::Complete(head) = parse(b"POST /publish?user=a HTTP/1.1\r\nContent-Length: 5\r\nContent-Type: application/octet-stream; x=y\r\n\r\nhello") else {
             panic!("not parsed")
         };
         assert_eq!((head.content_length, head.binary, head.keep_alive), (5, true, true));
-        let Parsed::Complete(head) = parse_head(b"GET / HTTP/1.0\r\n\r\n") else { panic!("not parsed") };
+        let Parsed::Complete(head) = parse(b"GET / HTTP/1.0\r\n\r\n") else { panic!("not parsed") };
         assert!(!head.keep_alive);
-        let Parsed::Complete(head) = parse_head(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n") else {
+        let Parsed::Complete(head) = parse(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n") else {
             panic!("not parsed")
         };
         assert!(!head.keep_alive);
-        assert!(matches!(parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n"), Parsed::Incomplete));
+        assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n"), Parsed::Incomplete));
         assert!(matches!(
-            parse_head(b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
+            parse(b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
             Parsed::Invalid(Fatal { status: 400, .. })
         ));
         assert!(matches!(
-            parse_head(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            parse(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
             Parsed::Invalid(Fatal { status: 400, .. })
         ));
         assert!(matches!(
-            parse_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Parsed::Invalid(Fatal { status: 411, .. })
         ));
-        assert!(matches!(parse_head(&[b'A'; MAX_HEAD_BYTES + 1]), Parsed::Invalid(Fatal { status: 400 | 431, .. })));
+        assert!(matches!(parse(&[b'A'; MAX_HEAD_BYTES + 1]), Parsed::Invalid(Fatal { status: 400 | 431, .. })));
+        // A well-framed request that must not run is parsed whole, with the reason it must not:
+        // the caller answers it and ends the connection.
+        let Parsed::Complete(head) =
+            parse(b"POST /broadcast HTTP/1.1\r\nHost: evil.example\r\nContent-Length: 1\r\n\r\nx")
+        else {
+            panic!("not parsed")
+        };
+        assert_eq!((head.content_length, head.refusal.map(|r| r.status)), (1, Some(421)));
+        let Parsed::Complete(head) = parse(b"GET /stats HTTP/1.1\r\nHost: localhost\r\n\r\n") else {
+            panic!("not parsed")
+        };
+        assert_eq!(head.refusal, None);
     }
 }

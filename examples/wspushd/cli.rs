@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use wspush::{Config, SlowConsumerPolicy};
 
+use crate::guard;
+
 pub const USAGE: &str = "\
 wspushd: standalone WebSocket push daemon built on the wspush engine.
 
@@ -32,7 +34,9 @@ OPTIONS:
     --path PATH                    Request path accepting WebSocket upgrades [default: /ws]
     --admin-listen ADDR            Admin HTTP API address [default: 127.0.0.1:8081]
     --echo                         Send every client message back to its sender (same kind);
-                                   for conformance and load tests
+                                   for conformance and load tests. Every echo must fit in the
+                                   send queue: --max-message-size plus its frame header (2, 4 or
+                                   10 bytes) at most --max-queue-bytes, else a usage error
     --threads N                    I/O threads; 0 = one per core [default: 0]
     --max-connections N            Open + handshaking connections; beyond, 503 [default: 1000000]
     --max-connections-per-user N   Connections per user; 0 = no limit; beyond, 429 [default: 0]
@@ -60,6 +64,9 @@ OPTIONS:
     --admin-token-file PATH        Require `Authorization: Bearer TOKEN` on every admin request,
                                    TOKEN being the content of PATH (at least 16 bytes; one
                                    trailing newline is ignored); others get 401
+    --admin-allowed-host NAME      Also answer admin requests whose Host is NAME, any port
+                                   (repeatable; e.g. push-admin.internal). Always answered: IP
+                                   addresses, localhost, and the name in --admin-listen
     -h, --help                     Print this help
     -V, --version                  Print the version
 
@@ -76,6 +83,12 @@ ADMIN API (on --admin-listen; query values are URL-decoded: %XX, and '+' for spa
     GET  /healthz                  \"ok\" (503 while stopping)
     Request bodies need Content-Length and may be at most max(--max-message-size,
     --max-queue-bytes) bytes (else 413). HTTP/1.1 keep-alive and pipelining are supported.
+    The API is for backends, never for browsers: a request with an Origin header (any value)
+    or a Sec-Fetch-Site other than none/same-origin gets 403; a Host that is not an IP
+    address, localhost or an allowed name (DNS rebinding) gets 421; HTTP/1.1 without Host 400.
+    Each closes the connection, as a 401 does. A new connection must send its first byte
+    within 2 s. At most 256 connections (32 per client address) are open at once; a newcomer
+    beyond that takes the place of the oldest one with no request in progress, else gets 503.
 
 SIGNALS:
     SIGINT, SIGTERM                Graceful stop: close every connection with 1001, drain
@@ -95,6 +108,8 @@ pub struct Options {
     pub admin_idle_timeout: Duration,
     /// Bearer token the admin API requires, when set.
     pub admin_token: Option<Vec<u8>>,
+    /// Host names the admin API answers to besides IP addresses and localhost (checked, lowercase).
+    pub admin_allowed_hosts: Vec<String>,
 }
 
 /// What the command line asks for.
@@ -113,6 +128,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         echo: false,
         admin_idle_timeout: Duration::from_secs(30),
         admin_token: None,
+        admin_allowed_hosts: Vec::new(),
     };
     // Production defaults the library leaves off: one address cannot take the whole server.
     options.config.max_connections_per_ip = 1000;
@@ -165,6 +181,13 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             }
             "--jwt-leeway-ms" => config.jwt_leeway = millis(&flag, &value()?)?,
             "--admin-token-file" => options.admin_token = Some(secret_file(&flag, &value()?, MIN_ADMIN_TOKEN_LEN)?),
+            "--admin-allowed-host" => {
+                let name = value()?;
+                let checked = guard::host_name(&name).ok_or_else(|| {
+                    format!("--admin-allowed-host takes a host name without port (any port is accepted), got '{name}'")
+                })?;
+                options.admin_allowed_hosts.push(checked);
+            }
             "--max-message-size" => config.max_message_size = number(&flag, &value()?)?,
             "--max-queue-bytes" => config.max_queue_bytes = number(&flag, &value()?)?,
             "--slow-consumer" => {
@@ -248,6 +271,20 @@ fn check(options: &Options) -> Result<(), String> {
                 .into(),
         );
     }
+    if options.echo {
+        // The engine refuses to send a message that does not fit in the send queue, so the echo
+        // of a larger one would never come and its client would wait until its idle timeout.
+        let header = frame_header_len(config.max_message_size);
+        if config.max_message_size > config.max_queue_bytes.saturating_sub(header) {
+            let frame = config.max_message_size.saturating_add(header);
+            return Err(format!(
+                "--echo: a message of --max-message-size ({}) bytes is echoed as a {frame}-byte frame, which \
+                 does not fit in --max-queue-bytes ({}); raise --max-queue-bytes to at least {frame} or lower \
+                 --max-message-size",
+                config.max_message_size, config.max_queue_bytes
+            ));
+        }
+    }
     if config.threads > 255 {
         return Err("--threads must be at most 255".into());
     }
@@ -255,6 +292,15 @@ fn check(options: &Options) -> Result<(), String> {
         return Err("--admin-listen must differ from --listen: the admin API never shares the public port".into());
     }
     Ok(())
+}
+
+/// Size of the header of a server (unmasked) frame with a payload of `len` bytes (RFC 6455 5.2).
+fn frame_header_len(len: usize) -> usize {
+    match len {
+        0..=125 => 2,
+        126..=65535 => 4,
+        _ => 10,
+    }
 }
 
 fn number(flag: &str, value: &str) -> Result<usize, String> {
@@ -357,5 +403,30 @@ mod tests {
         assert!(run(&["--ping-interval-ms", "1000", "--idle-timeout-ms", "1000"]).unwrap_err().contains("greater"));
         assert!(run(&["--listen", "127.0.0.1:9", "--admin-listen", "127.0.0.1:9"]).unwrap_err().contains("differ"));
         assert!(run(&["stray"]).unwrap_err().contains("stray"));
+        assert!(run(&["--admin-allowed-host", "admin.example:8081"]).unwrap_err().contains("without port"));
+    }
+
+    #[test]
+    fn allowed_admin_hosts_are_collected_normalized() {
+        let options = run(&["--admin-allowed-host", "Push-Admin.Internal.", "--admin-allowed-host=b.example"]).unwrap();
+        assert_eq!(options.admin_allowed_hosts, ["push-admin.internal", "b.example"]);
+    }
+
+    #[test]
+    fn echo_needs_every_message_to_fit_in_the_send_queue() {
+        let sizes = |message: &str, queue: &str| {
+            run(&["--echo", "--max-message-size", message, "--max-queue-bytes", queue]).map(|_| ())
+        };
+        // Header sizes: 2 bytes up to 125, 4 up to 65535, 10 beyond.
+        assert_eq!(sizes("123", "125"), Ok(()));
+        assert!(sizes("124", "125").unwrap_err().contains("at least 126"));
+        assert_eq!(sizes("65535", "65539"), Ok(()));
+        assert!(sizes("65535", "65538").is_err());
+        assert_eq!(sizes("65536", "65546"), Ok(()));
+        assert!(sizes("65536", "65545").unwrap_err().contains("a 65546-byte frame"));
+        assert!(sizes(&usize::MAX.to_string(), &usize::MAX.to_string()).is_err(), "no overflow");
+        // Without --echo nothing is sent back, so any combination goes.
+        assert!(run(&["--max-message-size", "2048", "--max-queue-bytes", "1024"]).is_ok());
+        assert!(run(&[]).is_ok_and(|o| !o.echo) && run(&["--echo"]).is_ok(), "the defaults fit");
     }
 }

@@ -11,6 +11,8 @@ pub enum ErrorClass {
     AdminIo,
     AdminBadRequest,
     AdminUnauthorized,
+    AdminForeign,
+    AdminCrowded,
     OverCapacity,
     IpLimited,
     SlowConsumerClose,
@@ -18,7 +20,7 @@ pub enum ErrorClass {
     ProtocolError,
 }
 
-const CLASS_COUNT: usize = 9;
+const CLASS_COUNT: usize = 11;
 
 impl ErrorClass {
     fn describe(self) -> &'static str {
@@ -27,6 +29,10 @@ impl ErrorClass {
             ErrorClass::AdminIo => "admin API: connection I/O failed",
             ErrorClass::AdminBadRequest => "admin API: bad request",
             ErrorClass::AdminUnauthorized => "admin API: request without the right bearer token (401)",
+            ErrorClass::AdminForeign => {
+                "admin API: request refused as a browser's (403) or for a foreign or missing Host (421/400)"
+            }
+            ErrorClass::AdminCrowded => "admin API: connection slots full",
             ErrorClass::OverCapacity => "over capacity: --max-connections reached, new sockets answered 503",
             ErrorClass::IpLimited => "per-IP limit: new sockets from one address answered 429",
             ErrorClass::SlowConsumerClose => "slow consumer: closed connections whose send queue was full (1008)",
@@ -41,9 +47,10 @@ impl ErrorClass {
     fn counted_in(self) -> &'static str {
         match self {
             ErrorClass::AdminAccept | ErrorClass::AdminIo => "not counted",
-            ErrorClass::AdminBadRequest | ErrorClass::AdminUnauthorized => {
+            ErrorClass::AdminBadRequest | ErrorClass::AdminUnauthorized | ErrorClass::AdminForeign => {
                 "counted in wspushd_admin_client_errors_total"
             }
+            ErrorClass::AdminCrowded => "closes counted in wspushd_admin_evicted_total",
             ErrorClass::OverCapacity => "counted in wspush_over_capacity_total",
             ErrorClass::IpLimited => "counted in wspush_ip_limited_total",
             ErrorClass::SlowConsumerClose => "counted in wspush_slow_consumer_closes_total",
