@@ -26,7 +26,14 @@
  *   optional count out-parameters documented as "may be NULL".
  * - Buffers are (pointer, length) pairs and need no NUL terminator; NULL with length 0 is the
  *   empty buffer. Text arguments (addresses, paths, origins, close reasons, names) must be
- *   UTF-8 (else WSPUSH_RESULT_INVALID_UTF8). Out-parameters are written only when the call returns WSPUSH_RESULT_OK.
+ *   UTF-8 (else WSPUSH_RESULT_INVALID_UTF8). Every length has a documented maximum (user IDs
+ *   WSPUSH_MAX_USER_ID_LEN, close reasons WSPUSH_MAX_CLOSE_REASON_LEN, addresses
+ *   WSPUSH_MAX_ADDRESS_LEN, other names and texts WSPUSH_MAX_ARG_LEN, payloads max_queue_bytes):
+ *   the library cannot know a buffer's real size, so a longer length is refused with that
+ *   argument's error code before any byte is read. Out-parameters are written only when the
+ *   call returns WSPUSH_RESULT_OK.
+ * - User IDs are 1-255 bytes and never contain NUL (WSPUSH_RESULT_INVALID_USER_ID): a host that
+ *   treats an ID as a C string would see "ali" for "ali\0ce", another user.
  * - Strings returned through out-parameters are NOT NUL-terminated: use their length. They are
  *   borrowed: valid only during the callback that received the request.
  * - Structs with a leading `size` field (wspush_callbacks, wspush_stats_snapshot) only ever
@@ -63,9 +70,28 @@
 #include <stdint.h>
 
 /**
- * Longest user ID, in bytes (the shortest is 1).
+ * Longest user ID, in bytes (the shortest is 1). User IDs never contain a NUL byte: one that
+ * does is INVALID_USER_ID everywhere (a C host reading it as a C string would see another user).
  */
 #define WSPUSH_MAX_USER_ID_LEN 255
+
+/**
+ * Longest close reason, in bytes (RFC 6455: a control frame's 125 bytes minus the code).
+ */
+#define WSPUSH_MAX_CLOSE_REASON_LEN 123
+
+/**
+ * Longest listen address or trusted-proxy network accepted, in bytes. Longer is refused on the
+ * length alone, before the buffer is read.
+ */
+#define WSPUSH_MAX_ADDRESS_LEN 255
+
+/**
+ * Longest of the other text and byte arguments, in bytes: path, allowed origin, JWT secret,
+ * query parameter and header names, Content-Type. Longer is refused with INVALID_ARGUMENT on
+ * the length alone, before the buffer is read.
+ */
+#define WSPUSH_MAX_ARG_LEN 1024
 
 /**
  * Longest timeout the `_ms` setters accept: 2^32-1 ms, about 49 days.
@@ -106,7 +132,7 @@ enum wspush_result
      */
     WSPUSH_RESULT_BIND_FAILED = 5,
     /**
-     * A user ID must be 1 to 255 bytes long.
+     * A user ID must be 1 to 255 bytes long and contain no NUL byte.
      */
     WSPUSH_RESULT_INVALID_USER_ID = 6,
     /**
@@ -114,7 +140,8 @@ enum wspush_result
      */
     WSPUSH_RESULT_INVALID_CLOSE_CODE = 7,
     /**
-     * A close reason must be at most 123 bytes of UTF-8.
+     * A close reason must be at most 123 bytes of UTF-8 (a longer length is refused before
+     * the buffer is read).
      */
     WSPUSH_RESULT_INVALID_CLOSE_REASON = 8,
     /**
@@ -192,7 +219,8 @@ typedef void (*wspush_on_upgrade_fn)(void *userdata,
                                      struct wspush_request *request);
 
 /**
- * A connection was upgraded and registered under `user` (1-255 bytes, borrowed for the call).
+ * A connection was upgraded and registered under `user` (1-255 bytes, no NUL, borrowed for the
+ * call).
  */
 typedef void (*wspush_on_open_fn)(void *userdata,
                                   const struct wspush_server *server,
@@ -412,8 +440,9 @@ void wspush_config_free(struct wspush_config *config);
 /**
  * Sets the listen address, "host:port" (UTF-8, `address_len` bytes, no NUL needed), e.g.
  * "0.0.0.0:8080" or "[::1]:0". Port 0 picks a free port (see `wspush_server_local_port`).
- * Returns INVALID_ADDRESS when it is not host:port with a numeric port; the host name is
- * resolved by `wspush_server_start`.
+ * Returns INVALID_ADDRESS when it is not host:port with a numeric port or is longer than
+ * WSPUSH_MAX_ADDRESS_LEN (checked before reading); the host name is resolved by
+ * `wspush_server_start`.
  *
  * # Safety
  * `config` must be NULL or a live configuration; `address` must be NULL or point to
@@ -423,7 +452,7 @@ wspush_result wspush_config_set_listen(struct wspush_config *config, const char 
 
 /**
  * Sets the request path that accepts upgrades (default "/ws"; other paths get 404). Must start
- * with '/' (else INVALID_ARGUMENT).
+ * with '/' and be at most WSPUSH_MAX_ARG_LEN bytes (else INVALID_ARGUMENT).
  *
  * # Safety
  * As for `wspush_config_set_listen`.
@@ -433,6 +462,7 @@ wspush_result wspush_config_set_path(struct wspush_config *config, const char *p
 /**
  * Only upgrades whose Origin header equals one of the added origins are accepted (others get
  * 403). With none added (default), any Origin is accepted. E.g. "https://mail.example.com".
+ * At most WSPUSH_MAX_ARG_LEN bytes (else INVALID_ARGUMENT).
  *
  * # Safety
  * As for `wspush_config_set_listen`.
@@ -548,10 +578,10 @@ wspush_result wspush_config_set_max_handshakes_per_ip_per_sec(struct wspush_conf
 
 /**
  * Turns on the built-in JSON Web Token authentication with this HS256 secret (`secret_len`
- * bytes, at least 32, copied; INVALID_ARGUMENT if shorter). The token is read from an
+ * bytes, 32 to WSPUSH_MAX_ARG_LEN, copied; INVALID_ARGUMENT otherwise). The token is read from an
  * `Authorization: Bearer` header, else from the `token` query parameter; it must be signed with
  * HS256 (any other alg, "none" included, is refused), carry `exp` (enforced, as is `nbf`, with
- * the leeway of `wspush_config_set_jwt_leeway_ms`) and a `sub` of 1-255 bytes. Without an
+ * the leeway of `wspush_config_set_jwt_leeway_ms`) and a `sub` of 1-255 bytes without NUL. Without an
  * `on_upgrade` callback, a valid token is accepted as user `sub` and anything else gets 401
  * "invalid token"; with one, the callback decides and reads the verified `sub` with
  * `wspush_request_verified_user`.
@@ -658,7 +688,8 @@ wspush_result wspush_request_peer(const struct wspush_request *request,
 
 /**
  * The value of the first query parameter called `name` (`name_len` bytes, UTF-8), as sent
- * (not percent-decoded); a parameter without '=' has the empty value. NOT_FOUND if absent.
+ * (not percent-decoded); a parameter without '=' has the empty value. NOT_FOUND if absent;
+ * INVALID_ARGUMENT when `name_len` passes WSPUSH_MAX_ARG_LEN (checked before reading).
  *
  * # Safety
  * `request` must be NULL or the request of a running callback; `name` must be NULL or point to
@@ -672,7 +703,7 @@ wspush_result wspush_request_query_param(const struct wspush_request *request,
 
 /**
  * The value (raw bytes) of the first header called `name` (case-insensitive). NOT_FOUND if
- * absent.
+ * absent; INVALID_ARGUMENT when `name_len` passes WSPUSH_MAX_ARG_LEN (checked before reading).
  *
  * # Safety
  * As for `wspush_request_query_param`.
@@ -729,15 +760,17 @@ wspush_result wspush_request_verified_user(const struct wspush_request *request,
                                            size_t *user_len);
 
 /**
- * In `on_upgrade`: accept the connection as `user` (1-255 bytes, copied). INVALID_USER_ID for
- * another length (the decision is then unchanged); INVALID_ARGUMENT in `on_http`. The last
+ * In `on_upgrade`: accept the connection as `user` (1-255 bytes, no NUL byte, copied).
+ * INVALID_USER_ID for another length or a NUL (the decision is then unchanged); INVALID_ARGUMENT in `on_http`. The last
  * accept/reject/defer call of the callback wins.
  *
  * # Safety
  * `request` must be NULL or the request of a running callback; `user` NULL or `user_len`
  * readable bytes.
  */
-wspush_result wspush_request_accept(struct wspush_request *request, const uint8_t *user, size_t user_len);
+wspush_result wspush_request_accept(struct wspush_request *request,
+                                    const uint8_t *user,
+                                    size_t user_len);
 
 /**
  * In `on_upgrade`: refuse with HTTP `status` (400-599, else INVALID_STATUS) and close.
@@ -759,8 +792,8 @@ wspush_result wspush_request_defer(struct wspush_request *request, uint64_t *tic
 
 /**
  * In `on_http`: answer with `status` (200-599, else INVALID_STATUS), a Content-Type (printable
- * ASCII, not empty, else INVALID_ARGUMENT) and a body; all copied. INVALID_ARGUMENT in
- * `on_upgrade`.
+ * ASCII, 1 to WSPUSH_MAX_ARG_LEN bytes, else INVALID_ARGUMENT) and a body (at most
+ * max_queue_bytes, else MESSAGE_TOO_LARGE); all copied. INVALID_ARGUMENT in `on_upgrade`.
  *
  * # Safety
  * `request` must be NULL or the request of a running callback; `content_type` and `body` NULL
@@ -833,7 +866,7 @@ wspush_result wspush_server_stop(const struct wspush_server *server);
 wspush_result wspush_server_free(const struct wspush_server *server);
 
 /**
- * Sends `payload` to every open connection of `user` (1-255 bytes). `*delivered` (optional,
+ * Sends `payload` to every open connection of `user` (1-255 bytes, no NUL). `*delivered` (optional,
  * may be NULL) receives how many connections it was queued to, 0 when the user has none.
  * Errors: NULL_ARGUMENT, INVALID_USER_ID, INVALID_ARGUMENT (kind), MESSAGE_TOO_LARGE (payload
  * larger than max_queue_bytes), STOPPED.
@@ -895,7 +928,7 @@ wspush_result wspush_close(const struct wspush_server *server,
 
 /**
  * Closes every connection of `user` with `code`. `*count` (optional) receives how many.
- * Errors: NULL_ARGUMENT, INVALID_USER_ID (not 1-255 bytes), INVALID_CLOSE_CODE, STOPPED.
+ * Errors: NULL_ARGUMENT, INVALID_USER_ID (not 1-255 bytes, or a NUL), INVALID_CLOSE_CODE, STOPPED.
  *
  * # Safety
  * `server` must be NULL or a live server; `user` NULL or readable for `user_len` bytes; `count`

@@ -19,7 +19,7 @@ pub enum MessageKind {
 /// The host's answer to an upgrade request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UpgradeDecision {
-    /// Accept and register the connection under this user ID (1 to 255 bytes).
+    /// Accept and register the connection under this user ID (1 to 255 bytes, no NUL byte).
     Accept(Vec<u8>),
     /// Answer with this HTTP status (400-599) and close.
     Reject(u16),

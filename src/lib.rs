@@ -62,7 +62,8 @@ pub use handler::{default_upgrade_decision, ConnId, Handler, HttpResponse, Messa
 pub use server::{Server, ServerHandle};
 pub use stats::Stats;
 
-/// Longest user ID, in bytes.
+/// Longest user ID, in bytes. A user ID is 1 to this many bytes and never contains NUL (a C
+/// host reading it as a C string would see a different, shorter user).
 pub const MAX_USER_ID_LEN: usize = 255;
 /// Shortest HS256 secret `Config::jwt_hs256_secret` accepts (RFC 7518 §3.2: the hash's size).
 pub const JWT_MIN_SECRET_LEN: usize = jwt::MIN_SECRET_LEN;
