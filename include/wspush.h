@@ -66,6 +66,7 @@
 
 /* Generated from src/ffi by build.rs with cbindgen. Do not edit: change src/ffi and rebuild. */
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -423,8 +424,8 @@ extern "C" {
  * per core, 1,000,000 connections, 64 KiB messages, ping every 30 s, idle timeout 75 s,
  * handshake timeout 10 s, 1 MiB queue per connection with the close policy, any Origin, 8 KiB
  * request heads, 1024 handshakes per thread, no per-user or per-IP limit, no JWT authentication,
- * 5 s drain, 2 s close timeout, no callbacks. Returns NULL only on an internal error. Release
- * with `wspush_config_free`.
+ * no PROXY protocol, 5 s drain, 2 s close timeout, no callbacks. Returns NULL only on an internal
+ * error. Release with `wspush_config_free`.
  */
 struct wspush_config *wspush_config_new(void);
 
@@ -627,6 +628,32 @@ wspush_result wspush_config_set_close_timeout_ms(struct wspush_config *config, u
  */
 wspush_result wspush_config_set_slow_consumer_policy(struct wspush_config *config,
                                                      wspush_slow_consumer_policy policy);
+
+/**
+ * Behind a load balancer: with `enabled`, connections from a trusted proxy (see
+ * `wspush_config_add_trusted_proxy`; add at least one first, else INVALID_ARGUMENT) must open
+ * with a PROXY protocol header, v1 or v2 (HAProxy `send-proxy`/`send-proxy-v2`, nginx
+ * `proxy_protocol on`, cloud TCP balancers), else they get 400. The client address it carries
+ * is what per-address limits count and what `wspush_request_peer` returns. Other sources are
+ * served directly; a PROXY header from them gets 400. Default: off.
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread.
+ */
+wspush_result wspush_config_set_proxy_protocol(struct wspush_config *config, bool enabled);
+
+/**
+ * Adds a source allowed to send PROXY headers: an address ("127.0.0.1", "::1") or a CIDR
+ * network ("10.0.0.0/8", "fd00::/8"), UTF-8, at most WSPUSH_MAX_ADDRESS_LEN bytes. Anything
+ * else is INVALID_ADDRESS.
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread; `network` NULL or
+ * `network_len` readable bytes.
+ */
+wspush_result wspush_config_add_trusted_proxy(struct wspush_config *config,
+                                              const char *network,
+                                              size_t network_len);
 
 /**
  * Copies the host's callbacks (and userdata) into the configuration, replacing earlier ones.

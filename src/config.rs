@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+pub use crate::proxy_protocol::TrustedProxy;
+
 /// What to do when a connection's queue of unsent bytes would pass `max_queue_bytes`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlowConsumerPolicy {
@@ -63,6 +65,17 @@ pub struct Config {
     pub jwt_hs256_secret: Option<Secret>,
     /// Clock skew allowed when checking a token's `exp` and `nbf`.
     pub jwt_leeway: Duration,
+    /// Behind a load balancer: connections from `trusted_proxies` must open with a PROXY
+    /// protocol header (v1 or v2, as HAProxy `send-proxy`, nginx `proxy_protocol on` and cloud
+    /// TCP balancers send it), else 400. The client address it carries is what per-address
+    /// limits count and what [`crate::Request::peer_addr`] returns. Connections from other
+    /// sources are served directly, and a PROXY header from them is refused (400): only a
+    /// trusted balancer may say where a client is.
+    pub proxy_protocol: bool,
+    /// Sources allowed (and, with `proxy_protocol` on, required) to send a PROXY header:
+    /// addresses or CIDR networks, e.g. `"10.0.0.0/8".parse()?`. Must not be empty when
+    /// `proxy_protocol` is on.
+    pub trusted_proxies: Vec<TrustedProxy>,
 }
 
 /// Key material that must not end up in logs: `Debug` prints its length only.
@@ -117,6 +130,8 @@ impl Default for Config {
             max_handshakes_per_ip_per_sec: 0,
             jwt_hs256_secret: None,
             jwt_leeway: Duration::from_secs(30),
+            proxy_protocol: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -147,6 +162,9 @@ impl Config {
         }
         if self.jwt_hs256_secret.as_ref().is_some_and(|s| s.0.len() < crate::jwt::MIN_SECRET_LEN) {
             return Err("jwt_hs256_secret must be at least 32 bytes (RFC 7518 section 3.2)");
+        }
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return Err("proxy_protocol needs at least one trusted proxy (trusted_proxies)");
         }
         Ok(())
     }

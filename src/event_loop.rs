@@ -352,6 +352,15 @@ impl IoThread {
         self.handshakes += 1;
         bump(&stats!(self).handshakes, 1);
         self.arm_timer(slot, now + self.ticks.handshake);
+        if self.expects_proxy_header(slot, peer) {
+            return; // counted per address once its header says who the client is
+        }
+        self.limit_address(slot, peer);
+    }
+
+    /// Counts the connection under its client's address, or marks it to be refused with 429
+    /// when that address is over a per-address limit.
+    pub(crate) fn limit_address(&mut self, slot: usize, peer: IpAddr) {
         if let Some(limits) = &self.shared.ip_limits {
             let key = ip_limits::key_of(peer);
             if self.ip_keys.len() <= slot {
@@ -417,7 +426,7 @@ impl IoThread {
         }
         let since = conn.last_rx;
         let (deadline, fire) = match conn.state {
-            State::Handshake | State::Deciding | State::Refusing => {
+            State::ProxyHeader | State::Handshake | State::Deciding | State::Refusing => {
                 (since + self.ticks.handshake, TimerAction::Timeout)
             }
             State::Open if conn.pinged() => (since + self.ticks.idle, TimerAction::Timeout),
@@ -465,7 +474,9 @@ impl IoThread {
         for slot in 0..self.conns.capacity() {
             match self.conns.get(slot).map(|c| c.state) {
                 Some(State::Open) => self.start_close(slot, close::GOING_AWAY, "server shutting down"),
-                Some(State::Handshake | State::Deciding | State::Refusing) => self.finish(slot, close::GOING_AWAY),
+                Some(State::ProxyHeader | State::Handshake | State::Deciding | State::Refusing) => {
+                    self.finish(slot, close::GOING_AWAY)
+                }
                 _ => {}
             }
         }

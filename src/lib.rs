@@ -11,6 +11,7 @@
 //! - `connection`: per-connection state machine, input parsing, output queue, closing;
 //! - `handshake`: in-place HTTP upgrade parsing and validation; `codec`: RFC 6455 frames;
 //! - `jwt`: built-in token authentication; `ip_limits`: per-client-address limits;
+//! - `proxy_protocol`: PROXY protocol headers from trusted load balancers (the client address);
 //! - `registry`: user → connections; `timer`: heartbeat and deadlines; `conn_id`: ID layout;
 //! - `socket`: the raw socket calls; [`stats`]: counters; [`ffi`]: the C surface only.
 //!
@@ -50,15 +51,17 @@ mod guard;
 mod handshake;
 mod ip_limits;
 mod jwt;
+mod proxy_protocol;
 mod registry;
 mod slack;
 mod socket;
 mod timer;
 
 pub use codec::is_valid_close_code;
-pub use config::{Config, Secret, SlowConsumerPolicy};
+pub use config::{Config, Secret, SlowConsumerPolicy, TrustedProxy};
 pub use error::Error;
 pub use handler::{default_upgrade_decision, ConnId, Handler, HttpResponse, MessageKind, Request, UpgradeDecision};
+pub use proxy_protocol::InvalidTrustedProxy;
 pub use server::{Server, ServerHandle};
 pub use stats::Stats;
 

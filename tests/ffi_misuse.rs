@@ -301,6 +301,7 @@ fn config_lengths_beyond_their_maximum_are_refused_without_reading_the_buffer() 
         assert_eq!(wspush_config_set_path(config, c, HUGE), wspush_result::InvalidArgument);
         assert_eq!(wspush_config_add_allowed_origin(config, c, HUGE), wspush_result::InvalidArgument);
         assert_eq!(wspush_config_set_jwt_hs256_secret(config, p, HUGE), wspush_result::InvalidArgument);
+        assert_eq!(wspush_config_add_trusted_proxy(config, c, HUGE), wspush_result::InvalidAddress);
         assert_eq!(
             wspush_config_set_jwt_hs256_secret(config, p, WSPUSH_MAX_ARG_LEN + 1),
             wspush_result::InvalidArgument
@@ -447,5 +448,26 @@ fn user_ids_with_a_nul_byte_are_refused_everywhere() {
         assert_eq!(wspush_upgrade_accept(server, 1, user.as_ptr(), 6), wspush_result::InvalidUserId);
         assert_eq!(wspush_upgrade_accept(server, 1, b"\0".as_ptr(), 1), wspush_result::InvalidUserId);
         assert_eq!(wspush_server_free(server), OK);
+    }
+}
+
+#[test]
+fn proxy_protocol_needs_a_trusted_proxy_and_bad_networks_are_invalid_address() {
+    // SAFETY: a fresh configuration and valid buffers.
+    unsafe {
+        let config = wspush_config_new();
+        // Enabling before any proxy is trusted would make every peer untrusted: refused, and
+        // the configuration keeps the previous value.
+        assert_eq!(wspush_config_set_proxy_protocol(config, true), wspush_result::InvalidArgument);
+        for bad in ["", "10.0.0.0/33", "host.example", "10.0.0.0/8 "] {
+            let result = wspush_config_add_trusted_proxy(config, bad.as_ptr().cast(), bad.len());
+            assert_eq!(result, wspush_result::InvalidAddress, "{bad:?}");
+        }
+        for good in ["10.0.0.0/8", "127.0.0.1", "fd00::/8"] {
+            assert_eq!(wspush_config_add_trusted_proxy(config, good.as_ptr().cast(), good.len()), OK, "{good}");
+        }
+        assert_eq!(wspush_config_set_proxy_protocol(config, true), OK);
+        assert_eq!(wspush_config_set_proxy_protocol(config, false), OK);
+        wspush_config_free(config);
     }
 }

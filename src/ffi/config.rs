@@ -193,8 +193,8 @@ fn looks_like_listen_address(address: &str) -> bool {
 /// per core, 1,000,000 connections, 64 KiB messages, ping every 30 s, idle timeout 75 s,
 /// handshake timeout 10 s, 1 MiB queue per connection with the close policy, any Origin, 8 KiB
 /// request heads, 1024 handshakes per thread, no per-user or per-IP limit, no JWT authentication,
-/// 5 s drain, 2 s close timeout, no callbacks. Returns NULL only on an internal error. Release
-/// with `wspush_config_free`.
+/// no PROXY protocol, 5 s drain, 2 s close timeout, no callbacks. Returns NULL only on an internal
+/// error. Release with `wspush_config_free`.
 #[no_mangle]
 pub extern "C" fn wspush_config_new() -> *mut wspush_config {
     ffi_boundary(|| {
@@ -612,6 +612,49 @@ pub unsafe extern "C" fn wspush_config_set_slow_consumer_policy(
     unsafe {
         update(config, |c| {
             c.slow_consumer = slow_consumer_policy(policy)?;
+            Ok(())
+        })
+    }
+}
+
+/// Behind a load balancer: with `enabled`, connections from a trusted proxy (see
+/// `wspush_config_add_trusted_proxy`; add at least one first, else INVALID_ARGUMENT) must open
+/// with a PROXY protocol header, v1 or v2 (HAProxy `send-proxy`/`send-proxy-v2`, nginx
+/// `proxy_protocol on`, cloud TCP balancers), else they get 400. The client address it carries
+/// is what per-address limits count and what `wspush_request_peer` returns. Other sources are
+/// served directly; a PROXY header from them gets 400. Default: off.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_proxy_protocol(config: *mut wspush_config, enabled: bool) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.proxy_protocol = enabled;
+            Ok(())
+        })
+    }
+}
+
+/// Adds a source allowed to send PROXY headers: an address ("127.0.0.1", "::1") or a CIDR
+/// network ("10.0.0.0/8", "fd00::/8"), UTF-8, at most WSPUSH_MAX_ADDRESS_LEN bytes. Anything
+/// else is INVALID_ADDRESS.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread; `network` NULL or
+/// `network_len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_add_trusted_proxy(
+    config: *mut wspush_config,
+    network: *const c_char,
+    network_len: usize,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            let network = text(network, network_len, WSPUSH_MAX_ADDRESS_LEN, wspush_result::InvalidAddress)?;
+            c.trusted_proxies.push(network.parse().map_err(|_| wspush_result::InvalidAddress)?);
             Ok(())
         })
     }
