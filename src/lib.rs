@@ -98,6 +98,12 @@ pub mod internals {
         }
     }
 
+    /// The PROXY protocol header parser a trusted balancer's connection goes through, and its
+    /// caps (v1 line, v2 header).
+    pub use crate::proxy_protocol::{parse as parse_proxy_header, Parsed as ProxyHeader};
+    pub const PROXY_V1_MAX_LEN: usize = crate::proxy_protocol::V1_MAX_LEN;
+    pub const PROXY_V2_MAX_LEN: usize = crate::proxy_protocol::V2_MAX_LEN;
+
     /// Decodes a client frame header: (header length, payload length).
     pub fn parse_frame_header(buf: &[u8], max_payload: usize) -> Option<(usize, usize)> {
         match crate::codec::parse_header(buf, max_payload) {

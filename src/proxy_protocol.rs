@@ -16,9 +16,10 @@ use std::str::FromStr;
 use crate::connection::State;
 use crate::event_loop::IoThread;
 
-/// What the start of a connection's input holds.
+/// What the start of a connection's input holds. (`pub` only for the fuzz target, through
+/// `internals`; the module is private.)
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Parsed {
+pub enum Parsed {
     /// A prefix of a header: wait for more bytes.
     Incomplete,
     /// A complete header of `len` bytes. `source` is the client's address, `None` when the header
@@ -31,7 +32,7 @@ pub(crate) enum Parsed {
 const V1_PREFIX: &[u8] = b"PROXY ";
 /// Longest v1 line, CRLF included (the spec's worst case, "PROXY UNKNOWN" with two IPv6
 /// addresses and ports).
-const V1_MAX_LEN: usize = 107;
+pub(crate) const V1_MAX_LEN: usize = 107;
 const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 /// Longest v2 header accepted, TLVs included. The format allows 16 + 65,535 bytes; balancers
 /// send addresses and a few short TLVs (IDs, TLS facts), and a connection holds its header in
@@ -39,7 +40,7 @@ const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 pub(crate) const V2_MAX_LEN: usize = 4096;
 
 /// Parses the PROXY header at the start of `buf`.
-pub(crate) fn parse(buf: &[u8]) -> Parsed {
+pub fn parse(buf: &[u8]) -> Parsed {
     if starts_like(buf, &V2_SIGNATURE) {
         parse_v2(buf)
     } else if starts_like(buf, V1_PREFIX) {
