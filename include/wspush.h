@@ -702,8 +702,9 @@ wspush_result wspush_request_query(const struct wspush_request *request,
                                    size_t *value_len);
 
 /**
- * The client's address as text, "ip:port" ("[v6]:port" for IPv6). NOT_FOUND when the socket
- * no longer has one.
+ * The client's address as text, "ip:port" ("[v6]:port" for IPv6): the socket's peer, or, from
+ * a trusted load balancer with `wspush_config_set_proxy_protocol`, the address its PROXY header
+ * gave. NOT_FOUND when the socket no longer has one.
  *
  * # Safety
  * `request` must be NULL or the request of a running callback; `value` and `value_len` NULL or

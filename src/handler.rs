@@ -84,7 +84,9 @@ impl<'a> Request<'a> {
         self.headers.iter().map(|h| (h.name, h.value))
     }
 
-    /// The peer's address, when the socket still has one.
+    /// The client's address: the socket's peer, or, from a trusted load balancer with
+    /// `Config::proxy_protocol`, the address its PROXY header gave. `None` when the socket no
+    /// longer has one.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer
     }

@@ -183,8 +183,9 @@ pub unsafe extern "C" fn wspush_request_query(
     unsafe { text_of_request(request, value, value_len, |v| Some(v.request.query())) }
 }
 
-/// The client's address as text, "ip:port" ("[v6]:port" for IPv6). NOT_FOUND when the socket
-/// no longer has one.
+/// The client's address as text, "ip:port" ("[v6]:port" for IPv6): the socket's peer, or, from
+/// a trusted load balancer with `wspush_config_set_proxy_protocol`, the address its PROXY header
+/// gave. NOT_FOUND when the socket no longer has one.
 ///
 /// # Safety
 /// `request` must be NULL or the request of a running callback; `value` and `value_len` NULL or
