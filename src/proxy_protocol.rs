@@ -250,12 +250,12 @@ impl IoThread {
                 let conn = &mut self.conns[slot];
                 conn.state = State::Handshake;
                 // No address in the header (health check): count the balancer's own.
-                let counted = source.or_else(|| conn.socket_peer());
-                if let Some(source) = source {
-                    conn.set_client_addr(source);
+                if let Some(counted) = source.or_else(|| conn.socket_peer()) {
+                    self.limit_address(slot, counted.ip()); // may turn it to Refusing (429)
                 }
-                if let Some(counted) = counted {
-                    self.limit_address(slot, counted.ip());
+                let conn = &mut self.conns[slot];
+                if let (Some(source), State::Handshake) = (source, conn.state) {
+                    conn.set_client_addr(source);
                 }
                 Some(len)
             }
