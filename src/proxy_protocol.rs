@@ -4,7 +4,7 @@
 //! per-address limits would throttle everyone together and `on_upgrade` would see one address.
 //!
 //! Only sources listed in `Config::trusted_proxies` may send a header, and when
-//! `Config::proxy_protocol` is on they must: [`crate::connection`] starts their connections in
+//! `Config::proxy_protocol` is on they must: `connection` starts their connections in
 //! `State::ProxyHeader`, counts them per address only once the header is parsed (under the
 //! client's address), and answers 400 when the header is missing or malformed. Anyone else is
 //! served directly; a header from them is not a valid HTTP request and gets 400 too.
