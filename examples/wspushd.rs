@@ -218,6 +218,13 @@ fn run(options: Options, shutdown_signals: &libc::sigset_t) {
     let ws_path = config.path.clone();
     let listen = config.listen.clone();
     let max_connections = config.max_connections;
+    // Behind a balancer every peer is the balancer: say whose addresses the per-IP limits count.
+    let clients = if config.proxy_protocol {
+        let trusted: Vec<String> = config.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        format!("client addresses from PROXY headers of {}", trusted.join(", "))
+    } else {
+        "client addresses from the sockets".to_string()
+    };
     let server = match Server::start(config, daemon) {
         Ok(server) => server,
         Err(e @ (wspush::Error::InvalidConfig(_) | wspush::Error::InvalidAddress)) => {
@@ -249,7 +256,8 @@ fn run(options: Options, shutdown_signals: &libc::sigset_t) {
     let mode = if demo { "demo (NO AUTHENTICATION)" } else { "JWT (HS256)" };
     let echo = if echo { "on" } else { "off" };
     println!(
-        "wspushd {} starting: {threads} I/O threads, mode {mode}, echo {echo}, max {max_connections} connections",
+        "wspushd {} starting: {threads} I/O threads, mode {mode}, echo {echo}, max {max_connections} connections, \
+         {clients}",
         wspush::VERSION
     );
     println!("wspushd listening on ws://{}{ws_path}, admin on http://{admin_addr}", server.local_addr());

@@ -35,6 +35,7 @@ MALFORMED_UPGRADE = (  # key is not base64 of 16 bytes, version 8
     b"GET /ws?user=alice HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: not-a-key\r\n\r\n"
 )
+PROXY_V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 BARE_LF_UPGRADE = BROWSER_UPGRADE.replace(b"\r\n", b"\n")
 PLAIN_HTTP = b"GET /health?status=200 HTTP/1.1\r\nHost: x\r\nX-Content-Type: text/plain\r\n\r\n"
 INJECTION_HTTP = b"GET /h?status=200 HTTP/1.1\r\nHost: x\r\nX-Content-Type: a\rSet-Cookie: x\r\n\r\n"
@@ -111,6 +112,18 @@ SEEDS = {
         "medium_126": bytes([11, 1, 100]) + frame(0x82, bytes(300)),
         "unmasked": bytes([13, 0]) + UNMASKED,
         "fragmented_ping": bytes([11, 0]) + frame(0x09, b"x"),
+    },
+    # proxy_header: what a load balancer sends first (HAProxy's proxy-protocol.txt examples).
+    "proxy_header": {
+        "v1_tcp4": b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\nGET / HTTP/1.1\r\n",
+        "v1_tcp6": b"PROXY TCP6 2001:db8::1 2001:db8::2 65535 80\r\n",
+        "v1_unknown": b"PROXY UNKNOWN\r\n",
+        "v1_unknown_longest": b"PROXY UNKNOWN " + b" ".join([b"ffff:" * 7 + b"ffff"] * 2) + b" 65535 65535\r\n",
+        "v2_inet": PROXY_V2_SIG + bytes([0x21, 0x11, 0, 12, 192, 0, 2, 1, 198, 51, 100, 7, 0xDC, 4, 1, 0xBB]),
+        "v2_inet6_tlvs": PROXY_V2_SIG + bytes([0x21, 0x21, 0, 36 + 5]) + bytes(range(1, 17)) + bytes(16)
+        + bytes([1, 0xBB, 0, 80, 0x01, 0, 2]) + b"h2",
+        "v2_local": PROXY_V2_SIG + bytes([0x20, 0x00, 0, 0]),
+        "v2_unix": PROXY_V2_SIG + bytes([0x21, 0x31, 0, 216]) + bytes(216),
     },
     # connection: [flags, chunk sizes..., payload]; flags bit 0 = target sends its own upgrade
     # first, bit 1 = paced chunks, bit 2 = abortive close, high nibble = number of chunk sizes.

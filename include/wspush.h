@@ -26,7 +26,14 @@
  *   optional count out-parameters documented as "may be NULL".
  * - Buffers are (pointer, length) pairs and need no NUL terminator; NULL with length 0 is the
  *   empty buffer. Text arguments (addresses, paths, origins, close reasons, names) must be
- *   UTF-8 (else WSPUSH_RESULT_INVALID_UTF8). Out-parameters are written only when the call returns WSPUSH_RESULT_OK.
+ *   UTF-8 (else WSPUSH_RESULT_INVALID_UTF8). Every length has a documented maximum (user IDs
+ *   WSPUSH_MAX_USER_ID_LEN, close reasons WSPUSH_MAX_CLOSE_REASON_LEN, addresses
+ *   WSPUSH_MAX_ADDRESS_LEN, other names and texts WSPUSH_MAX_ARG_LEN, payloads max_queue_bytes):
+ *   the library cannot know a buffer's real size, so a longer length is refused with that
+ *   argument's error code before any byte is read. Out-parameters are written only when the
+ *   call returns WSPUSH_RESULT_OK.
+ * - User IDs are 1-255 bytes and never contain NUL (WSPUSH_RESULT_INVALID_USER_ID): a host that
+ *   treats an ID as a C string would see "ali" for "ali\0ce", another user.
  * - Strings returned through out-parameters are NOT NUL-terminated: use their length. They are
  *   borrowed: valid only during the callback that received the request.
  * - Structs with a leading `size` field (wspush_callbacks, wspush_stats_snapshot) only ever
@@ -71,13 +78,33 @@
 
 /* Generated from src/ffi by build.rs with cbindgen. Do not edit: change src/ffi and rebuild. */
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 /**
- * Longest user ID, in bytes (the shortest is 1).
+ * Longest user ID, in bytes (the shortest is 1). User IDs never contain a NUL byte: one that
+ * does is INVALID_USER_ID everywhere (a C host reading it as a C string would see another user).
  */
 #define WSPUSH_MAX_USER_ID_LEN 255
+
+/**
+ * Longest close reason, in bytes (RFC 6455: a control frame's 125 bytes minus the code).
+ */
+#define WSPUSH_MAX_CLOSE_REASON_LEN 123
+
+/**
+ * Longest listen address or trusted-proxy network accepted, in bytes. Longer is refused on the
+ * length alone, before the buffer is read.
+ */
+#define WSPUSH_MAX_ADDRESS_LEN 255
+
+/**
+ * Longest of the other text and byte arguments, in bytes: path, allowed origin, JWT secret,
+ * query parameter and header names, Content-Type. Longer is refused with INVALID_ARGUMENT on
+ * the length alone, before the buffer is read.
+ */
+#define WSPUSH_MAX_ARG_LEN 1024
 
 /**
  * Longest timeout the `_ms` setters accept: 2^32-1 ms, about 49 days.
@@ -118,7 +145,7 @@ enum wspush_result
      */
     WSPUSH_RESULT_BIND_FAILED = 5,
     /**
-     * A user ID must be 1 to 255 bytes long.
+     * A user ID must be 1 to 255 bytes long and contain no NUL byte.
      */
     WSPUSH_RESULT_INVALID_USER_ID = 6,
     /**
@@ -126,7 +153,8 @@ enum wspush_result
      */
     WSPUSH_RESULT_INVALID_CLOSE_CODE = 7,
     /**
-     * A close reason must be at most 123 bytes of UTF-8.
+     * A close reason must be at most 123 bytes of UTF-8 (a longer length is refused before
+     * the buffer is read).
      */
     WSPUSH_RESULT_INVALID_CLOSE_REASON = 8,
     /**
@@ -204,7 +232,8 @@ typedef void (*wspush_on_upgrade_fn)(void *userdata,
                                      struct wspush_request *request);
 
 /**
- * A connection was upgraded and registered under `user` (1-255 bytes, borrowed for the call).
+ * A connection was upgraded and registered under `user` (1-255 bytes, no NUL, borrowed for the
+ * call).
  */
 typedef void (*wspush_on_open_fn)(void *userdata,
                                   const struct wspush_server *server,
@@ -427,8 +456,8 @@ extern "C" {
  * per core, 1,000,000 connections, 64 KiB messages, ping every 30 s, idle timeout 75 s,
  * handshake timeout 10 s, 1 MiB queue per connection with the close policy, any Origin, 8 KiB
  * request heads, 1024 handshakes per thread, no per-user or per-IP limit, no JWT authentication,
- * 5 s drain, 2 s close timeout, 8 MiB I/O thread stacks, no callbacks. Returns NULL only on an
- * internal error. Release with `wspush_config_free`.
+ * no PROXY protocol, 5 s drain, 2 s close timeout, 8 MiB I/O thread stacks, no callbacks. Returns
+ * NULL only on an internal error. Release with `wspush_config_free`.
  */
 struct wspush_config *wspush_config_new(void);
 
@@ -444,8 +473,9 @@ void wspush_config_free(struct wspush_config *config);
 /**
  * Sets the listen address, "host:port" (UTF-8, `address_len` bytes, no NUL needed), e.g.
  * "0.0.0.0:8080" or "[::1]:0". Port 0 picks a free port (see `wspush_server_local_port`).
- * Returns INVALID_ADDRESS when it is not host:port with a numeric port; the host name is
- * resolved by `wspush_server_start`.
+ * Returns INVALID_ADDRESS when it is not host:port with a numeric port or is longer than
+ * WSPUSH_MAX_ADDRESS_LEN (checked before reading); the host name is resolved by
+ * `wspush_server_start`.
  *
  * # Safety
  * `config` must be NULL or a live configuration; `address` must be NULL or point to
@@ -455,7 +485,7 @@ wspush_result wspush_config_set_listen(struct wspush_config *config, const char 
 
 /**
  * Sets the request path that accepts upgrades (default "/ws"; other paths get 404). Must start
- * with '/' (else INVALID_ARGUMENT).
+ * with '/' and be at most WSPUSH_MAX_ARG_LEN bytes (else INVALID_ARGUMENT).
  *
  * # Safety
  * As for `wspush_config_set_listen`.
@@ -465,6 +495,7 @@ wspush_result wspush_config_set_path(struct wspush_config *config, const char *p
 /**
  * Only upgrades whose Origin header equals one of the added origins are accepted (others get
  * 403). With none added (default), any Origin is accepted. E.g. "https://mail.example.com".
+ * At most WSPUSH_MAX_ARG_LEN bytes (else INVALID_ARGUMENT).
  *
  * # Safety
  * As for `wspush_config_set_listen`.
@@ -580,10 +611,10 @@ wspush_result wspush_config_set_max_handshakes_per_ip_per_sec(struct wspush_conf
 
 /**
  * Turns on the built-in JSON Web Token authentication with this HS256 secret (`secret_len`
- * bytes, at least 32, copied; INVALID_ARGUMENT if shorter). The token is read from an
+ * bytes, 32 to WSPUSH_MAX_ARG_LEN, copied; INVALID_ARGUMENT otherwise). The token is read from an
  * `Authorization: Bearer` header, else from the `token` query parameter; it must be signed with
  * HS256 (any other alg, "none" included, is refused), carry `exp` (enforced, as is `nbf`, with
- * the leeway of `wspush_config_set_jwt_leeway_ms`) and a `sub` of 1-255 bytes. Without an
+ * the leeway of `wspush_config_set_jwt_leeway_ms`) and a `sub` of 1-255 bytes without NUL. Without an
  * `on_upgrade` callback, a valid token is accepted as user `sub` and anything else gets 401
  * "invalid token"; with one, the callback decides and reads the verified `sub` with
  * `wspush_request_verified_user`.
@@ -642,6 +673,32 @@ wspush_result wspush_config_set_slow_consumer_policy(struct wspush_config *confi
  * `config` must be NULL or a live configuration not used by another thread.
  */
 wspush_result wspush_config_set_thread_stack_size(struct wspush_config *config, size_t bytes);
+
+/**
+ * Behind a load balancer: with `enabled`, connections from a trusted proxy (see
+ * `wspush_config_add_trusted_proxy`; add at least one first, else INVALID_ARGUMENT) must open
+ * with a PROXY protocol header, v1 or v2 (HAProxy `send-proxy`/`send-proxy-v2`, nginx
+ * `proxy_protocol on`, cloud TCP balancers), else they get 400. The client address it carries
+ * is what per-address limits count and what `wspush_request_peer` returns. Other sources are
+ * served directly; a PROXY header from them gets 400. Default: off.
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread.
+ */
+wspush_result wspush_config_set_proxy_protocol(struct wspush_config *config, bool enabled);
+
+/**
+ * Adds a source allowed to send PROXY headers: an address ("127.0.0.1", "::1") or a CIDR
+ * network ("10.0.0.0/8", "fd00::/8"), UTF-8, at most WSPUSH_MAX_ADDRESS_LEN bytes. Anything
+ * else is INVALID_ADDRESS.
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread; `network` NULL or
+ * `network_len` readable bytes.
+ */
+wspush_result wspush_config_add_trusted_proxy(struct wspush_config *config,
+                                              const char *network,
+                                              size_t network_len);
 
 /**
  * Copies the host's callbacks (and userdata) into the configuration, replacing earlier ones.
@@ -731,8 +788,9 @@ wspush_result wspush_request_query(const struct wspush_request *request,
                                    size_t *value_len);
 
 /**
- * The client's address as text, "ip:port" ("[v6]:port" for IPv6). NOT_FOUND when the socket
- * no longer has one.
+ * The client's address as text, "ip:port" ("[v6]:port" for IPv6): the socket's peer, or, from
+ * a trusted load balancer with `wspush_config_set_proxy_protocol`, the address its PROXY header
+ * gave. NOT_FOUND when the socket no longer has one.
  *
  * # Safety
  * `request` must be NULL or the request of a running callback; `value` and `value_len` NULL or
@@ -744,7 +802,8 @@ wspush_result wspush_request_peer(const struct wspush_request *request,
 
 /**
  * The value of the first query parameter called `name` (`name_len` bytes, UTF-8), as sent
- * (not percent-decoded); a parameter without '=' has the empty value. NOT_FOUND if absent.
+ * (not percent-decoded); a parameter without '=' has the empty value. NOT_FOUND if absent;
+ * INVALID_ARGUMENT when `name_len` passes WSPUSH_MAX_ARG_LEN (checked before reading).
  *
  * # Safety
  * `request` must be NULL or the request of a running callback; `name` must be NULL or point to
@@ -758,7 +817,7 @@ wspush_result wspush_request_query_param(const struct wspush_request *request,
 
 /**
  * The value (raw bytes) of the first header called `name` (case-insensitive). NOT_FOUND if
- * absent.
+ * absent; INVALID_ARGUMENT when `name_len` passes WSPUSH_MAX_ARG_LEN (checked before reading).
  *
  * # Safety
  * As for `wspush_request_query_param`.
@@ -815,15 +874,17 @@ wspush_result wspush_request_verified_user(const struct wspush_request *request,
                                            size_t *user_len);
 
 /**
- * In `on_upgrade`: accept the connection as `user` (1-255 bytes, copied). INVALID_USER_ID for
- * another length (the decision is then unchanged); INVALID_ARGUMENT in `on_http`. The last
+ * In `on_upgrade`: accept the connection as `user` (1-255 bytes, no NUL byte, copied).
+ * INVALID_USER_ID for another length or a NUL (the decision is then unchanged); INVALID_ARGUMENT in `on_http`. The last
  * accept/reject/defer call of the callback wins.
  *
  * # Safety
  * `request` must be NULL or the request of a running callback; `user` NULL or `user_len`
  * readable bytes.
  */
-wspush_result wspush_request_accept(struct wspush_request *request, const uint8_t *user, size_t user_len);
+wspush_result wspush_request_accept(struct wspush_request *request,
+                                    const uint8_t *user,
+                                    size_t user_len);
 
 /**
  * In `on_upgrade`: refuse with HTTP `status` (400-599, else INVALID_STATUS) and close.
@@ -845,8 +906,8 @@ wspush_result wspush_request_defer(struct wspush_request *request, uint64_t *tic
 
 /**
  * In `on_http`: answer with `status` (200-599, else INVALID_STATUS), a Content-Type (printable
- * ASCII, not empty, else INVALID_ARGUMENT) and a body; all copied. INVALID_ARGUMENT in
- * `on_upgrade`.
+ * ASCII, 1 to WSPUSH_MAX_ARG_LEN bytes, else INVALID_ARGUMENT) and a body (at most
+ * max_queue_bytes, else MESSAGE_TOO_LARGE); all copied. INVALID_ARGUMENT in `on_upgrade`.
  *
  * # Safety
  * `request` must be NULL or the request of a running callback; `content_type` and `body` NULL
@@ -919,7 +980,7 @@ wspush_result wspush_server_stop(const struct wspush_server *server);
 wspush_result wspush_server_free(const struct wspush_server *server);
 
 /**
- * Sends `payload` to every open connection of `user` (1-255 bytes). `*delivered` (optional,
+ * Sends `payload` to every open connection of `user` (1-255 bytes, no NUL). `*delivered` (optional,
  * may be NULL) receives how many connections it was queued to, 0 when the user has none.
  * Errors: NULL_ARGUMENT, INVALID_USER_ID, INVALID_ARGUMENT (kind), MESSAGE_TOO_LARGE (payload
  * larger than max_queue_bytes), STOPPED.
@@ -981,7 +1042,7 @@ wspush_result wspush_close(const struct wspush_server *server,
 
 /**
  * Closes every connection of `user` with `code`. `*count` (optional) receives how many.
- * Errors: NULL_ARGUMENT, INVALID_USER_ID (not 1-255 bytes), INVALID_CLOSE_CODE, STOPPED.
+ * Errors: NULL_ARGUMENT, INVALID_USER_ID (not 1-255 bytes, or a NUL), INVALID_CLOSE_CODE, STOPPED.
  *
  * # Safety
  * `server` must be NULL or a live server; `user` NULL or readable for `user_len` bytes; `count`

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+pub use crate::proxy_protocol::TrustedProxy;
+
 /// What to do when a connection's queue of unsent bytes would pass `max_queue_bytes`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlowConsumerPolicy {
@@ -84,6 +86,17 @@ pub struct Config {
     /// Every callback runs on these threads, so host code that recurses deeply (an interpreter's
     /// callback, say) needs as much stack as on its own threads. At least [`MIN_THREAD_STACK_SIZE`].
     pub thread_stack_size: usize,
+    /// Behind a load balancer: connections from `trusted_proxies` must open with a PROXY
+    /// protocol header (v1 or v2, as HAProxy `send-proxy`, nginx `proxy_protocol on` and cloud
+    /// TCP balancers send it), else 400. The client address it carries is what per-address
+    /// limits count and what [`crate::Request::peer_addr`] returns. Connections from other
+    /// sources are served directly, and a PROXY header from them is refused (400): only a
+    /// trusted balancer may say where a client is.
+    pub proxy_protocol: bool,
+    /// Sources allowed (and, with `proxy_protocol` on, required) to send a PROXY header:
+    /// addresses or CIDR networks, e.g. `"10.0.0.0/8".parse()?`. Must not be empty when
+    /// `proxy_protocol` is on.
+    pub trusted_proxies: Vec<TrustedProxy>,
 }
 
 /// The I/O threads' stack size when `Config::thread_stack_size` is 0: 8 MiB, what glibc gives an
@@ -154,6 +167,8 @@ impl Default for Config {
             socket_send_buffer: 0,
             socket_recv_buffer: 0,
             thread_stack_size: 0,
+            proxy_protocol: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -191,6 +206,9 @@ impl Config {
         }
         if self.thread_stack_size != 0 && self.thread_stack_size < MIN_THREAD_STACK_SIZE {
             return Err("thread_stack_size must be 0 (default) or >= 64 KiB");
+        }
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return Err("proxy_protocol needs at least one trusted proxy (trusted_proxies)");
         }
         Ok(())
     }

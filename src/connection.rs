@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
@@ -33,6 +34,8 @@ use crate::{ip_limits, jwt, socket};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum State {
+    /// From a trusted load balancer: reading the PROXY protocol header (src/proxy_protocol.rs).
+    ProxyHeader,
     /// Reading the HTTP request head.
     Handshake,
     /// Waiting for the host's deferred upgrade decision.
@@ -91,6 +94,8 @@ struct Spill {
     pong_at: Option<usize>,
     /// Sec-WebSocket-Accept for a deferred upgrade.
     accept_key: Option<Box<str>>,
+    /// The client's address from a PROXY header, until the request head is parsed.
+    client_addr: Option<SocketAddr>,
 }
 
 impl Spill {
@@ -100,6 +105,7 @@ impl Spill {
             && self.held == 0
             && self.queue.is_empty()
             && self.accept_key.is_none()
+            && self.client_addr.is_none()
     }
 
     /// Adds a frame to the output; returns its size for the queued-bytes gauge.
@@ -198,6 +204,16 @@ impl Conn {
         }
     }
 
+    /// The socket's peer: the client, or the load balancer in front of it.
+    pub(crate) fn socket_peer(&self) -> Option<SocketAddr> {
+        self.stream.peer_addr().ok()
+    }
+
+    /// Records the client's address a PROXY header gave, for the request head that follows.
+    pub(crate) fn set_client_addr(&mut self, addr: SocketAddr) {
+        self.spill().client_addr = Some(addr);
+    }
+
     fn has_queued_output(&self) -> bool {
         self.spill.as_ref().is_some_and(|s| !s.queue.is_empty())
     }
@@ -263,7 +279,7 @@ impl IoThread {
                             conn.last_rx = self.wheel.now();
                             conn.flags &= !PINGED;
                         }
-                        State::Handshake | State::Deciding => {}
+                        State::ProxyHeader | State::Handshake | State::Deciding => {}
                     }
                     self.process_input(slot, n);
                     if n < self.scratch.len() && !until_drained {
@@ -393,6 +409,10 @@ impl IoThread {
         loop {
             let Some(conn) = self.conns.get(slot) else { return buf.len() };
             match conn.state {
+                State::ProxyHeader => match self.proxy_header(slot, &buf[pos..]) {
+                    Some(used) => pos += used,
+                    None => return pos,
+                },
                 State::Handshake => match self.handshake(slot, &buf[pos..]) {
                     Some(used) => pos += used,
                     None => return pos,
@@ -502,8 +522,16 @@ impl IoThread {
     fn handshake(&mut self, slot: usize, buf: &[u8]) -> Option<usize> {
         let ticket = self.conn_id(slot);
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let stream = &self.conns[slot].stream;
-        let head = handshake::parse(buf, &mut headers, &self.shared.config, ticket, || stream.peer_addr().ok());
+        let conn = &self.conns[slot];
+        // Behind a trusted load balancer the client is who its PROXY header says.
+        let client = conn.spill.as_ref().and_then(|s| s.client_addr);
+        let head =
+            handshake::parse(buf, &mut headers, &self.shared.config, ticket, || client.or_else(|| conn.socket_peer()));
+        if !matches!(head, Head::Incomplete) {
+            if let Some(spill) = self.conns[slot].spill.as_mut() {
+                spill.client_addr = None; // the request has it now
+            }
+        }
         let (handler, server) = (&self.shared.handler, &self.server);
         match head {
             Head::Incomplete => None,
@@ -565,7 +593,7 @@ impl IoThread {
     }
 
     fn leave_handshake(&mut self, slot: usize) {
-        if matches!(self.conns[slot].state, State::Handshake | State::Deciding) {
+        if matches!(self.conns[slot].state, State::ProxyHeader | State::Handshake | State::Deciding) {
             if let (Some(limits), Some(&key)) = (&self.shared.ip_limits, self.ip_keys.get(slot)) {
                 if key != ip_limits::NOT_COUNTED {
                     limits.handshake_done(key);
@@ -579,7 +607,7 @@ impl IoThread {
         }
     }
 
-    fn reject(&mut self, slot: usize, status: u16) {
+    pub(crate) fn reject(&mut self, slot: usize, status: u16) {
         let status = if (400..=599).contains(&status) { status } else { 500 };
         self.reject_with(slot, handshake::error_response(status));
     }

@@ -15,7 +15,7 @@ pub enum Error {
     Bind(io::Error),
     /// Creating the engine's threads or pollers failed.
     Io(io::Error),
-    /// A user ID must be 1 to 255 bytes long.
+    /// A user ID must be 1 to 255 bytes long, without NUL bytes.
     InvalidUserId,
     /// Close codes must be 1000-1003, 1007-1014 or 3000-4999.
     InvalidCloseCode,
@@ -41,7 +41,7 @@ impl fmt::Display for Error {
             Error::InvalidAddress => f.write_str("invalid listen address"),
             Error::Bind(e) => write!(f, "cannot listen: {e}"),
             Error::Io(e) => write!(f, "I/O error: {e}"),
-            Error::InvalidUserId => f.write_str("user ID must be 1 to 255 bytes"),
+            Error::InvalidUserId => f.write_str("user ID must be 1 to 255 bytes without NUL"),
             Error::InvalidCloseCode => f.write_str("invalid close code"),
             Error::InvalidCloseReason => f.write_str("close reason must be at most 123 bytes of UTF-8"),
             Error::InvalidStatus => f.write_str("HTTP status must be 400-599"),

@@ -439,24 +439,34 @@ impl IoThread {
         let now = self.wheel.now();
         self.conns.insert(Conn::new(stream, generation, now));
         self.me().live.set(slot, generation);
-        if let Some(limits) = &self.shared.ip_limits {
-            let key = ip_limits::key_of(peer);
-            if self.ip_keys.len() <= slot {
-                self.ip_keys.resize(slot + 1, ip_limits::NOT_COUNTED);
-            }
-            if limits.admit(key).is_err() {
-                // Answered now, in a lingering close that holds no handshake slot: idle sockets
-                // from one address, refused, must not keep other addresses' clients waiting.
-                bump(&stats!(self).ip_limited_total, 1);
-                bump(&stats!(self).rejected_total, 1);
-                // (Not yet counted as a handshake; closing moves it straight out of that state.)
-                return self.enter_closing(slot, close::ABNORMAL, &handshake::error_response(429));
-            }
-            self.ip_keys[slot] = key;
+        // From a trusted balancer the client's address comes with its PROXY header: counted
+        // per address then (src/proxy_protocol.rs).
+        if !self.expects_proxy_header(slot, peer) && !self.limit_address(slot, peer) {
+            // Answered now, in a lingering close that holds no handshake slot: idle sockets
+            // from one address, refused, must not keep other addresses' clients waiting. (Not
+            // counted as a handshake yet; closing moves it straight out of that state.)
+            bump(&stats!(self).rejected_total, 1);
+            return self.enter_closing(slot, close::ABNORMAL, &handshake::error_response(429));
         }
         self.handshakes += 1;
         bump(&stats!(self).handshakes, 1);
         self.arm_timer(slot, now + self.ticks.handshake);
+    }
+
+    /// Counts the connection under its client's address; false (and counted in
+    /// `ip_limited_total`) when that address is over a per-address limit.
+    pub(crate) fn limit_address(&mut self, slot: usize, peer: IpAddr) -> bool {
+        let Some(limits) = &self.shared.ip_limits else { return true };
+        let key = ip_limits::key_of(peer);
+        if self.ip_keys.len() <= slot {
+            self.ip_keys.resize(slot + 1, ip_limits::NOT_COUNTED);
+        }
+        if limits.admit(key).is_err() {
+            bump(&stats!(self).ip_limited_total, 1);
+            return false;
+        }
+        self.ip_keys[slot] = key;
+        true
     }
 
     /// Once a second: the per-address limits forget one shard's idle entries, and tables sized
@@ -508,7 +518,9 @@ impl IoThread {
         }
         let since = conn.last_rx;
         let (deadline, fire) = match conn.state {
-            State::Handshake | State::Deciding => (since + self.ticks.handshake, TimerAction::Timeout),
+            State::ProxyHeader | State::Handshake | State::Deciding => {
+                (since + self.ticks.handshake, TimerAction::Timeout)
+            }
             State::Open if conn.pinged() => (since + self.ticks.idle, TimerAction::Timeout),
             State::Open => (since + self.ticks.ping, TimerAction::Ping),
             State::Closing => (since + self.ticks.close, TimerAction::Finish),
@@ -554,7 +566,7 @@ impl IoThread {
         for slot in 0..self.conns.capacity() {
             match self.conns.get(slot).map(|c| c.state) {
                 Some(State::Open) => self.start_close(slot, close::GOING_AWAY, "server shutting down"),
-                Some(State::Handshake | State::Deciding) => self.finish(slot, close::GOING_AWAY),
+                Some(State::ProxyHeader | State::Handshake | State::Deciding) => self.finish(slot, close::GOING_AWAY),
                 _ => {}
             }
         }

@@ -19,7 +19,7 @@ pub enum MessageKind {
 /// The host's answer to an upgrade request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UpgradeDecision {
-    /// Accept and register the connection under this user ID (1 to 255 bytes).
+    /// Accept and register the connection under this user ID (1 to 255 bytes, no NUL byte).
     Accept(Vec<u8>),
     /// Answer with this HTTP status (400-599) and close.
     Reject(u16),
@@ -84,7 +84,9 @@ impl<'a> Request<'a> {
         self.headers.iter().map(|h| (h.name, h.value))
     }
 
-    /// The peer's address, when the socket still has one.
+    /// The client's address: the socket's peer, or, from a trusted load balancer with
+    /// `Config::proxy_protocol`, the address its PROXY header gave. `None` when the socket no
+    /// longer has one.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer
     }

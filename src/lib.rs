@@ -11,6 +11,7 @@
 //! - `connection`: per-connection state machine, input parsing, output queue, closing;
 //! - `handshake`: in-place HTTP upgrade parsing and validation; `codec`: RFC 6455 frames;
 //! - `jwt`: built-in token authentication; `ip_limits`: per-client-address limits;
+//! - `proxy_protocol`: PROXY protocol headers from trusted load balancers (the client address);
 //! - `registry`: user → connections; `timer`: heartbeat and deadlines; `conn_id`: ID layout;
 //! - `socket`: the raw socket calls; [`stats`]: counters; [`ffi`]: the C surface only.
 //!
@@ -50,19 +51,24 @@ mod guard;
 mod handshake;
 mod ip_limits;
 mod jwt;
+mod proxy_protocol;
 mod registry;
 mod slack;
 mod socket;
 mod timer;
 
 pub use codec::is_valid_close_code;
-pub use config::{Config, Secret, SlowConsumerPolicy, DEFAULT_THREAD_STACK_SIZE, MIN_THREAD_STACK_SIZE};
+pub use config::{
+    Config, Secret, SlowConsumerPolicy, TrustedProxy, DEFAULT_THREAD_STACK_SIZE, MIN_THREAD_STACK_SIZE,
+};
 pub use error::Error;
 pub use handler::{default_upgrade_decision, ConnId, Handler, HttpResponse, MessageKind, Request, UpgradeDecision};
+pub use proxy_protocol::InvalidTrustedProxy;
 pub use server::{Server, ServerHandle};
 pub use stats::Stats;
 
-/// Longest user ID, in bytes.
+/// Longest user ID, in bytes. A user ID is 1 to this many bytes and never contains NUL (a C
+/// host reading it as a C string would see a different, shorter user).
 pub const MAX_USER_ID_LEN: usize = 255;
 /// Shortest HS256 secret `Config::jwt_hs256_secret` accepts (RFC 7518 §3.2: the hash's size).
 pub const JWT_MIN_SECRET_LEN: usize = jwt::MIN_SECRET_LEN;
@@ -93,6 +99,12 @@ pub mod internals {
             _ => None,
         }
     }
+
+    /// The PROXY protocol header parser a trusted balancer's connection goes through, and its
+    /// caps (v1 line, v2 header).
+    pub use crate::proxy_protocol::{parse as parse_proxy_header, Parsed as ProxyHeader};
+    pub const PROXY_V1_MAX_LEN: usize = crate::proxy_protocol::V1_MAX_LEN;
+    pub const PROXY_V2_MAX_LEN: usize = crate::proxy_protocol::V2_MAX_LEN;
 
     /// Decodes a client frame header: (header length, payload length).
     pub fn parse_frame_header(buf: &[u8], max_payload: usize) -> Option<(usize, usize)> {

@@ -220,9 +220,11 @@ fn connection_cap(wanted: usize, threads: usize) -> usize {
     wanted.min(allowed)
 }
 
-/// Checks a user ID's length (1 to 255 bytes).
+/// The one rule for user IDs, wherever they come from (host, JWT `sub`): 1 to 255 bytes and no
+/// NUL byte. NUL is refused because C hosts commonly treat an ID as a C string: "ali\0ce" would
+/// be logged, compared or published to as "ali", another user.
 pub(crate) fn check_user_id(user: &[u8]) -> Result<(), Error> {
-    if user.is_empty() || user.len() > MAX_USER_ID_LEN {
+    if user.is_empty() || user.len() > MAX_USER_ID_LEN || user.contains(&0) {
         Err(Error::InvalidUserId)
     } else {
         Ok(())
@@ -394,5 +396,21 @@ impl ServerHandle {
     /// Whether `stop` has been called (or the server failed: see `Error::Failed`).
     pub fn is_stopped(&self) -> bool {
         self.shared.state.load(Ordering::Acquire) != RUNNING
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids_are_1_to_255_bytes_without_nul() {
+        assert!(check_user_id(b"a").is_ok());
+        assert!(check_user_id(&[b'u'; MAX_USER_ID_LEN]).is_ok());
+        assert!(check_user_id(b"").is_err());
+        assert!(check_user_id(&[b'u'; MAX_USER_ID_LEN + 1]).is_err());
+        for with_nul in [&b"ali\0ce"[..], b"\0", b"alice\0"] {
+            assert!(matches!(check_user_id(with_nul), Err(Error::InvalidUserId)), "{with_nul:?}");
+        }
     }
 }

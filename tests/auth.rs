@@ -90,6 +90,8 @@ fn every_invalid_token_gets_401_invalid_token_and_nothing_more() {
             ),
         ),
         ("no sub", format!("token={}", sign_jwt(r#"{"alg":"HS256"}"#, &format!(r#"{{"exp":{exp}}}"#), SECRET))),
+        // A C host would read "ali\0ce" as the C string "ali": another user.
+        ("NUL in sub", format!("token={}", token_for(r"ali\u0000ce"))),
     ];
     for (what, query) in cases {
         let response = upgrade_answer(addr, &format!("/ws?{query}"), "");

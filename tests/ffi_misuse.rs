@@ -1,6 +1,8 @@
-//! C-ABI misuse that tests/ffi.rs does not already cover: user IDs at the length limits through
-//! a real upgrade, listen addresses that only fail when resolved, stop racing stop, and free of a
-//! server that was never stopped. Each misuse gets its documented result code and nothing else.
+//! C-ABI misuse that tests/ffi.rs does not already cover: (pointer, length) arguments whose
+//! length passes the documented maximum (refused before reading: the buffers end at a guard
+//! page), user IDs with a NUL byte, user IDs at the length limits through a real upgrade, listen
+//! addresses that only fail when resolved, stop racing stop, and free of a server that was never
+//! stopped. Each misuse gets its documented result code and nothing else.
 
 use std::ffi::c_void;
 use std::net::TcpStream;
@@ -239,4 +241,233 @@ fn free_without_stop_stops_first_and_calls_on_close_before_returning() {
     // SAFETY: NULL is always allowed.
     assert_eq!(unsafe { wspush_server_free(null()) }, OK, "free(NULL) stays a no-op");
     unsafe { wspush_config_free(null_mut()) };
+}
+
+/// Bytes that end exactly where a PROT_NONE guard page begins: reading one byte past them
+/// crashes the test. The library cannot know a C buffer's real size, so a length beyond an
+/// argument's documented maximum must be refused on the length alone; a call that followed it
+/// would read into the guard page and die with SIGSEGV instead of returning.
+struct GuardedBytes {
+    map: *mut c_void,
+    map_len: usize,
+    data: *const u8,
+}
+
+impl GuardedBytes {
+    fn new(content: &[u8]) -> GuardedBytes {
+        // SAFETY: sysconf, then an anonymous private mapping of two fresh pages whose second page
+        // is made inaccessible; `content` is copied into the end of the first page.
+        unsafe {
+            let page = usize::try_from(libc::sysconf(libc::_SC_PAGESIZE)).unwrap();
+            assert!(content.len() <= page);
+            let map_len = 2 * page;
+            let map = libc::mmap(
+                null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(map, libc::MAP_FAILED);
+            assert_eq!(libc::mprotect(map.cast::<u8>().add(page).cast(), page, libc::PROT_NONE), 0);
+            let data = map.cast::<u8>().add(page - content.len());
+            std::ptr::copy_nonoverlapping(content.as_ptr(), data, content.len());
+            GuardedBytes { map, map_len, data }
+        }
+    }
+}
+
+impl Drop for GuardedBytes {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.map, self.map_len) };
+    }
+}
+
+/// A length no real buffer here has: 2^40.
+const HUGE: usize = 1 << 40;
+
+#[test]
+fn config_lengths_beyond_their_maximum_are_refused_without_reading_the_buffer() {
+    let guarded = GuardedBytes::new(b"8 bytes!");
+    let (p, c) = (guarded.data, guarded.data.cast::<std::ffi::c_char>());
+    // SAFETY: a fresh configuration; every buffer is 8 readable bytes followed by a guard page,
+    // passed with lengths the library must refuse before reading.
+    unsafe {
+        let config = wspush_config_new();
+        assert_eq!(wspush_config_set_listen(config, c, HUGE), wspush_result::InvalidAddress);
+        assert_eq!(wspush_config_set_listen(config, c, WSPUSH_MAX_ADDRESS_LEN + 1), wspush_result::InvalidAddress);
+        assert_eq!(wspush_config_set_path(config, c, HUGE), wspush_result::InvalidArgument);
+        assert_eq!(wspush_config_add_allowed_origin(config, c, HUGE), wspush_result::InvalidArgument);
+        assert_eq!(wspush_config_set_jwt_hs256_secret(config, p, HUGE), wspush_result::InvalidArgument);
+        assert_eq!(wspush_config_add_trusted_proxy(config, c, HUGE), wspush_result::InvalidAddress);
+        assert_eq!(
+            wspush_config_set_jwt_hs256_secret(config, p, WSPUSH_MAX_ARG_LEN + 1),
+            wspush_result::InvalidArgument
+        );
+        // The maximum itself is accepted (and read): the limit is not off by one.
+        let secret = vec![7u8; WSPUSH_MAX_ARG_LEN];
+        assert_eq!(wspush_config_set_jwt_hs256_secret(config, secret.as_ptr(), secret.len()), OK);
+        let listen = format!("{}:1", "a".repeat(WSPUSH_MAX_ADDRESS_LEN - 2));
+        assert_eq!(wspush_config_set_listen(config, listen.as_ptr().cast(), listen.len()), OK);
+        wspush_config_free(config);
+    }
+}
+
+#[test]
+fn server_call_lengths_beyond_their_maximum_are_refused_without_reading_the_buffer() {
+    let seen = Seen::default();
+    let (server, _) = start(&seen);
+    let guarded = GuardedBytes::new(b"8 bytes!");
+    let (p, c) = (guarded.data, guarded.data.cast::<std::ffi::c_char>());
+    let text = WSPUSH_MESSAGE_KIND_TEXT;
+    // SAFETY: the live server; buffers as in the test above.
+    unsafe {
+        // The case: a reason length of 2^40 over an 8-byte buffer.
+        assert_eq!(wspush_close(server, 1, 1000, c, HUGE), wspush_result::InvalidCloseReason);
+        assert_eq!(
+            wspush_close(server, 1, 1000, c, WSPUSH_MAX_CLOSE_REASON_LEN + 1),
+            wspush_result::InvalidCloseReason
+        );
+        assert_eq!(wspush_publish(server, p, HUGE, b"x".as_ptr(), 1, text, null_mut()), wspush_result::InvalidUserId);
+        assert_eq!(wspush_publish(server, b"u".as_ptr(), 1, p, HUGE, text, null_mut()), wspush_result::MessageTooLarge);
+        assert_eq!(wspush_broadcast(server, p, HUGE, text, null_mut()), wspush_result::MessageTooLarge);
+        assert_eq!(wspush_send(server, 1, p, HUGE, text), wspush_result::MessageTooLarge);
+        assert_eq!(wspush_disconnect_user(server, p, HUGE, 1000, null_mut()), wspush_result::InvalidUserId);
+        assert_eq!(wspush_upgrade_accept(server, 1, p, HUGE), wspush_result::InvalidUserId);
+        assert_eq!(wspush_server_free(server), OK);
+    }
+}
+
+/// What the probing callbacks below got back, in call order.
+#[derive(Default)]
+struct Probe {
+    /// Address of the guarded 8 bytes.
+    guarded: usize,
+    results: Mutex<Vec<(&'static str, wspush_result)>>,
+}
+
+/// Calls every request function that takes a (pointer, length) with a huge length over the
+/// guarded buffer, then accepts as "bob" (after trying a user ID with a NUL inside).
+unsafe extern "C" fn probe_upgrade(userdata: *mut c_void, _: *const wspush_server, request: *mut wspush_request) {
+    // SAFETY: userdata is the test's Probe, alive until the server is freed; the request is
+    // live during the callback; out-parameters are locals.
+    unsafe {
+        let probe = &*userdata.cast::<Probe>();
+        let (p, c) = (probe.guarded as *const u8, probe.guarded as *const std::ffi::c_char);
+        let (mut value, mut value_len) = (null(), 0usize);
+        let (mut bytes, mut bytes_len) = (null(), 0usize);
+        let results = [
+            ("query_param", wspush_request_query_param(request, c, HUGE, &mut value, &mut value_len)),
+            ("header", wspush_request_header(request, c, HUGE, &mut bytes, &mut bytes_len)),
+            ("accept huge", wspush_request_accept(request, p, HUGE)),
+            ("accept NUL", wspush_request_accept(request, b"ali\0ce".as_ptr(), 6)),
+            ("accept bob", wspush_request_accept(request, b"bob".as_ptr(), 3)),
+        ];
+        probe.results.lock().unwrap().extend(results);
+    }
+}
+
+unsafe extern "C" fn probe_http(userdata: *mut c_void, _: *const wspush_server, request: *mut wspush_request) {
+    // SAFETY: as in probe_upgrade.
+    unsafe {
+        let probe = &*userdata.cast::<Probe>();
+        let (p, c) = (probe.guarded as *const u8, probe.guarded as *const std::ffi::c_char);
+        let plain = "text/plain";
+        let results = [
+            ("respond content type", wspush_request_respond(request, 200, c, HUGE, b"hi".as_ptr(), 2)),
+            ("respond body", wspush_request_respond(request, 200, plain.as_ptr().cast(), plain.len(), p, HUGE)),
+            ("respond", wspush_request_respond(request, 200, plain.as_ptr().cast(), plain.len(), b"hi".as_ptr(), 2)),
+        ];
+        probe.results.lock().unwrap().extend(results);
+    }
+}
+
+#[test]
+fn request_call_lengths_beyond_their_maximum_are_refused_without_reading_the_buffer() {
+    let guarded = GuardedBytes::new(b"8 bytes!");
+    let probe = Probe { guarded: guarded.data as usize, ..Probe::default() };
+    let callbacks = wspush_callbacks {
+        size: size_of::<wspush_callbacks>(),
+        userdata: (&probe as *const Probe).cast_mut().cast(),
+        on_upgrade: Some(probe_upgrade),
+        on_open: None,
+        on_message: None,
+        on_close: None,
+        on_drop: None,
+        on_http: Some(probe_http),
+    };
+    let (mut server, mut port) = (null(), 0u16);
+    // SAFETY: a fresh configuration, freed once; out-parameters are locals.
+    unsafe {
+        let config = wspush_config_new();
+        assert_eq!(wspush_config_set_listen(config, "127.0.0.1:0".as_ptr().cast(), 11), OK);
+        assert_eq!(wspush_config_set_threads(config, 1), OK);
+        assert_eq!(wspush_config_set_callbacks(config, &callbacks), OK);
+        assert_eq!(wspush_server_start(config, &mut server), OK);
+        wspush_config_free(config);
+        assert_eq!(wspush_server_local_port(server, &mut port), OK);
+    }
+    let client = connect(port, "ignored").expect("accepted as bob");
+    drop(client);
+    let mut http = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    http.set_read_timeout(Some(WAIT)).unwrap();
+    std::io::Write::write_all(&mut http, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    let _ = std::io::Read::read_to_string(&mut http, &mut response);
+    assert!(response.starts_with("HTTP/1.1 200") && response.ends_with("hi"), "{response:?}");
+    // SAFETY: the live server, freed once.
+    assert_eq!(unsafe { wspush_server_free(server) }, OK);
+    let results = probe.results.lock().unwrap().clone();
+    assert_eq!(
+        results,
+        [
+            ("query_param", wspush_result::InvalidArgument),
+            ("header", wspush_result::InvalidArgument),
+            ("accept huge", wspush_result::InvalidUserId),
+            ("accept NUL", wspush_result::InvalidUserId),
+            ("accept bob", OK),
+            ("respond content type", wspush_result::InvalidArgument),
+            ("respond body", wspush_result::MessageTooLarge),
+            ("respond", OK),
+        ]
+    );
+}
+
+#[test]
+fn user_ids_with_a_nul_byte_are_refused_everywhere() {
+    let seen = Seen::default();
+    let (server, _) = start(&seen);
+    // A C host reading "ali\0ce" as a C string sees "ali": another user.
+    let user = b"ali\0ce";
+    assert_eq!(publish(server, user, b"x"), (wspush_result::InvalidUserId, usize::MAX));
+    // SAFETY: the live server; buffers valid for their lengths.
+    unsafe {
+        assert_eq!(wspush_disconnect_user(server, user.as_ptr(), 6, 1000, null_mut()), wspush_result::InvalidUserId);
+        assert_eq!(wspush_upgrade_accept(server, 1, user.as_ptr(), 6), wspush_result::InvalidUserId);
+        assert_eq!(wspush_upgrade_accept(server, 1, b"\0".as_ptr(), 1), wspush_result::InvalidUserId);
+        assert_eq!(wspush_server_free(server), OK);
+    }
+}
+
+#[test]
+fn proxy_protocol_needs_a_trusted_proxy_and_bad_networks_are_invalid_address() {
+    // SAFETY: a fresh configuration and valid buffers.
+    unsafe {
+        let config = wspush_config_new();
+        // Enabling before any proxy is trusted would make every peer untrusted: refused, and
+        // the configuration keeps the previous value.
+        assert_eq!(wspush_config_set_proxy_protocol(config, true), wspush_result::InvalidArgument);
+        for bad in ["", "10.0.0.0/33", "host.example", "10.0.0.0/8 "] {
+            let result = wspush_config_add_trusted_proxy(config, bad.as_ptr().cast(), bad.len());
+            assert_eq!(result, wspush_result::InvalidAddress, "{bad:?}");
+        }
+        for good in ["10.0.0.0/8", "127.0.0.1", "fd00::/8"] {
+            assert_eq!(wspush_config_add_trusted_proxy(config, good.as_ptr().cast(), good.len()), OK, "{good}");
+        }
+        assert_eq!(wspush_config_set_proxy_protocol(config, true), OK);
+        assert_eq!(wspush_config_set_proxy_protocol(config, false), OK);
+        wspush_config_free(config);
+    }
 }

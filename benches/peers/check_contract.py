@@ -81,8 +81,9 @@ class Conn:
 class Admin:
     def __init__(self, addr):
         self.sock = socket.create_connection(addr); self.buf = b""
+        self.host = f"{addr[0]}:{addr[1]}"  # wspushd refuses foreign Host names (DNS rebinding)
     def req(self, method, target, body=b"", ctype="text/plain"):
-        self.sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        self.sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
         while b"\r\n\r\n" not in self.buf:
             c = self.sock.recv(4096); assert c, "admin closed"; self.buf += c
         head, _, self.buf = self.buf.partition(b"\r\n\r\n")

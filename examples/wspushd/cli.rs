@@ -60,6 +60,14 @@ OPTIONS:
     --drain-timeout-ms MS          On shutdown, time allowed to flush and close [default: 5000]
     --allowed-origin ORIGIN        Accept browser upgrades only from this Origin (repeatable;
                                    e.g. https://mail.example.com); default: any origin
+    --proxy-protocol               Behind a load balancer: connections from a --trusted-proxy
+                                   must open with a PROXY protocol header (v1 or v2; HAProxy
+                                   send-proxy, nginx proxy_protocol, cloud TCP balancers), else
+                                   400. Its client address is what per-IP limits count. Others
+                                   are served directly; a PROXY header from them gets 400
+    --trusted-proxy ADDR[/BITS]    A balancer address or network allowed to send PROXY headers
+                                   (repeatable; e.g. 10.0.0.0/8, 127.0.0.1, fd00::/8); at least
+                                   one is required with --proxy-protocol
     --admin-idle-timeout-ms MS     Close admin connections idle this long [default: 30000]
     --admin-token-file PATH        Require `Authorization: Bearer TOKEN` on every admin request,
                                    TOKEN being the content of PATH (at least 16 bytes; one
@@ -150,7 +158,15 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         match flag.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
-            "--demo" | "--echo" if inline_value.is_some() => return Err(format!("option {flag} takes no value")),
+            "--demo" | "--echo" | "--proxy-protocol" if inline_value.is_some() => {
+                return Err(format!("option {flag} takes no value"))
+            }
+            "--proxy-protocol" => config.proxy_protocol = true,
+            "--trusted-proxy" => {
+                let network = value()?;
+                let parsed = network.parse().map_err(|e| format!("--trusted-proxy: {e}, got '{network}'"))?;
+                config.trusted_proxies.push(parsed);
+            }
             "--demo" => options.demo = true,
             "--echo" => options.echo = true,
             "--listen" => config.listen = value()?,
@@ -288,6 +304,12 @@ fn check(options: &Options) -> Result<(), String> {
     if config.threads > 255 {
         return Err("--threads must be at most 255".into());
     }
+    if config.proxy_protocol && config.trusted_proxies.is_empty() {
+        return Err("--proxy-protocol needs at least one --trusted-proxy (the balancers' addresses)".into());
+    }
+    if !config.proxy_protocol && !config.trusted_proxies.is_empty() {
+        return Err("--trusted-proxy only means something with --proxy-protocol".into());
+    }
     if options.admin_listen == config.listen && !config.listen.ends_with(":0") {
         return Err("--admin-listen must differ from --listen: the admin API never shares the public port".into());
     }
@@ -391,6 +413,18 @@ mod tests {
         assert_eq!(options.config.slow_consumer, SlowConsumerPolicy::Drop);
         assert_eq!(options.config.ping_interval, Duration::from_millis(200));
         assert_eq!(options.config.idle_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn proxy_protocol_takes_trusted_networks() {
+        let options = run(&["--proxy-protocol", "--trusted-proxy", "10.0.0.0/8", "--trusted-proxy=::1"]).unwrap();
+        assert!(options.config.proxy_protocol);
+        let trusted: Vec<String> = options.config.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(trusted, ["10.0.0.0/8", "::1/128"]);
+        assert!(run(&["--proxy-protocol"]).unwrap_err().contains("--trusted-proxy"));
+        assert!(run(&["--trusted-proxy", "10.0.0.1"]).unwrap_err().contains("--proxy-protocol"));
+        assert!(run(&["--proxy-protocol", "--trusted-proxy", "10.0.0.0/33"]).unwrap_err().contains("'10.0.0.0/33'"));
+        assert!(run(&["--proxy-protocol=yes"]).unwrap_err().contains("no value"));
     }
 
     #[test]

@@ -27,11 +27,12 @@ pub enum wspush_result {
     InvalidAddress = 4,
     /// The listening socket could not be bound (address in use, permission, ...).
     BindFailed = 5,
-    /// A user ID must be 1 to 255 bytes long.
+    /// A user ID must be 1 to 255 bytes long and contain no NUL byte.
     InvalidUserId = 6,
     /// Close codes must be 1000-1003, 1007-1014 or 3000-4999.
     InvalidCloseCode = 7,
-    /// A close reason must be at most 123 bytes of UTF-8.
+    /// A close reason must be at most 123 bytes of UTF-8 (a longer length is refused before
+    /// the buffer is read).
     InvalidCloseReason = 8,
     /// An HTTP status is out of range (400-599 to reject, 200-599 to respond).
     InvalidStatus = 9,
@@ -83,7 +84,7 @@ impl wspush_result {
             wspush_result::InvalidUtf8 => "text is not valid UTF-8\0",
             wspush_result::InvalidAddress => "invalid listen address (expected host:port)\0",
             wspush_result::BindFailed => "cannot bind the listening socket\0",
-            wspush_result::InvalidUserId => "user ID must be 1 to 255 bytes\0",
+            wspush_result::InvalidUserId => "user ID must be 1 to 255 bytes without NUL\0",
             wspush_result::InvalidCloseCode => "invalid close code\0",
             wspush_result::InvalidCloseReason => "close reason must be at most 123 bytes of UTF-8\0",
             wspush_result::InvalidStatus => "HTTP status out of range\0",
@@ -207,27 +208,47 @@ impl<T> Out<T> {
 
 /// A byte buffer argument: `(ptr, len)`; NULL with length 0 is the empty buffer.
 ///
+/// The library cannot know how big the host's buffer really is, so `len` is checked against the
+/// argument's documented maximum `max` before the pointer is touched: a longer one is refused
+/// with `too_long` and nothing is read (a length of 2^40 over an 8-byte buffer must not be
+/// followed past the buffer's end).
+///
 /// # Safety
-/// A non-NULL `ptr` must be valid for reads of `len` bytes for `'a`.
-pub(crate) unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> Result<&'a [u8], wspush_result> {
+/// A non-NULL `ptr` must be valid for reads of `len` bytes for `'a` when `len <= max`.
+pub(crate) unsafe fn bytes<'a>(
+    ptr: *const u8,
+    len: usize,
+    max: usize,
+    too_long: wspush_result,
+) -> Result<&'a [u8], wspush_result> {
     if ptr.is_null() {
         return if len == 0 { Ok(&[]) } else { Err(wspush_result::NullArgument) };
+    }
+    if len > max {
+        return Err(too_long);
     }
     // A length past isize::MAX cannot describe a real buffer (and would be UB below).
     if len > isize::MAX as usize {
         return Err(wspush_result::InvalidArgument);
     }
-    // SAFETY: non-NULL and valid for reads of `len` bytes per this function's contract.
+    // SAFETY: non-NULL, `len <= max`, and valid for reads of `len` bytes per this function's
+    // contract.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
-/// A UTF-8 text argument: `(ptr, len)`, not NUL-terminated; NULL with length 0 is "".
+/// A UTF-8 text argument: `(ptr, len)`, not NUL-terminated; NULL with length 0 is "". The
+/// length is checked against `max` before any byte is read, as for [`bytes`].
 ///
 /// # Safety
 /// As for [`bytes`].
-pub(crate) unsafe fn text<'a>(ptr: *const c_char, len: usize) -> Result<&'a str, wspush_result> {
+pub(crate) unsafe fn text<'a>(
+    ptr: *const c_char,
+    len: usize,
+    max: usize,
+    too_long: wspush_result,
+) -> Result<&'a str, wspush_result> {
     // SAFETY: forwarded contract.
-    let raw = unsafe { bytes(ptr.cast(), len) }?;
+    let raw = unsafe { bytes(ptr.cast(), len, max, too_long) }?;
     std::str::from_utf8(raw).map_err(|_| wspush_result::InvalidUtf8)
 }
 
@@ -284,10 +305,20 @@ mod tests {
     fn buffers_follow_the_null_and_length_rules() {
         // SAFETY: NULL pointers only; non-NULL ones point to live locals of the given length.
         unsafe {
-            assert_eq!(bytes(std::ptr::null(), 0), Ok(&[][..]));
-            assert_eq!(bytes(std::ptr::null(), 1), Err(wspush_result::NullArgument));
-            assert_eq!(text(b"h\xffi".as_ptr().cast(), 3), Err(wspush_result::InvalidUtf8));
-            assert_eq!(text(b"hi".as_ptr().cast(), 2), Ok("hi"));
+            let long = wspush_result::InvalidArgument;
+            assert_eq!(bytes(std::ptr::null(), 0, 8, long), Ok(&[][..]));
+            assert_eq!(bytes(std::ptr::null(), 1, 8, long), Err(wspush_result::NullArgument));
+            assert_eq!(text(b"h\xffi".as_ptr().cast(), 3, 8, long), Err(wspush_result::InvalidUtf8));
+            assert_eq!(text(b"hi".as_ptr().cast(), 2, 8, long), Ok("hi"));
+            assert_eq!(
+                text(b"hi".as_ptr().cast(), 2, 1, wspush_result::InvalidAddress),
+                Err(wspush_result::InvalidAddress)
+            );
+            // Refused on the length alone: the 2-byte buffer is never read as 2^40 bytes.
+            assert_eq!(
+                bytes(b"hi".as_ptr(), 1 << 40, 8, wspush_result::InvalidUserId),
+                Err(wspush_result::InvalidUserId)
+            );
         }
         assert!(!out_bytes(&[]).0.is_null());
     }

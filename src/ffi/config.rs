@@ -25,8 +25,18 @@ pub const WSPUSH_SLOW_CONSUMER_CLOSE: wspush_slow_consumer_policy = 0;
 /// Drop that message for that connection only (`on_drop` is called) and keep it open.
 pub const WSPUSH_SLOW_CONSUMER_DROP: wspush_slow_consumer_policy = 1;
 
-/// Longest user ID, in bytes (the shortest is 1).
+/// Longest user ID, in bytes (the shortest is 1). User IDs never contain a NUL byte: one that
+/// does is INVALID_USER_ID everywhere (a C host reading it as a C string would see another user).
 pub const WSPUSH_MAX_USER_ID_LEN: usize = 255;
+/// Longest close reason, in bytes (RFC 6455: a control frame's 125 bytes minus the code).
+pub const WSPUSH_MAX_CLOSE_REASON_LEN: usize = 123;
+/// Longest listen address or trusted-proxy network accepted, in bytes. Longer is refused on the
+/// length alone, before the buffer is read.
+pub const WSPUSH_MAX_ADDRESS_LEN: usize = 255;
+/// Longest of the other text and byte arguments, in bytes: path, allowed origin, JWT secret,
+/// query parameter and header names, Content-Type. Longer is refused with INVALID_ARGUMENT on
+/// the length alone, before the buffer is read.
+pub const WSPUSH_MAX_ARG_LEN: usize = 1024;
 /// Longest timeout the `_ms` setters accept: 2^32-1 ms, about 49 days.
 pub const WSPUSH_MAX_TIMEOUT_MS: u64 = 4_294_967_295;
 
@@ -37,7 +47,8 @@ pub const WSPUSH_MAX_TIMEOUT_MS: u64 = 4_294_967_295;
 pub type wspush_on_upgrade_fn =
     Option<unsafe extern "C" fn(userdata: *mut c_void, server: *const wspush_server, request: *mut wspush_request)>;
 
-/// A connection was upgraded and registered under `user` (1-255 bytes, borrowed for the call).
+/// A connection was upgraded and registered under `user` (1-255 bytes, no NUL, borrowed for the
+/// call).
 pub type wspush_on_open_fn = Option<
     unsafe extern "C" fn(
         userdata: *mut c_void,
@@ -182,8 +193,8 @@ fn looks_like_listen_address(address: &str) -> bool {
 /// per core, 1,000,000 connections, 64 KiB messages, ping every 30 s, idle timeout 75 s,
 /// handshake timeout 10 s, 1 MiB queue per connection with the close policy, any Origin, 8 KiB
 /// request heads, 1024 handshakes per thread, no per-user or per-IP limit, no JWT authentication,
-/// 5 s drain, 2 s close timeout, 8 MiB I/O thread stacks, no callbacks. Returns NULL only on an
-/// internal error. Release with `wspush_config_free`.
+/// no PROXY protocol, 5 s drain, 2 s close timeout, 8 MiB I/O thread stacks, no callbacks. Returns
+/// NULL only on an internal error. Release with `wspush_config_free`.
 #[no_mangle]
 pub extern "C" fn wspush_config_new() -> *mut wspush_config {
     ffi_boundary(|| {
@@ -209,8 +220,9 @@ pub unsafe extern "C" fn wspush_config_free(config: *mut wspush_config) {
 
 /// Sets the listen address, "host:port" (UTF-8, `address_len` bytes, no NUL needed), e.g.
 /// "0.0.0.0:8080" or "[::1]:0". Port 0 picks a free port (see `wspush_server_local_port`).
-/// Returns INVALID_ADDRESS when it is not host:port with a numeric port; the host name is
-/// resolved by `wspush_server_start`.
+/// Returns INVALID_ADDRESS when it is not host:port with a numeric port or is longer than
+/// WSPUSH_MAX_ADDRESS_LEN (checked before reading); the host name is resolved by
+/// `wspush_server_start`.
 ///
 /// # Safety
 /// `config` must be NULL or a live configuration; `address` must be NULL or point to
@@ -224,7 +236,7 @@ pub unsafe extern "C" fn wspush_config_set_listen(
     // SAFETY: forwarded contract.
     unsafe {
         update(config, |c| {
-            let address = text(address, address_len)?;
+            let address = text(address, address_len, WSPUSH_MAX_ADDRESS_LEN, wspush_result::InvalidAddress)?;
             if !looks_like_listen_address(address) {
                 return Err(wspush_result::InvalidAddress);
             }
@@ -235,7 +247,7 @@ pub unsafe extern "C" fn wspush_config_set_listen(
 }
 
 /// Sets the request path that accepts upgrades (default "/ws"; other paths get 404). Must start
-/// with '/' (else INVALID_ARGUMENT).
+/// with '/' and be at most WSPUSH_MAX_ARG_LEN bytes (else INVALID_ARGUMENT).
 ///
 /// # Safety
 /// As for `wspush_config_set_listen`.
@@ -248,7 +260,7 @@ pub unsafe extern "C" fn wspush_config_set_path(
     // SAFETY: forwarded contract.
     unsafe {
         update(config, |c| {
-            c.path = text(path, path_len)?.to_string();
+            c.path = text(path, path_len, WSPUSH_MAX_ARG_LEN, wspush_result::InvalidArgument)?.to_string();
             Ok(())
         })
     }
@@ -256,6 +268,7 @@ pub unsafe extern "C" fn wspush_config_set_path(
 
 /// Only upgrades whose Origin header equals one of the added origins are accepted (others get
 /// 403). With none added (default), any Origin is accepted. E.g. "https://mail.example.com".
+/// At most WSPUSH_MAX_ARG_LEN bytes (else INVALID_ARGUMENT).
 ///
 /// # Safety
 /// As for `wspush_config_set_listen`.
@@ -268,7 +281,7 @@ pub unsafe extern "C" fn wspush_config_add_allowed_origin(
     // SAFETY: forwarded contract.
     unsafe {
         update(config, |c| {
-            let origin = text(origin, origin_len)?;
+            let origin = text(origin, origin_len, WSPUSH_MAX_ARG_LEN, wspush_result::InvalidArgument)?;
             if origin.is_empty() {
                 return Err(wspush_result::InvalidArgument);
             }
@@ -504,10 +517,10 @@ pub unsafe extern "C" fn wspush_config_set_max_handshakes_per_ip_per_sec(
 }
 
 /// Turns on the built-in JSON Web Token authentication with this HS256 secret (`secret_len`
-/// bytes, at least 32, copied; INVALID_ARGUMENT if shorter). The token is read from an
+/// bytes, 32 to WSPUSH_MAX_ARG_LEN, copied; INVALID_ARGUMENT otherwise). The token is read from an
 /// `Authorization: Bearer` header, else from the `token` query parameter; it must be signed with
 /// HS256 (any other alg, "none" included, is refused), carry `exp` (enforced, as is `nbf`, with
-/// the leeway of `wspush_config_set_jwt_leeway_ms`) and a `sub` of 1-255 bytes. Without an
+/// the leeway of `wspush_config_set_jwt_leeway_ms`) and a `sub` of 1-255 bytes without NUL. Without an
 /// `on_upgrade` callback, a valid token is accepted as user `sub` and anything else gets 401
 /// "invalid token"; with one, the callback decides and reads the verified `sub` with
 /// `wspush_request_verified_user`.
@@ -524,7 +537,7 @@ pub unsafe extern "C" fn wspush_config_set_jwt_hs256_secret(
     // SAFETY: forwarded contract.
     unsafe {
         update(config, |c| {
-            let secret = bytes(secret, secret_len)?;
+            let secret = bytes(secret, secret_len, WSPUSH_MAX_ARG_LEN, wspush_result::InvalidArgument)?;
             if secret.len() < crate::jwt::MIN_SECRET_LEN {
                 return Err(wspush_result::InvalidArgument);
             }
@@ -622,6 +635,49 @@ pub unsafe extern "C" fn wspush_config_set_thread_stack_size(
     unsafe {
         update(config, |c| {
             c.thread_stack_size = bytes;
+            Ok(())
+        })
+    }
+}
+
+/// Behind a load balancer: with `enabled`, connections from a trusted proxy (see
+/// `wspush_config_add_trusted_proxy`; add at least one first, else INVALID_ARGUMENT) must open
+/// with a PROXY protocol header, v1 or v2 (HAProxy `send-proxy`/`send-proxy-v2`, nginx
+/// `proxy_protocol on`, cloud TCP balancers), else they get 400. The client address it carries
+/// is what per-address limits count and what `wspush_request_peer` returns. Other sources are
+/// served directly; a PROXY header from them gets 400. Default: off.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_proxy_protocol(config: *mut wspush_config, enabled: bool) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            c.proxy_protocol = enabled;
+            Ok(())
+        })
+    }
+}
+
+/// Adds a source allowed to send PROXY headers: an address ("127.0.0.1", "::1") or a CIDR
+/// network ("10.0.0.0/8", "fd00::/8"), UTF-8, at most WSPUSH_MAX_ADDRESS_LEN bytes. Anything
+/// else is INVALID_ADDRESS.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread; `network` NULL or
+/// `network_len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_add_trusted_proxy(
+    config: *mut wspush_config,
+    network: *const c_char,
+    network_len: usize,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            let network = text(network, network_len, WSPUSH_MAX_ADDRESS_LEN, wspush_result::InvalidAddress)?;
+            c.trusted_proxies.push(network.parse().map_err(|_| wspush_result::InvalidAddress)?);
             Ok(())
         })
     }

@@ -40,7 +40,7 @@ impl Handler for CallbackHandler {
         let Some(callback) = self.callbacks.on_upgrade else {
             return default_upgrade_decision(request);
         };
-        let view = RequestView::new(request, Purpose::Upgrade);
+        let view = RequestView::new(request, Purpose::Upgrade, server.shared.config.max_queue_bytes);
         // SAFETY: see the comment on this impl; `view` lives until after the call.
         unsafe { callback(self.callbacks.userdata, server_ptr(server), view.as_c()) };
         view.into_decision()
@@ -92,7 +92,7 @@ impl Handler for CallbackHandler {
 
     fn on_http(&self, server: &ServerHandle, request: &Request<'_>) -> Option<HttpResponse> {
         let callback = self.callbacks.on_http?;
-        let view = RequestView::new(request, Purpose::Http);
+        let view = RequestView::new(request, Purpose::Http, server.shared.config.max_queue_bytes);
         // SAFETY: see the comment on this impl; `view` lives until after the call.
         unsafe { callback(self.callbacks.userdata, server_ptr(server), view.as_c()) };
         view.into_response()

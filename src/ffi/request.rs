@@ -5,6 +5,7 @@ use std::cell::{Cell, OnceCell};
 use std::ffi::c_char;
 
 use super::boundary::{arg, bytes, ffi_boundary, out_bytes, out_text, text, wspush_result, Out};
+use super::config::{WSPUSH_MAX_ARG_LEN, WSPUSH_MAX_USER_ID_LEN};
 use crate::server::check_user_id;
 use crate::{HttpResponse, Request, UpgradeDecision};
 
@@ -39,11 +40,13 @@ pub(crate) struct RequestView<'a> {
     answer: Cell<Answer>,
     /// "ip:port", formatted on first use.
     peer_text: OnceCell<Option<String>>,
+    /// Largest response body `wspush_request_respond` takes: the server's max_queue_bytes.
+    max_body: usize,
 }
 
 impl<'a> RequestView<'a> {
-    pub(crate) fn new(request: &'a Request<'a>, purpose: Purpose) -> RequestView<'a> {
-        RequestView { request, purpose, answer: Cell::new(Answer::None), peer_text: OnceCell::new() }
+    pub(crate) fn new(request: &'a Request<'a>, purpose: Purpose, max_body: usize) -> RequestView<'a> {
+        RequestView { request, purpose, answer: Cell::new(Answer::None), peer_text: OnceCell::new(), max_body }
     }
 
     /// The pointer handed to C. Only shared access ever happens through it (answers go through
@@ -180,8 +183,9 @@ pub unsafe extern "C" fn wspush_request_query(
     unsafe { text_of_request(request, value, value_len, |v| Some(v.request.query())) }
 }
 
-/// The client's address as text, "ip:port" ("[v6]:port" for IPv6). NOT_FOUND when the socket
-/// no longer has one.
+/// The client's address as text, "ip:port" ("[v6]:port" for IPv6): the socket's peer, or, from
+/// a trusted load balancer with `wspush_config_set_proxy_protocol`, the address its PROXY header
+/// gave. NOT_FOUND when the socket no longer has one.
 ///
 /// # Safety
 /// `request` must be NULL or the request of a running callback; `value` and `value_len` NULL or
@@ -201,7 +205,8 @@ pub unsafe extern "C" fn wspush_request_peer(
 }
 
 /// The value of the first query parameter called `name` (`name_len` bytes, UTF-8), as sent
-/// (not percent-decoded); a parameter without '=' has the empty value. NOT_FOUND if absent.
+/// (not percent-decoded); a parameter without '=' has the empty value. NOT_FOUND if absent;
+/// INVALID_ARGUMENT when `name_len` passes WSPUSH_MAX_ARG_LEN (checked before reading).
 ///
 /// # Safety
 /// `request` must be NULL or the request of a running callback; `name` must be NULL or point to
@@ -219,7 +224,7 @@ pub unsafe extern "C" fn wspush_request_query_param(
         let view = unsafe { view(request) }?;
         let (value, value_len) = (Out::new(value)?, Out::new(value_len)?);
         // SAFETY: per this function's contract.
-        let name = unsafe { text(name, name_len) }?;
+        let name = unsafe { text(name, name_len, WSPUSH_MAX_ARG_LEN, wspush_result::InvalidArgument) }?;
         let found = view.request.query_param(name).ok_or(wspush_result::NotFound)?;
         // SAFETY: checked non-NULL, valid per the contract.
         Ok(unsafe { write_text(found, value, value_len) })
@@ -227,7 +232,7 @@ pub unsafe extern "C" fn wspush_request_query_param(
 }
 
 /// The value (raw bytes) of the first header called `name` (case-insensitive). NOT_FOUND if
-/// absent.
+/// absent; INVALID_ARGUMENT when `name_len` passes WSPUSH_MAX_ARG_LEN (checked before reading).
 ///
 /// # Safety
 /// As for `wspush_request_query_param`.
@@ -244,7 +249,7 @@ pub unsafe extern "C" fn wspush_request_header(
         let view = unsafe { view(request) }?;
         let (value, value_len) = (Out::new(value)?, Out::new(value_len)?);
         // SAFETY: per this function's contract.
-        let name = unsafe { text(name, name_len) }?;
+        let name = unsafe { text(name, name_len, WSPUSH_MAX_ARG_LEN, wspush_result::InvalidArgument) }?;
         let found = view.request.header(name).ok_or(wspush_result::NotFound)?;
         // SAFETY: checked non-NULL, valid per the contract.
         Ok(unsafe { write_bytes(found, value, value_len) })
@@ -340,8 +345,8 @@ pub unsafe extern "C" fn wspush_request_verified_user(
     })
 }
 
-/// In `on_upgrade`: accept the connection as `user` (1-255 bytes, copied). INVALID_USER_ID for
-/// another length (the decision is then unchanged); INVALID_ARGUMENT in `on_http`. The last
+/// In `on_upgrade`: accept the connection as `user` (1-255 bytes, no NUL byte, copied).
+/// INVALID_USER_ID for another length or a NUL (the decision is then unchanged); INVALID_ARGUMENT in `on_http`. The last
 /// accept/reject/defer call of the callback wins.
 ///
 /// # Safety
@@ -357,7 +362,7 @@ pub unsafe extern "C" fn wspush_request_accept(
         // SAFETY: per this function's contract.
         let view = unsafe { view(request) }?;
         // SAFETY: per this function's contract.
-        let user = unsafe { bytes(user, user_len) }?;
+        let user = unsafe { bytes(user, user_len, WSPUSH_MAX_USER_ID_LEN, wspush_result::InvalidUserId) }?;
         check_user_id(user).map_err(wspush_result::from)?;
         view.answer(Purpose::Upgrade, Answer::Upgrade(UpgradeDecision::Accept(user.to_vec())))
     })
@@ -399,8 +404,8 @@ pub unsafe extern "C" fn wspush_request_defer(request: *mut wspush_request, tick
 }
 
 /// In `on_http`: answer with `status` (200-599, else INVALID_STATUS), a Content-Type (printable
-/// ASCII, not empty, else INVALID_ARGUMENT) and a body; all copied. INVALID_ARGUMENT in
-/// `on_upgrade`.
+/// ASCII, 1 to WSPUSH_MAX_ARG_LEN bytes, else INVALID_ARGUMENT) and a body (at most
+/// max_queue_bytes, else MESSAGE_TOO_LARGE); all copied. INVALID_ARGUMENT in `on_upgrade`.
 ///
 /// # Safety
 /// `request` must be NULL or the request of a running callback; `content_type` and `body` NULL
@@ -418,9 +423,10 @@ pub unsafe extern "C" fn wspush_request_respond(
         // SAFETY: per this function's contract.
         let view = unsafe { view(request) }?;
         // SAFETY: per this function's contract.
-        let content_type = unsafe { text(content_type, content_type_len) }?;
+        let content_type =
+            unsafe { text(content_type, content_type_len, WSPUSH_MAX_ARG_LEN, wspush_result::InvalidArgument) }?;
         // SAFETY: per this function's contract.
-        let body = unsafe { bytes(body, body_len) }?;
+        let body = unsafe { bytes(body, body_len, view.max_body, wspush_result::MessageTooLarge) }?;
         if !(200..=599).contains(&status) {
             return Err(wspush_result::InvalidStatus);
         }

@@ -6,7 +6,10 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use super::boundary::{arg, bytes, engine, ffi_boundary, text, wspush_result, Out};
-use super::config::{wspush_config, wspush_message_kind, WSPUSH_MESSAGE_KIND_BINARY, WSPUSH_MESSAGE_KIND_TEXT};
+use super::config::{
+    wspush_config, wspush_message_kind, WSPUSH_MAX_CLOSE_REASON_LEN, WSPUSH_MAX_USER_ID_LEN,
+    WSPUSH_MESSAGE_KIND_BINARY, WSPUSH_MESSAGE_KIND_TEXT,
+};
 use super::handler::CallbackHandler;
 use crate::server::{Shared, ENGINE_OF_THIS_THREAD};
 use crate::{MessageKind, Server, ServerHandle, Stats};
@@ -56,6 +59,30 @@ unsafe fn server_arg(server: *const wspush_server) -> Result<BorrowedServer, wsp
 /// Whether the calling thread is one of this server's I/O threads, i.e. inside its callback.
 fn on_own_io_thread(server: *const wspush_server) -> bool {
     ENGINE_OF_THIS_THREAD.with(|engine| std::ptr::eq(engine.get(), server.cast::<Shared>()))
+}
+
+/// A user ID argument: longer than WSPUSH_MAX_USER_ID_LEN is INVALID_USER_ID without reading.
+///
+/// # Safety
+/// As for [`bytes`].
+unsafe fn user_arg<'a>(user: *const u8, user_len: usize) -> Result<&'a [u8], wspush_result> {
+    // SAFETY: forwarded contract.
+    unsafe { bytes(user, user_len, WSPUSH_MAX_USER_ID_LEN, wspush_result::InvalidUserId) }
+}
+
+/// A payload argument: longer than the server's max_queue_bytes is MESSAGE_TOO_LARGE without
+/// reading.
+///
+/// # Safety
+/// As for [`bytes`].
+unsafe fn payload_arg<'a>(
+    server: &ServerHandle,
+    payload: *const u8,
+    payload_len: usize,
+) -> Result<&'a [u8], wspush_result> {
+    let max = server.shared.config.max_queue_bytes;
+    // SAFETY: forwarded contract.
+    unsafe { bytes(payload, payload_len, max, wspush_result::MessageTooLarge) }
 }
 
 fn message_kind(kind: wspush_message_kind) -> Result<MessageKind, wspush_result> {
@@ -184,7 +211,7 @@ pub unsafe extern "C" fn wspush_server_free(server: *const wspush_server) -> wsp
     })
 }
 
-/// Sends `payload` to every open connection of `user` (1-255 bytes). `*delivered` (optional,
+/// Sends `payload` to every open connection of `user` (1-255 bytes, no NUL). `*delivered` (optional,
 /// may be NULL) receives how many connections it was queued to, 0 when the user has none.
 /// Errors: NULL_ARGUMENT, INVALID_USER_ID, INVALID_ARGUMENT (kind), MESSAGE_TOO_LARGE (payload
 /// larger than max_queue_bytes), STOPPED.
@@ -204,8 +231,9 @@ pub unsafe extern "C" fn wspush_publish(
 ) -> wspush_result {
     ffi_boundary(|| {
         // SAFETY: per this function's contract.
-        let (server, user, payload) =
-            unsafe { (server_arg(server)?, bytes(user, user_len)?, bytes(payload, payload_len)?) };
+        let server = unsafe { server_arg(server) }?;
+        // SAFETY: per this function's contract.
+        let (user, payload) = unsafe { (user_arg(user, user_len)?, payload_arg(&server, payload, payload_len)?) };
         let count = engine(server.publish(user, payload, message_kind(kind)?))?;
         // SAFETY: per this function's contract.
         unsafe { write_optional(delivered, count) };
@@ -229,7 +257,9 @@ pub unsafe extern "C" fn wspush_broadcast(
 ) -> wspush_result {
     ffi_boundary(|| {
         // SAFETY: per this function's contract.
-        let (server, payload) = unsafe { (server_arg(server)?, bytes(payload, payload_len)?) };
+        let server = unsafe { server_arg(server) }?;
+        // SAFETY: per this function's contract.
+        let payload = unsafe { payload_arg(&server, payload, payload_len) }?;
         let open = engine(server.broadcast(payload, message_kind(kind)?))?;
         // SAFETY: per this function's contract.
         unsafe { write_optional(count, open) };
@@ -253,7 +283,9 @@ pub unsafe extern "C" fn wspush_send(
 ) -> wspush_result {
     ffi_boundary(|| {
         // SAFETY: per this function's contract.
-        let (server, payload) = unsafe { (server_arg(server)?, bytes(payload, payload_len)?) };
+        let server = unsafe { server_arg(server) }?;
+        // SAFETY: per this function's contract.
+        let payload = unsafe { payload_arg(&server, payload, payload_len) }?;
         engine(server.send(conn, payload, message_kind(kind)?))?;
         Ok(wspush_result::Ok)
     })
@@ -276,14 +308,19 @@ pub unsafe extern "C" fn wspush_close(
 ) -> wspush_result {
     ffi_boundary(|| {
         // SAFETY: per this function's contract.
-        let (server, reason) = unsafe { (server_arg(server)?, text(reason, reason_len)?) };
+        let (server, reason) = unsafe {
+            (
+                server_arg(server)?,
+                text(reason, reason_len, WSPUSH_MAX_CLOSE_REASON_LEN, wspush_result::InvalidCloseReason)?,
+            )
+        };
         engine(server.close(conn, code, reason))?;
         Ok(wspush_result::Ok)
     })
 }
 
 /// Closes every connection of `user` with `code`. `*count` (optional) receives how many.
-/// Errors: NULL_ARGUMENT, INVALID_USER_ID (not 1-255 bytes), INVALID_CLOSE_CODE, STOPPED.
+/// Errors: NULL_ARGUMENT, INVALID_USER_ID (not 1-255 bytes, or a NUL), INVALID_CLOSE_CODE, STOPPED.
 ///
 /// # Safety
 /// `server` must be NULL or a live server; `user` NULL or readable for `user_len` bytes; `count`
@@ -298,7 +335,7 @@ pub unsafe extern "C" fn wspush_disconnect_user(
 ) -> wspush_result {
     ffi_boundary(|| {
         // SAFETY: per this function's contract.
-        let (server, user) = unsafe { (server_arg(server)?, bytes(user, user_len)?) };
+        let (server, user) = unsafe { (server_arg(server)?, user_arg(user, user_len)?) };
         let closed = engine(server.disconnect_user(user, code))?;
         // SAFETY: per this function's contract.
         unsafe { write_optional(count, closed) };
@@ -323,7 +360,7 @@ pub unsafe extern "C" fn wspush_upgrade_accept(
 ) -> wspush_result {
     ffi_boundary(|| {
         // SAFETY: per this function's contract.
-        let (server, user) = unsafe { (server_arg(server)?, bytes(user, user_len)?) };
+        let (server, user) = unsafe { (server_arg(server)?, user_arg(user, user_len)?) };
         engine(server.accept_upgrade(ticket, user))?;
         Ok(wspush_result::Ok)
     })

@@ -198,6 +198,9 @@ mod tests {
         assert_eq!(with(&long), Err(Invalid::Subject));
         assert_eq!(with(r#"{"sub":"a","sub":"b","exp":1800000060}"#), Err(Invalid::Malformed), "duplicate claim");
         assert_eq!(with(r#"{"sub":"\u00e9l\u00e8ve","exp":1800000060}"#), Ok("élève".as_bytes().to_vec()));
+        // A C host would read "ali\0ce" as "ali", another user: a NUL makes the token invalid.
+        assert_eq!(with(r#"{"sub":"ali\u0000ce","exp":1800000060}"#), Err(Invalid::Subject));
+        assert_eq!(with(r#"{"sub":"\u0000","exp":1800000060}"#), Err(Invalid::Subject));
     }
 
     #[test]
