@@ -13,9 +13,9 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mio::net::TcpStream;

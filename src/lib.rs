@@ -58,9 +58,7 @@ mod socket;
 mod timer;
 
 pub use codec::is_valid_close_code;
-pub use config::{
-    Config, Secret, SlowConsumerPolicy, TrustedProxy, DEFAULT_THREAD_STACK_SIZE, MIN_THREAD_STACK_SIZE,
-};
+pub use config::{Config, Secret, SlowConsumerPolicy, TrustedProxy, DEFAULT_THREAD_STACK_SIZE, MIN_THREAD_STACK_SIZE};
 pub use error::Error;
 pub use handler::{default_upgrade_decision, ConnId, Handler, HttpResponse, MessageKind, Request, UpgradeDecision};
 pub use proxy_protocol::InvalidTrustedProxy;

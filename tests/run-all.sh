@@ -20,7 +20,7 @@ echo "== the in-process Rust tests under AddressSanitizer + LeakSanitizer (own t
 bash tests/asan.sh
 
 echo "== wspushd against the contract the benchmark peers share"
-python3 benches/peers/check_contract.py target/release/examples/wspushd --demo --max-connections-per-ip 0 --max-handshakes-per-ip-per-sec 0
+python3 benches/peers/check_contract.py target/release/examples/wspushd --demo --max-connections-per-ip 0 --max-handshakes-per-ip-per-sec 0 --max-pending-handshakes-per-ip 0
 
 echo "== the demo page in headless Chromium (reconnects across a daemon restart)"
 npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error

@@ -172,24 +172,29 @@ type Config struct {
 // Stats is a snapshot of the server's gauges and counters. *Total counters only grow. The
 // JSON names are those of the C struct wspush_stats_snapshot.
 type Stats struct {
-	Connections             uint64 `json:"connections"`                // open (upgraded) connections now
-	Handshakes              uint64 `json:"handshakes"`                 // connections accepted but not yet upgraded (deferred included)
-	Users                   uint64 `json:"users"`                      // distinct users with at least one open connection
-	AcceptedTotal           uint64 `json:"accepted_total"`             // sockets accepted
-	UpgradesTotal           uint64 `json:"upgrades_total"`             // successful upgrades
-	RejectedTotal           uint64 `json:"rejected_total"`             // requests answered with an HTTP error (host rejections included)
-	OverCapacityTotal       uint64 `json:"over_capacity_total"`        // sockets answered 503 because MaxConnections was reached
-	MessagesInTotal         uint64 `json:"messages_in_total"`          // messages received from clients
-	MessagesOutTotal        uint64 `json:"messages_out_total"`         // messages handed to sockets, one per recipient connection
-	BytesOutTotal           uint64 `json:"bytes_out_total"`            // bytes written to sockets, frame headers included
-	PublishesTotal          uint64 `json:"publishes_total"`            // calls to Publish
-	BroadcastsTotal         uint64 `json:"broadcasts_total"`           // calls to Broadcast
-	DroppedTotal            uint64 `json:"dropped_total"`              // messages dropped for a slow consumer (SlowConsumerDrop)
-	SlowConsumerClosesTotal uint64 `json:"slow_consumer_closes_total"` // connections closed with 1008 (SlowConsumerClose)
-	ProtocolErrorsTotal     uint64 `json:"protocol_errors_total"`      // connections closed for a protocol violation
-	TimeoutsTotal           uint64 `json:"timeouts_total"`             // connections closed by the handshake deadline or idle timeout
-	PingsTotal              uint64 `json:"pings_total"`                // heartbeat pings sent
-	IPLimitedTotal          uint64 `json:"ip_limited_total"`           // sockets answered 429 by MaxConnectionsPerIP or MaxHandshakesPerIPPerSec
+	Connections             uint64 `json:"connections"`                  // open (upgraded) connections now
+	Handshakes              uint64 `json:"handshakes"`                   // connections accepted but not yet upgraded (deferred included)
+	Users                   uint64 `json:"users"`                        // distinct users with at least one open connection
+	AcceptedTotal           uint64 `json:"accepted_total"`               // sockets accepted
+	UpgradesTotal           uint64 `json:"upgrades_total"`               // successful upgrades
+	RejectedTotal           uint64 `json:"rejected_total"`               // requests answered with an HTTP error (host rejections included)
+	OverCapacityTotal       uint64 `json:"over_capacity_total"`          // sockets answered 503 because MaxConnections was reached
+	MessagesInTotal         uint64 `json:"messages_in_total"`            // messages received from clients
+	MessagesOutTotal        uint64 `json:"messages_out_total"`           // messages handed to sockets, one per recipient connection
+	BytesOutTotal           uint64 `json:"bytes_out_total"`              // bytes written to sockets, frame headers included
+	PublishesTotal          uint64 `json:"publishes_total"`              // calls to Publish
+	BroadcastsTotal         uint64 `json:"broadcasts_total"`             // calls to Broadcast
+	DroppedTotal            uint64 `json:"dropped_total"`                // messages dropped for a slow consumer (SlowConsumerDrop)
+	SlowConsumerClosesTotal uint64 `json:"slow_consumer_closes_total"`   // connections closed with 1008 (SlowConsumerClose)
+	ProtocolErrorsTotal     uint64 `json:"protocol_errors_total"`        // connections closed for a protocol violation
+	TimeoutsTotal           uint64 `json:"timeouts_total"`               // connections closed by the handshake deadline or idle timeout
+	PingsTotal              uint64 `json:"pings_total"`                  // heartbeat pings sent
+	IPLimitedTotal          uint64 `json:"ip_limited_total"`             // sockets answered 429 by MaxConnectionsPerIP or MaxHandshakesPerIPPerSec
+	QueuedBytes             uint64 `json:"queued_bytes"`                 // bytes queued for connections, not yet taken by their sockets
+	PartialInputBytes       uint64 `json:"partial_input_bytes"`          // bytes held for incomplete client frames and messages
+	MessageTimeoutsTotal    uint64 `json:"message_timeouts_total"`       // closed with 1008: a started frame or message not completed in time
+	PartialInputRefusals    uint64 `json:"partial_input_refusals_total"` // closed with 1013: the cap on incomplete input was reached
+	MaxConnections          uint64 `json:"max_connections"`              // the connection cap in force (lowered to RLIMIT_NOFILE)
 }
 
 // Server is a running wspush server. Its methods are safe for concurrent use, also from
@@ -653,6 +658,11 @@ func statsOf(ptr *C.wspush_server) (Stats, error) {
 		TimeoutsTotal:           uint64(snapshot.timeouts_total),
 		PingsTotal:              uint64(snapshot.pings_total),
 		IPLimitedTotal:          uint64(snapshot.ip_limited_total),
+		QueuedBytes:             uint64(snapshot.queued_bytes),
+		PartialInputBytes:       uint64(snapshot.partial_input_bytes),
+		MessageTimeoutsTotal:    uint64(snapshot.message_timeouts_total),
+		PartialInputRefusals:    uint64(snapshot.partial_input_refusals_total),
+		MaxConnections:          uint64(snapshot.max_connections),
 	}, nil
 }
 

@@ -619,7 +619,7 @@ pub fn url_decode(text: &str) -> Result<Vec<u8>, &'static str> {
 type StatField = (&'static str, u64, &'static str, &'static str);
 
 /// Every engine counter; one list feeds both /stats and /metrics.
-fn stats_fields(s: &Stats) -> [StatField; 18] {
+fn stats_fields(s: &Stats) -> [StatField; 23] {
     [
         ("connections", s.connections, "gauge", "Open (upgraded) WebSocket connections."),
         ("handshakes", s.handshakes, "gauge", "Connections accepted but not yet upgraded."),
@@ -659,6 +659,26 @@ fn stats_fields(s: &Stats) -> [StatField; 18] {
         ),
         ("pings_total", s.pings_total, "counter", "Heartbeat pings sent."),
         ("ip_limited_total", s.ip_limited_total, "counter", "Sockets answered 429 by a per-IP limit."),
+        ("queued_bytes", s.queued_bytes, "gauge", "Bytes queued for connections, not yet taken by their sockets."),
+        (
+            "partial_input_bytes",
+            s.partial_input_bytes,
+            "gauge",
+            "Bytes held for incomplete client frames and messages.",
+        ),
+        (
+            "message_timeouts_total",
+            s.message_timeouts_total,
+            "counter",
+            "Connections closed with 1008: a started frame or message not completed in time.",
+        ),
+        (
+            "partial_input_refusals_total",
+            s.partial_input_refusals_total,
+            "counter",
+            "Connections closed with 1013: the cap on incomplete input was reached.",
+        ),
+        ("max_connections", s.max_connections, "gauge", "The connection cap in force (lowered to RLIMIT_NOFILE)."),
     ]
 }
 

@@ -48,8 +48,18 @@ OPTIONS:
     --max-handshakes-per-ip-per-sec N
                                    New connections per second per client IP address (IPv6: /64),
                                    in bursts of up to N; 0 = no limit; beyond, 429 [default: 100]
+    --max-pending-handshakes-per-ip N
+                                   Upgrades in progress per client IP address (IPv6: /64), so
+                                   idle sockets from one address can't hold every handshake
+                                   slot; 0 = no limit; beyond, 429 [default: 64]
     --max-message-size BYTES       Largest message a client may send; larger closes with 1009
                                    [default: 65536]
+    --message-timeout-ms MS        Time a client has to finish a frame or fragmented message it
+                                   has started; then 1008 [default: 5000]
+    --max-partial-input-bytes BYTES
+                                   Bytes all connections together may hold for incomplete
+                                   frames and messages; the connection that would pass it is
+                                   closed with 1013 [default: 268435456]
     --max-queue-bytes BYTES        Unsent bytes queued per connection before the slow-consumer
                                    policy applies [default: 1048576]
     --slow-consumer close|drop     close: close with 1008; drop: drop the message for that
@@ -141,6 +151,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     // Production defaults the library leaves off: one address cannot take the whole server.
     options.config.max_connections_per_ip = 1000;
     options.config.max_handshakes_per_ip_per_sec = 100;
+    options.config.max_pending_handshakes_per_ip = 64;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         // Both "--flag value" and "--flag=value".
@@ -185,6 +196,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--max-connections-per-user" => config.max_connections_per_user = number(&flag, &value()?)?,
             "--max-handshakes-per-thread" => config.max_handshakes_per_thread = number(&flag, &value()?)?,
             "--max-connections-per-ip" => config.max_connections_per_ip = number(&flag, &value()?)?,
+            "--max-pending-handshakes-per-ip" => config.max_pending_handshakes_per_ip = number(&flag, &value()?)?,
+            "--message-timeout-ms" => config.message_timeout = millis(&flag, &value()?)?,
+            "--max-partial-input-bytes" => config.max_partial_input_bytes = number(&flag, &value()?)?,
             "--max-handshakes-per-ip-per-sec" => {
                 let value = value()?;
                 config.max_handshakes_per_ip_per_sec = value

@@ -114,6 +114,11 @@ class StatsSnapshot(Structure):
         ("timeouts_total", c_uint64),
         ("pings_total", c_uint64),
         ("ip_limited_total", c_uint64),
+        ("queued_bytes", c_uint64),
+        ("partial_input_bytes", c_uint64),
+        ("message_timeouts_total", c_uint64),
+        ("partial_input_refusals_total", c_uint64),
+        ("max_connections", c_uint64),
     ]
 
 

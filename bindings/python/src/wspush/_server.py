@@ -151,6 +151,16 @@ class Stats:
     ip_limited_total: int
     """Sockets answered 429 by a per-address limit (max_connections_per_ip,
     max_handshakes_per_ip_per_sec)."""
+    queued_bytes: int
+    """Bytes queued for connections that their sockets have not taken yet."""
+    partial_input_bytes: int
+    """Bytes held for incomplete client frames and messages."""
+    message_timeouts_total: int
+    """Connections closed with 1008: a started frame or message not completed in time."""
+    partial_input_refusals_total: int
+    """Connections closed with 1013: the process-wide cap on incomplete input was reached."""
+    max_connections: int
+    """The connection cap in force: max_connections, lowered to what RLIMIT_NOFILE allows."""
 
 
 class Request:
