@@ -19,19 +19,22 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn set_flag(fd: RawFd, option: libc::c_int) -> io::Result<()> {
-    let one: libc::c_int = 1;
+fn set_option(fd: RawFd, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: `fd` is an open socket; the option value points to a live c_int of the given size.
     check(unsafe {
         libc::setsockopt(
             fd,
             libc::SOL_SOCKET,
             option,
-            (&one as *const libc::c_int).cast(),
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     })
     .map(drop)
+}
+
+fn set_flag(fd: RawFd, option: libc::c_int) -> io::Result<()> {
+    set_option(fd, option, 1)
 }
 
 fn to_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
@@ -82,18 +85,7 @@ fn bound_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<OwnedFd> {
 }
 
 fn set_size(fd: RawFd, option: libc::c_int, bytes: usize) -> io::Result<()> {
-    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `fd` is an open socket; the option value points to a live c_int of the given size.
-    check(unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            option,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
+    set_option(fd, option, libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX))
 }
 
 /// Socket buffer sizes for accepted connections; 0 leaves the kernel's default.

@@ -25,5 +25,8 @@ target="$(rustc -vV | sed -n 's/^host: //p')"
 cargo test --target "$target" --lib --example wspushd \
   --test api --test frames --test http --test liveness --test ffi --test ffi_misuse --test faults --test auth
 cargo test --target "$target" --test conformance -- library::
+# The output path's property test, fewer cases (instrumented code is slower). tests/hostile.rs is
+# left out: it asserts bounds on this process's memory, which ASan's quarantine distorts.
+PROPTEST_CASES=8 cargo test --target "$target" --test output_property
 # The panicking calls of the test hook must leave no reference count off by one.
 cargo test --target "$target" --features test-hooks --test panic_hook
