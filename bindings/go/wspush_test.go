@@ -521,6 +521,12 @@ func TestStatsCountWhatHappened(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The connection cap in force is set at start (MaxConnections, lowered to RLIMIT_NOFILE).
+	if before.MaxConnections == 0 {
+		t.Errorf("fresh server stats %+v: no connection cap", before)
+	}
+	capInForce := before.MaxConnections
+	before.MaxConnections = 0
 	if before != (Stats{}) {
 		t.Errorf("fresh server stats %+v, want zero", before)
 	}
@@ -539,6 +545,7 @@ func TestStatsCountWhatHappened(t *testing.T) {
 	want := Stats{
 		Connections: 3, Users: 2, AcceptedTotal: 4, UpgradesTotal: 3, RejectedTotal: 1,
 		MessagesInTotal: 2, MessagesOutTotal: 5, PublishesTotal: 2, BroadcastsTotal: 1,
+		MaxConnections: capInForce,
 	}
 	stats.BytesOutTotal, stats.PingsTotal = 0, 0 // depend on framing and timing
 	if stats != want {
