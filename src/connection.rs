@@ -785,7 +785,12 @@ impl IoThread {
         let pong = codec::control(Opcode::Pong, payload);
         let conn = &mut self.conns[slot];
         if !conn.has_queued_output() {
-            return self.send_control(slot, pong.as_bytes());
+            self.send_control(slot, pong.as_bytes());
+            // If it had to wait, it is the queue's only frame: a newer ping replaces it there.
+            if let Some(spill) = self.conns.get_mut(slot).and_then(|c| c.spill.as_mut()) {
+                spill.pong_at = (spill.queue.len() == 1).then_some(0);
+            }
+            return;
         }
         let spill = conn.spill();
         let frame: Frame = Arc::from(pong.as_bytes());

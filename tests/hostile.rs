@@ -70,12 +70,13 @@ fn every_broadcast_of_a_burst_from_a_callback_arrives() {
     }
 }
 
-/// 100 clients each send one message to a host that broadcasts every message: each client gets
-/// all 100 (with 2 I/O threads about half of them once stalled).
+/// 100 clients each send messages at once to a host that broadcasts every message: each client
+/// gets every broadcast (with 2 I/O threads, clients once stalled after 64 in a round).
 #[test]
 fn a_hundred_clients_triggering_broadcasts_all_receive_every_one() {
     let _serial = serial();
     const CLIENTS: usize = 100;
+    const ROUNDS: usize = 3;
     let cfg = Config { threads: 2, ..config() };
     let (server, _events) = Harness::new(cfg)
         .on_message(|server, _, _, _, payload| {
@@ -83,15 +84,30 @@ fn a_hundred_clients_triggering_broadcasts_all_receive_every_one() {
         })
         .start();
     let addr = server.local_addr();
-    let mut clients: Vec<Ws> = (0..CLIENTS).map(|i| ws_connect(addr, &format!("u{i}"))).collect();
+    let clients: Vec<Ws> = (0..CLIENTS).map(|i| ws_connect(addr, &format!("u{i}"))).collect();
     stats_until(&server, "all open", |s| s.connections == CLIENTS as u64);
+    // All at once, like a benchmark's clients: the broadcasts pile up within one round.
+    let start = Arc::new(std::sync::Barrier::new(CLIENTS));
+    let senders: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut ws)| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                for round in 0..ROUNDS {
+                    ws.send(Message::text(format!("from {i} #{round}"))).unwrap();
+                }
+                ws
+            })
+        })
+        .collect();
+    let mut clients: Vec<Ws> = senders.into_iter().map(|sender| sender.join().unwrap()).collect();
     for (i, ws) in clients.iter_mut().enumerate() {
-        ws.send(Message::text(format!("from {i}"))).unwrap();
-    }
-    for (i, ws) in clients.iter_mut().enumerate() {
-        let mut got: Vec<String> = (0..CLIENTS).map(|_| ws_text(ws)).collect();
+        let mut got: Vec<String> = (0..CLIENTS * ROUNDS).map(|_| ws_text(ws)).collect();
         got.sort();
-        let mut want: Vec<String> = (0..CLIENTS).map(|j| format!("from {j}")).collect();
+        let mut want: Vec<String> =
+            (0..CLIENTS).flat_map(|j| (0..ROUNDS).map(move |round| format!("from {j} #{round}"))).collect();
         want.sort();
         assert_eq!(got, want, "client {i}");
     }

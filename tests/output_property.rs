@@ -36,6 +36,11 @@ enum Action {
     Broadcast {
         size: usize,
     },
+    /// `count` small broadcasts back to back: more frames than one sendmsg gathers.
+    Burst {
+        count: u32,
+        size: usize,
+    },
     Send {
         client: usize,
         size: usize,
@@ -76,6 +81,7 @@ fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
         4 => (client.clone(), size()).prop_map(|(client, size)| Action::Publish { client, size }),
         2 => size().prop_map(|size| Action::Broadcast { size }),
+        1 => (65..160u32, 0..64usize).prop_map(|(count, size)| Action::Burst { count, size }),
         3 => (client.clone(), size()).prop_map(|(client, size)| Action::Send { client, size }),
         1 => client.clone().prop_map(|client| Action::Close { client }),
         2 => client.prop_map(|client| Action::Ping { client }),
@@ -105,11 +111,15 @@ fn payload(origin: u8, seq: u32, size: usize) -> Vec<u8> {
     bytes
 }
 
-fn identify(bytes: &[u8]) -> (u8, u32) {
-    assert!(bytes.len() >= 5, "message too short: {bytes:?}");
-    let (origin, seq) = (bytes[0], u32::from_le_bytes(bytes[1..5].try_into().unwrap()));
-    assert_eq!(&bytes[..], &payload(origin, seq, bytes.len() - 5)[..], "message {origin}/{seq} corrupted");
-    (origin, seq)
+fn identify(bytes: &[u8]) -> Result<(u8, u32), String> {
+    if bytes.len() < 5 {
+        return Err(format!("message too short: {bytes:?}"));
+    }
+    let (origin, seq) = (bytes[0], u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]));
+    if bytes[..] != payload(origin, seq, bytes.len() - 5)[..] {
+        return Err(format!("message {origin}/{seq} corrupted"));
+    }
+    Ok((origin, seq))
 }
 
 /// What a client saw.
@@ -119,6 +129,8 @@ struct Seen {
     pongs: Vec<Vec<u8>>,
     close: Option<u16>,
     after_close: usize,
+    /// What was wrong with the stream, if anything (the reader stops there).
+    broken: Option<String>,
 }
 
 /// Reads frames from `stream` in the given manner until the connection ends or `stop` passes.
@@ -140,21 +152,30 @@ fn reader(mut stream: TcpStream, reading: Reading, seen: Arc<Mutex<Seen>>, stop:
         }
         while let Some((frame, used)) = parse_frame(&buf) {
             buf.drain(..used);
-            assert!(frame.fin && !frame.masked && frame.rsv == 0, "bad server frame {frame:?}");
             let mut seen = seen.lock().unwrap();
+            if !frame.fin || frame.masked || frame.rsv != 0 {
+                seen.broken = Some(format!("bad server frame {frame:?}"));
+                return;
+            }
             match frame.opcode {
                 2 if seen.close.is_some() => seen.after_close += 1,
-                2 => {
-                    let id = identify(&frame.payload);
-                    seen.messages.push(id);
-                }
+                2 => match identify(&frame.payload) {
+                    Ok(id) => seen.messages.push(id),
+                    Err(broken) => {
+                        seen.broken = Some(broken);
+                        return;
+                    }
+                },
                 10 => seen.pongs.push(frame.payload),
                 8 => {
                     seen.close = frame.close_code();
                     let _ = stream.write_all(&common::frame(0x88, &frame.payload));
                 }
                 9 => {}
-                other => panic!("unexpected opcode {other}"),
+                other => {
+                    seen.broken = Some(format!("unexpected opcode {other}"));
+                    return;
+                }
             }
         }
         reads += 1;
@@ -175,6 +196,11 @@ fn perform(server: &ServerHandle, conns: &[ConnId], origin: u8, seq: u32, action
         }
         Action::Broadcast { size } => {
             server.broadcast(&payload(origin, seq, size), MessageKind::Binary).unwrap();
+        }
+        Action::Burst { count, size } => {
+            for k in 0..count {
+                server.broadcast(&payload(origin, seq + k, size), MessageKind::Binary).unwrap();
+            }
         }
         Action::Send { client, size } => {
             let _ = server.send(conns[client], &payload(origin, seq, size), MessageKind::Binary);
@@ -217,13 +243,15 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
     let (actions, ids) = (callback_actions.clone(), conns.clone());
     let (server, mut events) = Harness::new(cfg)
         .on_message(move |server, _, _, _, text| {
-            let index: usize = std::str::from_utf8(text).unwrap().parse().unwrap();
+            // "index seq": the callback action's place in its list, its first sequence number.
+            let text = std::str::from_utf8(text).unwrap();
+            let (index, seq) = text.split_once(' ').unwrap();
             let conns = ids.lock().unwrap().clone();
-            perform(server, &conns, CALLBACK, index as u32, actions[index]);
+            perform(server, &conns, CALLBACK, seq.parse().unwrap(), actions[index.parse::<usize>().unwrap()]);
         })
         .start();
     let addr = server.local_addr();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(45);
 
     let mut streams = Vec::new();
     let mut ids = Vec::new();
@@ -254,13 +282,14 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
     // out from this thread while the host threads run.
     enum Drive {
         Ping(usize, Vec<u8>),
-        Trigger(u32),
+        Trigger(usize, u32),
     }
     let mut expected: Vec<HashMap<u8, Vec<u32>>> = vec![HashMap::new(); CLIENTS];
     let mut closes: Vec<Vec<(u8, usize)>> = vec![Vec::new(); CLIENTS];
     let mut last_ping: Vec<Option<Vec<u8>>> = vec![None; CLIENTS];
     let mut per_origin: Vec<Vec<(u32, Action)>> = vec![Vec::new(); usize::from(HOST_THREADS)];
     let mut drive = Vec::new();
+    let mut triggers = 0;
     let mut seqs = [0u32; CALLBACK as usize + 1];
     for (step, (origin, action)) in case.steps.iter().enumerate() {
         if let Action::Ping { client } = action {
@@ -270,10 +299,14 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
             continue;
         }
         let seq = seqs[usize::from(*origin)];
-        seqs[usize::from(*origin)] += 1;
+        let count = match action {
+            Action::Burst { count, .. } => *count,
+            _ => 1,
+        };
+        seqs[usize::from(*origin)] += count;
         let targets: Vec<usize> = match action {
             Action::Publish { client, .. } | Action::Send { client, .. } => vec![*client],
-            Action::Broadcast { .. } => (0..CLIENTS).collect(),
+            Action::Broadcast { .. } | Action::Burst { .. } => (0..CLIENTS).collect(),
             Action::Close { client } => {
                 closes[*client].push((*origin, expected[*client].get(origin).map_or(0, Vec::len)));
                 vec![]
@@ -281,10 +314,11 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
             Action::Ping { .. } => unreachable!(),
         };
         for client in targets {
-            expected[client].entry(*origin).or_default().push(seq);
+            expected[client].entry(*origin).or_default().extend(seq..seq + count);
         }
         if *origin == CALLBACK {
-            drive.push(Drive::Trigger(seq));
+            drive.push(Drive::Trigger(triggers, seq));
+            triggers += 1;
         } else {
             per_origin[usize::from(*origin)].push((seq, *action));
         }
@@ -308,7 +342,7 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
                 let mut stream = &streams[client];
                 let _ = stream.write_all(&frame(0x89, &ping)); // fails once the client is closed
             }
-            Drive::Trigger(seq) => trigger.send(&frame(0x81, seq.to_string().as_bytes())),
+            Drive::Trigger(index, seq) => trigger.send(&frame(0x81, format!("{index} {seq}").as_bytes())),
         }
     }
     for host in hosts {
@@ -326,8 +360,30 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
     };
     while !(0..CLIENTS).all(complete) {
         if Instant::now() > deadline {
-            let status: Vec<_> = seen.iter().map(|s| format!("{:?}", s.lock().unwrap())).collect();
-            return Err(TestCaseError::fail(format!("clients did not get everything in time: {status:#?}")));
+            let status: Vec<String> = (0..CLIENTS)
+                .map(|client| {
+                    let seen = seen[client].lock().unwrap();
+                    let missing: Vec<(u8, u32)> = expected[client]
+                        .iter()
+                        .flat_map(|(origin, seqs)| seqs.iter().map(move |seq| (*origin, *seq)))
+                        .filter(|id| !seen.messages.contains(id))
+                        .collect();
+                    let pongs: Vec<String> = seen.pongs.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+                    format!(
+                        "client {client} ({:?}): {} received, missing {missing:?}, closes {:?} close {:?}, pongs {pongs:?}, last ping {:?}, broken {:?}",
+                        case.clients[client],
+                        seen.messages.len(),
+                        closes[client],
+                        seen.close,
+                        last_ping[client].as_ref().map(|p| String::from_utf8_lossy(p).into_owned()),
+                        seen.broken,
+                    )
+                })
+                .collect();
+            return Err(TestCaseError::fail(format!(
+                "clients did not get everything in time: {status:#?}\nserver: {:?}",
+                server.stats()
+            )));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -337,6 +393,7 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
     for client in 0..CLIENTS {
         let seen = seen[client].lock().unwrap();
         prop_assert_eq!(seen.after_close, 0, "client {} got data after the close frame", client);
+        prop_assert!(seen.broken.is_none(), "client {client}: {:?}", seen.broken);
         let mut by_origin: HashMap<u8, Vec<u32>> = HashMap::new();
         for (origin, seq) in &seen.messages {
             by_origin.entry(*origin).or_default().push(*seq);
