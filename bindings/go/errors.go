@@ -20,11 +20,12 @@ const (
 	ResultInvalidArgument Result = 2
 	// ResultInvalidUTF8: text that must be UTF-8 is not.
 	ResultInvalidUTF8 Result = 3
-	// ResultInvalidAddress: the listen address is not "host:port" or does not resolve.
+	// ResultInvalidAddress: the listen address is not "host:port" or does not resolve, or a
+	// trusted proxy is not an address or CIDR network.
 	ResultInvalidAddress Result = 4
 	// ResultBindFailed: the listening socket could not be bound (address in use, ...).
 	ResultBindFailed Result = 5
-	// ResultInvalidUserID: a user ID must be 1 to 255 bytes long.
+	// ResultInvalidUserID: a user ID must be 1 to 255 bytes long and contain no NUL byte.
 	ResultInvalidUserID Result = 6
 	// ResultInvalidCloseCode: close codes must be 1000-1003, 1007-1014 or 3000-4999.
 	ResultInvalidCloseCode Result = 7

@@ -66,8 +66,9 @@ func (r *Request) Path() string { return r.field(1) }
 // RawQuery returns the query string after '?', not percent-decoded ("" when none).
 func (r *Request) RawQuery() string { return r.field(2) }
 
-// Peer returns the client's address, "ip:port" ("[v6]:port" for IPv6); "" when the socket no
-// longer has one.
+// Peer returns the client's address, "ip:port" ("[v6]:port" for IPv6): the socket's peer or,
+// from a trusted load balancer with Config.ProxyProtocol, the address its PROXY header gave;
+// "" when the socket no longer has one.
 func (r *Request) Peer() string { return r.field(3) }
 
 // Query returns the value of the first query parameter called name, as sent (not
@@ -166,8 +167,8 @@ func (r *Request) Ticket() ConnID {
 	return ConnID(ticket.value)
 }
 
-// Accept accepts the upgrade as user (1 to MaxUserIDLen bytes, copied); ErrInvalidUserID
-// leaves the decision unchanged. The last Accept/Reject/Defer of the handler wins.
+// Accept accepts the upgrade as user (1 to MaxUserIDLen bytes without NUL, copied);
+// ErrInvalidUserID leaves the decision unchanged. The last Accept/Reject/Defer of the handler wins.
 func (r *Request) Accept(user []byte) error {
 	ptr := r.live()
 	if ptr == nil {

@@ -73,7 +73,8 @@ import (
 // IDs are never reused while the server runs, so a stale ID cannot reach another connection.
 type ConnID uint64
 
-// MaxUserIDLen is the longest user ID in bytes; the shortest is 1.
+// MaxUserIDLen is the longest user ID in bytes; the shortest is 1. A user ID never contains a
+// NUL byte (ErrInvalidUserID).
 const MaxUserIDLen = 255
 
 // SlowConsumerPolicy says what happens when a connection's unsent data would pass
@@ -159,6 +160,34 @@ type Config struct {
 	// [8 MiB]. Go handlers run on goroutine stacks, which grow as needed; this matters only for
 	// C code a handler calls on that thread.
 	ThreadStackSize int
+	// ProxyProtocol, behind a load balancer: connections from TrustedProxies must open with a
+	// PROXY protocol header, v1 or v2 (HAProxy send-proxy/send-proxy-v2, nginx
+	// "proxy_protocol on", cloud TCP balancers), else they get 400. The client address it
+	// carries is what the per-address limits count and what Request.Peer returns. Other
+	// sources are served directly; a PROXY header from them gets 400. Needs at least one
+	// trusted proxy, else Start returns ErrInvalidArgument [off].
+	ProxyProtocol bool
+	// TrustedProxies lists the sources allowed to send PROXY headers: addresses ("127.0.0.1",
+	// "::1") or CIDR networks ("10.0.0.0/8", "fd00::/8"); anything else makes Start return
+	// ErrInvalidAddress [none].
+	TrustedProxies []string
+	// MaxPendingHandshakesPerIP: handshakes in progress (accepted, not yet upgraded) one client
+	// IP address (IPv6: /64) may have; beyond, new sockets from it get 429 at once
+	// [0: no limit].
+	MaxPendingHandshakesPerIP int
+	// MessageTimeout is the time a client has to complete a frame or a fragmented message once
+	// it has started sending it; then the connection is closed with 1008. Rounded up to whole
+	// milliseconds [5s].
+	MessageTimeout time.Duration
+	// MaxPartialInputBytes: bytes all connections together may hold for incomplete frames and
+	// messages; the connection whose input would pass it is closed with 1013 (try again later)
+	// [256 MiB].
+	MaxPartialInputBytes int
+	// SocketSendBuffer and SocketRecvBuffer are the SO_SNDBUF and SO_RCVBUF of every
+	// connection's socket in bytes. Smaller buffers save kernel memory per connection at the
+	// cost of throughput per connection [0: the kernel's autotuning].
+	SocketSendBuffer int
+	SocketRecvBuffer int
 	// Handler receives the server's events. Without one (nil, or a HandlerFuncs with a nil
 	// Upgrade), upgrades get DefaultUpgrade: a valid JWT (JWTHS256Secret) opens as its sub,
 	// anything else gets 401. If it also implements HTTPHandler, it answers plain HTTP
@@ -189,7 +218,7 @@ type Stats struct {
 	ProtocolErrorsTotal     uint64 `json:"protocol_errors_total"`        // connections closed for a protocol violation
 	TimeoutsTotal           uint64 `json:"timeouts_total"`               // connections closed by the handshake deadline or idle timeout
 	PingsTotal              uint64 `json:"pings_total"`                  // heartbeat pings sent
-	IPLimitedTotal          uint64 `json:"ip_limited_total"`             // sockets answered 429 by MaxConnectionsPerIP or MaxHandshakesPerIPPerSec
+	IPLimitedTotal          uint64 `json:"ip_limited_total"`             // sockets answered 429 by MaxConnectionsPerIP, MaxHandshakesPerIPPerSec or MaxPendingHandshakesPerIP
 	QueuedBytes             uint64 `json:"queued_bytes"`                 // bytes queued for connections, not yet taken by their sockets
 	PartialInputBytes       uint64 `json:"partial_input_bytes"`          // bytes held for incomplete client frames and messages
 	MessageTimeoutsTotal    uint64 `json:"message_timeouts_total"`       // closed with 1008: a started frame or message not completed in time
@@ -361,6 +390,17 @@ func applyConfig(cfg *C.wspush_config, config *Config) error {
 			return err
 		}
 	}
+	// The trusted proxies first: the library refuses ProxyProtocol without one.
+	for _, network := range config.TrustedProxies {
+		if err := check("Config.TrustedProxies", C.wspush_config_add_trusted_proxy(cfg, strPtr(network), C.size_t(len(network)))); err != nil {
+			return err
+		}
+	}
+	if config.ProxyProtocol {
+		if err := check("Config.ProxyProtocol", C.wspush_config_set_proxy_protocol(cfg, C.bool(true))); err != nil {
+			return err
+		}
+	}
 	sizes := []struct {
 		name  string
 		value int
@@ -387,6 +427,12 @@ func applyConfig(cfg *C.wspush_config, config *Config) error {
 		}},
 		{"MaxConnectionsPerIP", config.MaxConnectionsPerIP, func(c *C.wspush_config, v C.size_t) C.wspush_result {
 			return C.wspush_config_set_max_connections_per_ip(c, v)
+		}},
+		{"MaxPendingHandshakesPerIP", config.MaxPendingHandshakesPerIP, func(c *C.wspush_config, v C.size_t) C.wspush_result {
+			return C.wspush_config_set_max_pending_handshakes_per_ip(c, v)
+		}},
+		{"MaxPartialInputBytes", config.MaxPartialInputBytes, func(c *C.wspush_config, v C.size_t) C.wspush_result {
+			return C.wspush_config_set_max_partial_input_bytes(c, v)
 		}},
 	}
 	for _, size := range sizes {
@@ -422,6 +468,9 @@ func applyConfig(cfg *C.wspush_config, config *Config) error {
 		{"JWTLeeway", config.JWTLeeway, func(c *C.wspush_config, v C.uint64_t) C.wspush_result {
 			return C.wspush_config_set_jwt_leeway_ms(c, v)
 		}},
+		{"MessageTimeout", config.MessageTimeout, func(c *C.wspush_config, v C.uint64_t) C.wspush_result {
+			return C.wspush_config_set_message_timeout_ms(c, v)
+		}},
 	}
 	for _, duration := range durations {
 		if duration.value < 0 {
@@ -440,6 +489,18 @@ func applyConfig(cfg *C.wspush_config, config *Config) error {
 	}
 	if config.MaxHandshakesPerIPPerSec > 0 {
 		if err := check("Config.MaxHandshakesPerIPPerSec", C.wspush_config_set_max_handshakes_per_ip_per_sec(cfg, C.uint32_t(config.MaxHandshakesPerIPPerSec))); err != nil {
+			return err
+		}
+	}
+	if config.SocketSendBuffer < 0 {
+		return &Error{Code: ResultInvalidArgument, Op: "Config.SocketSendBuffer"}
+	}
+	if config.SocketRecvBuffer < 0 {
+		return &Error{Code: ResultInvalidArgument, Op: "Config.SocketRecvBuffer"}
+	}
+	if config.SocketSendBuffer > 0 || config.SocketRecvBuffer > 0 {
+		// One C call sets both; a zero one keeps the kernel's autotuning.
+		if err := check("Config.SocketSendBuffer/SocketRecvBuffer", C.wspush_config_set_socket_buffers(cfg, C.size_t(config.SocketSendBuffer), C.size_t(config.SocketRecvBuffer))); err != nil {
 			return err
 		}
 	}
@@ -525,8 +586,8 @@ func (s *Server) Port() int {
 	return int(out.value)
 }
 
-// Publish sends msg to every open connection of user (1 to MaxUserIDLen bytes), as a binary
-// or text message (text must be UTF-8; it is not checked). It returns how many connections
+// Publish sends msg to every open connection of user (1 to MaxUserIDLen bytes, no NUL), as a
+// binary or text message (text must be UTF-8; it is not checked). It returns how many connections
 // it was queued to: 0 when the user has none. Messages published by one goroutine reach each
 // connection in publish order. msg is copied; the caller may reuse it.
 func (s *Server) Publish(user []byte, msg []byte, binary bool) (int, error) {

@@ -635,6 +635,7 @@ func TestErrorsCarryResultCodesForErrorsIs(t *testing.T) {
 	}{
 		{"empty user", second(server.Publish(nil, []byte("x"), false)), ErrInvalidUserID},
 		{"long user", second(server.Publish(make([]byte, MaxUserIDLen+1), []byte("x"), false)), ErrInvalidUserID},
+		{"user with NUL", second(server.Publish([]byte("ali\x00ce"), []byte("x"), false)), ErrInvalidUserID},
 		{"too large", second(server.Publish([]byte("u"), make([]byte, 1025), false)), ErrMessageTooLarge},
 		{"unknown conn", server.Send(ConnID(7)<<40, []byte("x"), false), ErrNotFound},
 		{"bad close code", server.Close(ConnID(7)<<40, 999, ""), ErrInvalidCloseCode},

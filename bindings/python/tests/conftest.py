@@ -72,9 +72,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = 
         time.sleep(0.005)
 
 
-def raw_upgrade(port: int, target: str = "/ws?user=raw", headers: str = "", rcvbuf: int = 0) -> socket.socket:
+def raw_upgrade(
+    port: int, target: str = "/ws?user=raw", headers: str = "", rcvbuf: int = 0, prefix: bytes = b""
+) -> socket.socket:
     """A hand-made client that completes the upgrade and then does only what the test does
-    (e.g. never reads, never answers pings). Returns the socket after the 101 response."""
+    (e.g. never reads, never answers pings). Returns the socket after the 101 response.
+    ``prefix`` is sent just before the request (a PROXY protocol header, say)."""
     sock = socket.socket()
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -82,7 +85,8 @@ def raw_upgrade(port: int, target: str = "/ws?user=raw", headers: str = "", rcvb
     sock.connect(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
-        (
+        prefix
+        + (
             f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
         ).encode()

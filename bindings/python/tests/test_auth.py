@@ -218,6 +218,7 @@ def test_invalid_decisions_raise_inside_the_callback(make_server):
         for name, call in [
             ("empty_user", lambda: request.accept("")),
             ("long_user", lambda: request.accept("x" * 256)),
+            ("nul_user", lambda: request.accept("ali\x00ce")),
             ("status", lambda: request.reject(200)),
             ("respond", lambda: request.respond(200, "no")),
         ]:
@@ -234,5 +235,6 @@ def test_invalid_decisions_raise_inside_the_callback(make_server):
         assert client.recv(timeout=5) == "longest"
     assert isinstance(errors["empty_user"], wspush.InvalidUserIdError)
     assert isinstance(errors["long_user"], wspush.InvalidUserIdError)
+    assert isinstance(errors["nul_user"], wspush.InvalidUserIdError)
     assert isinstance(errors["status"], wspush.InvalidStatusError)
     assert isinstance(errors["respond"], wspush.InvalidArgumentError)  # respond is for on_http

@@ -169,7 +169,7 @@ def test_integers_are_range_checked_not_truncated(make_server):
 
 def test_invalid_user_ids_and_oversized_messages(make_server):
     server = make_server(max_queue_bytes=1024)
-    for bad in ("", "x" * 256, b""):
+    for bad in ("", "x" * 256, b"", "ali\x00ce", b"\x00"):
         with pytest.raises(wspush.InvalidUserIdError) as info:
             server.publish(bad, "x")
         assert info.value.code == wspush.Result.INVALID_USER_ID

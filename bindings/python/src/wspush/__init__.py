@@ -56,7 +56,7 @@ from ._server import (
 __version__ = "0.1.0"
 
 MAX_USER_ID_LEN = 255
-"""Longest user ID in bytes (the shortest is 1)."""
+"""Longest user ID in bytes (the shortest is 1); user IDs never contain a NUL byte."""
 
 
 def version() -> str:

@@ -67,7 +67,8 @@ class InvalidUtf8Error(WspushError, ValueError):
 
 
 class InvalidAddressError(WspushError, ValueError):
-    """INVALID_ADDRESS: the listen address is not "host:port" or does not resolve."""
+    """INVALID_ADDRESS: the listen address is not "host:port" or does not resolve, or a trusted
+    proxy is not an address or CIDR network."""
 
 
 class BindFailedError(WspushError):
@@ -75,7 +76,7 @@ class BindFailedError(WspushError):
 
 
 class InvalidUserIdError(WspushError, ValueError):
-    """INVALID_USER_ID: a user ID must be 1 to 255 bytes long."""
+    """INVALID_USER_ID: a user ID must be 1 to 255 bytes long and contain no NUL byte."""
 
 
 class InvalidCloseCodeError(WspushError, ValueError):

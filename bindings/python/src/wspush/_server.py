@@ -19,7 +19,8 @@ from ._library import KIND_BINARY, KIND_TEXT, SLOW_CONSUMER_CLOSE, SLOW_CONSUMER
 log = logging.getLogger("wspush")
 
 UserId = Union[str, bytes, bytearray, memoryview]
-"""A user ID: 1 to 255 bytes; ``str`` is encoded as UTF-8."""
+"""A user ID: 1 to 255 bytes without NUL (else :class:`~wspush.InvalidUserIdError`); ``str`` is
+encoded as UTF-8."""
 Payload = Union[str, bytes, bytearray, memoryview]
 """A message: ``str`` is sent as a text message (UTF-8), anything bytes-like as binary."""
 
@@ -150,7 +151,7 @@ class Stats:
     """Heartbeat pings sent."""
     ip_limited_total: int
     """Sockets answered 429 by a per-address limit (max_connections_per_ip,
-    max_handshakes_per_ip_per_sec)."""
+    max_handshakes_per_ip_per_sec, max_pending_handshakes_per_ip)."""
     queued_bytes: int
     """Bytes queued for connections that their sockets have not taken yet."""
     partial_input_bytes: int
@@ -266,8 +267,9 @@ class Request:
 
     @property
     def peer(self) -> Optional[str]:
-        """The client's address, ``"ip:port"`` (``"[v6]:port"``), or ``None`` if the socket has
-        none any more."""
+        """The client's address, ``"ip:port"`` (``"[v6]:port"``): the socket's peer or, from a
+        trusted load balancer with ``proxy_protocol``, the address its PROXY header gave;
+        ``None`` if the socket has none any more."""
         value = self._text_out(self._lib.wspush_request_peer)
         return None if value is None else value.decode("ascii", "replace")
 
@@ -300,7 +302,8 @@ class Request:
             self._tickets.take(self._ticket)
 
     def accept(self, user: UserId) -> None:
-        """Accept the connection as ``user`` (1-255 bytes). The last decision of the callback wins."""
+        """Accept the connection as ``user`` (1-255 bytes, no NUL). The last decision of the
+        callback wins."""
         encoded = _user_bytes(user)
         rc = self._lib.wspush_request_accept(self._live(), encoded, len(encoded))
         if rc:
@@ -528,6 +531,13 @@ class Server:
         jwt_hs256_secret: Optional[Union[bytes, bytearray, memoryview, str]] = None,
         jwt_leeway_ms: Optional[int] = None,
         thread_stack_size: Optional[int] = None,
+        proxy_protocol: bool = False,
+        trusted_proxies: Iterable[str] = (),
+        max_pending_handshakes_per_ip: Optional[int] = None,
+        message_timeout_ms: Optional[int] = None,
+        max_partial_input_bytes: Optional[int] = None,
+        socket_send_buffer: Optional[int] = None,
+        socket_recv_buffer: Optional[int] = None,
     ) -> None:
         """Start a server.
 
@@ -568,6 +578,29 @@ class Server:
             thread_stack_size: stack size in bytes of the engine threads the callbacks run on
                 (default 8 MiB, as an ordinary thread; at least 64 KiB). Raise it for callbacks
                 that recurse deeper (with ``sys.setrecursionlimit``).
+            proxy_protocol: behind a load balancer: connections from ``trusted_proxies`` must
+                open with a PROXY protocol header, v1 or v2 (HAProxy ``send-proxy``/
+                ``send-proxy-v2``, nginx ``proxy_protocol on``, cloud TCP balancers), else they
+                get 400. The client address it carries is what the per-address limits count and
+                what :attr:`Request.peer` returns. Other sources are served directly; a PROXY
+                header from them gets 400. Needs at least one trusted proxy (else
+                :class:`~wspush.InvalidArgumentError`). Default off.
+            trusted_proxies: sources allowed to send PROXY headers: addresses (``"127.0.0.1"``,
+                ``"::1"``) or CIDR networks (``"10.0.0.0/8"``, ``"fd00::/8"``); anything else
+                raises :class:`~wspush.InvalidAddressError`.
+            max_pending_handshakes_per_ip: handshakes in progress (accepted, not yet upgraded)
+                one client address (IPv6: /64) may have; beyond, new sockets from it get 429 at
+                once. 0 = no limit (default).
+            message_timeout_ms: time a client has to complete a frame or a fragmented message
+                once it has started sending it; then the connection is closed with 1008
+                (default 5000; must be > 0).
+            max_partial_input_bytes: bytes all connections together may hold for incomplete
+                frames and messages (default 256 MiB); the connection whose input would pass it
+                is closed with 1013 (try again later).
+            socket_send_buffer, socket_recv_buffer: SO_SNDBUF and SO_RCVBUF of every
+                connection's socket in bytes; 0 or ``None`` (default) keeps the kernel's
+                autotuning. Smaller buffers save kernel memory per connection at the cost of
+                throughput per connection.
 
         ``None`` keeps the library default (see include/wspush.h ``wspush_config_new``).
 
@@ -602,6 +635,16 @@ class Server:
             check(lib.wspush_config_set_threads(config, threads), f"threads={threads}")
             for origin in [allowed_origins] if isinstance(allowed_origins, str) else allowed_origins:
                 text(lib.wspush_config_add_allowed_origin, origin, f"allowed_origins: {origin!r}")
+            # The trusted proxies first: the library refuses proxy_protocol without one.
+            for network in [trusted_proxies] if isinstance(trusted_proxies, str) else trusted_proxies:
+                text(lib.wspush_config_add_trusted_proxy, network, f"trusted_proxies: {network!r}")
+            if not isinstance(proxy_protocol, bool):
+                raise error_for(Result.INVALID_ARGUMENT, f"proxy_protocol={proxy_protocol!r} (True or False)")
+            if proxy_protocol:
+                check(
+                    lib.wspush_config_set_proxy_protocol(config, True),
+                    "proxy_protocol=True (needs at least one of trusted_proxies)",
+                )
             # (name, value, setter, largest value of the C parameter type)
             numeric = [
                 ("max_connections", max_connections, lib.wspush_config_set_max_connections, _SIZE_MAX),
@@ -639,6 +682,19 @@ class Server:
                 ),
                 ("jwt_leeway_ms", jwt_leeway_ms, lib.wspush_config_set_jwt_leeway_ms, _U64_MAX),
                 ("thread_stack_size", thread_stack_size, lib.wspush_config_set_thread_stack_size, _SIZE_MAX),
+                (
+                    "max_pending_handshakes_per_ip",
+                    max_pending_handshakes_per_ip,
+                    lib.wspush_config_set_max_pending_handshakes_per_ip,
+                    _SIZE_MAX,
+                ),
+                ("message_timeout_ms", message_timeout_ms, lib.wspush_config_set_message_timeout_ms, _U64_MAX),
+                (
+                    "max_partial_input_bytes",
+                    max_partial_input_bytes,
+                    lib.wspush_config_set_max_partial_input_bytes,
+                    _SIZE_MAX,
+                ),
             ]
             for name, value, setter, largest in numeric:
                 if value is None:
@@ -646,6 +702,16 @@ class Server:
                 if not _in_range(value, 0, largest):
                     raise error_for(Result.INVALID_ARGUMENT, f"{name}={value!r} (an int from 0 to {largest})")
                 check(setter(config, value), f"{name}={value!r}")
+            if socket_send_buffer is not None or socket_recv_buffer is not None:
+                # One C call sets both; an omitted one stays 0, the kernel's autotuning.
+                buffers = {"socket_send_buffer": socket_send_buffer, "socket_recv_buffer": socket_recv_buffer}
+                for name, value in buffers.items():
+                    if value is not None and not _in_range(value, 0, _SIZE_MAX):
+                        raise error_for(Result.INVALID_ARGUMENT, f"{name}={value!r} (an int from 0 to {_SIZE_MAX})")
+                check(
+                    lib.wspush_config_set_socket_buffers(config, socket_send_buffer or 0, socket_recv_buffer or 0),
+                    f"socket_send_buffer={socket_send_buffer!r}, socket_recv_buffer={socket_recv_buffer!r}",
+                )
             if jwt_hs256_secret is not None:
                 secret = _secret_bytes(jwt_hs256_secret)
                 # The detail names the setting and the length, never the secret itself.
