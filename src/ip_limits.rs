@@ -46,9 +46,9 @@ struct Entry {
 /// Why a new connection was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    TooManyConnections,
-    TooManyHandshakes,
-    TooManyPendingHandshakes,
+    Connections,
+    HandshakeRate,
+    PendingHandshakes,
 }
 
 pub(crate) struct IpLimits {
@@ -111,15 +111,15 @@ impl IpLimits {
             refilled_ms: now_ms,
         });
         if self.max_connections > 0 && entry.connections >= self.max_connections {
-            return Err(Refusal::TooManyConnections);
+            return Err(Refusal::Connections);
         }
         if self.max_pending_handshakes > 0 && entry.handshaking >= self.max_pending_handshakes {
-            return Err(Refusal::TooManyPendingHandshakes);
+            return Err(Refusal::PendingHandshakes);
         }
         if self.rate > 0.0 {
             self.refill(entry, now_ms);
             if entry.tokens < 1.0 {
-                return Err(Refusal::TooManyHandshakes);
+                return Err(Refusal::HandshakeRate);
             }
             entry.tokens -= 1.0;
         }
@@ -208,7 +208,7 @@ mod tests {
         let (a, b) = (key_of("10.0.0.1".parse().unwrap()), key_of("10.0.0.2".parse().unwrap()));
         assert_eq!(l.admit(a), Ok(()));
         assert_eq!(l.admit(a), Ok(()));
-        assert_eq!(l.admit(a), Err(Refusal::TooManyConnections));
+        assert_eq!(l.admit(a), Err(Refusal::Connections));
         assert_eq!(l.admit(b), Ok(()), "other addresses are not affected");
         l.release(a);
         assert_eq!(l.admit(a), Ok(()));
@@ -224,7 +224,7 @@ mod tests {
         let (a, b) = (key_of("10.0.0.1".parse().unwrap()), key_of("10.0.0.2".parse().unwrap()));
         assert_eq!(l.admit(a), Ok(()));
         assert_eq!(l.admit(a), Ok(()));
-        assert_eq!(l.admit(a), Err(Refusal::TooManyPendingHandshakes));
+        assert_eq!(l.admit(a), Err(Refusal::PendingHandshakes));
         assert_eq!(l.admit(b), Ok(()), "other addresses are not affected");
         l.handshake_done(a); // upgraded: still a connection, no longer a handshake
         assert_eq!(l.admit(a), Ok(()));
@@ -242,11 +242,11 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(l.admit_at(a, 1000), Ok(()));
         }
-        assert_eq!(l.admit_at(a, 1000), Err(Refusal::TooManyHandshakes));
+        assert_eq!(l.admit_at(a, 1000), Err(Refusal::HandshakeRate));
         // 450 ms later, 2.25 tokens are back.
         assert_eq!(l.admit_at(a, 1450), Ok(()));
         assert_eq!(l.admit_at(a, 1450), Ok(()));
-        assert_eq!(l.admit_at(a, 1450), Err(Refusal::TooManyHandshakes));
+        assert_eq!(l.admit_at(a, 1450), Err(Refusal::HandshakeRate));
         for _ in 0..7 {
             l.release_at(a, 1450);
         }

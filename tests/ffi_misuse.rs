@@ -446,7 +446,7 @@ fn user_ids_with_a_nul_byte_are_refused_everywhere() {
     unsafe {
         assert_eq!(wspush_disconnect_user(server, user.as_ptr(), 6, 1000, null_mut()), wspush_result::InvalidUserId);
         assert_eq!(wspush_upgrade_accept(server, 1, user.as_ptr(), 6), wspush_result::InvalidUserId);
-        assert_eq!(wspush_upgrade_accept(server, 1, b"\0".as_ptr(), 1), wspush_result::InvalidUserId);
+        assert_eq!(wspush_upgrade_accept(server, 1, c"".as_ptr().cast(), 1), wspush_result::InvalidUserId);
         assert_eq!(wspush_server_free(server), OK);
     }
 }

@@ -182,7 +182,7 @@ fn reader(mut stream: TcpStream, reading: Reading, seen: Arc<Mutex<Seen>>, stop:
         match reading {
             Reading::Fast => {}
             Reading::Slow(ms) => std::thread::sleep(Duration::from_millis(ms)),
-            Reading::Bursts(ms) if reads % 16 == 0 => std::thread::sleep(Duration::from_millis(ms)),
+            Reading::Bursts(ms) if reads.is_multiple_of(16) => std::thread::sleep(Duration::from_millis(ms)),
             Reading::Bursts(_) => {}
         }
     }
