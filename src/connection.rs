@@ -361,7 +361,6 @@ impl IoThread {
     /// connection that grew it is refused with 1013), starts the message deadline when such
     /// input begins, and frees the spill when nothing is pending.
     fn input_settled(&mut self, slot: usize) {
-        let now = self.wheel.now();
         let max_total = self.config().max_partial_input_bytes;
         let Some(conn) = self.conns.get_mut(slot) else { return };
         let held = match (conn.state, conn.spill.as_deref()) {
@@ -376,7 +375,7 @@ impl IoThread {
             let spill = conn.spill();
             spill.held = held;
             if before == 0 {
-                spill.input_since = now;
+                spill.input_since = self.wheel.now();
                 if conn.flags & PARTIAL_TRACKED == 0 {
                     conn.flags |= PARTIAL_TRACKED;
                     self.partial_inputs.push((slot, conn.generation));
