@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -188,15 +187,7 @@ func TestHardeningSettingsAreCheckedAtStart(t *testing.T) {
 		{"negative receive buffer", Config{SocketRecvBuffer: -1}, ErrInvalidArgument, "Config.SocketRecvBuffer"},
 	}
 	for _, c := range cases {
-		c.config.Listen = "127.0.0.1:0"
-		server, err := Start(c.config)
-		if err == nil {
-			server.Stop()
-		}
-		var e *Error
-		if !errors.Is(err, c.want) || !errors.As(err, &e) || e.Op != c.op {
-			t.Errorf("%s: %v, want %v from %s", c.name, err, c.want, c.op)
-		}
+		assertStartFails(t, c.name, c.config, c.want, c.op)
 	}
 	// Every one at once, valid: 127.0.0.1 is not a trusted proxy here, so it is served directly.
 	server := startServer(t, Config{

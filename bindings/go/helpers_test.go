@@ -247,3 +247,20 @@ func readClose(conn *websocket.Conn) (code int, text string, err error) {
 	}
 	return -1, "", err
 }
+
+// assertStartFails checks that Start refuses config with want, naming the field: the error's Op
+// is op, or starts with it when op ends in ".". It returns the error.
+func assertStartFails(t *testing.T, name string, config Config, want error, op string) error {
+	t.Helper()
+	config.Listen = "127.0.0.1:0"
+	server, err := Start(config)
+	if err == nil {
+		server.Stop()
+	}
+	var e *Error
+	named := errors.As(err, &e) && (e.Op == op || strings.HasSuffix(op, ".") && strings.HasPrefix(e.Op, op))
+	if !errors.Is(err, want) || !named {
+		t.Errorf("%s: %v, want %v from %s", name, err, want, op)
+	}
+	return err
+}

@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -265,15 +264,7 @@ func TestShortSecretAndBadLimitsAreRefusedAtStart(t *testing.T) {
 		{"per-IP handshakes past uint32", Config{MaxHandshakesPerIPPerSec: 1 << 32}},
 	}
 	for _, c := range cases {
-		c.config.Listen = "127.0.0.1:0"
-		server, err := Start(c.config)
-		if err == nil {
-			server.Stop()
-		}
-		var e *Error
-		if !errors.Is(err, ErrInvalidArgument) || !errors.As(err, &e) || !strings.HasPrefix(e.Op, "Config.") {
-			t.Errorf("%s: %v, want ErrInvalidArgument naming the field", c.name, err)
-		}
+		err := assertStartFails(t, c.name, c.config, ErrInvalidArgument, "Config.")
 		if err != nil && strings.Contains(err.Error(), "too short secret") {
 			t.Errorf("%s: the error %q shows the secret", c.name, err)
 		}
