@@ -52,7 +52,12 @@ impl Daemon {
     }
 
     fn start_with_auth(auth_args: &[&str], extra_args: &[&str]) -> Daemon {
-        let mut child = Command::new(daemon_binary())
+        Daemon::start_command(Command::new(daemon_binary()), auth_args, extra_args)
+    }
+
+    /// `command` runs the daemon (directly, or through a wrapper such as prlimit).
+    fn start_command(mut command: Command, auth_args: &[&str], extra_args: &[&str]) -> Daemon {
+        let mut child = command
             .args(auth_args)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--threads", "2"])
             .args(["--drain-timeout-ms", "1000"])
@@ -1060,4 +1065,54 @@ fn a_signal_delivered_twice_still_stops_gracefully() {
     }
     assert_eq!(read_close_code(&mut client), CloseCode::Away);
     assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+/// Out of descriptors (RLIMIT_NOFILE 256 here): the daemon caps its connections below the limit,
+/// so clients past the cap are answered 503 at once rather than left unanswered in the backlog,
+/// and the admin API (which shares the process's descriptors) still answers /stats.
+#[test]
+fn with_few_descriptors_clients_past_the_cap_get_503_and_stats_still_answer() {
+    let mut prlimit = Command::new("prlimit");
+    prlimit.args(["--nofile=256:256", "--"]).arg(daemon_binary());
+    let daemon = Daemon::start_command(
+        prlimit,
+        &["--demo"],
+        &[
+            "--max-connections-per-ip",
+            "0",
+            "--max-handshakes-per-ip-per-sec",
+            "0",
+            "--max-pending-handshakes-per-ip",
+            "0",
+        ],
+    );
+    let said = Instant::now() + Duration::from_secs(5);
+    while !daemon.stderr.lock().unwrap().contains("capped to") {
+        assert!(Instant::now() < said, "the cap is said at start: {}", daemon.stderr.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stats = daemon.get("/stats");
+    assert_eq!(stats.status, 200);
+    let cap: usize = stats
+        .text()
+        .split("\"max_connections\":")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .expect("max_connections in /stats");
+    assert!(cap > 0 && cap + 64 <= 256, "cap {cap}");
+    let mut open = Vec::new();
+    for i in 0..cap {
+        open.push(daemon.connect(&format!("user=u{i}")));
+    }
+    let started = Instant::now();
+    for _ in 0..20 {
+        let (status, _) = upgrade_status(daemon.ws, "/ws?user=late");
+        assert_eq!(status, 503);
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "20 refusals took {:?}", started.elapsed());
+    let stats = daemon.get("/stats");
+    assert_eq!(stats.status, 200, "the admin API still answers at the cap");
+    assert!(stats.text().contains("\"over_capacity_total\":20"), "{}", stats.text());
+    drop(open);
 }
