@@ -136,11 +136,10 @@ impl Spill {
     fn truncate(&mut self, keep: usize) -> usize {
         let before = self.queued_bytes;
         self.queue.truncate(keep);
-        self.queued_bytes = self.queue.iter().map(|f| f.len()).sum::<usize>()
-            - self.front_sent.min(self.queue.front().map_or(0, |f| f.len()));
         if self.queue.is_empty() {
             self.front_sent = 0;
         }
+        self.queued_bytes = self.queue.iter().map(|f| f.len()).sum::<usize>() - self.front_sent;
         self.pong_at = self.pong_at.filter(|&at| at < self.queue.len());
         before - self.queued_bytes
     }
@@ -586,9 +585,11 @@ impl IoThread {
                 return;
             }
         }
-        // Frames the client sent while we were deciding.
+        // Frames the client sent while we were deciding: what is left of them is incomplete
+        // input like any other (counted, and under the message deadline).
         let kept = self.conns.get_mut(slot).and_then(|c| c.spill.as_mut()).map(|s| std::mem::take(&mut s.input));
         self.consume_kept(slot, kept.unwrap_or_default());
+        self.input_settled(slot);
     }
 
     fn leave_handshake(&mut self, slot: usize) {

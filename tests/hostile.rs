@@ -272,6 +272,37 @@ fn a_parked_half_frame_is_closed_after_the_message_timeout() {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
+/// A client that sends half a frame right behind its upgrade request, while the host takes its
+/// time to decide (a deferred upgrade): once accepted, those bytes are incomplete input like any
+/// other, counted and under the message deadline.
+#[test]
+fn half_a_frame_sent_before_a_deferred_upgrade_is_decided_still_times_out() {
+    let _serial = serial();
+    let cfg = Config { message_timeout: Duration::from_millis(400), ..config() };
+    let tickets = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let pending = tickets.clone();
+    let (server, mut events) = Harness::new(cfg)
+        .on_upgrade(move |_, request| {
+            pending.lock().unwrap().push(request.ticket());
+            wspush::UpgradeDecision::Defer
+        })
+        .start();
+    let mut raw = Raw::connect(server.local_addr());
+    let mut bytes = upgrade_request("/ws?user=alice", "").into_bytes();
+    bytes.extend_from_slice(&frame(0x82, &[5; 5_000])[..2_000]);
+    raw.send(&bytes);
+    eventually("the upgrade to be deferred", || !tickets.lock().unwrap().is_empty());
+    std::thread::sleep(Duration::from_millis(100)); // the half frame is in before the decision
+    let ticket = tickets.lock().unwrap()[0];
+    server.accept_upgrade(ticket, b"alice").unwrap();
+    assert_eq!(raw.read_response_head().status, 101);
+    let conn = events.opened(b"alice");
+    stats_until(&server, "the half frame counted", |s| s.partial_input_bytes > 0);
+    raw.expect_close(1008);
+    assert_eq!(events.closed(conn), 1008);
+    stats_until(&server, "input released", |s| s.partial_input_bytes == 0);
+}
+
 /// Past `max_partial_input_bytes` across all connections, the connection whose input would pass
 /// it is refused with 1013; the others keep their messages in progress.
 #[test]
