@@ -1074,18 +1074,7 @@ fn a_signal_delivered_twice_still_stops_gracefully() {
 fn with_few_descriptors_clients_past_the_cap_get_503_and_stats_still_answer() {
     let mut prlimit = Command::new("prlimit");
     prlimit.args(["--nofile=256:256", "--"]).arg(daemon_binary());
-    let daemon = Daemon::start_command(
-        prlimit,
-        &["--demo"],
-        &[
-            "--max-connections-per-ip",
-            "0",
-            "--max-handshakes-per-ip-per-sec",
-            "0",
-            "--max-pending-handshakes-per-ip",
-            "0",
-        ],
-    );
+    let daemon = Daemon::start_command(prlimit, &["--demo"], &common::NO_PER_IP_LIMITS);
     let said = Instant::now() + Duration::from_secs(5);
     while !daemon.stderr.lock().unwrap().contains("capped to") {
         assert!(Instant::now() < said, "the cap is said at start: {}", daemon.stderr.lock().unwrap());

@@ -169,14 +169,7 @@ impl Daemon {
             // Frequent pings: loadgen's clients must answer them or be closed as idle.
             .args(["--ping-interval-ms", "200", "--idle-timeout-ms", "2000"])
             // loadgen opens hundreds of connections from one address at once.
-            .args([
-                "--max-connections-per-ip",
-                "0",
-                "--max-handshakes-per-ip-per-sec",
-                "0",
-                "--max-pending-handshakes-per-ip",
-                "0",
-            ])
+            .args(common::NO_PER_IP_LIMITS)
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

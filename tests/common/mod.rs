@@ -22,6 +22,11 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 pub const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
+/// wspushd flags that turn its per-address limits off: load tools and tests that open hundreds of
+/// connections from one address at once would be refused 429 otherwise.
+pub const NO_PER_IP_LIMITS: [&str; 6] =
+    ["--max-connections-per-ip", "0", "--max-handshakes-per-ip-per-sec", "0", "--max-pending-handshakes-per-ip", "0"];
+
 /// A config for tests: ephemeral port, one I/O thread, short close and drain timeouts so that
 /// dropping a server at the end of a test never waits long.
 pub fn config() -> Config {
