@@ -282,8 +282,11 @@ impl IoThread {
     /// Closes (1008) connections whose incomplete frame or message has passed `message_timeout`;
     /// forgets those that completed it.
     fn sweep_partial_inputs(&mut self) {
+        if self.partial_inputs.is_empty() {
+            return;
+        }
         let now = Instant::now();
-        if self.partial_inputs.is_empty() || now < self.next_partial_sweep {
+        if now < self.next_partial_sweep {
             return;
         }
         self.next_partial_sweep = now + PARTIAL_SWEEP;
