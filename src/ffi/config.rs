@@ -4,7 +4,7 @@ use std::ffi::c_char;
 use std::mem::{offset_of, size_of};
 use std::time::Duration;
 
-use super::boundary::{bytes, ffi_boundary, read_size_field, shared_prefix, text, wspush_result};
+use super::boundary::{bytes, ffi_boundary, shared_prefix, text, wspush_result};
 use super::handle::{borrow_mut, box_into_handle, free_box, BoxCastable, Castable};
 use super::types::*;
 use crate::{Config, SlowConsumerPolicy};
@@ -567,15 +567,12 @@ pub unsafe extern "C" fn wspush_config_set_callbacks(
     ffi_boundary(|| {
         // SAFETY: per this function's contract.
         let builder = unsafe { borrow_mut(config) }?;
-        if callbacks.is_null() {
-            return Err(wspush_result::NullArgument);
-        }
-        // SAFETY: non-NULL, and at least the leading size field is readable per the contract.
-        let host_size = unsafe { read_size_field(callbacks) };
         // Every field is pointer-sized.
-        let copied = shared_prefix::<wspush_callbacks>(host_size, 0, offset_of!(wspush_callbacks, on_upgrade), size_of::<usize>())?;
+        // SAFETY: the leading size field is readable per the contract.
+        let copied =
+            unsafe { shared_prefix(callbacks, 0, offset_of!(wspush_callbacks, on_upgrade), size_of::<usize>()) }?;
         let mut accepted = wspush_callbacks::none();
-        // SAFETY: the host's struct has `host_size >= copied` readable bytes; `accepted` has
+        // SAFETY: the host's struct has at least `copied` readable bytes (its size field); `accepted` has
         // `size_of::<wspush_callbacks>() >= copied` bytes; they don't overlap; every byte
         // pattern of a pointer or nullable function pointer is a valid value (NULL is None).
         unsafe {
