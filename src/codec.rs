@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
-use crate::handler::MessageKind;
+use crate::types::MessageKind;
 
 /// Bytes of a fully framed server message, shared by every connection it goes to.
 pub(crate) type Frame = Arc<[u8]>;

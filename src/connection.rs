@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -25,12 +25,13 @@ use crate::config::SlowConsumerPolicy;
 use crate::conn_id;
 use crate::event_loop::{stats, IoThread, READS_PER_ROUND};
 use crate::guard::guarded;
-use crate::handler::{MessageKind, UpgradeDecision};
 use crate::handshake::{self, Head, MAX_HEADERS};
+use crate::proxy_protocol;
 use crate::registry::UserId;
-use crate::server::check_user_id;
+use crate::request::UpgradeDecision;
 use crate::stats::{bump, drop_by};
-use crate::{ip_limits, jwt, socket};
+use crate::types::{check_user_id, MessageKind};
+use crate::{ip_limits, socket};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum State {
@@ -494,7 +495,7 @@ impl IoThread {
         bump(&stats!(self).messages_in_total, 1);
         let id = self.conn_id(slot);
         let Some(user) = &self.conns[slot].user else { return };
-        let (handler, server) = (&self.shared.handler, &self.server);
+        let (handler, server) = (&*self.handler, &self.server);
         guarded(|| handler.on_message(server, id, user, kind, payload));
     }
 
@@ -516,6 +517,45 @@ impl IoThread {
 
     // ---------------------------------------------------------------- handshake
 
+    /// Whether a connection accepted from `peer` must open with a PROXY header. If so it is put
+    /// in `State::ProxyHeader` and its per-address admission waits for the header's address.
+    pub(crate) fn expects_proxy_header(&mut self, slot: usize, peer: IpAddr) -> bool {
+        let config = self.config();
+        if !config.proxy_protocol || !config.trusted_proxies.iter().any(|net| net.contains(peer)) {
+            return false;
+        }
+        self.conns[slot].state = State::ProxyHeader;
+        true
+    }
+
+    /// Handles the PROXY header at the start of `buf`; `None` while it is incomplete. Once it
+    /// is in, the client's address is kept for the request, the connection is counted under it,
+    /// and the HTTP handshake continues with the bytes after it.
+    pub(crate) fn proxy_header(&mut self, slot: usize, buf: &[u8]) -> Option<usize> {
+        match proxy_protocol::parse(buf) {
+            proxy_protocol::Parsed::Incomplete => None,
+            proxy_protocol::Parsed::Invalid => {
+                self.reject(slot, 400);
+                Some(buf.len())
+            }
+            proxy_protocol::Parsed::Header { len, source } => {
+                let conn = &mut self.conns[slot];
+                conn.state = State::Handshake;
+                // No address in the header (health check): count the balancer's own.
+                let counted = source.or_else(|| conn.socket_peer());
+                if counted.is_some_and(|client| !self.limit_address(slot, client.ip())) {
+                    self.reject(slot, 429); // answered now, as a refusal at accept
+                    return Some(buf.len());
+                }
+                if let Some(source) = source {
+                    self.conns[slot].set_client_addr(source);
+                }
+                Some(len)
+            }
+        }
+    }
+
+
     /// Handles the request head at the start of `buf`; `None` while it is incomplete.
     fn handshake(&mut self, slot: usize, buf: &[u8]) -> Option<usize> {
         let ticket = self.conn_id(slot);
@@ -530,7 +570,7 @@ impl IoThread {
                 spill.client_addr = None; // the request has it now
             }
         }
-        let (handler, server) = (&self.shared.handler, &self.server);
+        let (handler, server) = (&*self.handler, &self.server);
         match head {
             Head::Incomplete => None,
             Head::Reject(status) => {
@@ -549,20 +589,11 @@ impl IoThread {
                 Some(buf.len())
             }
             Head::Upgrade { len, mut request, accept_key } => {
-                if let Some(jwt) = &self.shared.jwt {
-                    request.verified_user = jwt::token_of(&request).and_then(|token| jwt.verify(token).ok());
-                }
+                let invalid_token = handshake::check_token(&mut request, self.shared.jwt.as_ref());
                 let decision = guarded(|| handler.on_upgrade(server, &request)).unwrap_or(UpgradeDecision::Reject(500));
                 match decision {
                     UpgradeDecision::Accept(user) => self.open(slot, &user, &accept_key),
-                    UpgradeDecision::Reject(401) if self.shared.jwt.is_some() && request.verified_user.is_none() => {
-                        // Which check failed stays private: nothing to refine a forgery with.
-                        self.reject_with(
-                            slot,
-                            handshake::response(401, "text/plain; charset=utf-8", b"invalid token\n"),
-                        )
-                    }
-                    UpgradeDecision::Reject(status) => self.reject(slot, status),
+                    UpgradeDecision::Reject(status) => self.reject_with(slot, handshake::refusal(status, invalid_token)),
                     UpgradeDecision::Defer => {
                         let conn = &mut self.conns[slot];
                         conn.state = State::Deciding;
@@ -608,8 +639,7 @@ impl IoThread {
     }
 
     pub(crate) fn reject(&mut self, slot: usize, status: u16) {
-        let status = if (400..=599).contains(&status) { status } else { 500 };
-        self.reject_with(slot, handshake::error_response(status));
+        self.reject_with(slot, handshake::refusal(status, false));
     }
 
     /// Answers a request we won't upgrade with `response`, then closes.
@@ -645,7 +675,7 @@ impl IoThread {
         bump(&stats!(self).connections, 1);
         self.send_control(slot, &handshake::switching_protocols(accept_key));
         if self.conns.contains(slot) {
-            let (handler, server) = (&self.shared.handler, &self.server);
+            let (handler, server) = (&*self.handler, &self.server);
             guarded(|| handler.on_open(server, id, user));
         }
     }
@@ -730,7 +760,7 @@ impl IoThread {
                 }
                 let id = self.conn_id(slot);
                 if let Some(user) = &self.conns[slot].user {
-                    let (handler, server) = (&self.shared.handler, &self.server);
+                    let (handler, server) = (&*self.handler, &self.server);
                     guarded(|| handler.on_drop(server, id, user, frame.len()));
                 }
             }
@@ -942,7 +972,7 @@ impl IoThread {
                 self.shared.registry.remove(&user, id);
                 drop_by(&stats!(self).connections, 1);
             }
-            let (handler, server) = (&self.shared.handler, &self.server);
+            let (handler, server) = (&*self.handler, &self.server);
             guarded(|| handler.on_close(server, id, &user, code));
         }
     }

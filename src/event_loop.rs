@@ -16,10 +16,11 @@ use crate::config::Config;
 use crate::conn_id::{self, MAX_SLOTS};
 use crate::connection::{Conn, State, PARTIAL_TRACKED};
 use crate::guard::guarded;
-use crate::handler::{ConnId, UpgradeDecision};
+use crate::handle::{Command, ServerHandle, Shared, ThreadShared, ANY_USER, ENGINE_OF_THIS_THREAD, OWNING_IO_THREAD};
+use crate::handler::Handler;
 use crate::ip_limits::{self, IpKey};
 use crate::registry::UserCheck;
-use crate::server::{ServerHandle, Shared, ThreadShared, ENGINE_OF_THIS_THREAD, OWNING_IO_THREAD};
+use crate::types::ConnId;
 use crate::stats::bump;
 use crate::timer::{self, Entry, Ticks, TimerWheel};
 use crate::{handshake, slack, socket};
@@ -31,23 +32,6 @@ macro_rules! stats {
     };
 }
 pub(crate) use stats;
-
-/// Work queued to an I/O thread by other threads (and by callbacks on this one).
-pub(crate) enum Command {
-    /// Queue a framed message to one connection (publish, send).
-    Deliver { conn: ConnId, frame: Frame, user_check: UserCheck },
-    /// Queue a framed message to every open connection of this thread.
-    Broadcast { frame: Frame },
-    /// Start the close handshake.
-    Close { conn: ConnId, code: u16, reason: Box<str>, user_check: UserCheck },
-    /// The host's late answer to a deferred upgrade.
-    Decide { conn: ConnId, decision: UpgradeDecision },
-    /// Graceful stop.
-    Stop,
-}
-
-/// `user_check` of commands addressed by connection ID rather than by user.
-pub(crate) const ANY_USER: UserCheck = 0;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -86,7 +70,7 @@ impl IoThreadSetup {
     }
 
     /// The thread body.
-    pub(crate) fn run(self, server: ServerHandle) {
+    pub(crate) fn run(self, server: ServerHandle, handler: Arc<dyn Handler>) {
         ENGINE_OF_THIS_THREAD.with(|engine| engine.set(Arc::as_ptr(&server.shared)));
         OWNING_IO_THREAD.with(|me| me.set(&server.shared.threads[usize::from(self.index)]));
         let (wheel, ticks) = TimerWheel::new(&server.shared.config);
@@ -94,6 +78,7 @@ impl IoThreadSetup {
             index: self.index as usize,
             shared: server.shared.clone(),
             server,
+            handler,
             poll: self.poll,
             listener: Some(self.listener),
             conns: Slab::new(),
@@ -159,6 +144,8 @@ pub(crate) struct IoThread {
     pub(crate) index: usize,
     pub(crate) shared: Arc<Shared>,
     pub(crate) server: ServerHandle,
+    /// The host's callbacks.
+    pub(crate) handler: Arc<dyn Handler>,
     pub(crate) poll: Poll,
     listener: Option<TcpListener>,
     pub(crate) conns: Slab<Conn>,

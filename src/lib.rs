@@ -48,26 +48,28 @@ mod conn_id;
 mod connection;
 mod event_loop;
 mod guard;
+mod handle;
 mod handshake;
 mod ip_limits;
 mod jwt;
 mod proxy_protocol;
 mod registry;
+mod request;
 mod slack;
 mod socket;
 mod timer;
+mod types;
 
 pub use codec::is_valid_close_code;
 pub use config::{Config, Secret, SlowConsumerPolicy, TrustedProxy, DEFAULT_THREAD_STACK_SIZE, MIN_THREAD_STACK_SIZE};
 pub use error::Error;
-pub use handler::{default_upgrade_decision, ConnId, Handler, HttpResponse, MessageKind, Request, UpgradeDecision};
+pub use handle::ServerHandle;
+pub use handler::Handler;
 pub use proxy_protocol::InvalidTrustedProxy;
-pub use server::{Server, ServerHandle};
+pub use request::{default_upgrade_decision, HttpResponse, Request, UpgradeDecision};
+pub use server::Server;
 pub use stats::Stats;
-
-/// Longest user ID, in bytes. A user ID is 1 to this many bytes and never contains NUL (a C
-/// host reading it as a C string would see a different, shorter user).
-pub const MAX_USER_ID_LEN: usize = 255;
+pub use types::{ConnId, MessageKind, MAX_USER_ID_LEN};
 /// Shortest HS256 secret `Config::jwt_hs256_secret` accepts (RFC 7518 §3.2: the hash's size).
 pub const JWT_MIN_SECRET_LEN: usize = jwt::MIN_SECRET_LEN;
 /// This crate's version.

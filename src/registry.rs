@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::handler::ConnId;
+use crate::types::ConnId;
 use crate::slack;
 
 const SHARDS: usize = 64;

@@ -6,7 +6,7 @@ use std::ffi::c_char;
 
 use super::boundary::{arg, bytes, ffi_boundary, out_bytes, out_text, text, wspush_result, Out};
 use super::config::{WSPUSH_MAX_ARG_LEN, WSPUSH_MAX_USER_ID_LEN};
-use crate::server::check_user_id;
+use crate::types::check_user_id;
 use crate::{HttpResponse, Request, UpgradeDecision};
 
 /// An HTTP request seen by `on_upgrade` or `on_http`. Borrowed: valid only until that callback

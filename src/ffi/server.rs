@@ -11,7 +11,7 @@ use super::config::{
     WSPUSH_MESSAGE_KIND_BINARY, WSPUSH_MESSAGE_KIND_TEXT,
 };
 use super::handler::CallbackHandler;
-use crate::server::{Shared, ENGINE_OF_THIS_THREAD};
+use crate::handle::{Shared, ENGINE_OF_THIS_THREAD};
 use crate::{MessageKind, Server, ServerHandle, Stats};
 
 /// A running server. Made by `wspush_server_start`, released by `wspush_server_free`. Every
