@@ -83,7 +83,12 @@ pub(crate) struct ThreadShared {
 
 impl ThreadShared {
     pub(crate) fn new(waker: mio::Waker) -> ThreadShared {
-        ThreadShared { inbox: Mutex::new(Vec::new()), waker, live: LiveTable::with_first_chunk(), stats: ThreadStats::default() }
+        ThreadShared {
+            inbox: Mutex::new(Vec::new()),
+            waker,
+            live: LiveTable::with_first_chunk(),
+            stats: ThreadStats::default(),
+        }
     }
 
     /// Queues a command and wakes the thread if its inbox was empty (one wake per batch).

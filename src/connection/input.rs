@@ -4,7 +4,9 @@
 use std::io::{self, Read};
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::{Conn, Context, Gone, Interrupt, Received, State, Step, CLOSE_RECEIVED, INPUT_PAUSED, PARTIAL_TRACKED, PINGED};
+use super::{
+    Conn, Context, Gone, Interrupt, Received, State, Step, CLOSE_RECEIVED, INPUT_PAUSED, PARTIAL_TRACKED, PINGED,
+};
 use crate::codec::{self, close, Decoded, DecoderState, Opcode};
 use crate::guard::guarded;
 use crate::handshake::{self, Head, MAX_HEADERS};
@@ -93,7 +95,8 @@ impl Conn {
                     // The decoder state is lent to the decoder and put back before the frame is
                     // acted on, so that failing or closing (which drop it) see it in place.
                     let mut decoder = self.spill.as_mut().map(|s| std::mem::take(&mut s.decoder)).unwrap_or_default();
-                    let (used, decoded) = codec::decode_next(&mut buf[pos..], &mut decoder, cx.config().max_message_size);
+                    let (used, decoded) =
+                        codec::decode_next(&mut buf[pos..], &mut decoder, cx.config().max_message_size);
                     if !decoder.is_idle() {
                         self.spill().decoder = decoder;
                     }

@@ -4,12 +4,12 @@
 
 use super::IoThread;
 use crate::codec::Frame;
+use crate::conn_id;
 use crate::connection::{Interrupt, Received, State};
 use crate::handle::{Command, ANY_USER};
 use crate::registry::UserCheck;
 use crate::request::UpgradeDecision;
 use crate::types::ConnId;
-use crate::conn_id;
 
 /// Reads per connection per round before others get a turn.
 const READS_PER_ROUND: usize = 16;
