@@ -2,7 +2,7 @@
 //! every callback), the state it shares with the I/O threads, and the [`Command`]s it queues to
 //! them.
 //!
-//! Everything here runs on the caller's thread and never touches a socket: work for a connection
+//! The handle's methods run on the caller's thread and never touch a socket: work for a connection
 //! is queued to the I/O thread that owns it, which is woken through its `mio::Waker`.
 
 use std::cell::Cell;
