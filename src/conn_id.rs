@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
-use crate::handler::ConnId;
+use crate::types::ConnId;
 
 /// Slots per I/O thread: 2^24 (16.7 million connections per thread).
 pub(crate) const MAX_SLOTS: usize = 1 << 24;

@@ -1,11 +1,14 @@
 //! The HTTP/1.1 upgrade: parse the request head in place (httparse, no header copies), validate
-//! it against RFC 6455 §4.2.1 and the configuration, and write the responses.
+//! it against RFC 6455 §4.2.1 and the configuration, check the token it carries, and write the
+//! responses.
 
 use std::io::Write;
 use std::net::SocketAddr;
 
 use crate::config::Config;
-use crate::handler::{ConnId, HttpResponse, Request};
+use crate::jwt::JwtVerifier;
+use crate::request::{HttpResponse, Request};
+use crate::types::ConnId;
 
 /// Most headers a request may carry; more is answered 431.
 pub(crate) const MAX_HEADERS: usize = 64;
@@ -89,6 +92,37 @@ pub(crate) fn parse<'a>(
     }
     let accept_key = tungstenite::handshake::derive_accept_key(key);
     Head::Upgrade { len, request, accept_key }
+}
+
+/// Token checking, part of every upgrade when `Config::jwt_hs256_secret` is set: the request's
+/// `verified_user` becomes the `sub` of the valid token it carries. Returns whether a secret is
+/// set and the request carries no valid token (a 401 then says "invalid token").
+pub(crate) fn check_token(request: &mut Request<'_>, jwt: Option<&JwtVerifier>) -> bool {
+    let Some(jwt) = jwt else { return false };
+    request.verified_user = token_of(request).and_then(|token| jwt.verify(token).ok());
+    request.verified_user.is_none()
+}
+
+/// The token a request carries: an `Authorization: Bearer` header (non-browser clients), else the
+/// `token` query parameter (browsers cannot set headers on a WebSocket).
+fn token_of<'a>(request: &Request<'a>) -> Option<&'a [u8]> {
+    if let Some(value) = request.header("authorization") {
+        let value = value.trim_ascii();
+        let (scheme, rest) = value.split_at_checked(7)?;
+        return scheme.eq_ignore_ascii_case(b"bearer ").then(|| rest.trim_ascii());
+    }
+    request.query_param("token").map(str::as_bytes)
+}
+
+/// The response refusing an upgrade with the host's `status` (outside 400-599: 500). A 401 for a
+/// request without a valid token says so, and only that: which check failed stays private,
+/// nothing to refine a forgery with.
+pub(crate) fn refusal(status: u16, invalid_token: bool) -> Vec<u8> {
+    match status {
+        401 if invalid_token => response(401, "text/plain; charset=utf-8", b"invalid token\n"),
+        400..=599 => error_response(status),
+        _ => error_response(500),
+    }
 }
 
 /// The 101 response completing an upgrade.

@@ -5,15 +5,21 @@
 //! buffer. The host (C, C++, Go, Python via the C ABI in [`ffi`], or Rust directly) decides who a
 //! connection belongs to in [`Handler::on_upgrade`] and calls [`ServerHandle::publish`].
 //!
-//! Architecture, one module each:
-//! - [`config`]: every limit, with defaults; [`server`]: the public API, cross-thread commands;
-//! - `event_loop`: one I/O thread (epoll via mio, listener, slab of connections, inbox);
-//! - `connection`: per-connection state machine, input parsing, output queue, closing;
-//! - `handshake`: in-place HTTP upgrade parsing and validation; `codec`: RFC 6455 frames;
-//! - `jwt`: built-in token authentication; `ip_limits`: per-client-address limits;
-//! - `proxy_protocol`: PROXY protocol headers from trusted load balancers (the client address);
-//! - `registry`: user → connections; `timer`: heartbeat and deadlines; `conn_id`: ID layout;
-//! - `socket`: the raw socket calls; [`stats`]: counters; [`ffi`]: the C surface only.
+//! Architecture, ground floor up: each line imports only from itself and the lines above it
+//! (`tests/import_layers.py` checks that there is no import loop).
+//! - `types`: connection ID, message kind, the user-ID rule; [`error`]; `slack`, `guard` (panics
+//!   at callbacks), `socket` (the raw socket calls); [`stats`]: counters;
+//! - `request`: what the host sees of a request and how it answers; `jwt`: HS256 tokens;
+//!   `proxy_protocol`: the PROXY header parser; `codec`: RFC 6455 frames (encoder, client-stream
+//!   decoder, UTF-8); `registry`: user → connections; `conn_id`: ID layout and live table;
+//! - [`config`]: every limit, with defaults; `handshake`: the HTTP upgrade, its token check
+//!   and its responses; `timer`: the timer wheel; `ip_limits`: per-client-address limits;
+//! - `handle`: [`ServerHandle`], the state it shares with the I/O threads, their inboxes and
+//!   the commands queued there; [`handler`]: the host's callbacks, given a `ServerHandle`;
+//! - `connection`: one connection (state machine, input, output, lifecycle), working in its
+//!   I/O thread's context; `event_loop`: one I/O thread (epoll via mio, listener, slab, inbox);
+//! - [`server`]: [`Server`], which starts the I/O threads and stops them; [`ffi`]: the C
+//!   surface, a skin on top.
 //!
 //! ```no_run
 //! use wspush::{Config, Handler, MessageKind, Request, Server, ServerHandle, UpgradeDecision};
@@ -48,26 +54,28 @@ mod conn_id;
 mod connection;
 mod event_loop;
 mod guard;
+mod handle;
 mod handshake;
 mod ip_limits;
 mod jwt;
 mod proxy_protocol;
 mod registry;
+mod request;
 mod slack;
 mod socket;
 mod timer;
+mod types;
 
 pub use codec::is_valid_close_code;
 pub use config::{Config, Secret, SlowConsumerPolicy, TrustedProxy, DEFAULT_THREAD_STACK_SIZE, MIN_THREAD_STACK_SIZE};
 pub use error::Error;
-pub use handler::{default_upgrade_decision, ConnId, Handler, HttpResponse, MessageKind, Request, UpgradeDecision};
+pub use handle::ServerHandle;
+pub use handler::Handler;
 pub use proxy_protocol::InvalidTrustedProxy;
-pub use server::{Server, ServerHandle};
+pub use request::{default_upgrade_decision, HttpResponse, Request, UpgradeDecision};
+pub use server::Server;
 pub use stats::Stats;
-
-/// Longest user ID, in bytes. A user ID is 1 to this many bytes and never contains NUL (a C
-/// host reading it as a C string would see a different, shorter user).
-pub const MAX_USER_ID_LEN: usize = 255;
+pub use types::{ConnId, MessageKind, MAX_USER_ID_LEN};
 /// Shortest HS256 secret `Config::jwt_hs256_secret` accepts (RFC 7518 §3.2: the hash's size).
 pub const JWT_MIN_SECRET_LEN: usize = jwt::MIN_SECRET_LEN;
 /// This crate's version.

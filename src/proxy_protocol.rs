@@ -4,7 +4,7 @@
 //! per-address limits would throttle everyone together and `on_upgrade` would see one address.
 //!
 //! Only sources listed in `Config::trusted_proxies` may send a header, and when
-//! `Config::proxy_protocol` is on they must: `connection` starts their connections in
+//! `Config::proxy_protocol` is on they must: the connection starts their connections in
 //! `State::ProxyHeader`, counts them per address only once the header is parsed (under the
 //! client's address), and answers 400 when the header is missing or malformed. Anyone else is
 //! served directly; a header from them is not a valid HTTP request and gets 400 too.
@@ -12,9 +12,6 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
-
-use crate::connection::State;
-use crate::event_loop::IoThread;
 
 /// What the start of a connection's input holds. (`pub` only for the fuzz target, through
 /// `internals`; the module is private.)
@@ -221,46 +218,6 @@ impl FromStr for TrustedProxy {
 impl fmt::Display for TrustedProxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.network, self.prefix)
-    }
-}
-
-impl IoThread {
-    /// Whether a connection accepted from `peer` must open with a PROXY header. If so it is put
-    /// in `State::ProxyHeader` and its per-address admission waits for the header's address.
-    pub(crate) fn expects_proxy_header(&mut self, slot: usize, peer: IpAddr) -> bool {
-        let config = self.config();
-        if !config.proxy_protocol || !config.trusted_proxies.iter().any(|net| net.contains(peer)) {
-            return false;
-        }
-        self.conns[slot].state = State::ProxyHeader;
-        true
-    }
-
-    /// Handles the PROXY header at the start of `buf`; `None` while it is incomplete. Once it
-    /// is in, the client's address is kept for the request, the connection is counted under it,
-    /// and the HTTP handshake continues with the bytes after it.
-    pub(crate) fn proxy_header(&mut self, slot: usize, buf: &[u8]) -> Option<usize> {
-        match parse(buf) {
-            Parsed::Incomplete => None,
-            Parsed::Invalid => {
-                self.reject(slot, 400);
-                Some(buf.len())
-            }
-            Parsed::Header { len, source } => {
-                let conn = &mut self.conns[slot];
-                conn.state = State::Handshake;
-                // No address in the header (health check): count the balancer's own.
-                let counted = source.or_else(|| conn.socket_peer());
-                if counted.is_some_and(|client| !self.limit_address(slot, client.ip())) {
-                    self.reject(slot, 429); // answered now, as a refusal at accept
-                    return Some(buf.len());
-                }
-                if let Some(source) = source {
-                    self.conns[slot].set_client_addr(source);
-                }
-                Some(len)
-            }
-        }
     }
 }
 

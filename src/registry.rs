@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::handler::ConnId;
 use crate::slack;
+use crate::types::ConnId;
 
 const SHARDS: usize = 64;
 /// User IDs up to this length are stored inside the connection without an allocation.

@@ -9,6 +9,9 @@ cargo build --release --all-targets
 echo "== the committed header matches what cbindgen generates"
 git diff --exit-code -- include/wspush.h || { echo "include/wspush.h is stale: commit the regenerated header" >&2; exit 1; }
 
+echo "== src/ keeps its layers: no import loop, no file over 650 lines"
+python3 tests/import_layers.py
+
 echo "== Rust unit and integration tests (C ABI and C example included)"
 cargo test --release
 

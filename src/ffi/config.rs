@@ -9,12 +9,6 @@ use super::handle::{borrow_mut, box_into_handle, free_box, BoxCastable, Castable
 use super::types::*;
 use crate::Config;
 
-/// Server configuration under construction. Made by `wspush_config_new`, released by
-/// `wspush_config_free`. Not thread-safe: use one from one thread at a time.
-pub struct wspush_config {
-    _opaque: [u8; 0],
-}
-
 /// What a `wspush_config` points to.
 pub(crate) struct ConfigBuilder {
     pub(crate) config: Config,

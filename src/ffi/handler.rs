@@ -1,9 +1,9 @@
 //! The bridge from the engine's [`Handler`] trait to the host's C function pointers.
 
 use super::boundary::out_bytes;
+use super::handle::arc_as_handle;
 use super::request::{Purpose, RequestView};
-use super::server::server_ptr;
-use super::types::{message_kind_to_c, wspush_callbacks};
+use super::types::{message_kind_to_c, wspush_callbacks, wspush_server};
 use crate::handler::default_upgrade_decision;
 use crate::{ConnId, Handler, HttpResponse, MessageKind, Request, ServerHandle, UpgradeDecision};
 
@@ -18,6 +18,11 @@ pub(crate) struct CallbackHandler {
 unsafe impl Send for CallbackHandler {}
 // SAFETY: as for Send; `&CallbackHandler` only reads the copied function pointers.
 unsafe impl Sync for CallbackHandler {}
+
+/// The pointer the host sees for a server: the address of the engine's shared state.
+fn server_ptr(handle: &ServerHandle) -> *const wspush_server {
+    arc_as_handle(&handle.shared)
+}
 
 impl CallbackHandler {
     pub(crate) fn new(callbacks: wspush_callbacks) -> CallbackHandler {

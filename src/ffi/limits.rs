@@ -3,7 +3,7 @@
 //! server down; each has a safe default (see `wspush_config_new`).
 
 use super::boundary::wspush_result;
-use super::config::{millis, update, wspush_config};
+use super::config::{millis, update};
 use super::types::*;
 use crate::SlowConsumerPolicy;
 

@@ -6,17 +6,9 @@ use std::ffi::c_char;
 
 use super::boundary::{bytes, ffi_boundary, out_bytes, out_text, text, wspush_result, Out};
 use super::handle::{borrow, Castable};
-use super::types::{WSPUSH_MAX_ARG_LEN, WSPUSH_MAX_USER_ID_LEN};
-use crate::server::check_user_id;
+use super::types::{wspush_request, WSPUSH_MAX_ARG_LEN, WSPUSH_MAX_USER_ID_LEN};
+use crate::types::check_user_id;
 use crate::{HttpResponse, Request, UpgradeDecision};
-
-/// An HTTP request seen by `on_upgrade` or `on_http`. Borrowed: valid only until that callback
-/// returns, and so is every pointer the accessors hand out (none is NUL-terminated; use the
-/// length, e.g. `printf("%.*s", (int)len, ptr)`). Use it only on the callback's own thread; to
-/// decide elsewhere, defer and pass the ticket.
-pub struct wspush_request {
-    _opaque: [u8; 0],
-}
 
 // The view's real lifetime is the callback's; the handle's contract (valid only during the
 // callback) is what keeps borrows inside it.

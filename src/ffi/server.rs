@@ -3,30 +3,19 @@
 use std::ffi::c_char;
 
 use super::boundary::{bytes, engine, ffi_boundary, text, wspush_result, Out};
-use super::config::wspush_config;
-use super::handle::{
-    arc_as_handle, arc_from_handle, arc_into_handle, borrow, borrow_arc, ArcCastable, Borrowed, Castable,
-};
+use super::handle::{arc_from_handle, arc_into_handle, borrow, borrow_arc, ArcCastable, Borrowed, Castable};
 use super::handler::CallbackHandler;
-use super::types::{message_kind_from_c, wspush_message_kind, WSPUSH_MAX_CLOSE_REASON_LEN, WSPUSH_MAX_USER_ID_LEN};
-use crate::server::{Shared, ENGINE_OF_THIS_THREAD};
+use super::types::{
+    message_kind_from_c, wspush_config, wspush_message_kind, wspush_server, WSPUSH_MAX_CLOSE_REASON_LEN,
+    WSPUSH_MAX_USER_ID_LEN,
+};
+use crate::handle::{Shared, ENGINE_OF_THIS_THREAD};
 use crate::{Server, ServerHandle};
-
-/// A running server. Made by `wspush_server_start`, released by `wspush_server_free`. Every
-/// function taking a `const wspush_server *` is thread-safe, except `wspush_server_free`.
-pub struct wspush_server {
-    _opaque: [u8; 0],
-}
 
 impl Castable for wspush_server {
     type RustType = Shared;
 }
 impl ArcCastable for wspush_server {}
-
-/// The pointer the host sees for a server: the address of the engine's shared state.
-pub(crate) fn server_ptr(handle: &ServerHandle) -> *const wspush_server {
-    arc_as_handle(&handle.shared)
-}
 
 /// Borrows the server behind a host pointer.
 ///

@@ -8,8 +8,8 @@ use std::ffi::c_char;
 use std::mem::{offset_of, size_of};
 
 use super::boundary::{ffi_boundary, shared_prefix, wspush_result, Out};
-use super::server::{server_arg, wspush_server};
-use super::types::{wspush_stat_kind, WSPUSH_STAT_KIND_COUNTER, WSPUSH_STAT_KIND_GAUGE};
+use super::server::server_arg;
+use super::types::{wspush_server, wspush_stat_kind, WSPUSH_STAT_KIND_COUNTER, WSPUSH_STAT_KIND_GAUGE};
 use crate::stats::{StatKind, Stats};
 
 /// Gauges and counters, filled in by `wspush_stats`. Set `size = sizeof(wspush_stats_snapshot)`

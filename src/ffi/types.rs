@@ -1,13 +1,33 @@
-//! The C surface's plain types: message kinds, policies, argument limits, the callback
-//! typedefs and the callbacks struct a host fills in.
+//! The C surface's plain types: the opaque handles, message kinds, policies, argument limits,
+//! the callback typedefs and the callbacks struct a host fills in.
 
 use std::ffi::c_void;
 use std::mem::size_of;
 
 use super::boundary::wspush_result;
-use super::request::wspush_request;
-use super::server::wspush_server;
 use crate::MessageKind;
+
+// The opaque handles (what each points to: `Castable` in config.rs, server.rs, request.rs).
+
+/// Server configuration under construction. Made by `wspush_config_new`, released by
+/// `wspush_config_free`. Not thread-safe: use one from one thread at a time.
+pub struct wspush_config {
+    _opaque: [u8; 0],
+}
+
+/// A running server. Made by `wspush_server_start`, released by `wspush_server_free`. Every
+/// function taking a `const wspush_server *` is thread-safe, except `wspush_server_free`.
+pub struct wspush_server {
+    _opaque: [u8; 0],
+}
+
+/// An HTTP request seen by `on_upgrade` or `on_http`. Borrowed: valid only until that callback
+/// returns, and so is every pointer the accessors hand out (none is NUL-terminated; use the
+/// length, e.g. `printf("%.*s", (int)len, ptr)`). Use it only on the callback's own thread; to
+/// decide elsewhere, defer and pass the ticket.
+pub struct wspush_request {
+    _opaque: [u8; 0],
+}
 
 /// A WebSocket message type: `WSPUSH_MESSAGE_KIND_TEXT` or `WSPUSH_MESSAGE_KIND_BINARY`. A
 /// plain integer rather than a C enum so that an out-of-range value from the host is reported

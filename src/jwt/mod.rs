@@ -14,7 +14,6 @@ use data_encoding::BASE64URL_NOPAD;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::handler::Request;
 use json::Value;
 
 /// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
@@ -86,7 +85,7 @@ impl JwtVerifier {
             Some(_) => return Err(Invalid::NotYetValid),
         }
         match member(&claims, "sub") {
-            Some(Value::String(sub)) if crate::server::check_user_id(sub.as_bytes()).is_ok() => {
+            Some(Value::String(sub)) if crate::types::check_user_id(sub.as_bytes()).is_ok() => {
                 Ok(sub.clone().into_bytes())
             }
             _ => Err(Invalid::Subject),
@@ -111,17 +110,6 @@ pub(crate) fn sign(header: &str, claims: &str, secret: &[u8]) -> String {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
     mac.update(signing_input.as_bytes());
     format!("{signing_input}.{}", BASE64URL_NOPAD.encode(&mac.finalize().into_bytes()))
-}
-
-/// The token a request carries: an `Authorization: Bearer` header (non-browser clients), else the
-/// `token` query parameter (browsers cannot set headers on a WebSocket).
-pub(crate) fn token_of<'a>(request: &Request<'a>) -> Option<&'a [u8]> {
-    if let Some(value) = request.header("authorization") {
-        let value = value.trim_ascii();
-        let (scheme, rest) = value.split_at_checked(7)?;
-        return scheme.eq_ignore_ascii_case(b"bearer ").then(|| rest.trim_ascii());
-    }
-    request.query_param("token").map(str::as_bytes)
 }
 
 #[cfg(test)]
