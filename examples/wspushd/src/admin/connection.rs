@@ -265,15 +265,20 @@ pub async fn serve(admin: Arc<Admin>, stream: TcpStream, id: u64, mut eviction: 
     drop(connection);
 
     match ending {
-        Ending::Finished(Ok(())) => linger_close(&stream, &mut eviction, evicted).await,
+        // An evicted connection had no request in progress: no response to protect, and its
+        // descriptor is released at once (newcomers may be evicting many).
+        Ending::Finished(Ok(())) if evicted => {}
+        Ending::Finished(Ok(())) => linger_close(&stream, &mut eviction).await,
         Ending::Finished(Err(e)) => {
             report_hyper_error(&admin, &e);
-            linger_close(&stream, &mut eviction, evicted).await;
+            if !evicted {
+                linger_close(&stream, &mut eviction).await;
+            }
         }
         Ending::TimedOut { half_received: true } => {
             let response = raw_response(StatusCode::REQUEST_TIMEOUT, "request not received in time");
-            if write_raw(&stream, &response).await.is_ok() {
-                linger_close(&stream, &mut eviction, evicted).await;
+            if write_raw(&stream, &response).await.is_ok() && !evicted {
+                linger_close(&stream, &mut eviction).await;
             }
         }
         Ending::TimedOut { half_received: false } | Ending::Evicted => {}
@@ -322,7 +327,7 @@ fn is_disconnect(e: &io::Error) -> bool {
 /// unread input makes the kernel send RST, which can discard the response before the client reads
 /// it (e.g. a 413 while the client is still sending the body). So: send FIN, then read and discard
 /// what the client still sends, for a bounded time and amount. An eviction cuts it short.
-async fn linger_close(stream: &TcpStream, eviction: &mut oneshot::Receiver<()>, evicted: bool) {
+async fn linger_close(stream: &TcpStream, eviction: &mut oneshot::Receiver<()>) {
     // hyper may have sent FIN already; a second shutdown is harmless.
     let _ = shutdown_write(stream);
     let drain = async {
@@ -343,7 +348,7 @@ async fn linger_close(stream: &TcpStream, eviction: &mut oneshot::Receiver<()>, 
     tokio::select! {
         () = drain => {}
         () = tokio::time::sleep(LINGER_TIME) => {}
-        _ = eviction, if !evicted => {}
+        _ = eviction => {}
     }
 }
 
