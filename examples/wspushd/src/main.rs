@@ -16,6 +16,7 @@ mod guard;
 mod log;
 mod public;
 mod query;
+mod signals;
 
 /// The daemon's allocator: jemalloc without per-thread caches, returning pages left unused for a
 /// second from a background thread (so an idle daemon gets there too). With glibc's malloc the
@@ -56,6 +57,7 @@ use crate::cli::{Command, Options};
 use crate::guard::AllowedHosts;
 use crate::log::{ErrorClass, ErrorLog};
 use crate::public::Daemon;
+use crate::signals::{block_shutdown_signals, signal_name, wait_for_signal};
 
 /// Exit status for command-line mistakes (as the contract and sysexits-style tools expect).
 const USAGE_ERROR: i32 = 2;
@@ -238,42 +240,6 @@ fn watch(server: &ServerHandle, errors: &ErrorLog) {
             }
         }
         std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
-fn block_shutdown_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset initializes it before any other use, and
-    // pthread_sigmask only reads it. Called from main before any other thread exists.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if rc != 0 {
-            eprintln!("wspushd: cannot block SIGINT/SIGTERM: {}", std::io::Error::from_raw_os_error(rc));
-            exit(RUNTIME_ERROR);
-        }
-        set
-    }
-}
-
-/// Blocks until one of the signals in `set` (blocked in every thread) is pending, and takes it.
-fn wait_for_signal(set: &libc::sigset_t) -> libc::c_int {
-    loop {
-        let mut signal: libc::c_int = 0;
-        // SAFETY: `set` is an initialized signal set and `signal` a valid place for the result.
-        if unsafe { libc::sigwait(set, &mut signal) } == 0 {
-            return signal;
-        }
-    }
-}
-
-fn signal_name(signal: libc::c_int) -> &'static str {
-    match signal {
-        libc::SIGINT => "SIGINT",
-        libc::SIGTERM => "SIGTERM",
-        _ => "signal",
     }
 }
 

@@ -150,7 +150,7 @@ async fn answer(admin: &Admin, tracker: &Tracker, request: Request<Incoming>, st
 
 /// The credentials of an `Authorization: Bearer` header (the last one, when several).
 fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
-    let value = headers.get_all(header::AUTHORIZATION).iter().last()?.as_bytes().trim_ascii();
+    let value = headers.get_all(header::AUTHORIZATION).iter().next_back()?.as_bytes().trim_ascii();
     let (scheme, credentials) = value.split_at_checked(7)?;
     scheme.eq_ignore_ascii_case(b"bearer ").then(|| credentials.trim_ascii())
 }
