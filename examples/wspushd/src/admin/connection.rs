@@ -16,6 +16,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 
 use super::routes;
+#[cfg(test)]
+use super::MAX_ADMIN_CONNECTIONS_PER_PEER;
 use super::{Admin, MAX_HEADERS, MAX_HEAD_BYTES, REQUEST_TIMEOUT};
 use crate::guard::Activity;
 use crate::log::ErrorClass;
@@ -385,6 +387,58 @@ pub async fn write_raw(stream: &TcpStream, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guard::Admission;
+
+    #[test]
+    fn the_table_learns_what_the_connection_does_and_the_deadline_follows() {
+        let (server, admin) = super::super::tests::admin_over_engine();
+        let admin = Arc::new(admin);
+        let peer: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let (ours, mut our_eviction) = oneshot::channel();
+        let Admission::Admitted { id, .. } = admin.connections.admit(peer, ours) else { panic!("refused") };
+        let tracker = Tracker::new(id, Arc::clone(&admin));
+        let (first_byte, idle) = (Duration::from_secs(2), Duration::from_secs(30));
+        let deadline =
+            |tracker: &Tracker| tracker.deadline(first_byte, idle).map(|(at, half)| (at - Instant::now(), half));
+
+        // New: two seconds for the first byte; then ten for the whole request, which gets a 408.
+        let (left, half_received) = deadline(&tracker).unwrap();
+        assert!(left <= first_byte && left > first_byte / 2 && !half_received);
+        tracker.input();
+        let (left, half_received) = deadline(&tracker).unwrap();
+        assert!(left <= REQUEST_TIMEOUT && left > first_byte && half_received);
+        // With the service, which bounds the body itself.
+        assert!(tracker.request_started() <= Instant::now());
+        assert_eq!(deadline(&tracker), None);
+        tracker.prove();
+
+        // Busy now, like every other connection of the address: a newcomer over the per-address
+        // limit finds nobody to evict.
+        let others: Vec<_> = (1..MAX_ADMIN_CONNECTIONS_PER_PEER)
+            .map(|_| {
+                let (evict, eviction) = oneshot::channel();
+                let Admission::Admitted { id, evicted: None } = admin.connections.admit(peer, evict) else {
+                    panic!("no room")
+                };
+                admin.connections.set_activity(id, Activity::Busy);
+                eviction
+            })
+            .collect();
+        assert!(matches!(admin.connections.admit(peer, oneshot::channel().0), Admission::Refused));
+
+        // Answered: idle, with the idle timeout, and the slot a newcomer may take.
+        tracker.responded();
+        let (left, half_received) = deadline(&tracker).unwrap();
+        assert!(left <= idle && left > first_byte && !half_received);
+        let Admission::Admitted { evicted: Some(evicted), .. } = admin.connections.admit(peer, oneshot::channel().0)
+        else {
+            panic!("the idle connection was not evicted")
+        };
+        assert!(evicted.send(()).is_ok());
+        assert!(our_eviction.try_recv().is_ok(), "another connection was evicted");
+        drop(others);
+        server.stop();
+    }
 
     #[test]
     fn raw_responses_take_their_reason_phrase_from_the_status() {

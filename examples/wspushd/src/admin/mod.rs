@@ -142,8 +142,18 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) -> std::io::Result<
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// An admin API over a real engine on a free port, without token or allowed names.
+    pub fn admin_over_engine() -> (wspush::Server, Admin) {
+        let config = wspush::Config { listen: "127.0.0.1:0".into(), threads: 1, ..wspush::Config::default() };
+        let handler = crate::public::Daemon { demo: true, echo: false, ws_path: "/ws".into(), demo_page: None };
+        let server = wspush::Server::start(config, handler).expect("engine starts");
+        let errors = Arc::new(ErrorLog::default());
+        let admin = Admin::new(server.handle(), 1024, Duration::from_secs(1), None, AllowedHosts::default(), errors);
+        (server, admin)
+    }
 
     #[test]
     fn tokens_must_match_whole() {

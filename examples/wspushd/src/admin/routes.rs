@@ -287,8 +287,6 @@ fn engine_error(e: wspush::Error) -> Reply {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -332,16 +330,6 @@ mod tests {
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
     }
 
-    /// An admin over a real engine on a free port, without token or allowed names.
-    fn admin() -> (wspush::Server, Admin) {
-        let config = wspush::Config { listen: "127.0.0.1:0".into(), threads: 1, ..wspush::Config::default() };
-        let handler = crate::public::Daemon { demo: true, echo: false, ws_path: "/ws".into(), demo_page: None };
-        let server = wspush::Server::start(config, handler).expect("engine starts");
-        let errors = std::sync::Arc::new(crate::log::ErrorLog::default());
-        let admin = Admin::new(server.handle(), 1024, Duration::from_secs(1), None, Default::default(), errors);
-        (server, admin)
-    }
-
     fn call(admin: &Admin, method: Method, target: &str, body: &[u8]) -> (u16, String, Option<String>) {
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let request = AdminRequest { method: &method, path, query, binary: false, body };
@@ -352,7 +340,7 @@ mod tests {
 
     #[test]
     fn requests_are_routed_to_the_engine_with_their_status_and_reason() {
-        let (server, admin) = admin();
+        let (server, admin) = super::super::tests::admin_over_engine();
         let reply = |method: Method, target: &str, body: &[u8]| call(&admin, method, target, body);
         assert_eq!(reply(Method::GET, "/nope", b""), (404, "unknown path\n".into(), None));
         assert_eq!(reply(Method::POST, "/stats", b"").2.as_deref(), Some("GET, HEAD"));
