@@ -428,6 +428,12 @@ typedef struct wspush_stats_snapshot {
 } wspush_stats_snapshot;
 
 /**
+ * Whether a value of `wspush_stats_snapshot` is a gauge (goes up and down) or a counter (only
+ * grows; its name ends in `_total`).
+ */
+typedef uint32_t wspush_stat_kind;
+
+/**
  * UTF-8 text (WebSocket opcode 1). Messages from clients are validated; yours are not.
  */
 #define WSPUSH_MESSAGE_KIND_TEXT 1
@@ -446,6 +452,16 @@ typedef struct wspush_stats_snapshot {
  * Drop that message for that connection only (`on_drop` is called) and keep it open.
  */
 #define WSPUSH_SLOW_CONSUMER_DROP 1
+
+/**
+ * A gauge: Prometheus type "gauge".
+ */
+#define WSPUSH_STAT_KIND_GAUGE 0
+
+/**
+ * A counter: Prometheus type "counter".
+ */
+#define WSPUSH_STAT_KIND_COUNTER 1
 
 #ifdef __cplusplus
 extern "C" {
@@ -1087,6 +1103,25 @@ wspush_result wspush_upgrade_reject(const struct wspush_server *server, uint64_t
  * `stats->size` bytes.
  */
 wspush_result wspush_stats(const struct wspush_server *server, struct wspush_stats_snapshot *stats);
+
+/**
+ * How many values `wspush_stats_snapshot` holds in this library (after `size`). A host that
+ * exports every value generically (e.g. as Prometheus text) loops up to this and describes each
+ * with `wspush_stats_field`; value `i` is `(&snapshot.connections)[i]`, for `i` below what the
+ * host's `size` covers.
+ */
+size_t wspush_stats_field_count(void);
+
+/**
+ * Describes value `index` of `wspush_stats_snapshot` (0 is `connections`, in struct order):
+ * `*name` receives its field name, `*help` a one-line description (both static and
+ * NUL-terminated), `*kind` whether it is a gauge or a counter. NOT_FOUND when `index` is
+ * `wspush_stats_field_count()` or more; NULL_ARGUMENT for a NULL out-parameter.
+ *
+ * # Safety
+ * `name`, `help` and `kind` must each be NULL or writable.
+ */
+wspush_result wspush_stats_field(size_t index, const char **name, const char **help, wspush_stat_kind *kind);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -1,83 +1,119 @@
 //! Counters: cheap relaxed atomics per I/O thread (no shared cache line on the hot path), summed
 //! into a [`Stats`] snapshot on demand.
+//!
+//! The list of gauges and counters is written once, in [`stats_table!`] below. The Rust struct,
+//! the per-thread atomics, the field table ([`Stats::FIELDS`]: names, kinds, help text for JSON
+//! and Prometheus) and the C struct's layout (checked at compile time in `ffi`) all follow from
+//! it; the bindings' field lists are tested against it. Add a counter at the END only: the C
+//! struct grows at the end and hosts built against an older header keep working.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// A snapshot of the server's gauges and counters. `*_total` counters only grow.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Open (upgraded) connections now.
-    pub connections: u64,
-    /// Connections accepted but not yet upgraded (including deferred decisions).
-    pub handshakes: u64,
-    /// Distinct users with at least one open connection.
-    pub users: u64,
-    /// Sockets accepted.
-    pub accepted_total: u64,
-    /// Successful upgrades.
-    pub upgrades_total: u64,
-    /// Requests answered with an HTTP error (400/403/404/426/431, host rejections, ...).
-    pub rejected_total: u64,
-    /// Sockets answered 503 because `max_connections` was reached.
-    pub over_capacity_total: u64,
-    /// Messages received from clients (after reassembly).
-    pub messages_in_total: u64,
-    /// Messages handed to sockets (one per recipient connection).
-    pub messages_out_total: u64,
-    /// Bytes written to sockets, frame headers included.
-    pub bytes_out_total: u64,
-    /// Calls to publish.
-    pub publishes_total: u64,
-    /// Calls to broadcast.
-    pub broadcasts_total: u64,
-    /// Messages dropped for a slow consumer (policy Drop).
-    pub dropped_total: u64,
-    /// Connections closed with 1008 because their queue passed `max_queue_bytes` (policy Close).
-    pub slow_consumer_closes_total: u64,
-    /// Connections closed for a protocol violation (1002, 1007, 1009).
-    pub protocol_errors_total: u64,
-    /// Connections closed by the handshake deadline or the idle timeout.
-    pub timeouts_total: u64,
-    /// Heartbeat pings sent.
-    pub pings_total: u64,
-    /// Sockets answered 429 by a per-address limit (`max_connections_per_ip`,
-    /// `max_handshakes_per_ip_per_sec`).
-    pub ip_limited_total: u64,
-    /// Bytes queued for connections that their sockets have not taken yet.
-    pub queued_bytes: u64,
-    /// Bytes held for incomplete client frames and messages (see `max_partial_input_bytes`).
-    pub partial_input_bytes: u64,
-    /// Connections closed with 1008 because a started frame or message was not completed
-    /// within `message_timeout`.
-    pub message_timeouts_total: u64,
-    /// Connections closed with 1013 because `max_partial_input_bytes` was reached.
-    pub partial_input_refusals_total: u64,
-    /// The connection cap in force: `max_connections`, lowered to what RLIMIT_NOFILE allows.
-    pub max_connections: u64,
+/// Whether a value only grows (`Counter`, named `*_total`) or goes up and down (`Gauge`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatKind {
+    Gauge,
+    Counter,
 }
 
-/// Per-thread counters, written by one I/O thread, read by `stats()`.
-#[derive(Default)]
-#[repr(align(128))]
-pub(crate) struct ThreadStats {
-    pub connections: AtomicU64,
-    pub handshakes: AtomicU64,
-    pub accepted_total: AtomicU64,
-    pub upgrades_total: AtomicU64,
-    pub rejected_total: AtomicU64,
-    pub over_capacity_total: AtomicU64,
-    pub messages_in_total: AtomicU64,
-    pub messages_out_total: AtomicU64,
-    pub bytes_out_total: AtomicU64,
-    pub dropped_total: AtomicU64,
-    pub slow_consumer_closes_total: AtomicU64,
-    pub protocol_errors_total: AtomicU64,
-    pub timeouts_total: AtomicU64,
-    pub pings_total: AtomicU64,
-    pub ip_limited_total: AtomicU64,
-    pub queued_bytes: AtomicU64,
-    pub message_timeouts_total: AtomicU64,
-    pub partial_input_refusals_total: AtomicU64,
+impl StatKind {
+    /// The Prometheus `# TYPE` word.
+    pub fn prometheus_type(self) -> &'static str {
+        match self {
+            StatKind::Gauge => "gauge",
+            StatKind::Counter => "counter",
+        }
+    }
+}
+
+/// One row of the table: what a host needs to export the value (e.g. as Prometheus text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatField {
+    /// The field's name in [`Stats`], the C struct, /stats JSON and (prefixed `wspush_`) /metrics.
+    pub name: &'static str,
+    pub kind: StatKind,
+    /// One line, no trailing period missing: the field's documentation and the metric's HELP.
+    pub help: &'static str,
+    /// `name` with a NUL terminator, for the C ABI.
+    pub(crate) name_nul: &'static str,
+    /// `help` with a NUL terminator, for the C ABI.
+    pub(crate) help_nul: &'static str,
+}
+
+macro_rules! stats_table {
+    ($($name:ident: $kind:ident, $help:literal;)*) => {
+        /// A snapshot of the server's gauges and counters. `*_total` counters only grow.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Stats {
+            $(#[doc = $help] pub $name: u64,)*
+        }
+
+        /// Per-thread values, written by one I/O thread, read by `stats()`. Values the threads do
+        /// not own (users, publishes, ...) stay zero here and are filled in from shared state.
+        #[derive(Default)]
+        #[repr(align(128))]
+        pub(crate) struct ThreadStats {
+            $(pub $name: AtomicU64,)*
+        }
+
+        impl ThreadStats {
+            pub(crate) fn add_to(&self, s: &mut Stats) {
+                $(s.$name += self.$name.load(Relaxed);)*
+            }
+        }
+
+        impl Stats {
+            /// Every value, in the order of the C struct `wspush_stats_snapshot`.
+            pub const FIELDS: &'static [StatField] = &[$(StatField {
+                name: stringify!($name),
+                kind: StatKind::$kind,
+                help: $help,
+                name_nul: concat!(stringify!($name), "\0"),
+                help_nul: concat!($help, "\0"),
+            },)*];
+
+            /// The values in [`Stats::FIELDS`] order.
+            pub fn values(&self) -> [u64; Stats::COUNT] {
+                [$(self.$name,)*]
+            }
+        }
+    };
+}
+
+stats_table! {
+    connections: Gauge, "Open (upgraded) connections now.";
+    handshakes: Gauge, "Connections accepted but not yet upgraded (including deferred decisions).";
+    users: Gauge, "Distinct users with at least one open connection.";
+    accepted_total: Counter, "Sockets accepted.";
+    upgrades_total: Counter, "Successful upgrades.";
+    rejected_total: Counter, "Requests answered with an HTTP error (400/403/404/426/431, host rejections, ...).";
+    over_capacity_total: Counter, "Sockets answered 503 because max_connections was reached.";
+    messages_in_total: Counter, "Messages received from clients (after reassembly).";
+    messages_out_total: Counter, "Messages handed to sockets (one per recipient connection).";
+    bytes_out_total: Counter, "Bytes written to sockets, frame headers included.";
+    publishes_total: Counter, "Calls to publish.";
+    broadcasts_total: Counter, "Calls to broadcast.";
+    dropped_total: Counter, "Messages dropped for a slow consumer (policy drop).";
+    slow_consumer_closes_total: Counter, "Connections closed with 1008 because their queue passed max_queue_bytes (policy close).";
+    protocol_errors_total: Counter, "Connections closed for a protocol violation (1002, 1007, 1009).";
+    timeouts_total: Counter, "Connections closed by the handshake deadline or the idle timeout.";
+    pings_total: Counter, "Heartbeat pings sent.";
+    ip_limited_total: Counter, "Sockets answered 429 by a per-address limit (max connections, handshakes per second or pending handshakes per IP).";
+    queued_bytes: Gauge, "Bytes queued for connections that their sockets have not taken yet.";
+    partial_input_bytes: Gauge, "Bytes held for incomplete client frames and messages (see max_partial_input_bytes).";
+    message_timeouts_total: Counter, "Connections closed with 1008 because a started frame or message was not completed within message_timeout.";
+    partial_input_refusals_total: Counter, "Connections closed with 1013 because max_partial_input_bytes was reached.";
+    max_connections: Gauge, "The connection cap in force: max_connections, lowered to what RLIMIT_NOFILE allows.";
+}
+
+impl Stats {
+    /// How many values a snapshot holds.
+    pub const COUNT: usize = Stats::FIELDS.len();
+
+    /// `(field, value)` pairs in table order: what /stats JSON and /metrics text are made of.
+    pub fn fields(&self) -> impl Iterator<Item = (&'static StatField, u64)> {
+        Stats::FIELDS.iter().zip(self.values())
+    }
 }
 
 /// Adds one to a counter only this thread writes (a plain load+store, no locked instruction).
@@ -92,25 +128,31 @@ pub(crate) fn drop_by(counter: &AtomicU64, by: u64) {
     counter.store(counter.load(Relaxed).saturating_sub(by), Relaxed);
 }
 
-impl ThreadStats {
-    pub(crate) fn add_to(&self, s: &mut Stats) {
-        s.connections += self.connections.load(Relaxed);
-        s.handshakes += self.handshakes.load(Relaxed);
-        s.accepted_total += self.accepted_total.load(Relaxed);
-        s.upgrades_total += self.upgrades_total.load(Relaxed);
-        s.rejected_total += self.rejected_total.load(Relaxed);
-        s.over_capacity_total += self.over_capacity_total.load(Relaxed);
-        s.messages_in_total += self.messages_in_total.load(Relaxed);
-        s.messages_out_total += self.messages_out_total.load(Relaxed);
-        s.bytes_out_total += self.bytes_out_total.load(Relaxed);
-        s.dropped_total += self.dropped_total.load(Relaxed);
-        s.slow_consumer_closes_total += self.slow_consumer_closes_total.load(Relaxed);
-        s.protocol_errors_total += self.protocol_errors_total.load(Relaxed);
-        s.timeouts_total += self.timeouts_total.load(Relaxed);
-        s.pings_total += self.pings_total.load(Relaxed);
-        s.ip_limited_total += self.ip_limited_total.load(Relaxed);
-        s.queued_bytes += self.queued_bytes.load(Relaxed);
-        s.message_timeouts_total += self.message_timeouts_total.load(Relaxed);
-        s.partial_input_refusals_total += self.partial_input_refusals_total.load(Relaxed);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_names_every_field_once_with_counters_named_total() {
+        let mut names: Vec<&str> = Stats::FIELDS.iter().map(|f| f.name).collect();
+        for field in Stats::FIELDS {
+            assert_eq!(field.kind == StatKind::Counter, field.name.ends_with("_total"), "{}", field.name);
+            assert!(field.help.ends_with('.') && !field.help.contains('\n'), "{}", field.name);
+        }
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Stats::COUNT);
+    }
+
+    #[test]
+    fn values_follow_the_table_order() {
+        let mut stats = Stats::default();
+        stats.connections = 1;
+        stats.max_connections = 23;
+        let values = stats.values();
+        assert_eq!(values[0], 1);
+        assert_eq!(values[Stats::COUNT - 1], 23);
+        let (field, value) = stats.fields().last().expect("the table is not empty");
+        assert_eq!((field.name, value), ("max_connections", 23));
     }
 }

@@ -1048,3 +1048,40 @@ fn slow_consumer_drop_policy_calls_on_drop() {
         wspush_result::MessageTooLarge
     );
 }
+
+/// The counter list is written once (src/stats.rs); the C struct in the committed header and the
+/// C table functions must say the same names in the same order, and the snapshot's values must
+/// be the Rust snapshot's.
+#[test]
+fn the_c_stats_struct_and_table_follow_the_one_rust_table() {
+    let header = include_str!("../include/wspush.h");
+    let body = header
+        .split_once("typedef struct wspush_stats_snapshot {")
+        .and_then(|(_, rest)| rest.split_once("} wspush_stats_snapshot;"))
+        .expect("the header declares wspush_stats_snapshot")
+        .0;
+    let c_fields: Vec<&str> = body
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("uint64_t "))
+        .map(|field| field.trim_end_matches(';'))
+        .collect();
+    let rust_fields: Vec<&str> = wspush::Stats::FIELDS.iter().map(|f| f.name).collect();
+    assert_eq!(c_fields, rust_fields, "include/wspush.h's wspush_stats_snapshot");
+
+    assert_eq!(wspush_stats_field_count(), wspush::Stats::COUNT);
+    for (index, field) in wspush::Stats::FIELDS.iter().enumerate() {
+        let (mut name, mut help, mut kind) = (null(), null(), u32::MAX);
+        assert_eq!(unsafe { wspush_stats_field(index, &mut name, &mut help, &mut kind) }, OK);
+        // SAFETY: OK means both are static NUL-terminated strings.
+        let (name, help) = unsafe { (CStr::from_ptr(name), CStr::from_ptr(help)) };
+        assert_eq!(name.to_str(), Ok(field.name));
+        assert_eq!(help.to_str(), Ok(field.help));
+        let expected = if field.name.ends_with("_total") { WSPUSH_STAT_KIND_COUNTER } else { WSPUSH_STAT_KIND_GAUGE };
+        assert_eq!(kind, expected, "{}", field.name);
+    }
+    let (mut name, mut help, mut kind) = (null(), null(), 7);
+    let past_the_end = wspush::Stats::COUNT;
+    assert_eq!(unsafe { wspush_stats_field(past_the_end, &mut name, &mut help, &mut kind) }, wspush_result::NotFound);
+    assert!(name.is_null() && help.is_null() && kind == 7, "out-parameters untouched on failure");
+    assert_eq!(unsafe { wspush_stats_field(0, null_mut(), &mut help, &mut kind) }, wspush_result::NullArgument);
+}

@@ -62,6 +62,7 @@ import "C"
 import (
 	"log"
 	"math"
+	"reflect"
 	"runtime/cgo"
 	"sync"
 	"sync/atomic"
@@ -199,7 +200,7 @@ type Config struct {
 }
 
 // Stats is a snapshot of the server's gauges and counters. *Total counters only grow. The
-// JSON names are those of the C struct wspush_stats_snapshot.
+// JSON names are those of the C struct wspush_stats_snapshot, in its order (see StatsFields).
 type Stats struct {
 	Connections             uint64 `json:"connections"`                  // open (upgraded) connections now
 	Handshakes              uint64 `json:"handshakes"`                   // connections accepted but not yet upgraded (deferred included)
@@ -700,31 +701,39 @@ func statsOf(ptr *C.wspush_server) (Stats, error) {
 	if err := check("Stats", C.wspush_stats(ptr, &snapshot)); err != nil {
 		return Stats{}, err
 	}
-	return Stats{
-		Connections:             uint64(snapshot.connections),
-		Handshakes:              uint64(snapshot.handshakes),
-		Users:                   uint64(snapshot.users),
-		AcceptedTotal:           uint64(snapshot.accepted_total),
-		UpgradesTotal:           uint64(snapshot.upgrades_total),
-		RejectedTotal:           uint64(snapshot.rejected_total),
-		OverCapacityTotal:       uint64(snapshot.over_capacity_total),
-		MessagesInTotal:         uint64(snapshot.messages_in_total),
-		MessagesOutTotal:        uint64(snapshot.messages_out_total),
-		BytesOutTotal:           uint64(snapshot.bytes_out_total),
-		PublishesTotal:          uint64(snapshot.publishes_total),
-		BroadcastsTotal:         uint64(snapshot.broadcasts_total),
-		DroppedTotal:            uint64(snapshot.dropped_total),
-		SlowConsumerClosesTotal: uint64(snapshot.slow_consumer_closes_total),
-		ProtocolErrorsTotal:     uint64(snapshot.protocol_errors_total),
-		TimeoutsTotal:           uint64(snapshot.timeouts_total),
-		PingsTotal:              uint64(snapshot.pings_total),
-		IPLimitedTotal:          uint64(snapshot.ip_limited_total),
-		QueuedBytes:             uint64(snapshot.queued_bytes),
-		PartialInputBytes:       uint64(snapshot.partial_input_bytes),
-		MessageTimeoutsTotal:    uint64(snapshot.message_timeouts_total),
-		PartialInputRefusals:    uint64(snapshot.partial_input_refusals_total),
-		MaxConnections:          uint64(snapshot.max_connections),
-	}, nil
+	// The snapshot is `size`, then one uint64 per Stats field, in the same order (the C
+	// library's table, which TestStatsFieldsAreTheLibrarysTable checks against Stats).
+	var stats Stats
+	fields := reflect.ValueOf(&stats).Elem()
+	values := unsafe.Slice((*C.uint64_t)(unsafe.Pointer(&snapshot.connections)), fields.NumField())
+	for i, value := range values {
+		fields.Field(i).SetUint(uint64(value))
+	}
+	return stats, nil
+}
+
+// StatField describes one value of Stats, as the library's table does: its JSON (and C) name,
+// a one-line help text, and whether it is a counter (only grows) or a gauge. Useful to export
+// every value, e.g. as Prometheus text, without listing them.
+type StatField struct {
+	Name    string
+	Help    string
+	Counter bool
+}
+
+// StatsFields is the library's table of Stats values, in field order.
+func StatsFields() []StatField {
+	count := int(C.wspush_stats_field_count())
+	table := make([]StatField, 0, count)
+	for i := 0; i < count; i++ {
+		var name, help *C.char
+		var kind C.wspush_stat_kind
+		if C.wspush_stats_field(C.size_t(i), &name, &help, &kind) != C.WSPUSH_RESULT_OK {
+			break
+		}
+		table = append(table, StatField{Name: C.GoString(name), Help: C.GoString(help), Counter: kind == C.WSPUSH_STAT_KIND_COUNTER})
+	}
+	return table
 }
 
 // Stop stops the server gracefully and releases it: it stops accepting, closes every

@@ -7,6 +7,7 @@
 
 use crate::guard::guarded;
 use std::ffi::c_char;
+use std::mem::size_of;
 
 use crate::Error;
 
@@ -166,24 +167,6 @@ pub(crate) fn engine<T>(result: Result<T, Error>) -> Result<T, wspush_result> {
     result.map_err(wspush_result::from)
 }
 
-/// Borrows a required input argument.
-///
-/// # Safety
-/// `ptr` must be NULL or valid for reads as a `T` for `'a`.
-pub(crate) unsafe fn arg<'a, T>(ptr: *const T) -> Result<&'a T, wspush_result> {
-    // SAFETY: non-NULL pointers are valid per this function's contract.
-    unsafe { ptr.as_ref() }.ok_or(wspush_result::NullArgument)
-}
-
-/// Borrows a required in/out argument.
-///
-/// # Safety
-/// `ptr` must be NULL or valid for reads and writes as a `T` for `'a`, with no other reference.
-pub(crate) unsafe fn arg_mut<'a, T>(ptr: *mut T) -> Result<&'a mut T, wspush_result> {
-    // SAFETY: non-NULL pointers are valid and unaliased per this function's contract.
-    unsafe { ptr.as_mut() }.ok_or(wspush_result::NullArgument)
-}
-
 /// A required out-parameter, checked before any work is done so a NULL is reported without side
 /// effects. Write it only when the call succeeds.
 pub(crate) struct Out<T>(*mut T);
@@ -250,6 +233,31 @@ pub(crate) unsafe fn text<'a>(
     // SAFETY: forwarded contract.
     let raw = unsafe { bytes(ptr.cast(), len, max, too_long) }?;
     std::str::from_utf8(raw).map_err(|_| wspush_result::InvalidUtf8)
+}
+
+/// The leading `size` field of a host struct that only grows at the end (`wspush_callbacks`,
+/// `wspush_stats_snapshot`): how big the host's version is.
+///
+/// # Safety
+/// `ptr` must be non-NULL and its first `usize` readable.
+pub(crate) unsafe fn read_size_field<T>(ptr: *const T) -> usize {
+    // SAFETY: per this function's contract; the host's struct may be unaligned.
+    unsafe { ptr.cast::<usize>().read_unaligned() }
+}
+
+/// For such a struct: how many bytes from offset `start` both the host's version (`host_size`
+/// bytes) and ours (`T`) hold, in whole fields of `field` bytes. INVALID_ARGUMENT when the
+/// host's does not even reach `required_end`.
+pub(crate) fn shared_prefix<T>(
+    host_size: usize,
+    start: usize,
+    required_end: usize,
+    field: usize,
+) -> Result<usize, wspush_result> {
+    if host_size < required_end {
+        return Err(wspush_result::InvalidArgument);
+    }
+    Ok((host_size.min(size_of::<T>()) - start) / field * field)
 }
 
 /// A `(pointer, length)` pair for handing borrowed bytes to C. Empty slices get a pointer to a

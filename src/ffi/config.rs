@@ -1,160 +1,30 @@
 //! `wspush_config`: a mutable builder for [`Config`] plus the host's callbacks.
 
-use std::ffi::{c_char, c_void};
+use std::ffi::c_char;
 use std::mem::{offset_of, size_of};
 use std::time::Duration;
 
-use super::boundary::{arg_mut, bytes, ffi_boundary, text, wspush_result};
-use super::request::wspush_request;
-use super::server::wspush_server;
+use super::boundary::{bytes, ffi_boundary, read_size_field, shared_prefix, text, wspush_result};
+use super::handle::{borrow_mut, box_into_handle, free_box, BoxCastable, Castable};
+use super::types::*;
 use crate::{Config, SlowConsumerPolicy};
-
-/// A WebSocket message type: `WSPUSH_MESSAGE_KIND_TEXT` or `WSPUSH_MESSAGE_KIND_BINARY`. A
-/// plain integer rather than a C enum so that an out-of-range value from the host is reported
-/// (`WSPUSH_RESULT_INVALID_ARGUMENT`) instead of being undefined behaviour.
-pub type wspush_message_kind = u32;
-/// UTF-8 text (WebSocket opcode 1). Messages from clients are validated; yours are not.
-pub const WSPUSH_MESSAGE_KIND_TEXT: wspush_message_kind = 1;
-/// Binary data (WebSocket opcode 2).
-pub const WSPUSH_MESSAGE_KIND_BINARY: wspush_message_kind = 2;
-
-/// What happens when a connection's unsent data would pass max_queue_bytes.
-pub type wspush_slow_consumer_policy = u32;
-/// Close the connection with 1008 (default); the client reconnects and resyncs.
-pub const WSPUSH_SLOW_CONSUMER_CLOSE: wspush_slow_consumer_policy = 0;
-/// Drop that message for that connection only (`on_drop` is called) and keep it open.
-pub const WSPUSH_SLOW_CONSUMER_DROP: wspush_slow_consumer_policy = 1;
-
-/// Longest user ID, in bytes (the shortest is 1). User IDs never contain a NUL byte: one that
-/// does is INVALID_USER_ID everywhere (a C host reading it as a C string would see another user).
-pub const WSPUSH_MAX_USER_ID_LEN: usize = 255;
-/// Longest close reason, in bytes (RFC 6455: a control frame's 125 bytes minus the code).
-pub const WSPUSH_MAX_CLOSE_REASON_LEN: usize = 123;
-/// Longest listen address or trusted-proxy network accepted, in bytes. Longer is refused on the
-/// length alone, before the buffer is read.
-pub const WSPUSH_MAX_ADDRESS_LEN: usize = 255;
-/// Longest of the other text and byte arguments, in bytes: path, allowed origin, JWT secret,
-/// query parameter and header names, Content-Type. Longer is refused with INVALID_ARGUMENT on
-/// the length alone, before the buffer is read.
-pub const WSPUSH_MAX_ARG_LEN: usize = 1024;
-/// Longest timeout the `_ms` setters accept: 2^32-1 ms, about 49 days.
-pub const WSPUSH_MAX_TIMEOUT_MS: u64 = 4_294_967_295;
-
-/// Called for each WebSocket upgrade request that passed the protocol checks (path, version,
-/// key, origin). Read the request with the `wspush_request_*` accessors and decide with
-/// `wspush_request_accept`, `wspush_request_reject` or `wspush_request_defer`. Deciding nothing
-/// rejects with 401. `request` is valid only until the callback returns.
-pub type wspush_on_upgrade_fn =
-    Option<unsafe extern "C" fn(userdata: *mut c_void, server: *const wspush_server, request: *mut wspush_request)>;
-
-/// A connection was upgraded and registered under `user` (1-255 bytes, no NUL, borrowed for the
-/// call).
-pub type wspush_on_open_fn = Option<
-    unsafe extern "C" fn(
-        userdata: *mut c_void,
-        server: *const wspush_server,
-        conn: u64,
-        user: *const u8,
-        user_len: usize,
-    ),
->;
-
-/// A complete message arrived from a client (fragments reassembled; text validated as UTF-8,
-/// not NUL-terminated). `user` and `payload` are borrowed for the call.
-pub type wspush_on_message_fn = Option<
-    unsafe extern "C" fn(
-        userdata: *mut c_void,
-        server: *const wspush_server,
-        conn: u64,
-        user: *const u8,
-        user_len: usize,
-        kind: wspush_message_kind,
-        payload: *const u8,
-        payload_len: usize,
-    ),
->;
-
-/// An opened connection ended; called exactly once per `on_open`. `code` is the close code:
-/// the peer's, or ours (1001 on stop, 1008 slow consumer, 1002/1007/1009 protocol errors), or
-/// 1006 when the connection was lost without a close handshake.
-pub type wspush_on_close_fn = Option<
-    unsafe extern "C" fn(
-        userdata: *mut c_void,
-        server: *const wspush_server,
-        conn: u64,
-        user: *const u8,
-        user_len: usize,
-        code: u16,
-    ),
->;
-
-/// A message for `conn` was dropped because its queue was full and the slow-consumer policy is
-/// `WSPUSH_SLOW_CONSUMER_DROP`. `dropped_bytes` is the frame's size on the wire (payload plus 2-10
-/// header bytes).
-pub type wspush_on_drop_fn = Option<
-    unsafe extern "C" fn(
-        userdata: *mut c_void,
-        server: *const wspush_server,
-        conn: u64,
-        user: *const u8,
-        user_len: usize,
-        dropped_bytes: usize,
-    ),
->;
-
-/// A plain HTTP request (no `Upgrade: websocket`) arrived. Answer it with
-/// `wspush_request_respond`; not answering gives the default 426 Upgrade Required. The
-/// connection is closed after the response. `request` is valid only until the callback returns.
-pub type wspush_on_http_fn =
-    Option<unsafe extern "C" fn(userdata: *mut c_void, server: *const wspush_server, request: *mut wspush_request)>;
-
-/// The host's callbacks. Zero-initialise it, set `size = sizeof(wspush_callbacks)`, then fill in
-/// what you need; NULL callbacks are skipped (a NULL `on_upgrade` rejects every upgrade with
-/// 401). Fields are only ever added at the end: a host built against an older header passes a
-/// smaller `size` and the newer fields count as NULL.
-///
-/// Every callback gets `userdata` first and the server second; the server pointer is valid for
-/// the whole call (also during `wspush_server_start`, before it returned), so callbacks may
-/// publish, send, close, or decide upgrades with it.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct wspush_callbacks {
-    /// `sizeof(wspush_callbacks)` as the host compiled it.
-    pub size: usize,
-    /// Passed unchanged to every callback. Callbacks run on several engine threads at once, so
-    /// whatever it points to must be safe to use from any thread; it must stay valid until
-    /// `wspush_server_free` returns.
-    pub userdata: *mut c_void,
-    pub on_upgrade: wspush_on_upgrade_fn,
-    pub on_open: wspush_on_open_fn,
-    pub on_message: wspush_on_message_fn,
-    pub on_close: wspush_on_close_fn,
-    pub on_drop: wspush_on_drop_fn,
-    pub on_http: wspush_on_http_fn,
-}
-
-impl wspush_callbacks {
-    /// No callbacks: every upgrade is rejected with 401.
-    pub(crate) fn none() -> wspush_callbacks {
-        wspush_callbacks {
-            size: size_of::<wspush_callbacks>(),
-            userdata: std::ptr::null_mut(),
-            on_upgrade: None,
-            on_open: None,
-            on_message: None,
-            on_close: None,
-            on_drop: None,
-            on_http: None,
-        }
-    }
-}
 
 /// Server configuration under construction. Made by `wspush_config_new`, released by
 /// `wspush_config_free`. Not thread-safe: use one from one thread at a time.
 pub struct wspush_config {
+    _opaque: [u8; 0],
+}
+
+/// What a `wspush_config` points to.
+pub(crate) struct ConfigBuilder {
     pub(crate) config: Config,
     pub(crate) callbacks: wspush_callbacks,
 }
+
+impl Castable for wspush_config {
+    type RustType = ConfigBuilder;
+}
+impl BoxCastable for wspush_config {}
 
 /// Applies `change` to a copy of the configuration and keeps it only if the whole configuration
 /// is still valid, so a rejected setter leaves the previous value in place.
@@ -167,7 +37,7 @@ unsafe fn update(
 ) -> wspush_result {
     ffi_boundary(|| {
         // SAFETY: per this function's contract.
-        let builder = unsafe { arg_mut(config) }?;
+        let builder = unsafe { borrow_mut(config) }?;
         let mut candidate = builder.config.clone();
         change(&mut candidate)?;
         candidate.validate().map_err(|_| wspush_result::InvalidArgument)?;
@@ -198,7 +68,7 @@ fn looks_like_listen_address(address: &str) -> bool {
 #[no_mangle]
 pub extern "C" fn wspush_config_new() -> *mut wspush_config {
     ffi_boundary(|| {
-        Ok(Box::into_raw(Box::new(wspush_config { config: Config::default(), callbacks: wspush_callbacks::none() })))
+        Ok(box_into_handle(ConfigBuilder { config: Config::default(), callbacks: wspush_callbacks::none() }))
     })
 }
 
@@ -210,10 +80,8 @@ pub extern "C" fn wspush_config_new() -> *mut wspush_config {
 #[no_mangle]
 pub unsafe extern "C" fn wspush_config_free(config: *mut wspush_config) {
     ffi_boundary(|| {
-        if !config.is_null() {
-            // SAFETY: made by Box::into_raw in wspush_config_new, freed once per the contract.
-            drop(unsafe { Box::from_raw(config) });
-        }
+        // SAFETY: per this function's contract.
+        unsafe { free_box(config) };
         Ok(())
     })
 }
@@ -698,18 +566,14 @@ pub unsafe extern "C" fn wspush_config_set_callbacks(
 ) -> wspush_result {
     ffi_boundary(|| {
         // SAFETY: per this function's contract.
-        let builder = unsafe { arg_mut(config) }?;
+        let builder = unsafe { borrow_mut(config) }?;
         if callbacks.is_null() {
             return Err(wspush_result::NullArgument);
         }
         // SAFETY: non-NULL, and at least the leading size field is readable per the contract.
-        let host_size = unsafe { callbacks.cast::<usize>().read_unaligned() };
-        if host_size < offset_of!(wspush_callbacks, on_upgrade) {
-            return Err(wspush_result::InvalidArgument);
-        }
-        // Every field is pointer-sized, so whole fields are the prefix rounded down to that size.
-        let word = size_of::<usize>();
-        let copied = host_size.min(size_of::<wspush_callbacks>()) / word * word;
+        let host_size = unsafe { read_size_field(callbacks) };
+        // Every field is pointer-sized.
+        let copied = shared_prefix::<wspush_callbacks>(host_size, 0, offset_of!(wspush_callbacks, on_upgrade), size_of::<usize>())?;
         let mut accepted = wspush_callbacks::none();
         // SAFETY: the host's struct has `host_size >= copied` readable bytes; `accepted` has
         // `size_of::<wspush_callbacks>() >= copied` bytes; they don't overlap; every byte

@@ -1,7 +1,7 @@
 //! The bridge from the engine's [`Handler`] trait to the host's C function pointers.
 
 use super::boundary::out_bytes;
-use super::config::{wspush_callbacks, wspush_message_kind, WSPUSH_MESSAGE_KIND_BINARY, WSPUSH_MESSAGE_KIND_TEXT};
+use super::types::{message_kind_to_c, wspush_callbacks};
 use super::request::{Purpose, RequestView};
 use super::server::server_ptr;
 use crate::handler::default_upgrade_decision;
@@ -22,13 +22,6 @@ unsafe impl Sync for CallbackHandler {}
 impl CallbackHandler {
     pub(crate) fn new(callbacks: wspush_callbacks) -> CallbackHandler {
         CallbackHandler { callbacks }
-    }
-}
-
-fn kind_code(kind: MessageKind) -> wspush_message_kind {
-    match kind {
-        MessageKind::Text => WSPUSH_MESSAGE_KIND_TEXT,
-        MessageKind::Binary => WSPUSH_MESSAGE_KIND_BINARY,
     }
 }
 
@@ -66,7 +59,7 @@ impl Handler for CallbackHandler {
                     conn,
                     user,
                     user_len,
-                    kind_code(kind),
+                    message_kind_to_c(kind),
                     payload,
                     payload_len,
                 )

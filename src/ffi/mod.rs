@@ -8,17 +8,27 @@
 //! its length; every entry point runs inside [`boundary::ffi_boundary`], so a panic returns
 //! `WSPUSH_RESULT_PANIC` instead of unwinding into C.
 //!
+//! Files, one concept each: `types` (kinds, limits, callback typedefs), `boundary` (result
+//! codes, panic boundary, argument checks), `handle` (typed handle casts), `config` (the
+//! configuration builder), `server`, `request` (the upgrade/HTTP request view), `handler` (the
+//! bridge from the engine's callbacks to the host's), `stats`.
+//!
 //! The functions are also callable from Rust (tests do), as `unsafe` functions.
 #![allow(non_camel_case_types)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod boundary;
 mod config;
+mod handle;
 mod handler;
 mod request;
 mod server;
+mod stats;
+mod types;
 
 pub use boundary::{wspush_result, ALL_RESULTS};
 pub use config::*;
 pub use request::*;
 pub use server::*;
+pub use stats::*;
+pub use types::*;

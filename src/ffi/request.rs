@@ -4,8 +4,9 @@
 use std::cell::{Cell, OnceCell};
 use std::ffi::c_char;
 
-use super::boundary::{arg, bytes, ffi_boundary, out_bytes, out_text, text, wspush_result, Out};
-use super::config::{WSPUSH_MAX_ARG_LEN, WSPUSH_MAX_USER_ID_LEN};
+use super::boundary::{bytes, ffi_boundary, out_bytes, out_text, text, wspush_result, Out};
+use super::handle::{borrow, Castable};
+use super::types::{WSPUSH_MAX_ARG_LEN, WSPUSH_MAX_USER_ID_LEN};
 use crate::server::check_user_id;
 use crate::{HttpResponse, Request, UpgradeDecision};
 
@@ -15,6 +16,12 @@ use crate::{HttpResponse, Request, UpgradeDecision};
 /// decide elsewhere, defer and pass the ticket.
 pub struct wspush_request {
     _opaque: [u8; 0],
+}
+
+// The view's real lifetime is the callback's; the handle's contract (valid only during the
+// callback) is what keeps borrows inside it.
+impl Castable for wspush_request {
+    type RustType = RequestView<'static>;
 }
 
 /// Which callback the request was given to: it decides which answers are allowed.
@@ -86,7 +93,7 @@ impl<'a> RequestView<'a> {
 /// `request` must be NULL or the pointer passed to a callback that is still running.
 unsafe fn view<'a>(request: *const wspush_request) -> Result<&'a RequestView<'a>, wspush_result> {
     // SAFETY: such a pointer was made by `RequestView::as_c` and the view outlives the callback.
-    unsafe { arg(request.cast::<RequestView<'a>>()) }
+    unsafe { borrow(request) }
 }
 
 /// Writes borrowed text to a pair of out-parameters.

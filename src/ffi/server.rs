@@ -1,18 +1,14 @@
 //! `wspush_server`: start, stop, free, and everything a host does with a running server.
 
 use std::ffi::c_char;
-use std::mem::{offset_of, size_of, ManuallyDrop};
-use std::ops::Deref;
-use std::sync::Arc;
 
-use super::boundary::{arg, bytes, engine, ffi_boundary, text, wspush_result, Out};
-use super::config::{
-    wspush_config, wspush_message_kind, WSPUSH_MAX_CLOSE_REASON_LEN, WSPUSH_MAX_USER_ID_LEN,
-    WSPUSH_MESSAGE_KIND_BINARY, WSPUSH_MESSAGE_KIND_TEXT,
-};
+use super::boundary::{bytes, engine, ffi_boundary, text, wspush_result, Out};
+use super::config::wspush_config;
+use super::handle::{arc_as_handle, arc_from_handle, arc_into_handle, borrow, borrow_arc, ArcCastable, Borrowed, Castable};
 use super::handler::CallbackHandler;
+use super::types::{message_kind_from_c, wspush_message_kind, WSPUSH_MAX_CLOSE_REASON_LEN, WSPUSH_MAX_USER_ID_LEN};
 use crate::server::{Shared, ENGINE_OF_THIS_THREAD};
-use crate::{MessageKind, Server, ServerHandle, Stats};
+use crate::{Server, ServerHandle};
 
 /// A running server. Made by `wspush_server_start`, released by `wspush_server_free`. Every
 /// function taking a `const wspush_server *` is thread-safe, except `wspush_server_free`.
@@ -20,20 +16,14 @@ pub struct wspush_server {
     _opaque: [u8; 0],
 }
 
+impl Castable for wspush_server {
+    type RustType = Shared;
+}
+impl ArcCastable for wspush_server {}
+
 /// The pointer the host sees for a server: the address of the engine's shared state.
 pub(crate) fn server_ptr(handle: &ServerHandle) -> *const wspush_server {
-    Arc::as_ptr(&handle.shared).cast()
-}
-
-/// A `ServerHandle` borrowed from a host pointer without touching the reference count (so
-/// concurrent publishers don't contend on it).
-struct BorrowedServer(ManuallyDrop<ServerHandle>);
-
-impl Deref for BorrowedServer {
-    type Target = ServerHandle;
-    fn deref(&self) -> &ServerHandle {
-        &self.0
-    }
+    arc_as_handle(&handle.shared)
 }
 
 /// Borrows the server behind a host pointer.
@@ -41,15 +31,9 @@ impl Deref for BorrowedServer {
 /// # Safety
 /// `server` must be NULL, or a pointer from `wspush_server_start` not yet freed, or the server
 /// pointer passed to a running callback.
-unsafe fn server_arg(server: *const wspush_server) -> Result<BorrowedServer, wspush_result> {
-    if server.is_null() {
-        return Err(wspush_result::NullArgument);
-    }
-    // SAFETY: such a pointer is `Arc::into_raw`/`Arc::as_ptr` of a live `Arc<Shared>` (the
-    // host's reference, or the I/O thread's during a callback). ManuallyDrop never releases
-    // the reference we did not take.
-    let shared = unsafe { Arc::from_raw(server.cast::<Shared>()) };
-    let borrowed = BorrowedServer(ManuallyDrop::new(ServerHandle { shared }));
+pub(crate) unsafe fn server_arg(server: *const wspush_server) -> Result<Borrowed<ServerHandle>, wspush_result> {
+    // SAFETY: such a pointer is the host's reference or the I/O thread's during a callback.
+    let borrowed = unsafe { borrow_arc(server) }?.map(|shared| ServerHandle { shared });
     // A panic here unwinds past a live borrow: the reference count must come out unchanged.
     #[cfg(feature = "test-hooks")]
     crate::test_hooks::ffi_call_point();
@@ -83,14 +67,6 @@ unsafe fn payload_arg<'a>(
     let max = server.shared.config.max_queue_bytes;
     // SAFETY: forwarded contract.
     unsafe { bytes(payload, payload_len, max, wspush_result::MessageTooLarge) }
-}
-
-fn message_kind(kind: wspush_message_kind) -> Result<MessageKind, wspush_result> {
-    match kind {
-        WSPUSH_MESSAGE_KIND_TEXT => Ok(MessageKind::Text),
-        WSPUSH_MESSAGE_KIND_BINARY => Ok(MessageKind::Binary),
-        _ => Err(wspush_result::InvalidArgument),
-    }
 }
 
 /// Writes a count to an optional out-parameter.
@@ -135,14 +111,14 @@ pub unsafe extern "C" fn wspush_server_start(
 ) -> wspush_result {
     ffi_boundary(|| {
         // SAFETY: per this function's contract.
-        let config = unsafe { arg(config) }?;
+        let config = unsafe { borrow(config) }?;
         let server_out = Out::new(server)?;
         let handler = Box::new(CallbackHandler::new(config.callbacks));
         let started = engine(Server::start_boxed(config.config.clone(), handler))?;
         // The host's pointer owns one reference; `wspush_server_free` releases it.
-        let raw = Arc::into_raw(started.into_handle().shared);
+        let handle = arc_into_handle(started.into_handle().shared);
         // SAFETY: checked non-NULL, writable per the contract.
-        unsafe { server_out.write(raw.cast()) };
+        unsafe { server_out.write(handle) };
         Ok(wspush_result::Ok)
     })
 }
@@ -197,16 +173,14 @@ pub unsafe extern "C" fn wspush_server_stop(server: *const wspush_server) -> wsp
 #[no_mangle]
 pub unsafe extern "C" fn wspush_server_free(server: *const wspush_server) -> wspush_result {
     ffi_boundary(|| {
-        if server.is_null() {
-            return Ok(wspush_result::Ok);
-        }
-        if on_own_io_thread(server) {
+        if !server.is_null() && on_own_io_thread(server) {
             return Err(wspush_result::InCallback);
         }
         // SAFETY: the host's reference from `wspush_server_start`, given up now (contract).
         // Dropping it at the end releases the engine's state, callbacks and all.
-        let handle = ServerHandle { shared: unsafe { Arc::from_raw(server.cast::<Shared>()) } };
-        handle.stop();
+        if let Some(shared) = unsafe { arc_from_handle(server) } {
+            ServerHandle { shared }.stop();
+        }
         Ok(wspush_result::Ok)
     })
 }
@@ -234,7 +208,7 @@ pub unsafe extern "C" fn wspush_publish(
         let server = unsafe { server_arg(server) }?;
         // SAFETY: per this function's contract.
         let (user, payload) = unsafe { (user_arg(user, user_len)?, payload_arg(&server, payload, payload_len)?) };
-        let count = engine(server.publish(user, payload, message_kind(kind)?))?;
+        let count = engine(server.publish(user, payload, message_kind_from_c(kind)?))?;
         // SAFETY: per this function's contract.
         unsafe { write_optional(delivered, count) };
         Ok(wspush_result::Ok)
@@ -260,7 +234,7 @@ pub unsafe extern "C" fn wspush_broadcast(
         let server = unsafe { server_arg(server) }?;
         // SAFETY: per this function's contract.
         let payload = unsafe { payload_arg(&server, payload, payload_len) }?;
-        let open = engine(server.broadcast(payload, message_kind(kind)?))?;
+        let open = engine(server.broadcast(payload, message_kind_from_c(kind)?))?;
         // SAFETY: per this function's contract.
         unsafe { write_optional(count, open) };
         Ok(wspush_result::Ok)
@@ -286,7 +260,7 @@ pub unsafe extern "C" fn wspush_send(
         let server = unsafe { server_arg(server) }?;
         // SAFETY: per this function's contract.
         let payload = unsafe { payload_arg(&server, payload, payload_len) }?;
-        engine(server.send(conn, payload, message_kind(kind)?))?;
+        engine(server.send(conn, payload, message_kind_from_c(kind)?))?;
         Ok(wspush_result::Ok)
     })
 }
@@ -385,130 +359,3 @@ pub unsafe extern "C" fn wspush_upgrade_reject(
     })
 }
 
-/// Gauges and counters, filled in by `wspush_stats`. Set `size = sizeof(wspush_stats_snapshot)`
-/// before the call. Fields are only ever added at the end; a host built against an older header
-/// gets the fields its `size` covers. `*_total` counters only grow.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct wspush_stats_snapshot {
-    /// `sizeof(wspush_stats_snapshot)` as the host compiled it; not written by wspush.
-    pub size: usize,
-    /// Open (upgraded) connections now.
-    pub connections: u64,
-    /// Connections accepted but not yet upgraded (including deferred decisions).
-    pub handshakes: u64,
-    /// Distinct users with at least one open connection.
-    pub users: u64,
-    /// Sockets accepted.
-    pub accepted_total: u64,
-    /// Successful upgrades.
-    pub upgrades_total: u64,
-    /// Requests answered with an HTTP error (400/403/404/426/431, host rejections, ...).
-    pub rejected_total: u64,
-    /// Sockets answered 503 because max_connections was reached.
-    pub over_capacity_total: u64,
-    /// Messages received from clients.
-    pub messages_in_total: u64,
-    /// Messages handed to sockets (one per recipient connection).
-    pub messages_out_total: u64,
-    /// Bytes written to sockets, frame headers included.
-    pub bytes_out_total: u64,
-    /// Calls to publish.
-    pub publishes_total: u64,
-    /// Calls to broadcast.
-    pub broadcasts_total: u64,
-    /// Messages dropped for a slow consumer (policy drop).
-    pub dropped_total: u64,
-    /// Connections closed with 1008 for a slow consumer (policy close).
-    pub slow_consumer_closes_total: u64,
-    /// Connections closed for a protocol violation (1002, 1007, 1009).
-    pub protocol_errors_total: u64,
-    /// Connections closed by the handshake deadline or the idle timeout.
-    pub timeouts_total: u64,
-    /// Heartbeat pings sent.
-    pub pings_total: u64,
-    /// Sockets answered 429 by a per-address limit (max connections or handshakes per IP).
-    pub ip_limited_total: u64,
-    /// Bytes queued for connections that their sockets have not taken yet.
-    pub queued_bytes: u64,
-    /// Bytes held for incomplete client frames and messages (max_partial_input_bytes).
-    pub partial_input_bytes: u64,
-    /// Connections closed with 1008: a started frame or message not completed in time.
-    pub message_timeouts_total: u64,
-    /// Connections closed with 1013 because max_partial_input_bytes was reached.
-    pub partial_input_refusals_total: u64,
-    /// The connection cap in force: max_connections, lowered to what RLIMIT_NOFILE allows.
-    pub max_connections: u64,
-}
-
-impl From<Stats> for wspush_stats_snapshot {
-    fn from(s: Stats) -> Self {
-        wspush_stats_snapshot {
-            size: size_of::<wspush_stats_snapshot>(),
-            connections: s.connections,
-            handshakes: s.handshakes,
-            users: s.users,
-            accepted_total: s.accepted_total,
-            upgrades_total: s.upgrades_total,
-            rejected_total: s.rejected_total,
-            over_capacity_total: s.over_capacity_total,
-            messages_in_total: s.messages_in_total,
-            messages_out_total: s.messages_out_total,
-            bytes_out_total: s.bytes_out_total,
-            publishes_total: s.publishes_total,
-            broadcasts_total: s.broadcasts_total,
-            dropped_total: s.dropped_total,
-            slow_consumer_closes_total: s.slow_consumer_closes_total,
-            protocol_errors_total: s.protocol_errors_total,
-            timeouts_total: s.timeouts_total,
-            pings_total: s.pings_total,
-            ip_limited_total: s.ip_limited_total,
-            queued_bytes: s.queued_bytes,
-            partial_input_bytes: s.partial_input_bytes,
-            message_timeouts_total: s.message_timeouts_total,
-            partial_input_refusals_total: s.partial_input_refusals_total,
-            max_connections: s.max_connections,
-        }
-    }
-}
-
-/// Fills `*stats` with a snapshot, as many fields as `stats->size` covers. INVALID_ARGUMENT
-/// when `stats->size` does not even cover the first counter. Works after stop too.
-///
-/// # Safety
-/// `server` must be NULL or a live server; `stats` NULL or valid for reads and writes of
-/// `stats->size` bytes.
-#[no_mangle]
-pub unsafe extern "C" fn wspush_stats(
-    server: *const wspush_server,
-    stats: *mut wspush_stats_snapshot,
-) -> wspush_result {
-    ffi_boundary(|| {
-        // SAFETY: per this function's contract.
-        let server = unsafe { server_arg(server) }?;
-        if stats.is_null() {
-            return Err(wspush_result::NullArgument);
-        }
-        // SAFETY: non-NULL; the leading size field is readable per the contract.
-        let host_size = unsafe { stats.cast::<usize>().read_unaligned() };
-        let first = offset_of!(wspush_stats_snapshot, connections);
-        if host_size < first + size_of::<u64>() {
-            return Err(wspush_result::InvalidArgument);
-        }
-        // The counters are contiguous u64s after `size`: copy whole ones the host has room for.
-        let end = host_size.min(size_of::<wspush_stats_snapshot>());
-        let copied = (end - first) / size_of::<u64>() * size_of::<u64>();
-        let snapshot = wspush_stats_snapshot::from(server.stats());
-        // SAFETY: source and destination each have `first + copied` bytes (the host's by its
-        // size field, ours by `end <= size_of`), don't overlap, and the range holds only u64
-        // fields (no padding is read).
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                (&snapshot as *const wspush_stats_snapshot).cast::<u8>().add(first),
-                stats.cast::<u8>().add(first),
-                copied,
-            );
-        }
-        Ok(wspush_result::Ok)
-    })
-}

@@ -97,3 +97,24 @@ def test_version_and_result_descriptions():
     error = wspush.StoppedError(wspush.Result.STOPPED)
     assert error.code == 12 and "server is stopped" in str(error)
     assert isinstance(wspush.WspushError(999), wspush.WspushError)
+
+
+def test_stats_fields_are_the_librarys_table_in_order():
+    """The counter list is written once, in the library; Stats must name the same values in the
+    same order (the snapshot struct is built from it), and counters are the *_total ones."""
+    from ctypes import byref, c_char_p, c_uint32
+    from dataclasses import fields
+
+    lib = _library.load()
+    table = []
+    for index in range(lib.wspush_stats_field_count()):
+        name, help_text, kind = c_char_p(), c_char_p(), c_uint32()
+        assert lib.wspush_stats_field(index, byref(name), byref(help_text), byref(kind)) == 0
+        assert help_text.value
+        table.append((name.value.decode(), kind.value))
+    assert [name for name, _ in table] == [field.name for field in fields(wspush.Stats)]
+    for name, kind in table:
+        assert kind == (1 if name.endswith("_total") else 0), name
+    name, help_text, kind = c_char_p(), c_char_p(), c_uint32()
+    past_the_end = len(table)
+    assert lib.wspush_stats_field(past_the_end, byref(name), byref(help_text), byref(kind)) != 0

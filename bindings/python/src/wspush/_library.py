@@ -92,37 +92,6 @@ def find_library(env_value: Optional[str], package_dir: Path, cwd: Path) -> Path
     )
 
 
-class StatsSnapshot(Structure):
-    """``wspush_stats_snapshot``: fields only ever grow at the end; ``size`` tells which we know."""
-
-    _fields_ = [
-        ("size", c_size_t),
-        ("connections", c_uint64),
-        ("handshakes", c_uint64),
-        ("users", c_uint64),
-        ("accepted_total", c_uint64),
-        ("upgrades_total", c_uint64),
-        ("rejected_total", c_uint64),
-        ("over_capacity_total", c_uint64),
-        ("messages_in_total", c_uint64),
-        ("messages_out_total", c_uint64),
-        ("bytes_out_total", c_uint64),
-        ("publishes_total", c_uint64),
-        ("broadcasts_total", c_uint64),
-        ("dropped_total", c_uint64),
-        ("slow_consumer_closes_total", c_uint64),
-        ("protocol_errors_total", c_uint64),
-        ("timeouts_total", c_uint64),
-        ("pings_total", c_uint64),
-        ("ip_limited_total", c_uint64),
-        ("queued_bytes", c_uint64),
-        ("partial_input_bytes", c_uint64),
-        ("message_timeouts_total", c_uint64),
-        ("partial_input_refusals_total", c_uint64),
-        ("max_connections", c_uint64),
-    ]
-
-
 # Callback types. Borrowed buffers arrive as c_void_p (an address), never c_char_p, which would
 # stop at the first NUL byte.
 ON_UPGRADE = CFUNCTYPE(None, c_void_p, c_void_p, c_void_p)
@@ -212,7 +181,9 @@ _PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "wspush_disconnect_user": (_R, [_P, c_char_p, c_size_t, c_uint16, _OUT_LEN]),
     "wspush_upgrade_accept": (_R, [_P, c_uint64, c_char_p, c_size_t]),
     "wspush_upgrade_reject": (_R, [_P, c_uint64, c_uint16]),
-    "wspush_stats": (_R, [_P, POINTER(StatsSnapshot)]),
+    "wspush_stats": (_R, [_P, c_void_p]),  # a snapshot struct built from Stats in _server.py
+    "wspush_stats_field_count": (c_size_t, []),
+    "wspush_stats_field": (_R, [c_size_t, POINTER(c_char_p), POINTER(c_char_p), POINTER(c_uint32)]),
 }
 
 _loaded: Optional[ctypes.CDLL] = None

@@ -164,6 +164,13 @@ class Stats:
     """The connection cap in force: max_connections, lowered to what RLIMIT_NOFILE allows."""
 
 
+class _StatsSnapshot(ctypes.Structure):
+    """``wspush_stats_snapshot``: ``size``, then one uint64 per :class:`Stats` field in order
+    (tests/test_library.py checks that order against the library's own table)."""
+
+    _fields_ = [("size", c_size_t)] + [(field.name, c_uint64) for field in fields(Stats)]
+
+
 class Request:
     """An HTTP request seen by ``on_upgrade`` or ``on_http``.
 
@@ -988,8 +995,8 @@ class Server:
     def stats(self) -> Stats:
         """A snapshot of the gauges and counters (works after :meth:`stop` too, not after
         :meth:`free`)."""
-        snapshot = _library.StatsSnapshot()
-        snapshot.size = ctypes.sizeof(_library.StatsSnapshot)
+        snapshot = _StatsSnapshot()
+        snapshot.size = ctypes.sizeof(_StatsSnapshot)
         self._call(self._lib.wspush_stats, byref(snapshot))
         return Stats(**{field.name: getattr(snapshot, field.name) for field in fields(Stats)})
 
