@@ -28,7 +28,8 @@ mkdir -p "$OUT"
 for server in "${SERVERS[@]}"; do rm -f "$OUT/$server"-*.json; done
 
 echo "== building wspushd, loadgen and the peers" >&2
-cargo build --release -p wspushd --example loadgen >&2
+cargo build --release -p wspushd >&2
+cargo build --release --example loadgen >&2
 for server in "${SERVERS[@]}"; do
   case $server in
     go-gorilla|go-gobwas) (cd "benches/peers/$server" && go build -o "$server" .) >&2 ;;
