@@ -217,11 +217,6 @@ typedef struct wspush_request wspush_request;
 typedef struct wspush_server wspush_server;
 
 /**
- * What happens when a connection's unsent data would pass max_queue_bytes.
- */
-typedef uint32_t wspush_slow_consumer_policy;
-
-/**
  * Called for each WebSocket upgrade request that passed the protocol checks (path, version,
  * key, origin). Read the request with the `wspush_request_*` accessors and decide with
  * `wspush_request_accept`, `wspush_request_reject` or `wspush_request_defer`. Deciding nothing
@@ -322,6 +317,11 @@ typedef struct wspush_callbacks {
     wspush_on_drop_fn on_drop;
     wspush_on_http_fn on_http;
 } wspush_callbacks;
+
+/**
+ * What happens when a connection's unsent data would pass max_queue_bytes.
+ */
+typedef uint32_t wspush_slow_consumer_policy;
 
 /**
  * Gauges and counters, filled in by `wspush_stats`. Set `size = sizeof(wspush_stats_snapshot)`
@@ -529,6 +529,96 @@ wspush_result wspush_config_add_allowed_origin(struct wspush_config *config,
 wspush_result wspush_config_set_threads(struct wspush_config *config, size_t threads);
 
 /**
+ * Turns on the built-in JSON Web Token authentication with this HS256 secret (`secret_len`
+ * bytes, 32 to WSPUSH_MAX_ARG_LEN, copied; INVALID_ARGUMENT otherwise). The token is read from an
+ * `Authorization: Bearer` header, else from the `token` query parameter; it must be signed with
+ * HS256 (any other alg, "none" included, is refused), carry `exp` (enforced, as is `nbf`, with
+ * the leeway of `wspush_config_set_jwt_leeway_ms`) and a `sub` of 1-255 bytes without NUL. Without an
+ * `on_upgrade` callback, a valid token is accepted as user `sub` and anything else gets 401
+ * "invalid token"; with one, the callback decides and reads the verified `sub` with
+ * `wspush_request_verified_user`.
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread; `secret` NULL or
+ * `secret_len` readable bytes.
+ */
+wspush_result wspush_config_set_jwt_hs256_secret(struct wspush_config *config,
+                                                 const uint8_t *secret,
+                                                 size_t secret_len);
+
+/**
+ * Clock skew (ms) allowed when checking a token's `exp` and `nbf` (default 30,000).
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread.
+ */
+wspush_result wspush_config_set_jwt_leeway_ms(struct wspush_config *config, uint64_t leeway_ms);
+
+/**
+ * Stack size in bytes of each engine I/O thread, where every callback runs: 0 (default) means
+ * 8 MiB, what glibc gives an ordinary thread, so callback code that recurses deeply (e.g. an
+ * interpreter's) has the stack it would have on the host's own threads. Otherwise at least
+ * 64 KiB (else INVALID_ARGUMENT). Untouched stack pages are never committed: a larger stack
+ * costs address space, not memory. A size the system cannot give makes `wspush_server_start`
+ * fail with IO.
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread.
+ */
+wspush_result wspush_config_set_thread_stack_size(struct wspush_config *config, size_t bytes);
+
+/**
+ * Behind a load balancer: with `enabled`, connections from a trusted proxy (see
+ * `wspush_config_add_trusted_proxy`; add at least one first, else INVALID_ARGUMENT) must open
+ * with a PROXY protocol header, v1 or v2 (HAProxy `send-proxy`/`send-proxy-v2`, nginx
+ * `proxy_protocol on`, cloud TCP balancers), else they get 400. The client address it carries
+ * is what per-address limits count and what `wspush_request_peer` returns. Other sources are
+ * served directly; a PROXY header from them gets 400. Default: off.
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread.
+ */
+wspush_result wspush_config_set_proxy_protocol(struct wspush_config *config, bool enabled);
+
+/**
+ * Adds a source allowed to send PROXY headers: an address ("127.0.0.1", "::1") or a CIDR
+ * network ("10.0.0.0/8", "fd00::/8"), UTF-8, at most WSPUSH_MAX_ADDRESS_LEN bytes. Anything
+ * else is INVALID_ADDRESS.
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread; `network` NULL or
+ * `network_len` readable bytes.
+ */
+wspush_result wspush_config_add_trusted_proxy(struct wspush_config *config,
+                                              const char *network,
+                                              size_t network_len);
+
+/**
+ * Copies the host's callbacks (and userdata) into the configuration, replacing earlier ones.
+ * `callbacks->size` must be at least `offsetof(wspush_callbacks, on_upgrade)`, else
+ * INVALID_ARGUMENT; fields past `size` count as NULL.
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration; `callbacks` must be NULL or point to
+ * `callbacks->size` readable bytes laid out as `wspush_callbacks`, whose non-NULL function
+ * pointers stay callable until every server started with this configuration is freed.
+ */
+wspush_result wspush_config_set_callbacks(struct wspush_config *config,
+                                          const struct wspush_callbacks *callbacks);
+
+/**
+ * SO_SNDBUF and SO_RCVBUF of every connection's socket, in bytes; 0 (default) keeps the
+ * kernel's autotuning. Smaller buffers save kernel memory per connection (several KiB each at
+ * millions of connections) at the cost of throughput per connection.
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread.
+ */
+wspush_result wspush_config_set_socket_buffers(struct wspush_config *config,
+                                               size_t send_bytes,
+                                               size_t recv_bytes);
+
+/**
  * Open plus handshaking connections beyond which new sockets get 503 (must be > 0).
  * `wspush_server_start` grows the process's descriptor table to hold this many more descriptors
  * (capped by RLIMIT_NOFILE), so a connection storm never stalls on the kernel doubling it.
@@ -626,32 +716,6 @@ wspush_result wspush_config_set_max_handshakes_per_ip_per_sec(struct wspush_conf
                                                               uint32_t handshakes);
 
 /**
- * Turns on the built-in JSON Web Token authentication with this HS256 secret (`secret_len`
- * bytes, 32 to WSPUSH_MAX_ARG_LEN, copied; INVALID_ARGUMENT otherwise). The token is read from an
- * `Authorization: Bearer` header, else from the `token` query parameter; it must be signed with
- * HS256 (any other alg, "none" included, is refused), carry `exp` (enforced, as is `nbf`, with
- * the leeway of `wspush_config_set_jwt_leeway_ms`) and a `sub` of 1-255 bytes without NUL. Without an
- * `on_upgrade` callback, a valid token is accepted as user `sub` and anything else gets 401
- * "invalid token"; with one, the callback decides and reads the verified `sub` with
- * `wspush_request_verified_user`.
- *
- * # Safety
- * `config` must be NULL or a live configuration not used by another thread; `secret` NULL or
- * `secret_len` readable bytes.
- */
-wspush_result wspush_config_set_jwt_hs256_secret(struct wspush_config *config,
-                                                 const uint8_t *secret,
-                                                 size_t secret_len);
-
-/**
- * Clock skew (ms) allowed when checking a token's `exp` and `nbf` (default 30,000).
- *
- * # Safety
- * `config` must be NULL or a live configuration not used by another thread.
- */
-wspush_result wspush_config_set_jwt_leeway_ms(struct wspush_config *config, uint64_t leeway_ms);
-
-/**
  * How long (ms) a graceful stop waits for queued data and close handshakes.
  *
  * # Safety
@@ -676,58 +740,6 @@ wspush_result wspush_config_set_close_timeout_ms(struct wspush_config *config, u
  */
 wspush_result wspush_config_set_slow_consumer_policy(struct wspush_config *config,
                                                      wspush_slow_consumer_policy policy);
-
-/**
- * Stack size in bytes of each engine I/O thread, where every callback runs: 0 (default) means
- * 8 MiB, what glibc gives an ordinary thread, so callback code that recurses deeply (e.g. an
- * interpreter's) has the stack it would have on the host's own threads. Otherwise at least
- * 64 KiB (else INVALID_ARGUMENT). Untouched stack pages are never committed: a larger stack
- * costs address space, not memory. A size the system cannot give makes `wspush_server_start`
- * fail with IO.
- *
- * # Safety
- * `config` must be NULL or a live configuration not used by another thread.
- */
-wspush_result wspush_config_set_thread_stack_size(struct wspush_config *config, size_t bytes);
-
-/**
- * Behind a load balancer: with `enabled`, connections from a trusted proxy (see
- * `wspush_config_add_trusted_proxy`; add at least one first, else INVALID_ARGUMENT) must open
- * with a PROXY protocol header, v1 or v2 (HAProxy `send-proxy`/`send-proxy-v2`, nginx
- * `proxy_protocol on`, cloud TCP balancers), else they get 400. The client address it carries
- * is what per-address limits count and what `wspush_request_peer` returns. Other sources are
- * served directly; a PROXY header from them gets 400. Default: off.
- *
- * # Safety
- * `config` must be NULL or a live configuration not used by another thread.
- */
-wspush_result wspush_config_set_proxy_protocol(struct wspush_config *config, bool enabled);
-
-/**
- * Adds a source allowed to send PROXY headers: an address ("127.0.0.1", "::1") or a CIDR
- * network ("10.0.0.0/8", "fd00::/8"), UTF-8, at most WSPUSH_MAX_ADDRESS_LEN bytes. Anything
- * else is INVALID_ADDRESS.
- *
- * # Safety
- * `config` must be NULL or a live configuration not used by another thread; `network` NULL or
- * `network_len` readable bytes.
- */
-wspush_result wspush_config_add_trusted_proxy(struct wspush_config *config,
-                                              const char *network,
-                                              size_t network_len);
-
-/**
- * Copies the host's callbacks (and userdata) into the configuration, replacing earlier ones.
- * `callbacks->size` must be at least `offsetof(wspush_callbacks, on_upgrade)`, else
- * INVALID_ARGUMENT; fields past `size` count as NULL.
- *
- * # Safety
- * `config` must be NULL or a live configuration; `callbacks` must be NULL or point to
- * `callbacks->size` readable bytes laid out as `wspush_callbacks`, whose non-NULL function
- * pointers stay callable until every server started with this configuration is freed.
- */
-wspush_result wspush_config_set_callbacks(struct wspush_config *config,
-                                          const struct wspush_callbacks *callbacks);
 
 /**
  * Time (ms, > 0; default 5000) a client has to complete a frame or a fragmented message once it
@@ -757,18 +769,6 @@ wspush_result wspush_config_set_max_partial_input_bytes(struct wspush_config *co
  */
 wspush_result wspush_config_set_max_pending_handshakes_per_ip(struct wspush_config *config,
                                                               size_t handshakes);
-
-/**
- * SO_SNDBUF and SO_RCVBUF of every connection's socket, in bytes; 0 (default) keeps the
- * kernel's autotuning. Smaller buffers save kernel memory per connection (several KiB each at
- * millions of connections) at the cost of throughput per connection.
- *
- * # Safety
- * `config` must be NULL or a live configuration not used by another thread.
- */
-wspush_result wspush_config_set_socket_buffers(struct wspush_config *config,
-                                               size_t send_bytes,
-                                               size_t recv_bytes);
 
 /**
  * The request method, e.g. "GET".

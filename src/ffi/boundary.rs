@@ -235,25 +235,25 @@ pub(crate) unsafe fn text<'a>(
     std::str::from_utf8(raw).map_err(|_| wspush_result::InvalidUtf8)
 }
 
-/// The leading `size` field of a host struct that only grows at the end (`wspush_callbacks`,
-/// `wspush_stats_snapshot`): how big the host's version is.
+/// For a host struct with a leading `size` field that only grows at the end (`wspush_callbacks`,
+/// `wspush_stats_snapshot`): how many bytes from offset `start` both the host's version and ours
+/// (`T`) hold, in whole fields of `field` bytes. NULL_ARGUMENT for NULL; INVALID_ARGUMENT when
+/// the host's `size` does not even reach `required_end`.
 ///
 /// # Safety
-/// `ptr` must be non-NULL and its first `usize` readable.
-pub(crate) unsafe fn read_size_field<T>(ptr: *const T) -> usize {
-    // SAFETY: per this function's contract; the host's struct may be unaligned.
-    unsafe { ptr.cast::<usize>().read_unaligned() }
-}
-
-/// For such a struct: how many bytes from offset `start` both the host's version (`host_size`
-/// bytes) and ours (`T`) hold, in whole fields of `field` bytes. INVALID_ARGUMENT when the
-/// host's does not even reach `required_end`.
-pub(crate) fn shared_prefix<T>(
-    host_size: usize,
+/// `ptr` must be NULL or have its first `usize` readable.
+pub(crate) unsafe fn shared_prefix<T>(
+    ptr: *const T,
     start: usize,
     required_end: usize,
     field: usize,
 ) -> Result<usize, wspush_result> {
+    if ptr.is_null() {
+        return Err(wspush_result::NullArgument);
+    }
+    // SAFETY: non-NULL and readable per this function's contract; the host's struct may be
+    // unaligned.
+    let host_size = unsafe { ptr.cast::<usize>().read_unaligned() };
     if host_size < required_end {
         return Err(wspush_result::InvalidArgument);
     }

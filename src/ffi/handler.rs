@@ -1,9 +1,9 @@
 //! The bridge from the engine's [`Handler`] trait to the host's C function pointers.
 
 use super::boundary::out_bytes;
-use super::types::{message_kind_to_c, wspush_callbacks};
 use super::request::{Purpose, RequestView};
 use super::server::server_ptr;
+use super::types::{message_kind_to_c, wspush_callbacks};
 use crate::handler::default_upgrade_decision;
 use crate::{ConnId, Handler, HttpResponse, MessageKind, Request, ServerHandle, UpgradeDecision};
 

@@ -21,6 +21,7 @@ mod boundary;
 mod config;
 mod handle;
 mod handler;
+mod limits;
 mod request;
 mod server;
 mod stats;
@@ -28,6 +29,7 @@ mod types;
 
 pub use boundary::{wspush_result, ALL_RESULTS};
 pub use config::*;
+pub use limits::*;
 pub use request::*;
 pub use server::*;
 pub use stats::*;

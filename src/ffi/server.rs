@@ -4,7 +4,9 @@ use std::ffi::c_char;
 
 use super::boundary::{bytes, engine, ffi_boundary, text, wspush_result, Out};
 use super::config::wspush_config;
-use super::handle::{arc_as_handle, arc_from_handle, arc_into_handle, borrow, borrow_arc, ArcCastable, Borrowed, Castable};
+use super::handle::{
+    arc_as_handle, arc_from_handle, arc_into_handle, borrow, borrow_arc, ArcCastable, Borrowed, Castable,
+};
 use super::handler::CallbackHandler;
 use super::types::{message_kind_from_c, wspush_message_kind, WSPUSH_MAX_CLOSE_REASON_LEN, WSPUSH_MAX_USER_ID_LEN};
 use crate::server::{Shared, ENGINE_OF_THIS_THREAD};
@@ -358,4 +360,3 @@ pub unsafe extern "C" fn wspush_upgrade_reject(
         Ok(wspush_result::Ok)
     })
 }
-

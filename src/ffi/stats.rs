@@ -7,7 +7,7 @@
 use std::ffi::c_char;
 use std::mem::{offset_of, size_of};
 
-use super::boundary::{ffi_boundary, read_size_field, shared_prefix, wspush_result, Out};
+use super::boundary::{ffi_boundary, shared_prefix, wspush_result, Out};
 use super::server::{server_arg, wspush_server};
 use super::types::{wspush_stat_kind, WSPUSH_STAT_KIND_COUNTER, WSPUSH_STAT_KIND_GAUGE};
 use crate::stats::{StatKind, Stats};
@@ -68,7 +68,6 @@ pub struct wspush_stats_snapshot {
     pub max_connections: u64,
 }
 
-
 // `size`, then exactly one u64 per row of the table, nothing else: the copy in `wspush_stats` and
 // C hosts indexing from `&connections` rely on it.
 const _: () = assert!(offset_of!(wspush_stats_snapshot, connections) == size_of::<usize>());
@@ -88,14 +87,10 @@ pub unsafe extern "C" fn wspush_stats(
     ffi_boundary(|| {
         // SAFETY: per this function's contract.
         let server = unsafe { server_arg(server) }?;
-        if stats.is_null() {
-            return Err(wspush_result::NullArgument);
-        }
-        // SAFETY: non-NULL; the leading size field is readable per the contract.
-        let host_size = unsafe { read_size_field(stats) };
         let first = offset_of!(wspush_stats_snapshot, connections);
         let word = size_of::<u64>();
-        let copied = shared_prefix::<wspush_stats_snapshot>(host_size, first, first + word, word)?;
+        // SAFETY: the leading size field is readable per the contract.
+        let copied = unsafe { shared_prefix(stats.cast_const(), first, first + word, word) }?;
         let values = server.stats().values();
         // SAFETY: `values` holds the struct's counters in field order (checked above at compile
         // time) and `copied` is at most their size; the host has `first + copied` writable bytes

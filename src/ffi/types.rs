@@ -164,7 +164,6 @@ impl wspush_callbacks {
     }
 }
 
-
 /// Whether a value of `wspush_stats_snapshot` is a gauge (goes up and down) or a counter (only
 /// grows; its name ends in `_total`).
 pub type wspush_stat_kind = u32;
