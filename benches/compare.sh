@@ -28,7 +28,8 @@ mkdir -p "$OUT"
 for server in "${SERVERS[@]}"; do rm -f "$OUT/$server"-*.json; done
 
 echo "== building wspushd, loadgen and the peers" >&2
-cargo build --release --example wspushd --example loadgen >&2
+cargo build --release -p wspushd >&2
+cargo build --release --example loadgen >&2
 for server in "${SERVERS[@]}"; do
   case $server in
     go-gorilla|go-gobwas) (cd "benches/peers/$server" && go build -o "$server" .) >&2 ;;
@@ -41,7 +42,7 @@ server_command() { # name [--echo]
   local listen=(--listen "127.0.0.1:$WS_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT")
   case $1 in
     # Per-IP limits off: the load generator is a few addresses opening thousands of connections.
-    wspush) echo "$ROOT/target/release/examples/wspushd --demo --max-connections-per-ip 0 --max-handshakes-per-ip-per-sec 0 --max-pending-handshakes-per-ip 0 ${listen[*]} ${2:-}" ;;
+    wspush) echo "$ROOT/target/release/wspushd --demo --max-connections-per-ip 0 --max-handshakes-per-ip-per-sec 0 --max-pending-handshakes-per-ip 0 ${listen[*]} ${2:-}" ;;
     go-gorilla|go-gobwas) echo "$ROOT/benches/peers/$1/$1 ${listen[*]} ${2:-}" ;;
     rust-tokio) echo "$ROOT/benches/peers/rust-tokio/target/release/rust-tokio ${listen[*]} ${2:-}" ;;
     node-ws) echo "node $ROOT/benches/peers/node-ws/server.js ${listen[*]} ${2:-}" ;;

@@ -22,8 +22,10 @@ export CARGO_TARGET_DIR="${ASAN_TARGET_DIR:-target/asan}"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-halt_on_error=1:detect_leaks=1:detect_stack_use_after_return=1}"
 target="$(rustc -vV | sed -n 's/^host: //p')"
 
-cargo test --target "$target" --lib --example wspushd \
+cargo test --target "$target" --lib \
   --test api --test frames --test http --test liveness --test ffi --test ffi_misuse --test faults --test auth
+# The daemon's own unit tests (command line, admin routing and protections), a workspace crate.
+cargo test --target "$target" -p wspushd
 cargo test --target "$target" --test conformance -- library::
 # The output path's property test, fewer cases (instrumented code is slower). tests/hostile.rs is
 # left out: it asserts bounds on this process's memory, which ASan's quarantine distorts.

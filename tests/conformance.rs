@@ -3,7 +3,7 @@
 //!
 //! * `library::…` — a `wspush::Server` started in-process whose handler echoes every message back
 //!   with `send` (users come from `?user=`);
-//! * `daemon::…` — the `wspushd` example binary in `--demo --echo` mode.
+//! * `daemon::…` — the `wspushd` daemon binary in `--demo --echo` mode.
 //!
 //! Clients are raw TCP sockets sending hand-made masked frames; every case asserts the exact bytes
 //! (or the exact close code) the server must answer with. After every close the test also asserts
@@ -57,9 +57,9 @@ fn library_addr() -> SocketAddr {
     })
 }
 
-/// Builds the wspushd example with this test's profile and target dir (as tests/daemon.rs does).
+/// Builds the wspushd daemon with this test's profile and target dir (as tests/daemon.rs does).
 fn daemon_binary() -> PathBuf {
-    common::build_examples(&["wspushd"]).join("wspushd")
+    common::build_packages(&["wspushd"]).join("wspushd")
 }
 
 /// `wspushd --demo --echo`, started once and shared by every `daemon::` case.

@@ -1,4 +1,4 @@
-//! End-to-end tests of the wspushd example daemon: they build it, start it on ports 0/0, and drive
+//! End-to-end tests of the wspushd daemon (examples/wspushd): they build it, start it on ports 0/0, and drive
 //! it the way a backend (admin HTTP API) and browsers (WebSocket) would.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -16,10 +16,10 @@ use tungstenite::{Message, WebSocket};
 
 // ------------------------------------------------------------------------------------- harness
 
-/// Builds the example with the profile (and target dir) this test was built with, once.
+/// Builds the daemon with the profile (and target dir) this test was built with, once.
 fn daemon_binary() -> &'static PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| common::build_examples(&["wspushd"]).join("wspushd"))
+    BINARY.get_or_init(|| common::build_packages(&["wspushd"]).join("wspushd"))
 }
 
 /// A running daemon, killed when dropped.

@@ -142,11 +142,17 @@ fn start_stand_in(faults: Faults) -> (Server, u16, u16) {
     (server, ws_port, admin_port)
 }
 
-/// Builds the loadgen and wspushd examples once, with this test's profile and target dir, and
-/// returns the directory holding them.
+/// Builds the loadgen example once, with this test's profile and target dir, and returns the
+/// directory holding it.
 fn examples_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| common::build_examples(&["loadgen", "wspushd"]))
+    DIR.get_or_init(|| common::build_examples(&["loadgen"]))
+}
+
+/// Builds the wspushd daemon (its own workspace package) once, likewise; returns its path.
+fn daemon_binary() -> &'static PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| common::build_packages(&["wspushd"]).join("wspushd"))
 }
 
 /// The wspushd daemon in demo + echo mode on ports 0/0; killed when dropped.
@@ -164,7 +170,7 @@ impl Daemon {
     }
 
     fn start_with(extra_args: &[&str]) -> Daemon {
-        let mut child = Command::new(examples_dir().join("wspushd"))
+        let mut child = Command::new(daemon_binary())
             .args(["--demo", "--echo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--threads", "2"])
             // Frequent pings: loadgen's clients must answer them or be closed as idle.
             .args(["--ping-interval-ms", "200", "--idle-timeout-ms", "2000"])
@@ -341,7 +347,7 @@ fn churn_soak_loses_nothing_on_live_connections_and_gives_back_every_fd() {
 /// At 1,000 connections wspushd's RssAnon is about 1.7 MiB, so 1% would be 17 KiB, within what
 /// moves between two samples at this size (-1.9% to +2.4% in five runs here). 10% still catches a
 /// leak of ~110 bytes per connection incarnation; the fds must come back exactly. The settle time
-/// covers jemalloc's one-second purge (examples/wspushd.rs). The long run at 15,000 connections,
+/// covers jemalloc's one-second purge (examples/wspushd/src/main.rs). The long run at 15,000 connections,
 /// judged at 1%, is in the soak note.
 const SMALL_SCALE_MEMORY_CHECK: &str = "--settle-secs 2 --rss-tolerance-pct 10";
 

@@ -3,8 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== build (release): library, header, examples"
-cargo build --release --all-targets
+echo "== build (release): library, header, examples, and the workspace's tools"
+cargo build --release --workspace --all-targets
 
 echo "== the committed header matches what cbindgen generates"
 git diff --exit-code -- include/wspush.h || { echo "include/wspush.h is stale: commit the regenerated header" >&2; exit 1; }
@@ -12,8 +12,8 @@ git diff --exit-code -- include/wspush.h || { echo "include/wspush.h is stale: c
 echo "== src/ keeps its layers: no import loop, no file over 650 lines"
 python3 tests/import_layers.py
 
-echo "== Rust unit and integration tests (C ABI and C example included)"
-cargo test --release
+echo "== Rust unit and integration tests (C ABI and C example included), and the tools' unit tests"
+cargo test --release --workspace
 
 echo "== a panic inside wspush becomes WSPUSH_RESULT_PANIC (test-only hook; debug profile, so the"
 echo "   release library the bindings load is never built with the hook)"
@@ -23,7 +23,7 @@ echo "== the in-process Rust tests under AddressSanitizer + LeakSanitizer (own t
 bash tests/asan.sh
 
 echo "== wspushd against the contract the benchmark peers share"
-python3 benches/peers/check_contract.py target/release/examples/wspushd --demo --max-connections-per-ip 0 --max-handshakes-per-ip-per-sec 0 --max-pending-handshakes-per-ip 0
+python3 benches/peers/check_contract.py target/release/wspushd --demo --max-connections-per-ip 0 --max-handshakes-per-ip-per-sec 0 --max-pending-handshakes-per-ip 0
 
 echo "== the demo page in headless Chromium (reconnects across a daemon restart)"
 npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error

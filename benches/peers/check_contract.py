@@ -4,7 +4,7 @@
 
 COMMAND is started with `--listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --echo` appended and must
 print its listening line first, e.g. `node benches/peers/node-ws/server.js`,
-`benches/peers/rust-tokio/target/release/rust-tokio`, or `target/release/examples/wspushd --demo`.
+`benches/peers/rust-tokio/target/release/rust-tokio`, or `target/release/wspushd --demo`.
 Exits non-zero on the first broken expectation. Opens 2,000+ sockets.
 """
 import base64, json, os, re, resource, signal, socket, struct, subprocess, sys, time

@@ -2,7 +2,7 @@
 // Chromium opens it, the backend publishes through the admin API, and the page shows the
 // notifications, keeps other users' out, and reconnects by itself after a daemon restart.
 //
-// Needs: `cargo build --release --example wspushd`, `apt-get install chromium`,
+// Needs: `cargo build --release -p wspushd`, `apt-get install chromium`,
 // `npm ci --prefix tests/browser`. Run: `node --test tests/browser/demo.test.mjs`.
 // Environment overrides: WSPUSHD (daemon binary), CHROMIUM (browser binary).
 // Leaves a screenshot of the page in target/artifacts/demo.png.
@@ -20,7 +20,7 @@ import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const WSPUSHD = process.env.WSPUSHD || path.join(REPO, "target/release/examples/wspushd");
+const WSPUSHD = process.env.WSPUSHD || path.join(REPO, "target/release/wspushd");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const SCREENSHOT = path.join(REPO, "target/artifacts/demo.png");
 
@@ -48,7 +48,7 @@ const LISTENING = /^wspushd listening on ws:\/\/(\S+?)(\/\S*), admin on http:\/\
 class Daemon {
   static async start({ listen = "127.0.0.1:0", adminListen = "127.0.0.1:0" } = {}) {
     if (!existsSync(WSPUSHD)) {
-      throw new Error(`${WSPUSHD} missing: build it with cargo build --release --example wspushd`);
+      throw new Error(`${WSPUSHD} missing: build it with cargo build --release -p wspushd`);
     }
     const child = spawn(
       WSPUSHD,

@@ -282,6 +282,30 @@ pub fn ws_try_connect(addr: SocketAddr, target: &str) -> Result<Ws, u16> {
 /// Builds the named examples with the profile and target dir this test binary was built with
 /// (so `cargo test --release` drives release binaries) and returns the directory they are in.
 pub fn build_examples(names: &[&str]) -> std::path::PathBuf {
+    let (profile_dir, mut command) = cargo_build_like_this_test();
+    for name in names {
+        command.args(["--example", name]);
+    }
+    let status = command.status().expect("run cargo build");
+    assert!(status.success(), "cargo build of the examples {names:?} failed");
+    profile_dir.join("examples")
+}
+
+/// Builds the binaries of the named workspace packages (e.g. the `wspushd` daemon) with the
+/// profile and target dir this test binary was built with, and returns the directory they are in.
+pub fn build_packages(names: &[&str]) -> std::path::PathBuf {
+    let (profile_dir, mut command) = cargo_build_like_this_test();
+    for name in names {
+        command.args(["--package", name, "--bins"]);
+    }
+    let status = command.status().expect("run cargo build");
+    assert!(status.success(), "cargo build of the packages {names:?} failed");
+    profile_dir
+}
+
+/// `cargo build` with this test binary's profile and target dir, run from the repository root;
+/// and the directory (`<target-dir>/<profile-dir>`) its output goes to.
+fn cargo_build_like_this_test() -> (std::path::PathBuf, std::process::Command) {
     // The test executable lives in <target-dir>/<profile-dir>/deps/.
     let test_exe = std::env::current_exe().expect("test executable path");
     let profile_dir = test_exe.parent().and_then(|deps| deps.parent()).expect("profile dir").to_path_buf();
@@ -292,12 +316,8 @@ pub fn build_examples(names: &[&str]) -> std::path::PathBuf {
     };
     let mut command = std::process::Command::new(env!("CARGO"));
     command.args(["build", "--quiet", "--profile", &profile, "--target-dir"]).arg(target_dir);
-    for name in names {
-        command.args(["--example", name]);
-    }
-    let status = command.current_dir(env!("CARGO_MANIFEST_DIR")).status().expect("run cargo build");
-    assert!(status.success(), "cargo build of the examples {names:?} failed");
-    profile_dir.join("examples")
+    command.current_dir(env!("CARGO_MANIFEST_DIR"));
+    (profile_dir, command)
 }
 
 /// Signs a JSON Web Token (HS256) over the given header and claims JSON, as an issuer would.

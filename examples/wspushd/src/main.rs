@@ -1,22 +1,22 @@
 //! wspushd: a standalone WebSocket push daemon on the wspush engine's Rust API.
 //!
 //! Clients connect to the public port; the backend pushes to users through a plain-HTTP admin API
-//! on a separate address (see `wspushd --help`, or examples/wspushd/cli.rs for the text).
+//! on a separate address (see `wspushd --help`, or src/cli.rs for the text).
 //!
 //! ```text
-//! cargo run --release --example wspushd -- --demo
+//! cargo run --release -p wspushd -- --demo
 //! # open http://127.0.0.1:8080/?user=alice, then:
 //! curl -d 'You have new mail' 'http://127.0.0.1:8081/publish?user=alice'
 //! ```
 
-#[path = "wspushd/admin.rs"]
 mod admin;
-#[path = "wspushd/cli.rs"]
 mod cli;
-#[path = "wspushd/guard.rs"]
+mod demo;
 mod guard;
-#[path = "wspushd/log.rs"]
 mod log;
+mod public;
+mod query;
+mod signals;
 
 /// The daemon's allocator: jemalloc without per-thread caches, returning pages left unused for a
 /// second from a background thread (so an idle daemon gets there too). With glibc's malloc the
@@ -45,78 +45,24 @@ struct JemallocOptions(*const std::ffi::c_char);
 unsafe impl Sync for JemallocOptions {}
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::process::exit;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wspush::{
-    default_upgrade_decision, ConnId, Handler, HttpResponse, MessageKind, Request, Server, ServerHandle, Stats,
-    UpgradeDecision, MAX_USER_ID_LEN,
-};
+use wspush::{Server, ServerHandle, Stats};
 
 use crate::admin::Admin;
 use crate::cli::{Command, Options};
 use crate::guard::AllowedHosts;
 use crate::log::{ErrorClass, ErrorLog};
+use crate::public::Daemon;
+use crate::signals::{block_shutdown_signals, signal_name, wait_for_signal};
 
 /// Exit status for command-line mistakes (as the contract and sysexits-style tools expect).
 const USAGE_ERROR: i32 = 2;
 /// Exit status for failures at run time (address in use, ...).
 const RUNTIME_ERROR: i32 = 1;
-
-const DEMO_PAGE: &str = include_str!("wspushd/demo.html");
-
-/// The engine callbacks: who a connection belongs to, echo, and the demo page.
-struct Daemon {
-    demo: bool,
-    echo: bool,
-    ws_path: String,
-    /// The demo page with its configuration filled in (demo mode only).
-    demo_page: Option<Vec<u8>>,
-}
-
-impl Handler for Daemon {
-    fn on_upgrade(&self, _: &ServerHandle, request: &Request<'_>) -> UpgradeDecision {
-        if !self.demo {
-            // Token mode: the engine verified the token; its subject gets in, nobody else.
-            return default_upgrade_decision(request);
-        }
-        // Demo mode: the user is whoever the client claims to be.
-        let user = request.query_param("user").map(|raw| admin::url_decode(raw));
-        match user {
-            Some(Ok(user)) if !user.is_empty() && user.len() <= MAX_USER_ID_LEN => UpgradeDecision::Accept(user),
-            _ => UpgradeDecision::Reject(400),
-        }
-    }
-
-    fn on_message(&self, server: &ServerHandle, conn: ConnId, _: &[u8], kind: MessageKind, payload: &[u8]) {
-        if self.echo {
-            // Never too large (the command line makes every echo fit in the send queue), so this
-            // fails only when the connection is already gone or the server is stopping.
-            let _ = server.send(conn, payload, kind);
-        }
-    }
-
-    fn on_http(&self, _: &ServerHandle, request: &Request<'_>) -> Option<HttpResponse> {
-        let path = request.path();
-        if path == self.ws_path {
-            return None; // the engine's 426 Upgrade Required
-        }
-        let text = |status: u16, body: &str| HttpResponse {
-            status,
-            content_type: "text/plain; charset=utf-8".into(),
-            body: body.as_bytes().to_vec(),
-        };
-        match (&self.demo_page, path) {
-            (Some(page), "/" | "/index.html") if request.method() == "GET" => {
-                Some(HttpResponse { status: 200, content_type: "text/html; charset=utf-8".into(), body: page.clone() })
-            }
-            (Some(_), "/" | "/index.html") => Some(text(405, "Method Not Allowed\n")),
-            _ => Some(text(404, "Not Found\n")),
-        }
-    }
-}
 
 /// The host of a listen address `HOST:PORT` when it is a name, not an IP address.
 fn listen_host_name(listen: &str) -> Option<String> {
@@ -127,45 +73,15 @@ fn listen_host_name(listen: &str) -> Option<String> {
     guard::host_name(host)
 }
 
-/// The demo page with the WebSocket path and the admin URL (for its curl hint) filled in.
-fn demo_page(ws_path: &str, admin_addr: SocketAddr) -> Vec<u8> {
-    let config = format!(
-        "const CONFIG = {{\"path\": {}, \"admin\": {}}};",
-        js_string(ws_path),
-        js_string(&format!("http://{admin_addr}"))
-    );
-    DEMO_PAGE.replacen("/*CONFIG*/", &config, 1).into_bytes()
-}
-
-/// A JavaScript string literal safe inside a <script> element.
-fn js_string(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '<' => out.push_str("\\u003c"), // no "</script>" inside the literal
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 fn main() {
     let options = match cli::parse(std::env::args().skip(1)) {
         Ok(Command::Run(options)) => *options,
-        Ok(Command::Help) => {
-            print!("{}", cli::USAGE);
-            exit(0);
-        }
-        Ok(Command::Version) => {
-            println!("wspushd {}", wspush::VERSION);
+        Ok(Command::Print(text)) => {
+            println!("{}", text.trim_end());
             exit(0);
         }
         Err(reason) => {
-            eprintln!("wspushd: {reason}\n\n{}", cli::USAGE);
+            eprintln!("wspushd: {reason}\n\n{}", cli::usage_hint());
             exit(USAGE_ERROR);
         }
     };
@@ -213,7 +129,7 @@ fn run(options: Options, shutdown_signals: &libc::sigset_t) {
         demo,
         echo,
         ws_path: config.path.clone(),
-        demo_page: demo.then(|| demo_page(&config.path, admin_addr)),
+        demo_page: demo.then(|| demo::demo_page(&config.path, admin_addr)),
     };
     let ws_path = config.path.clone();
     let listen = config.listen.clone();
@@ -249,7 +165,16 @@ fn run(options: Options, shutdown_signals: &libc::sigset_t) {
         allowed_hosts,
         Arc::clone(&errors),
     ));
-    spawn("wspushd-admin-accept", move || admin::serve(admin_listener, admin));
+    let runtime = admin::runtime().unwrap_or_else(|e| {
+        eprintln!("wspushd: cannot start the admin API's runtime: {e}");
+        exit(RUNTIME_ERROR);
+    });
+    spawn("wspushd-admin", move || {
+        if let Err(e) = runtime.block_on(admin::serve(admin_listener, admin)) {
+            eprintln!("wspushd: the admin API stopped: {e}");
+            exit(RUNTIME_ERROR);
+        }
+    });
     let watched = server.handle();
     spawn("wspushd-watch", move || watch(&watched, &errors));
 
@@ -318,54 +243,9 @@ fn watch(server: &ServerHandle, errors: &ErrorLog) {
     }
 }
 
-fn block_shutdown_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset initializes it before any other use, and
-    // pthread_sigmask only reads it. Called from main before any other thread exists.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if rc != 0 {
-            eprintln!("wspushd: cannot block SIGINT/SIGTERM: {}", std::io::Error::from_raw_os_error(rc));
-            exit(RUNTIME_ERROR);
-        }
-        set
-    }
-}
-
-/// Blocks until one of the signals in `set` (blocked in every thread) is pending, and takes it.
-fn wait_for_signal(set: &libc::sigset_t) -> libc::c_int {
-    loop {
-        let mut signal: libc::c_int = 0;
-        // SAFETY: `set` is an initialized signal set and `signal` a valid place for the result.
-        if unsafe { libc::sigwait(set, &mut signal) } == 0 {
-            return signal;
-        }
-    }
-}
-
-fn signal_name(signal: libc::c_int) -> &'static str {
-    match signal {
-        libc::SIGINT => "SIGINT",
-        libc::SIGTERM => "SIGTERM",
-        _ => "signal",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn demo_page_configuration_cannot_break_out_of_its_script() {
-        assert_eq!(js_string("/ws"), "\"/ws\"");
-        assert_eq!(js_string("/a\"b\\c</script>\n"), "\"/a\\\"b\\\\c\\u003c/script>\\u000a\"");
-        let page = String::from_utf8(demo_page("/push", "127.0.0.1:9".parse().unwrap())).unwrap();
-        assert!(page.contains("const CONFIG = {\"path\": \"/push\", \"admin\": \"http://127.0.0.1:9\"};"));
-        assert!(!page.contains("/*CONFIG*/"));
-    }
 
     #[test]
     fn a_name_in_the_admin_listen_address_is_an_allowed_host() {

@@ -1,7 +1,7 @@
-//! The admin API's defences against hostile clients, kept apart from the hand-written HTTP server
-//! so that they carry over to another one: which requests a browser page may have sent (none may
-//! run), which Host names are ours (DNS rebinding), and which connection gets a slot when they run
-//! out (idle sockets must not lock the backend out).
+//! The admin API's defences against hostile clients, kept apart from the HTTP server that applies
+//! them: which requests a browser page may have sent (none may run), which Host names are ours
+//! (DNS rebinding), and which connection gets a slot when they run out (idle sockets must not lock
+//! the backend out).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -154,7 +154,7 @@ pub enum Admission<C> {
 /// address (IPv6: one /64). A newcomer beyond either limit takes the slot of a connection that is
 /// not busy (unproven first, then idle; the oldest of its address when that address is full,
 /// else the oldest of all), so that sockets holding slots without a request cannot keep a backend
-/// out. `C` is what the caller needs to close a connection (a clone of its socket).
+/// out. `C` is what the caller needs to close a connection (its eviction signal).
 pub struct ConnectionTable<C> {
     max_total: usize,
     max_per_peer: usize,
@@ -394,7 +394,7 @@ mod tests {
         // d is unproven, so it goes before the idle c.
         let (e, evicted) = admitted(table.admit(ip("10.0.0.5"), "e"));
         assert_eq!(evicted, Some("d"));
-        // The thread of an evicted connection still reports and ends: no effect on the table.
+        // The task of an evicted connection still reports and ends: no effect on the table.
         table.set_activity(d, Activity::Busy);
         table.remove(d);
         assert_eq!(table.len(), 3);
