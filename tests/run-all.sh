@@ -3,14 +3,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== build (release): library, header, examples"
-cargo build --release --all-targets
+echo "== build (release): library, header, examples, workspace tools (loadgen)"
+cargo build --release --workspace --all-targets
 
 echo "== the committed header matches what cbindgen generates"
 git diff --exit-code -- include/wspush.h || { echo "include/wspush.h is stale: commit the regenerated header" >&2; exit 1; }
 
-echo "== Rust unit and integration tests (C ABI and C example included)"
-cargo test --release
+echo "== Rust unit and integration tests (C ABI and C example included), and the tools' own"
+cargo test --release --workspace
 
 echo "== a panic inside wspush becomes WSPUSH_RESULT_PANIC (test-only hook; debug profile, so the"
 echo "   release library the bindings load is never built with the hook)"
