@@ -28,8 +28,7 @@ mkdir -p "$OUT"
 for server in "${SERVERS[@]}"; do rm -f "$OUT/$server"-*.json; done
 
 echo "== building wspushd, loadgen and the peers" >&2
-cargo build --release -p wspushd >&2
-cargo build --release --example loadgen >&2
+cargo build --release -p wspushd -p loadgen >&2
 for server in "${SERVERS[@]}"; do
   case $server in
     go-gorilla|go-gobwas) (cd "benches/peers/$server" && go build -o "$server" .) >&2 ;;
@@ -80,7 +79,7 @@ stop_server() {
   sleep 1 # let the kernel reap the closed sockets before the next baseline
 }
 
-LOADGEN=("$ROOT/target/release/examples/loadgen" --url "ws://127.0.0.1:$WS_PORT/ws" --admin "127.0.0.1:$ADMIN_PORT" --json)
+LOADGEN=("$ROOT/target/release/loadgen" --url "ws://127.0.0.1:$WS_PORT/ws" --admin "127.0.0.1:$ADMIN_PORT" --json)
 # Each run connects from its own source addresses (127.0.R.2 and .3), so the previous run's
 # client ports still in TIME_WAIT can't slow its connects down (that measured the client).
 RUN=0

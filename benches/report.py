@@ -101,7 +101,7 @@ def main():
     out.append("# Benchmark results\n")
     out.append("Written by `bash benches/compare.sh` (this file's table is its real output; raw JSON in "
                "`benches/results/`). Every server is started fresh for every run, alone on its port, and "
-               "driven by the same client, `examples/loadgen.rs`, on the same machine. Ratios are "
+               "driven by the same client, `loadgen` (examples/loadgen), on the same machine. Ratios are "
                "peer / wspush; ✗ marks a row where the peer does better than wspush by more than 5%.\n")
     out.append(f"- Date: {datetime.date.today().isoformat()}")
     cpu = sh("sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()

@@ -59,7 +59,7 @@ fn library_addr() -> SocketAddr {
 
 /// Builds the wspushd daemon with this test's profile and target dir (as tests/daemon.rs does).
 fn daemon_binary() -> PathBuf {
-    common::build_packages(&["wspushd"]).join("wspushd")
+    common::build_workspace_binary("wspushd")
 }
 
 /// `wspushd --demo --echo`, started once and shared by every `daemon::` case.

@@ -19,7 +19,7 @@ use tungstenite::{Message, WebSocket};
 /// Builds the daemon with the profile (and target dir) this test was built with, once.
 fn daemon_binary() -> &'static PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| common::build_packages(&["wspushd"]).join("wspushd"))
+    BINARY.get_or_init(|| common::build_workspace_binary("wspushd"))
 }
 
 /// A running daemon, killed when dropped.

@@ -1,4 +1,4 @@
-//! Runs the loadgen example against the wspushd example daemon (all phases, 500 connections; a
+//! Runs loadgen (the workspace crate examples/loadgen) against the wspushd example daemon (all phases, 500 connections; a
 //! short churn soak; a short connection storm) and against an in-process wspush server whose
 //! minimal admin HTTP API (the wspushd contract: `POST /publish?user=U` and `POST /broadcast` →
 //! `200 {"delivered":N}`, `GET /stats`, keep-alive) can be made to misbehave, and checks that
@@ -142,17 +142,17 @@ fn start_stand_in(faults: Faults) -> (Server, u16, u16) {
     (server, ws_port, admin_port)
 }
 
-/// Builds the loadgen example once, with this test's profile and target dir, and returns the
-/// directory holding it.
-fn examples_dir() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| common::build_examples(&["loadgen"]))
-}
-
-/// Builds the wspushd daemon (its own workspace package) once, likewise; returns its path.
+/// Builds the wspushd daemon (its own workspace package) once, with this test's profile and
+/// target dir; returns its path.
 fn daemon_binary() -> &'static PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| common::build_packages(&["wspushd"]).join("wspushd"))
+    BINARY.get_or_init(|| common::build_workspace_binary("wspushd"))
+}
+
+/// Builds loadgen once, likewise, and returns its path.
+fn loadgen() -> &'static PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| common::build_workspace_binary("loadgen"))
 }
 
 /// The wspushd daemon in demo + echo mode on ports 0/0; killed when dropped.
@@ -240,7 +240,7 @@ fn number(json: &str, section: &str, key: &str) -> f64 {
 
 /// Runs loadgen with `--json` and the whitespace-separated `args`; returns (exit code, stdout).
 fn run_loadgen(ws_port: u16, admin_port: u16, args: &str) -> (i32, String) {
-    let output = Command::new(examples_dir().join("loadgen"))
+    let output = Command::new(loadgen())
         .args([
             "--url",
             &format!("ws://127.0.0.1:{ws_port}/ws"),

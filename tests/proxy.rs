@@ -172,7 +172,7 @@ impl Drop for Killed {
 
 /// Starts wspushd (demo mode) with `args`; returns it and its WebSocket address once listening.
 fn start_daemon(args: &[&str]) -> (Killed, SocketAddr, Arc<Mutex<String>>) {
-    let binary = common::build_packages(&["wspushd"]).join("wspushd");
+    let binary = common::build_workspace_binary("wspushd");
     let mut child = Command::new(binary)
         .args(["--demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--threads", "2"])
         .args(args)

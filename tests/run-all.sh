@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== build (release): library, header, examples, and the workspace's tools"
+echo "== build (release): library, header, examples, and the workspace's tools (wspushd, loadgen)"
 cargo build --release --workspace --all-targets
 
 echo "== the committed header matches what cbindgen generates"

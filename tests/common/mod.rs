@@ -279,45 +279,37 @@ pub fn ws_try_connect(addr: SocketAddr, target: &str) -> Result<Ws, u16> {
     ws_try_connect_with(addr, target, &[])
 }
 
-/// Builds the named examples with the profile and target dir this test binary was built with
-/// (so `cargo test --release` drives release binaries) and returns the directory they are in.
-pub fn build_examples(names: &[&str]) -> std::path::PathBuf {
-    let (profile_dir, mut command) = cargo_build_like_this_test();
-    for name in names {
-        command.args(["--example", name]);
-    }
-    let status = command.status().expect("run cargo build");
-    assert!(status.success(), "cargo build of the examples {names:?} failed");
-    profile_dir.join("examples")
-}
-
-/// Builds the binaries of the named workspace packages (e.g. the `wspushd` daemon) with the
-/// profile and target dir this test binary was built with, and returns the directory they are in.
-pub fn build_packages(names: &[&str]) -> std::path::PathBuf {
-    let (profile_dir, mut command) = cargo_build_like_this_test();
-    for name in names {
-        command.args(["--package", name, "--bins"]);
-    }
-    let status = command.status().expect("run cargo build");
-    assert!(status.success(), "cargo build of the packages {names:?} failed");
-    profile_dir
-}
-
-/// `cargo build` with this test binary's profile and target dir, run from the repository root;
-/// and the directory (`<target-dir>/<profile-dir>`) its output goes to.
-fn cargo_build_like_this_test() -> (std::path::PathBuf, std::process::Command) {
+/// The profile directory this test binary was built into (<target-dir>/<profile-dir>) and the
+/// profile's name, so helper builds match it (`cargo test --release` drives release binaries).
+fn build_profile() -> (std::path::PathBuf, String) {
     // The test executable lives in <target-dir>/<profile-dir>/deps/.
     let test_exe = std::env::current_exe().expect("test executable path");
     let profile_dir = test_exe.parent().and_then(|deps| deps.parent()).expect("profile dir").to_path_buf();
-    let target_dir = profile_dir.parent().expect("target dir");
     let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
         Some("debug") | None => "dev".to_string(),
         Some(other) => other.to_string(),
     };
-    let mut command = std::process::Command::new(env!("CARGO"));
-    command.args(["build", "--quiet", "--profile", &profile, "--target-dir"]).arg(target_dir);
-    command.current_dir(env!("CARGO_MANIFEST_DIR"));
-    (profile_dir, command)
+    (profile_dir, profile)
+}
+
+/// `cargo build --quiet` with this test binary's profile and target dir, plus `args`.
+fn cargo_build(args: &[&str]) -> std::process::ExitStatus {
+    let (profile_dir, profile) = build_profile();
+    let target_dir = profile_dir.parent().expect("target dir");
+    std::process::Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--profile", &profile, "--target-dir"])
+        .arg(target_dir)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo build")
+}
+
+/// Builds the binary of the workspace package `package` (e.g. loadgen, a crate of its own under
+/// examples/) likewise and returns the binary's path.
+pub fn build_workspace_binary(package: &str) -> std::path::PathBuf {
+    assert!(cargo_build(&["-p", package, "--bin", package]).success(), "cargo build of {package} failed");
+    build_profile().0.join(package)
 }
 
 /// Signs a JSON Web Token (HS256) over the given header and claims JSON, as an issuer would.

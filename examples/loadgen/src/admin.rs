@@ -22,14 +22,9 @@ pub struct Response {
 }
 
 impl Response {
-    /// The number after `"key":` in a flat JSON body such as /stats.
+    /// The whole number at top-level `key` of a JSON object body such as /stats.
     pub fn json_number(&self, key: &str) -> Option<u64> {
-        let body = std::str::from_utf8(&self.body).ok()?;
-        let quoted = format!("\"{key}\"");
-        let after_key = &body[body.find(&quoted)? + quoted.len()..];
-        let after_colon = after_key.trim_start().strip_prefix(':')?.trim_start();
-        let digits: String = after_colon.chars().take_while(|c| c.is_ascii_digit()).collect();
-        digits.parse().ok()
+        serde_json::from_slice::<serde_json::Value>(&self.body).ok()?.get(key)?.as_u64()
     }
 
     /// N from a `{"delivered":N}` body.

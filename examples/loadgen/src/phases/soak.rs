@@ -5,10 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use super::{
-    format_kib, latency_fields, latency_text, progress, sys, AdminClient, Histogram, Lanes, Phase, PhaseResult,
-    Published, Run, Value,
-};
+use crate::admin::AdminClient;
+use crate::cli::Phase;
+use crate::hist::Histogram;
+use crate::lanes::{Lanes, Published};
+use crate::protocol::{Answer, Command, End, Incarnation, Stream};
+use crate::report::{format_kib, latency_fields, latency_text, progress, PhaseResult, Value};
+use crate::run::Run;
+use crate::sys;
 
 /// The server's memory and descriptors at one moment.
 #[derive(Clone, Copy)]
@@ -109,32 +113,10 @@ impl Round {
     }
 }
 
-/// One `inc USER OPENED_NS END FIRST LAST DISTINCT` line from a worker.
-struct Incarnation<'a> {
-    user: usize,
-    opened_ns: u64,
-    end: &'a str,
-    first: u32,
-    last: u32,
-    distinct: u32,
-}
-
-fn parse_incarnation(line: &str) -> Option<Incarnation<'_>> {
-    let mut words = line.split_whitespace().skip(1);
-    Some(Incarnation {
-        user: words.next()?.parse().ok()?,
-        opened_ns: words.next()?.parse().ok()?,
-        end: words.next()?,
-        first: words.next()?.parse().ok()?,
-        last: words.next()?.parse().ok()?,
-        distinct: words.next()?.parse().ok()?,
-    })
-}
-
 /// Folds one incarnation into the round's tally: holes in what it received, and for a live one,
 /// the required publishes (started at least `grace_ns` after its 101, through the last) outside
 /// the span it received.
-fn judge(round: &mut Round, inc: &Incarnation<'_>, sent: u32, times: &[u64], grace_ns: u64) {
+fn judge(round: &mut Round, inc: &Incarnation, sent: u32, times: &[u64], grace_ns: u64) {
     round.incarnations += 1;
     round.delivered += inc.distinct as u64;
     if inc.first > 0 {
@@ -142,9 +124,9 @@ fn judge(round: &mut Round, inc: &Incarnation<'_>, sent: u32, times: &[u64], gra
         round.unexpected += inc.last.saturating_sub(sent) as u64;
     }
     match inc.end {
-        "live" => round.live += 1,
-        "server_closed" => return round.closed_by_server += 1,
-        _ => return, // killed: only the holes above count
+        End::Live => round.live += 1,
+        End::ServerClosed => return round.closed_by_server += 1,
+        End::Killed => return, // only the holes above count
     }
     // Send times of one user's publishes only grow: each user belongs to one publishing lane,
     // which waits for each response before the next request.
@@ -169,10 +151,10 @@ fn judge(round: &mut Round, inc: &Incarnation<'_>, sent: u32, times: &[u64], gra
 }
 
 impl Run {
-    pub(super) fn soak(&mut self) -> Result<PhaseResult, String> {
+    pub fn soak(&mut self) -> Result<PhaseResult, String> {
         let o = self.options.clone();
         let pid = o.server_pid.ok_or("the soak phase needs --server-pid")?;
-        self.workers.send_all("soak_mode")?;
+        self.workers.send_all(&Command::SoakMode)?;
         // One admin request first, so the admin API's own fixed cost (its thread, buffers) is in
         // the baseline and not charged to the WebSocket connections.
         AdminClient::new(o.admin).get("/stats").map_err(|e| format!("admin API at {} not answering: {e}", o.admin))?;
@@ -180,7 +162,7 @@ impl Run {
         eprintln!("[soak] before any connection: server RssAnon {} KiB, {} open fds", before.rss_anon_kib, before.fds);
 
         // The warm-up churns once, halfway, whatever the period.
-        let warm = self.soak_round("warm-up", o.warmup_secs, &[o.warmup_secs / 2.0], "connect")?;
+        let warm = self.soak_round("warm-up", o.warmup_secs, &[o.warmup_secs / 2.0], Command::Connect)?;
         self.everyone_leaves()?;
         let warmed = self.sample_server(pid, Some(before.fds))?;
         eprintln!("[soak] after the warm-up: server RssAnon {} KiB, {} open fds", warmed.rss_anon_kib, warmed.fds);
@@ -194,7 +176,7 @@ impl Run {
 
         let churns: Vec<f64> =
             (0..).map(|k| (k as f64 + 0.5) * o.churn_secs).take_while(|&at| at < o.soak_secs).collect();
-        let soak = self.soak_round("soak", o.soak_secs, &churns, "reconnect")?;
+        let soak = self.soak_round("soak", o.soak_secs, &churns, Command::Reconnect)?;
         self.everyone_leaves()?;
         let after = self.sample_server(pid, Some(before.fds))?;
         eprintln!("[soak] after everyone left: server RssAnon {} KiB, {} open fds", after.rss_anon_kib, after.fds);
@@ -243,13 +225,13 @@ impl Run {
         Ok(PhaseResult { phase: Phase::Soak, headline: soak.headline(), details, fields })
     }
 
-    /// One round: everyone connects (`connect_command`: "connect" the first time, "reconnect"
-    /// after a `leave`), publishes flow for `secs` with a churn at each of `churns` (seconds
+    /// One round: everyone connects (`connect_command`: `Connect` the first time, `Reconnect`
+    /// after a `Leave`), publishes flow for `secs` with a churn at each of `churns` (seconds
     /// into the round), then the drain and the per-incarnation check. The connections stay open.
-    fn soak_round(&mut self, name: &str, secs: f64, churns: &[f64], connect_command: &str) -> Result<Round, String> {
+    fn soak_round(&mut self, name: &str, secs: f64, churns: &[f64], connect_command: Command) -> Result<Round, String> {
         let o = self.options.clone();
         let start = self.workers.report()?;
-        self.workers.send_all(connect_command)?;
+        self.workers.send_all(&connect_command)?;
         let everyone: Vec<usize> = (0..self.workers.ranges.len()).collect();
         self.wait_resolved(Phase::Soak, &everyone, name)?;
         let users = o.conns.div_ceil(o.tabs);
@@ -259,8 +241,14 @@ impl Run {
         let mut last_print = Instant::now();
         while !lanes.finished() {
             if churns.next_if(|&at| started.elapsed().as_secs_f64() >= at).is_some() {
-                let answers = self.workers.ask_all(&format!("churn {}", o.churn_fraction), "churned")?;
-                let killed: u64 = answers.iter().filter_map(|a| a.split_whitespace().nth(1)?.parse::<u64>().ok()).sum();
+                let answers = self.workers.ask_all(&Command::Churn { fraction: o.churn_fraction }, "churned")?;
+                let killed: u64 = answers
+                    .iter()
+                    .map(|answer| match answer {
+                        Answer::Churned { killed } => *killed,
+                        _ => 0,
+                    })
+                    .sum();
                 eprintln!(
                     "[soak] {name} {:.0} s: killed {killed} connections with an RST",
                     started.elapsed().as_secs_f64()
@@ -304,12 +292,12 @@ impl Run {
             killed: delta("killed"),
             reconnects: delta("reconnects"),
             connect_failures: ["refused", "timeout", "http", "reset", "other"].iter().map(|k| delta(k)).sum(),
-            latency: self.workers.histogram("pub reset")?,
+            latency: self.workers.histogram(Stream::Pub, true)?,
             ..Round::default()
         };
         let grace_ns = (o.soak_grace_ms * 1e6) as u64;
-        for line in self.workers.records("incarnations", "inc", "incs_end")? {
-            let inc = parse_incarnation(&line).ok_or_else(|| format!("bad incarnation record {line:?}"))?;
+        for answer in self.workers.records(&Command::Incarnations, "inc", "incs_end")? {
+            let Answer::Inc { incarnation: inc } = answer else { continue };
             let (sent, times) = match (published.sent.get(inc.user), published.times.get(inc.user)) {
                 (Some(&sent), Some(times)) => (sent, times.as_slice()),
                 _ => (0, &[][..]),
@@ -331,12 +319,10 @@ impl Run {
             let (first, count) = self.workers.ranges[index];
             let first_user = first / o.tabs;
             let last_user = (first + count - 1) / o.tabs;
-            let mut line = format!("expect_soak {grace_ns} {first_user}");
-            for user in first_user..=last_user {
-                let last_ns = published.times[user].last().copied().unwrap_or(0);
-                line.push_str(&format!(" {}:{last_ns}", published.sent[user]));
-            }
-            self.workers.send(index, &line)?;
+            let users = (first_user..=last_user)
+                .map(|user| (published.sent[user], published.times[user].last().copied().unwrap_or(0)))
+                .collect();
+            self.workers.send(index, &Command::ExpectSoak { grace_ns, first_user, users })?;
         }
         self.workers.collect("ok")?;
         Ok(())
@@ -344,7 +330,7 @@ impl Run {
 
     /// Every client closes its connection; returns once /stats shows no connection left.
     fn everyone_leaves(&mut self) -> Result<(), String> {
-        self.workers.ask_all("leave", "left")?;
+        self.workers.ask_all(&Command::Leave, "left")?;
         let mut admin = AdminClient::new(self.options.admin);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -386,7 +372,7 @@ impl Run {
 mod tests {
     use super::*;
 
-    fn inc(end: &str, opened_ns: u64, first: u32, last: u32, distinct: u32) -> Incarnation<'_> {
+    fn inc(end: End, opened_ns: u64, first: u32, last: u32, distinct: u32) -> Incarnation {
         Incarnation { user: 0, opened_ns, end, first, last, distinct }
     }
 
@@ -396,26 +382,26 @@ mod tests {
         let times = [10, 20, 30, 40, 50];
         // Opened at 25: 3, 4, 5 required; it got 3..=5.
         let mut round = Round::default();
-        judge(&mut round, &inc("live", 25, 3, 5, 3), 5, &times, 0);
+        judge(&mut round, &inc(End::Live, 25, 3, 5, 3), 5, &times, 0);
         assert_eq!((round.expected, round.lost(), round.delivered), (3, 0, 3));
         // Got 2..=5 (2 was sent before the 101 but arrived: allowed) with 4 missing: one hole.
         let mut round = Round::default();
-        judge(&mut round, &inc("live", 25, 2, 5, 3), 5, &times, 0);
+        judge(&mut round, &inc(End::Live, 25, 2, 5, 3), 5, &times, 0);
         assert_eq!((round.holes, round.missing), (1, 0));
         // Got only 4..=5: 3 is missing; a 10 ns grace excuses it.
         let mut round = Round::default();
-        judge(&mut round, &inc("live", 25, 4, 5, 2), 5, &times, 0);
+        judge(&mut round, &inc(End::Live, 25, 4, 5, 2), 5, &times, 0);
         assert_eq!((round.holes, round.missing), (0, 1));
         let mut round = Round::default();
-        judge(&mut round, &inc("live", 25, 4, 5, 2), 5, &times, 10);
+        judge(&mut round, &inc(End::Live, 25, 4, 5, 2), 5, &times, 10);
         assert_eq!(round.lost(), 0);
         // Nothing received although 5 was sent after the 101: missing.
         let mut round = Round::default();
-        judge(&mut round, &inc("live", 45, 0, 0, 0), 5, &times, 0);
+        judge(&mut round, &inc(End::Live, 45, 0, 0, 0), 5, &times, 0);
         assert_eq!(round.missing, 1);
         // Killed: the end need not arrive, but a hole still counts.
         let mut round = Round::default();
-        judge(&mut round, &inc("killed", 5, 1, 3, 2), 5, &times, 0);
+        judge(&mut round, &inc(End::Killed, 5, 1, 3, 2), 5, &times, 0);
         assert_eq!((round.expected, round.holes, round.missing), (0, 1, 0));
     }
 }

@@ -12,10 +12,14 @@ use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
-use super::{
-    format_ns, latency_fields, latency_text, mono_ns, progress, AdminClient, Delivery, Lanes, Options, Phase,
-    PhaseResult, Report, Run, Value, WorkerPlan,
-};
+use crate::admin::{self, AdminClient};
+use crate::cli::{Options, Phase};
+use crate::coordinator::WorkerPlan;
+use crate::lanes::Lanes;
+use crate::protocol::{Command, Stream};
+use crate::report::{format_ns, latency_fields, latency_text, PhaseResult, Value};
+use crate::run::{Delivery, Run};
+use crate::sys::mono_ns;
 
 /// The storm's target for the receivers' p99 publish-to-delivery latency (reported, not judged).
 const P99_TARGET_NS: u64 = 10_000_000;
@@ -24,7 +28,7 @@ const CALM: Duration = Duration::from_secs(1);
 
 /// Worker 0 holds the receivers (connections 0..M, users u0..); the rest hold the storm clients,
 /// every one started at once.
-pub(super) fn worker_plans(o: &Options) -> Vec<WorkerPlan> {
+pub fn worker_plans(o: &Options) -> Vec<WorkerPlan> {
     let receivers = o.storm_receivers;
     let mut plans = vec![WorkerPlan { first: 0, count: receivers, connect_rate: 0.0, max_inflight: o.max_inflight }];
     let per_worker = o.conns.div_ceil(o.workers);
@@ -84,7 +88,7 @@ fn round_trip(o: &Options) -> Result<(), String> {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
-        if let Some(end) = super::admin::find(&buffer, b"\r\n\r\n") {
+        if let Some(end) = admin::find(&buffer, b"\r\n\r\n") {
             break end + 4;
         }
         let n = stream.read(&mut chunk).map_err(|e| format!("read upgrade response: {e}"))?;
@@ -132,13 +136,13 @@ fn round_trip(o: &Options) -> Result<(), String> {
 }
 
 impl Run {
-    pub(super) fn storm(&mut self) -> Result<PhaseResult, String> {
+    pub fn storm(&mut self) -> Result<PhaseResult, String> {
         let o = self.options.clone();
         let receivers = o.storm_receivers;
         let stormers: Vec<usize> = (1..self.workers.ranges.len()).collect();
 
         // Receivers first, all of them.
-        self.workers.send(0, "connect")?;
+        self.workers.send(0, &Command::Connect)?;
         let report = self.wait_resolved(Phase::Storm, &[0], "receivers")?;
         if report.get("open") != receivers as u64 {
             return Err(format!("only {} of {receivers} receivers connected", report.get("open")));
@@ -153,7 +157,7 @@ impl Run {
 
         let lanes = Lanes::start(&o, receivers, receivers, Instant::now() + Duration::from_secs(24 * 3600), false);
         std::thread::sleep(CALM);
-        let calm = self.workers.histogram("pub reset")?;
+        let calm = self.workers.histogram(Stream::Pub, true)?;
 
         let stop_sampling = Arc::new(AtomicBool::new(false));
         let sampler = {
@@ -163,11 +167,11 @@ impl Run {
         };
         let storm_start = Instant::now();
         for &index in &stormers {
-            self.workers.send(index, "connect")?;
+            self.workers.send(index, &Command::Connect)?;
         }
         let outcomes = self.wait_resolved(Phase::Storm, &stormers, "storm")?;
         let storm_secs = storm_start.elapsed().as_secs_f64();
-        let latency = self.workers.histogram("pub reset")?;
+        let latency = self.workers.histogram(Stream::Pub, true)?;
         stop_sampling.store(true, Ordering::Relaxed);
         let peaks = sampler.join().map_err(|_| "the /stats sampler panicked".to_string())?;
         lanes.stop();
@@ -175,17 +179,12 @@ impl Run {
 
         // Every publish must reach its receiver exactly once, in order.
         for index in 0..self.workers.ranges.len() {
-            let line = if index == 0 {
-                let counts: Vec<String> = published.sent.iter().map(u32::to_string).collect();
-                format!("expect_pub 0 {}", counts.join(" "))
-            } else {
-                "expect_pub 0".to_string()
-            };
-            self.workers.send(index, &line)?;
+            let counts = if index == 0 { published.sent.clone() } else { Vec::new() };
+            self.workers.send(index, &Command::ExpectPub { first_user: 0, counts })?;
         }
         self.workers.collect("ok")?;
         let Delivery { lost, unexpected, dup, reordered, .. } =
-            self.await_deliveries(Phase::Storm, "pub", "draining: ")?;
+            self.await_deliveries(Phase::Storm, Stream::Pub, "draining: ")?;
         let receivers_closed = self.workers.report_from(&[0])?.get("closed_by_peer");
 
         // How every storm client was answered.
@@ -200,7 +199,7 @@ impl Run {
 
         // The storm clients leave; the server must be healthy and take a fresh client.
         for &index in &stormers {
-            self.workers.send(index, "leave")?;
+            self.workers.send(index, &Command::Leave)?;
         }
         self.workers.collect_from(&stormers, "left")?;
         let mut admin = AdminClient::new(o.admin);
@@ -311,40 +310,5 @@ impl Run {
             ),
             fields,
         })
-    }
-
-    /// Waits until the workers `from` have no connection left to start or handshaking (or
-    /// nothing resolved for --connect-timeout + 5 s); returns their summed report.
-    pub(super) fn wait_resolved(&mut self, phase: Phase, from: &[usize], what: &str) -> Result<Report, String> {
-        let quiet = Duration::from_secs_f64(self.options.connect_timeout + 5.0);
-        let started = Instant::now();
-        let mut last_print = Instant::now();
-        let mut last_change = Instant::now();
-        let mut last_resolved = u64::MAX;
-        loop {
-            let report = self.workers.report_from(from)?;
-            if report.get("pending") == 0 && report.get("inflight") == 0 {
-                return Ok(report);
-            }
-            let resolved =
-                ["connected", "refused", "timeout", "http", "reset", "other"].iter().map(|k| report.get(k)).sum();
-            if resolved != last_resolved {
-                last_resolved = resolved;
-                last_change = Instant::now();
-            } else if last_change.elapsed() >= quiet {
-                return Ok(report);
-            }
-            progress(phase, &mut last_print, || {
-                format!(
-                    "{what} {:.1} s: {} open, {} handshaking, {} x 503, {} other failures",
-                    started.elapsed().as_secs_f64(),
-                    report.get("open"),
-                    report.get("inflight") + report.get("pending"),
-                    report.get("http_503"),
-                    resolved - report.get("connected") - report.get("http_503"),
-                )
-            });
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 }

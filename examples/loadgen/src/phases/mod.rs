@@ -1,0 +1,9 @@
+//! One module per phase, each an `impl Run` block returning the phase's result.
+
+mod broadcast;
+mod connect;
+mod echo;
+mod idle;
+mod publish;
+pub mod soak;
+pub mod storm;

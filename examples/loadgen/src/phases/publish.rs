@@ -1,0 +1,80 @@
+//! The publish phase: publishes to random users at --publish-rate; order, loss, duplicates and
+//! publish-to-delivery latency per connection.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::cli::Phase;
+use crate::lanes::{Lanes, Published};
+use crate::protocol::{Command, Stream};
+use crate::report::{format_ns, latency_text, progress, PhaseResult, Value};
+use crate::run::{Delivery, Run};
+
+impl Run {
+    pub fn publish(&mut self) -> Result<PhaseResult, String> {
+        let o = self.options.clone();
+        let users = o.conns.div_ceil(o.tabs);
+        let stop_at = Instant::now() + Duration::from_secs_f64(o.publish_secs);
+        let start = Instant::now();
+        let lanes = Lanes::start(&o, users, o.conns, stop_at, false);
+        let mut last_print = Instant::now();
+        while !lanes.finished() {
+            std::thread::sleep(Duration::from_millis(100));
+            if last_print.elapsed() >= Duration::from_secs(1) {
+                let report = self.workers.report()?;
+                progress(Phase::Publish, &mut last_print, || {
+                    format!(
+                        "{} published, {} received, {} open",
+                        lanes.sent_total.load(Ordering::Relaxed),
+                        report.get("pub_recv"),
+                        report.get("open")
+                    )
+                });
+            }
+        }
+        let Published { sent, ok, errors, delivered_claimed, delivered_mismatch, max_lag_ns, request_latency, .. } =
+            lanes.join()?;
+        let send_secs = start.elapsed().as_secs_f64();
+        for index in 0..self.workers.ranges.len() {
+            let (first, count) = self.workers.ranges[index];
+            let first_user = first / o.tabs;
+            let last_user = (first + count - 1) / o.tabs;
+            let counts = sent[first_user..=last_user].to_vec();
+            self.workers.send(index, &Command::ExpectPub { first_user, counts })?;
+        }
+        self.workers.collect("ok")?;
+        let Delivery { report, lost, unexpected, dup, reordered, latency, checks } =
+            self.await_deliveries(Phase::Publish, Stream::Pub, "draining: ")?;
+        let rate = ok as f64 / send_secs.max(1e-9);
+        let mut fields = vec![
+            ("published", Value::Int(ok)),
+            ("publish_errors", Value::Int(errors)),
+            ("publish_rate_target", Value::Float(o.publish_rate)),
+            ("publish_rate", Value::Float(rate)),
+            ("secs", Value::Float(send_secs)),
+            ("max_schedule_lag_ns", Value::Int(max_lag_ns)),
+            ("server_delivered", Value::Int(delivered_claimed)),
+            ("server_delivered_mismatch", Value::Int(delivered_mismatch)),
+            ("expected", Value::Int(report.get("pub_expected"))),
+            ("received", Value::Int(report.get("pub_recv"))),
+        ];
+        fields.extend(checks);
+        fields.push(("admin_request_p50_ns", Value::Int(request_latency.quantile(0.5))));
+        fields.push(("admin_request_p99_ns", Value::Int(request_latency.quantile(0.99))));
+        Ok(PhaseResult {
+            phase: Phase::Publish,
+            headline: format!("{ok} @ {rate:.0}/s, lost {lost}, dup {dup}, reordered {reordered}"),
+            details: format!(
+                "{} of {} deliveries{}{}; {}; admin request p50 {}, p99 {}",
+                report.get("pub_distinct"),
+                report.get("pub_expected"),
+                if unexpected > 0 { format!(", {unexpected} unexpected") } else { String::new() },
+                if errors > 0 { format!(", {errors} publish errors") } else { String::new() },
+                latency_text("latency", &latency),
+                format_ns(request_latency.quantile(0.5)),
+                format_ns(request_latency.quantile(0.99)),
+            ),
+            fields,
+        })
+    }
+}

@@ -1,0 +1,76 @@
+//! One client connection's state. Clients are cheap: a socket plus two empty Vecs and two
+//! sequence checkers (~150 bytes); a connection keeps bytes only while a frame is incomplete or
+//! the socket would not take a whole frame.
+
+use mio::net::TcpStream;
+
+use super::seq::SeqCheck;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    NotStarted,
+    Connecting,
+    Handshaking,
+    Open,
+    Closed,
+}
+
+pub struct Client {
+    pub stream: Option<TcpStream>,
+    pub state: State,
+    /// Part of an incoming frame (or upgrade response) not complete yet; usually empty.
+    pub inbuf: Vec<u8>,
+    /// Bytes the socket did not take yet; usually empty.
+    pub outbuf: Vec<u8>,
+    /// A fragmented message being reassembled (the server is not expected to fragment); boxed
+    /// to keep the per-connection struct small.
+    #[allow(clippy::box_collection)]
+    pub fragments: Option<Box<Vec<u8>>>,
+    pub publishes: SeqCheck,
+    pub broadcasts: SeqCheck,
+    pub ever_open: bool,
+    /// Soak mode: when this incarnation's 101 was read, and the first publish number it got
+    /// (0 = none yet); `publishes` then counts relative to that number (first = 1).
+    pub opened_ns: u64,
+    pub first_pub: u32,
+    pub warm: bool,
+    /// Takes part in the echo phase (one message in flight).
+    pub echo: bool,
+}
+
+impl Client {
+    pub fn new() -> Client {
+        Client {
+            stream: None,
+            state: State::NotStarted,
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+            fragments: None,
+            publishes: SeqCheck::default(),
+            broadcasts: SeqCheck::default(),
+            ever_open: false,
+            opened_ns: 0,
+            first_pub: 0,
+            warm: false,
+            echo: false,
+        }
+    }
+}
+
+/// Why a connection attempt failed.
+#[derive(Clone, Copy)]
+pub enum Failure {
+    Refused,
+    Timeout,
+    Http(u16),
+    Reset,
+    Other,
+}
+
+/// How a connection must end, decided while parsing its input.
+pub enum Stop {
+    Failed(Failure, String),
+    ServerClosed(String),
+    ProtocolError(String),
+    WriteFailed(String),
+}
