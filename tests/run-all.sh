@@ -32,6 +32,8 @@ PIP_DISABLE_PIP_VERSION_CHECK=1 target/pyenv/bin/pip install -q ./bindings/pytho
 target/pyenv/bin/pytest -q bindings/python/tests
 
 echo "== Go binding (cgo) and the Go host example, with the race detector"
+echo "   (linked through pkg-config: the checkout's build, via the wspush-uninstalled.pc build.rs wrote)"
+export PKG_CONFIG_PATH="$PWD/target/release/pkgconfig"
 (cd bindings/go && go vet ./... && go test -race -count=1 ./...)
 (cd examples/go_host && go vet ./... && go test -race -count=1 ./...)
 
