@@ -16,7 +16,8 @@ fn main() {
     println!("cargo:rerun-if-changed=include/wspush.h");
 
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let mut config = cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("cbindgen.toml is readable and valid");
+    let mut config =
+        cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("cbindgen.toml is readable and valid");
     // The version macros come from Cargo.toml's version, the same one wspush_version() returns,
     // so the two cannot drift (tests/install.sh compares them at run time).
     config.after_includes = Some(version_macros());
@@ -77,7 +78,9 @@ fn write_uninstalled_pkg_config(root: &std::path::Path) {
     let Some(out_dir) = env::var_os("OUT_DIR").map(PathBuf::from) else {
         return;
     };
-    let Some(profile_dir) = out_dir.ancestors().nth(3) else {
+    let build_dir = out_dir.ancestors().nth(2);
+    let Some(profile_dir) = build_dir.filter(|dir| dir.ends_with("build")).and_then(|dir| dir.parent()) else {
+        println!("cargo:warning=unexpected OUT_DIR layout {}: no wspush-uninstalled.pc written", out_dir.display());
         return;
     };
     let pkg_config_dir = profile_dir.join("pkgconfig");
