@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import queue
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -94,7 +95,7 @@ def main() -> int:
                 assert code == 1001, f"expected close code 1001 on stop, got {code}"
         status = host.process.wait(timeout=WAIT)
         assert status == 0, f"host exited with {status}; output {host.seen!r}"
-        print(f"drive_host: {args.command[0]} connected, published, received, stopped cleanly")
+        print(f"drive_host: {shlex.join(args.command)}: connected, published, received, stopped cleanly")
         return 0
     finally:
         if host.process.poll() is None:
