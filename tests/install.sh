@@ -86,7 +86,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 "$python" -m pip wheel -q --no-deps ./bindings/python -w "$work/wheels"
 wheels=("$work"/wheels/wspush-*.whl)
 [ ${#wheels[@]} -eq 1 ] || fail "expected one wheel, got: ${wheels[*]}"
-"$python" -m zipfile -l "${wheels[0]}" | grep -q '^wspush/libwspush\.so ' || fail "the wheel does not carry wspush/libwspush.so"
+# The listing is read whole first: grep -q stopping early would break the pipe (and pipefail).
+wheel_files=$("$python" -m zipfile -l "${wheels[0]}")
+grep -q '^wspush/libwspush\.so ' <<<"$wheel_files" || fail "the wheel does not carry wspush/libwspush.so"
 echo "   $(basename "${wheels[0]}")"
 "$python" -m pip install -q "${wheels[0]}" websockets
 drive=("$python" "$repo/tests/install/drive_host.py")
@@ -106,7 +108,8 @@ echo "-- the C example linked with the static library (pkg-config --static for i
 # shellcheck disable=SC2046
 gcc -std=c11 -Wall -Wextra -Werror -pedantic "$work/push_server.c" -o "$work/push_server_static" \
     $(pkg-config --cflags wspush) $(pkg-config --static --libs wspush | sed 's/-lwspush\b/-l:libwspush.a/')
-if ldd "$work/push_server_static" | grep -q libwspush; then fail "the static build still loads libwspush.so"; fi
+static_needs=$(ldd "$work/push_server_static")
+if grep -q libwspush <<<"$static_needs"; then fail "the static build still loads libwspush.so"; fi
 "${drive[@]}" "${c_example[@]}" "$work/push_server_static" 127.0.0.1:0
 
 echo "-- the wheel outside the checkout, WSPUSH_LIBRARY unset: examples/python_host.py"
