@@ -82,6 +82,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/** This header's library version (as wspush_version() returns it: "MAJOR.MINOR.PATCH"). */
+#define WSPUSH_VERSION_MAJOR 0
+#define WSPUSH_VERSION_MINOR 1
+#define WSPUSH_VERSION_PATCH 0
+
 /**
  * Longest user ID, in bytes (the shortest is 1). User IDs never contain a NUL byte: one that
  * does is INVALID_USER_ID everywhere (a C host reading it as a C string would see another user).

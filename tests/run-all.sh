@@ -35,8 +35,15 @@ PIP_DISABLE_PIP_VERSION_CHECK=1 target/pyenv/bin/pip install -q ./bindings/pytho
 target/pyenv/bin/pytest -q bindings/python/tests
 
 echo "== Go binding (cgo) and the Go host example, with the race detector"
+echo "   (linked through pkg-config: the checkout's build, via the wspush-uninstalled.pc build.rs wrote)"
+export PKG_CONFIG_PATH="$PWD/target/release/pkgconfig"
 (cd bindings/go && go vet ./... && go test -race -count=1 ./...)
 (cd examples/go_host && go vet ./... && go test -race -count=1 ./...)
+
+echo "== installed like a C library (cargo cinstall into a temporary prefix: files, soname, exported"
+echo "   symbols, pkg-config, version macros, the C example), the Python wheel outside the checkout,"
+echo "   and Go through pkg-config"
+bash tests/install.sh
 
 echo "== fuzz smoke: regression inputs once, then each cargo-fuzz target 60 s from the committed seeds"
 bash fuzz/ci.sh

@@ -8,17 +8,19 @@
 //
 // # Building
 //
-// The package links against the library built in this repository: run
+// The package links libwspush through pkg-config (#cgo pkg-config: wspush). With the library
+// installed into a prefix (cargo cinstall, see the repository's README), point pkg-config at it:
 //
-//	cargo build --release
+//	PKG_CONFIG_PATH=/opt/wspush/lib/pkgconfig go build
 //
-// at the repository root first (it makes target/release/libwspush.so, which the binding finds
-// through #cgo directives relative to this directory and records as the run-time search path).
-// For a library installed elsewhere, add its location, e.g.
+// (and let the dynamic linker find the library at run time: a system prefix such as /usr/local
+// after ldconfig, LD_LIBRARY_PATH=/opt/wspush/lib, or CGO_LDFLAGS="-Wl,-rpath,/opt/wspush/lib").
 //
-//	CGO_CFLAGS="-I/usr/local/include" CGO_LDFLAGS="-L/usr/local/lib -Wl,-rpath,/usr/local/lib" go build
+// From a checkout, without installing: `cargo build --release` at the repository root writes
+// target/release/pkgconfig/wspush-uninstalled.pc, which pkg-config prefers over an installed
+// wspush.pc and which records target/release as the run-time search path:
 //
-// (CGO_LDFLAGS is searched after this repository's target/release.)
+//	PKG_CONFIG_PATH=$REPO/target/release/pkgconfig go test ./...
 //
 // # Threading
 //
@@ -52,8 +54,7 @@
 package wspush
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../../include
-#cgo LDFLAGS: -L${SRCDIR}/../../target/release -lwspush -Wl,-rpath,${SRCDIR}/../../target/release
+#cgo pkg-config: wspush
 #include <stdlib.h>
 #include "bridge.h"
 */

@@ -10,9 +10,10 @@
 //	GET  /stats                 engine counters as JSON
 //	GET  /token?user=alice      a token for alice (stands in for the login; demo only)
 //
-// Build the library first (cargo build --release at the repository root), then:
+// Build the library first (cargo build --release at the repository root, which also writes the
+// pkg-config file the binding links through), then:
 //
-//	cd examples/go_host && go run . -secret s3cret
+//	cd examples/go_host && PKG_CONFIG_PATH=../../target/release/pkgconfig go run . -secret s3cret
 //	curl -s 'http://127.0.0.1:8081/token?user=alice'       # then connect a browser with it
 //	curl -d '{"new_mail":1}' 'http://127.0.0.1:8081/notify?user=alice'
 package main
