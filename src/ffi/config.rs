@@ -25,19 +25,36 @@ impl BoxCastable for wspush_config {}
 ///
 /// # Safety
 /// `config` must be NULL or a live `wspush_config` not used by another thread.
-pub(super) unsafe fn update(
+pub(super) unsafe fn update<R: Change>(
     config: *mut wspush_config,
-    change: impl FnOnce(&mut Config) -> Result<(), wspush_result>,
+    change: impl FnOnce(&mut Config) -> R,
 ) -> wspush_result {
     ffi_boundary(|| {
         // SAFETY: per this function's contract.
         let builder = unsafe { borrow_mut(config) }?;
         let mut candidate = builder.config.clone();
-        change(&mut candidate)?;
+        change(&mut candidate).accepted()?;
         candidate.validate().map_err(|_| wspush_result::InvalidArgument)?;
         builder.config = candidate;
         Ok(wspush_result::Ok)
     })
+}
+
+/// What a setter's change returns: nothing when it cannot refuse the value, else a result.
+pub(super) trait Change {
+    fn accepted(self) -> Result<(), wspush_result>;
+}
+
+impl Change for () {
+    fn accepted(self) -> Result<(), wspush_result> {
+        Ok(())
+    }
+}
+
+impl Change for Result<(), wspush_result> {
+    fn accepted(self) -> Result<(), wspush_result> {
+        self
+    }
 }
 
 pub(super) fn millis(ms: u64) -> Result<Duration, wspush_result> {
@@ -122,8 +139,8 @@ pub unsafe extern "C" fn wspush_config_set_path(
     // SAFETY: forwarded contract.
     unsafe {
         update(config, |c| {
-            c.path = text(path, path_len, WSPUSH_MAX_ARG_LEN, wspush_result::InvalidArgument)?.to_string();
-            Ok(())
+            text(path, path_len, WSPUSH_MAX_ARG_LEN, wspush_result::InvalidArgument)
+                .map(|path| c.path = path.to_string())
         })
     }
 }
@@ -166,12 +183,7 @@ pub unsafe extern "C" fn wspush_config_add_allowed_origin(
 #[no_mangle]
 pub unsafe extern "C" fn wspush_config_set_threads(config: *mut wspush_config, threads: usize) -> wspush_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        update(config, |c| {
-            c.threads = threads;
-            Ok(())
-        })
-    }
+    unsafe { update(config, |c| c.threads = threads) }
 }
 
 /// Turns on the built-in JSON Web Token authentication with this HS256 secret (`secret_len`
@@ -212,12 +224,7 @@ pub unsafe extern "C" fn wspush_config_set_jwt_hs256_secret(
 #[no_mangle]
 pub unsafe extern "C" fn wspush_config_set_jwt_leeway_ms(config: *mut wspush_config, leeway_ms: u64) -> wspush_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        update(config, |c| {
-            c.jwt_leeway = millis(leeway_ms)?;
-            Ok(())
-        })
-    }
+    unsafe { update(config, |c| millis(leeway_ms).map(|value| c.jwt_leeway = value)) }
 }
 
 /// Stack size in bytes of each engine I/O thread, where every callback runs: 0 (default) means
@@ -235,12 +242,7 @@ pub unsafe extern "C" fn wspush_config_set_thread_stack_size(
     bytes: usize,
 ) -> wspush_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        update(config, |c| {
-            c.thread_stack_size = bytes;
-            Ok(())
-        })
-    }
+    unsafe { update(config, |c| c.thread_stack_size = bytes) }
 }
 
 /// Behind a load balancer: with `enabled`, connections from a trusted proxy (see
@@ -255,12 +257,7 @@ pub unsafe extern "C" fn wspush_config_set_thread_stack_size(
 #[no_mangle]
 pub unsafe extern "C" fn wspush_config_set_proxy_protocol(config: *mut wspush_config, enabled: bool) -> wspush_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        update(config, |c| {
-            c.proxy_protocol = enabled;
-            Ok(())
-        })
-    }
+    unsafe { update(config, |c| c.proxy_protocol = enabled) }
 }
 
 /// Adds a source allowed to send PROXY headers: an address ("127.0.0.1", "::1") or a CIDR

@@ -27,12 +27,7 @@ pub unsafe extern "C" fn wspush_config_set_max_connections(
     max_connections: usize,
 ) -> wspush_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        update(config, |c| {
-            c.max_connections = max_connections;
-            Ok(())
-        })
-    }
+    unsafe { update(config, |c| c.max_connections = max_connections) }
 }
 
 /// Largest message a client may send, after reassembly (must be > 0); larger closes with 1009.
@@ -42,12 +37,7 @@ pub unsafe extern "C" fn wspush_config_set_max_connections(
 #[no_mangle]
 pub unsafe extern "C" fn wspush_config_set_max_message_size(config: *mut wspush_config, bytes: usize) -> wspush_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        update(config, |c| {
-            c.max_message_size = bytes;
-            Ok(())
-        })
-    }
+    unsafe { update(config, |c| c.max_message_size = bytes) }
 }
 
 /// A connection silent this long (ms, > 0) is sent a ping.
@@ -60,12 +50,7 @@ pub unsafe extern "C" fn wspush_config_set_ping_interval_ms(
     ping_interval_ms: u64,
 ) -> wspush_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        update(config, |c| {
-            c.ping_interval = millis(ping_interval_ms)?;
-            Ok(())
-        })
-    }
+    unsafe { update(config, |c| millis(ping_interval_ms).map(|value| c.ping_interval = value)) }
 }
 
 /// A connection silent this long (ms, > 0) is closed with 1006: the peer is gone.
@@ -78,12 +63,7 @@ pub unsafe extern "C" fn wspush_config_set_idle_timeout_ms(
     idle_timeout_ms: u64,
 ) -> wspush_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        update(config, |c| {
-            c.idle_timeout = millis(idle_timeout_ms)?;
-            Ok(())
-        })
-    }
+    unsafe { update(config, |c| millis(idle_timeout_ms).map(|value| c.idle_timeout = value)) }
 }
 
 /// Time (ms, > 0) from accept to a completed upgrade, including a deferred decision.
@@ -96,12 +76,7 @@ pub unsafe extern "C" fn wspush_config_set_handshake_timeout_ms(
     handshake_timeout_ms: u64,
 ) -> wspush_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        update(config, |c| {
-            c.handshake_timeout = millis(handshake_timeout_ms)?;
-            Ok(())
-        })
-    }
+    unsafe { update(config, |c| millis(handshake_timeout_ms).map(|value| c.handshake_timeout = value)) }
 }
 
 /// Cap on bytes queued for one connection that its socket has not taken yet; what happens
@@ -113,12 +88,7 @@ pub unsafe extern "C" fn wspush_config_set_handshake_timeout_ms(
 #[no_mangle]
 pub unsafe extern "C" fn wspush_config_set_max_queue_bytes(config: *mut wspush_config, bytes: usize) -> wspush_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        update(config, |c| {
-            c.max_queue_bytes = bytes;
-            Ok(())
-        })
-    }
+    unsafe { update(config, |c| c.max_queue_bytes = bytes) }
 }
 
 /// Largest HTTP request head (request line plus headers), at least 256; larger gets 431.
@@ -128,12 +98,7 @@ pub unsafe extern "C" fn wspush_config_set_max_queue_bytes(config: *mut wspush_c
 #[no_mangle]
 pub unsafe extern "C" fn wspush_config_set_max_header_bytes(config: *mut wspush_config, bytes: usize) -> wspush_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        update(config, |c| {
-            c.max_header_bytes = bytes;
-            Ok(())
-        })
-    }
+    unsafe { update(config, |c| c.max_header_bytes = bytes) }
 }
 
 /// Handshakes in progress per I/O thread (> 0) beyond which that thread pauses accepting, so
@@ -147,12 +112,7 @@ pub unsafe extern "C" fn wspush_config_set_max_handshakes_per_thread(
     handshakes: usize,
 ) -> wspush_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        update(config, |c| {
-            c.max_handshakes_per_thread = handshakes;
-            Ok(())
-        })
-    }
+    unsafe { update(config, |c| c.max_handshakes_per_thread = handshakes) }
 }
 
 /// Connections one user may hold at once (the next is rejected with 429); 0 = no limit.
@@ -165,12 +125,7 @@ pub unsafe extern "C" fn wspush_config_set_max_connections_per_user(
     connections: usize,
 ) -> wspush_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        update(config, |c| {
-            c.max_connections_per_user = connections;
-            Ok(())
-        })
-    }
+    unsafe { update(config, |c| c.max_connections_per_user = connections) }
 }
 
 /// Connections (open or handshaking) one client IP address may hold, IPv6 counted per /64;
@@ -184,12 +139,7 @@ pub unsafe extern "C" fn wspush_config_set_max_connections_per_ip(
     connections: usize,
 ) -> wspush_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        update(config, |c| {
-            c.max_connections_per_ip = connections;
-            Ok(())
-        })
-    }
+    unsafe { update(config, |c| c.max_connections_per_ip = connections) }
 }
 
 /// New connections one client IP address (IPv6: /64) may open per second, in bursts of at most
@@ -203,12 +153,7 @@ pub unsafe extern "C" fn wspush_config_set_max_handshakes_per_ip_per_sec(
     handshakes: u32,
 ) -> wspush_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        update(config, |c| {
-            c.max_handshakes_per_ip_per_sec = handshakes;
-            Ok(())
-        })
-    }
+    unsafe { update(config, |c| c.max_handshakes_per_ip_per_sec = handshakes) }
 }
 
 /// How long (ms) a graceful stop waits for queued data and close handshakes.
@@ -221,12 +166,7 @@ pub unsafe extern "C" fn wspush_config_set_drain_timeout_ms(
     drain_timeout_ms: u64,
 ) -> wspush_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        update(config, |c| {
-            c.drain_timeout = millis(drain_timeout_ms)?;
-            Ok(())
-        })
-    }
+    unsafe { update(config, |c| millis(drain_timeout_ms).map(|value| c.drain_timeout = value)) }
 }
 
 /// How long (ms) a connection being closed waits for the peer's close frame.
@@ -239,12 +179,7 @@ pub unsafe extern "C" fn wspush_config_set_close_timeout_ms(
     close_timeout_ms: u64,
 ) -> wspush_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        update(config, |c| {
-            c.close_timeout = millis(close_timeout_ms)?;
-            Ok(())
-        })
-    }
+    unsafe { update(config, |c| millis(close_timeout_ms).map(|value| c.close_timeout = value)) }
 }
 
 /// `WSPUSH_SLOW_CONSUMER_CLOSE` (default) or `WSPUSH_SLOW_CONSUMER_DROP`; other values give
@@ -258,12 +193,7 @@ pub unsafe extern "C" fn wspush_config_set_slow_consumer_policy(
     policy: wspush_slow_consumer_policy,
 ) -> wspush_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        update(config, |c| {
-            c.slow_consumer = slow_consumer_policy(policy)?;
-            Ok(())
-        })
-    }
+    unsafe { update(config, |c| slow_consumer_policy(policy).map(|value| c.slow_consumer = value)) }
 }
 
 /// Time (ms, > 0; default 5000) a client has to complete a frame or a fragmented message once it
@@ -278,12 +208,7 @@ pub unsafe extern "C" fn wspush_config_set_message_timeout_ms(
     message_timeout_ms: u64,
 ) -> wspush_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        update(config, |c| {
-            c.message_timeout = millis(message_timeout_ms)?;
-            Ok(())
-        })
-    }
+    unsafe { update(config, |c| millis(message_timeout_ms).map(|value| c.message_timeout = value)) }
 }
 
 /// Bytes all connections together may hold for incomplete frames and messages (default
@@ -297,12 +222,7 @@ pub unsafe extern "C" fn wspush_config_set_max_partial_input_bytes(
     bytes: usize,
 ) -> wspush_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        update(config, |c| {
-            c.max_partial_input_bytes = bytes;
-            Ok(())
-        })
-    }
+    unsafe { update(config, |c| c.max_partial_input_bytes = bytes) }
 }
 
 /// Handshakes in progress (accepted, not yet upgraded) one client address (IPv6: /64) may have;
@@ -316,10 +236,5 @@ pub unsafe extern "C" fn wspush_config_set_max_pending_handshakes_per_ip(
     handshakes: usize,
 ) -> wspush_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        update(config, |c| {
-            c.max_pending_handshakes_per_ip = handshakes;
-            Ok(())
-        })
-    }
+    unsafe { update(config, |c| c.max_pending_handshakes_per_ip = handshakes) }
 }
