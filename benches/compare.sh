@@ -6,6 +6,7 @@
 #   bash benches/compare.sh               # N = 2,000 / 10,000 / 19,000; publish 20,000/s; echo
 #   bash benches/compare.sh --quick       # N = 500 / 1,000 and short phases (checks the plumbing)
 #   SERVERS="wspush go-gobwas" bash benches/compare.sh
+#   WSPUSHD=/path/to/older/wspushd SERVERS=wspush bash benches/compare.sh   # A/B of two builds
 #
 # Fetches what the peers need (Go modules through the module proxy, npm packages, crates).
 set -euo pipefail
@@ -41,7 +42,7 @@ server_command() { # name [--echo]
   local listen=(--listen "127.0.0.1:$WS_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT")
   case $1 in
     # Per-IP limits off: the load generator is a few addresses opening thousands of connections.
-    wspush) echo "$ROOT/target/release/wspushd --demo --max-connections-per-ip 0 --max-handshakes-per-ip-per-sec 0 --max-pending-handshakes-per-ip 0 ${listen[*]} ${2:-}" ;;
+    wspush) echo "${WSPUSHD:-$ROOT/target/release/wspushd} --demo --max-connections-per-ip 0 --max-handshakes-per-ip-per-sec 0 --max-pending-handshakes-per-ip 0 ${listen[*]} ${2:-}" ;;
     go-gorilla|go-gobwas) echo "$ROOT/benches/peers/$1/$1 ${listen[*]} ${2:-}" ;;
     rust-tokio) echo "$ROOT/benches/peers/rust-tokio/target/release/rust-tokio ${listen[*]} ${2:-}" ;;
     node-ws) echo "node $ROOT/benches/peers/node-ws/server.js ${listen[*]} ${2:-}" ;;
