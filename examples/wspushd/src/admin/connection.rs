@@ -152,6 +152,9 @@ impl Tracker {
 struct TrackedSocket {
     stream: Arc<TcpStream>,
     tracker: Arc<Tracker>,
+    /// Where reads land before hyper's buffer takes them: allocated (and zeroed) once per
+    /// connection, not per read.
+    scratch: Box<[u8]>,
 }
 
 impl hyper::rt::Read for TrackedSocket {
@@ -160,16 +163,16 @@ impl hyper::rt::Read for TrackedSocket {
         cx: &mut Context<'_>,
         mut buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        let mut chunk = [0u8; READ_CHUNK];
-        let room = buf.remaining().min(chunk.len());
+        let this = self.get_mut();
+        let room = buf.remaining().min(this.scratch.len());
         loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            match self.stream.try_read(&mut chunk[..room]) {
+            ready!(this.stream.poll_read_ready(cx))?;
+            match this.stream.try_read(&mut this.scratch[..room]) {
                 Ok(read) => {
                     if read > 0 {
-                        self.tracker.input();
+                        this.tracker.input();
                     }
-                    buf.put_slice(&chunk[..read]);
+                    buf.put_slice(&this.scratch[..read]);
                     return Poll::Ready(Ok(()));
                 }
                 // Readiness was stale: poll again, which registers for the next wake-up.
@@ -221,7 +224,11 @@ pub async fn serve(admin: Arc<Admin>, stream: TcpStream, id: u64, mut eviction: 
     let _ = stream.set_nodelay(true);
     let stream = Arc::new(stream);
     let tracker = Arc::new(Tracker::new(id, Arc::clone(&admin)));
-    let socket = TrackedSocket { stream: Arc::clone(&stream), tracker: Arc::clone(&tracker) };
+    let socket = TrackedSocket {
+        stream: Arc::clone(&stream),
+        tracker: Arc::clone(&tracker),
+        scratch: vec![0; READ_CHUNK].into_boxed_slice(),
+    };
     let service = {
         let (admin, tracker) = (Arc::clone(&admin), Arc::clone(&tracker));
         service_fn(move |request| {
