@@ -84,58 +84,36 @@ pub type wspush_on_upgrade_fn =
 
 /// A connection was upgraded and registered under `user` (1-255 bytes, no NUL, borrowed for the
 /// call).
-pub type wspush_on_open_fn = Option<
-    unsafe extern "C" fn(
-        userdata: *mut c_void,
-        server: *const wspush_server,
-        conn: u64,
-        user: *const u8,
-        user_len: usize,
-    ),
->;
+#[rustfmt::skip] // the leading parameters all connection callbacks share, on one line
+pub type wspush_on_open_fn = Option<unsafe extern "C" fn(
+    userdata: *mut c_void, server: *const wspush_server, conn: u64, user: *const u8, user_len: usize,
+)>;
 
 /// A complete message arrived from a client (fragments reassembled; text validated as UTF-8,
 /// not NUL-terminated). `user` and `payload` are borrowed for the call.
-pub type wspush_on_message_fn = Option<
-    unsafe extern "C" fn(
-        userdata: *mut c_void,
-        server: *const wspush_server,
-        conn: u64,
-        user: *const u8,
-        user_len: usize,
-        kind: wspush_message_kind,
-        payload: *const u8,
-        payload_len: usize,
-    ),
->;
+#[rustfmt::skip]
+pub type wspush_on_message_fn = Option<unsafe extern "C" fn(
+    userdata: *mut c_void, server: *const wspush_server, conn: u64, user: *const u8, user_len: usize,
+    kind: wspush_message_kind, payload: *const u8, payload_len: usize,
+)>;
 
 /// An opened connection ended; called exactly once per `on_open`. `code` is the close code:
 /// the peer's, or ours (1001 on stop, 1008 slow consumer, 1002/1007/1009 protocol errors), or
 /// 1006 when the connection was lost without a close handshake.
-pub type wspush_on_close_fn = Option<
-    unsafe extern "C" fn(
-        userdata: *mut c_void,
-        server: *const wspush_server,
-        conn: u64,
-        user: *const u8,
-        user_len: usize,
-        code: u16,
-    ),
->;
+#[rustfmt::skip]
+pub type wspush_on_close_fn = Option<unsafe extern "C" fn(
+    userdata: *mut c_void, server: *const wspush_server, conn: u64, user: *const u8, user_len: usize,
+    code: u16,
+)>;
 
 /// A message for `conn` was dropped because its queue was full and the slow-consumer policy is
 /// `WSPUSH_SLOW_CONSUMER_DROP`. `dropped_bytes` is the frame's size on the wire (payload plus 2-10
 /// header bytes).
-pub type wspush_on_drop_fn = Option<
-    unsafe extern "C" fn(
-        userdata: *mut c_void,
-        server: *const wspush_server,
-        conn: u64,
-        user: *const u8,
-        user_len: usize,
-        dropped_bytes: usize,
-    ),
->;
+#[rustfmt::skip]
+pub type wspush_on_drop_fn = Option<unsafe extern "C" fn(
+    userdata: *mut c_void, server: *const wspush_server, conn: u64, user: *const u8, user_len: usize,
+    dropped_bytes: usize,
+)>;
 
 /// A plain HTTP request (no `Upgrade: websocket`) arrived. Answer it with
 /// `wspush_request_respond`; not answering gives the default 426 Upgrade Required. The
