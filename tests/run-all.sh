@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of the project: the README's test command.
+# Runs every test of the project. The README's test command, bash .ci/run, runs it after installing
+# what the machine lacks; run it directly once everything is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
