@@ -46,6 +46,13 @@ fn collect(pipe: impl Read + Send + 'static, into: Arc<Mutex<String>>, lines: Op
 }
 
 impl Daemon {
+    /// The daemon process's thread count.
+    fn threads(&self) -> usize {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("daemon status");
+        let line = status.lines().find_map(|line| line.strip_prefix("Threads:")).expect("Threads line");
+        line.trim().parse().expect("thread count")
+    }
+
     /// In demo mode.
     fn start(extra_args: &[&str]) -> Daemon {
         Daemon::start_with_auth(&["--demo"], extra_args)
@@ -848,6 +855,7 @@ fn idle_sockets_cannot_lock_the_backend_out_of_the_admin_api() {
     assert_eq!(backend.request("POST", "/publish?user=alice", &auth, b"before").status, 200);
     assert_eq!(read_text(&mut alice), "before");
 
+    let threads_before = daemon.threads();
     // More sockets than the daemon serves at once (256), from the backend's own address, none
     // of which ever sends a byte.
     let idle: Vec<TcpStream> = (0..300).map(|_| TcpStream::connect(daemon.admin).unwrap()).collect();
@@ -861,6 +869,8 @@ fn idle_sockets_cannot_lock_the_backend_out_of_the_admin_api() {
     // The idle persistent connection was not pushed out by the newcomers.
     assert_eq!(backend.request("POST", "/publish?user=alice", &auth, b"still").status, 200);
     assert_eq!(read_text(&mut alice), "still");
+    // Admin connections are served by a fixed set of threads: the crowd started none.
+    assert_eq!(daemon.threads(), threads_before, "threads before the crowd, and during it");
 
     // One address holds at most 32 admin connections: the others were closed at once (the
     // publish above was accepted after all of them) ...

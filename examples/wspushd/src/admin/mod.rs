@@ -1,6 +1,7 @@
 //! The admin HTTP API: hyper's HTTP/1.1 server (keep-alive, pipelining, `Expect: 100-continue`,
-//! capped heads) on one small current-thread tokio runtime, behind our own accept loop, which
-//! gives every connection a slot in the connection table (guard.rs) or refuses it.
+//! capped heads) on a fixed set of threads with a one-thread tokio runtime each, behind our own
+//! accept loop, which gives every connection a slot in the connection table (guard.rs) or
+//! refuses it.
 
 mod connection;
 mod routes;
@@ -86,8 +87,8 @@ fn same_token(expected: &[u8], given: &[u8]) -> bool {
     std::hint::black_box(difference) == 0 && expected.len() == given.len()
 }
 
-/// The runtime the admin API accepts on: one thread (the caller's). Connections are served on
-/// threads of their own (see `serve_on_own_thread`).
+/// The runtime the admin API accepts on: one thread (the caller's). Connections are served by
+/// the `ConnectionThreads`.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     one_thread_runtime()
 }
@@ -96,52 +97,62 @@ fn one_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()
 }
 
-/// Stack of a connection's thread: hyper's state machine and our handlers need little.
+/// Threads serving admin connections, each with a one-thread runtime; connection `id` goes to
+/// thread `id % CONNECTION_THREADS`. Backends publish from several threads over several
+/// keep-alive connections at once: served as tasks of one runtime their requests queued behind
+/// each other, and a multi-threaded runtime spent its gain waking workers (measured here at
+/// 20,000 publishes/s over 4 connections, publish→delivery p50: +25 µs on one runtime thread,
+/// +15 µs on two workers, against the thread-per-connection server this replaced). A fixed set
+/// keeps threads and descriptors (a runtime holds two) bounded however many connections come.
+const CONNECTION_THREADS: usize = 4;
+/// Stack of a connection thread: hyper's state machine and our handlers need little.
 const CONNECTION_THREAD_STACK: usize = 256 * 1024;
 
-/// Serves one admitted connection on a thread of its own, with a one-thread runtime. Backends
-/// publish from several threads over several keep-alive connections at once; served as tasks of
-/// one runtime their requests queued behind each other, and a multi-threaded runtime spent its
-/// gain waking workers (measured here at 20,000 publishes/s over 4 connections, publish→delivery
-/// p50: +25 µs on one runtime thread, +15 µs on two workers, against the thread-per-connection
-/// server this replaced). A request wakes exactly the thread that serves it; connections are few
-/// (at most MAX_ADMIN_CONNECTIONS) and long-lived.
-fn serve_on_own_thread(admin: Arc<Admin>, stream: tokio::net::TcpStream, id: u64, eviction: oneshot::Receiver<()>) {
-    let failed = move |admin: &Admin, what: &str, e: std::io::Error| {
-        admin.errors.report(ErrorClass::AdminAccept, &format!("{what}: {e}"));
-        admin.connections.remove(id);
-    };
-    // Moved from the accepting runtime's reactor to the connection's own.
-    let stream = match stream.into_std() {
-        Ok(stream) => stream,
-        Err(e) => return failed(&admin, "cannot take the admin socket", e),
-    };
-    let for_thread = Arc::clone(&admin);
-    let spawned = std::thread::Builder::new()
-        .name("wspushd-admin-conn".into())
-        .stack_size(CONNECTION_THREAD_STACK)
-        .spawn(move || {
-            let admin = for_thread;
-            let runtime = match one_thread_runtime() {
-                Ok(runtime) => runtime,
-                Err(e) => return failed(&admin, "cannot start an admin connection's runtime", e),
-            };
-            runtime.block_on(async move {
-                match tokio::net::TcpStream::from_std(stream) {
-                    Ok(stream) => connection::serve(admin, stream, id, eviction).await,
-                    Err(e) => failed(&admin, "cannot register the admin socket", e),
-                }
-            });
+struct ConnectionThreads {
+    runtimes: Vec<tokio::runtime::Handle>,
+}
+
+impl ConnectionThreads {
+    fn start() -> std::io::Result<ConnectionThreads> {
+        let mut runtimes = Vec::with_capacity(CONNECTION_THREADS);
+        for index in 0..CONNECTION_THREADS {
+            let runtime = one_thread_runtime()?;
+            runtimes.push(runtime.handle().clone());
+            std::thread::Builder::new()
+                .name(format!("wspushd-admin-{index}"))
+                .stack_size(CONNECTION_THREAD_STACK)
+                // Runs the tasks spawned onto this runtime, for the life of the process.
+                .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+        }
+        Ok(ConnectionThreads { runtimes })
+    }
+
+    /// Serves one admitted connection on its thread.
+    fn serve(&self, admin: Arc<Admin>, stream: tokio::net::TcpStream, id: u64, eviction: oneshot::Receiver<()>) {
+        let failed = move |admin: &Admin, what: &str, e: std::io::Error| {
+            admin.errors.report(ErrorClass::AdminAccept, &format!("{what}: {e}"));
+            admin.connections.remove(id);
+        };
+        // Moved from the accepting runtime's reactor to its thread's.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => return failed(&admin, "cannot take the admin socket", e),
+        };
+        let runtime = &self.runtimes[id as usize % self.runtimes.len()];
+        runtime.spawn(async move {
+            match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => connection::serve(admin, stream, id, eviction).await,
+                Err(e) => failed(&admin, "cannot register the admin socket", e),
+            }
         });
-    if let Err(e) = spawned {
-        failed(&admin, "cannot start an admin connection's thread", e);
     }
 }
 
-/// Accepts admin connections forever, each served on its own thread.
+/// Accepts admin connections forever, each served on one of the `ConnectionThreads`.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
+    let threads = ConnectionThreads::start()?;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -167,7 +178,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) -> std::io::Result<
                     // Its task may have ended meanwhile: nothing left to close then.
                     let _ = evicted.send(());
                 }
-                serve_on_own_thread(Arc::clone(&admin), stream, id, eviction);
+                threads.serve(Arc::clone(&admin), stream, id, eviction);
             }
             Admission::Refused => {
                 admin.errors.report(
