@@ -178,6 +178,10 @@ impl Conn {
             drop(order);
             return self.reject(cx, slot, 429);
         }
+        #[cfg(feature = "test-hooks")]
+        if order.is_some() {
+            crate::test_hooks::race_point(crate::test_hooks::RacePoint::ResumeRegistered);
+        }
         let greeting = negotiated.v1.then(|| greeting(cx, user, negotiated.since));
         drop(order);
         self.leave_handshake(cx, slot);
