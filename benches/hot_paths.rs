@@ -83,5 +83,36 @@ fn registry(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, upgrade, frames, registry);
+/// `ServerHandle::publish` to offline users (no connection: what is measured is the call, the
+/// registry and, with history on, the append), history off and on side by side.
+fn publish(c: &mut Criterion) {
+    let names: Vec<Vec<u8>> = (0..10_000).map(|user| format!("user{user:07}").into_bytes()).collect();
+    let payload = vec![b'x'; 100];
+    let mut group = c.benchmark_group("publish");
+    group.throughput(Throughput::Elements(1));
+    for (label, history_max_messages) in [("offline_history_off", 0), ("offline_history_on", 100)] {
+        let config = Config { listen: "127.0.0.1:0".into(), threads: 1, history_max_messages, ..Config::default() };
+        let server = wspush::Server::start(config, Offline).expect("server starts");
+        let mut i = 0;
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                i = (i + 1) % names.len();
+                server.publish(black_box(&names[i]), black_box(&payload), wspush::MessageKind::Text)
+            })
+        });
+    }
+    group.finish();
+}
+
+/// A handler for a server nobody connects to.
+struct Offline;
+
+impl wspush::Handler for Offline {
+    fn on_upgrade(&self, _: &wspush::ServerHandle, _: &wspush::Request<'_>) -> wspush::UpgradeDecision {
+        wspush::UpgradeDecision::Reject(403)
+    }
+    fn on_message(&self, _: &wspush::ServerHandle, _: wspush::ConnId, _: &[u8], _: wspush::MessageKind, _: &[u8]) {}
+}
+
+criterion_group!(benches, upgrade, frames, registry, publish);
 criterion_main!(benches);

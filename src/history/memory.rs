@@ -265,6 +265,11 @@ impl HistoryStore for MemoryStore {
         }
         let entry = Entry { payload: payload.into(), at: now, binary: kind == MessageKind::Binary };
         let stream = &mut inner.streams[slot as usize];
+        if stream.entries.len() == stream.entries.capacity() {
+            // Doubling, but never past the cap: a user at the cap holds no empty entries.
+            let room = self.limits.max_messages.saturating_sub(stream.entries.len());
+            stream.entries.reserve_exact(stream.entries.len().max(4).min(room.max(1)));
+        }
         stream.entries.push_back(entry);
         stream.last_publish = now;
         inner.messages += 1;
