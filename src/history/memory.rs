@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use slab::Slab;
 
 use super::{random_u64, Epoch, HistoryGauges, HistoryStore, Limits, Position, Stored, Unrecoverable};
-use crate::registry::KeyMap;
+use crate::registry::{KeyMap, UserId};
 use crate::slack;
 use crate::types::MessageKind;
 
@@ -36,7 +36,8 @@ struct Entry {
 }
 
 struct Stream {
-    user: Box<[u8]>,
+    /// Inline when short (most IDs): comparing it costs no extra memory access.
+    user: UserId,
     epoch: u64,
     /// The store's `losses` when the stream was created (see `Epoch::NoStream`).
     born_losses: u64,
@@ -68,7 +69,8 @@ fn message_cost(payload_len: usize) -> u64 {
 fn stream_cost(user_len: usize) -> u64 {
     // The index entry: its key, its value and a control byte, rounded up.
     const INDEX_ENTRY: usize = 16;
-    (std::mem::size_of::<Stream>() + user_len + ALLOCATION_OVERHEAD + INDEX_ENTRY) as u64
+    let user_on_heap = if UserId::is_inline(user_len) { 0 } else { user_len + ALLOCATION_OVERHEAD };
+    (std::mem::size_of::<Stream>() + user_on_heap + INDEX_ENTRY) as u64
 }
 
 #[derive(Default)]
@@ -140,7 +142,7 @@ impl Inner {
     fn create(&mut self, hash: u64, user: &[u8]) -> u32 {
         let chain = self.index.get(&hash).copied().unwrap_or(NIL);
         let stream = Stream {
-            user: user.into(),
+            user: UserId::new(user),
             epoch: random_u64(),
             born_losses: self.losses,
             first: 1,
