@@ -1067,7 +1067,9 @@ wspush_result wspush_server_free(const struct wspush_server *server);
 
 /**
  * Sends `payload` to every open connection of `user` (1-255 bytes, no NUL). `*delivered` (optional,
- * may be NULL) receives how many connections it was queued to, 0 when the user has none.
+ * may be NULL) receives how many connections it was queued to, 0 when the user has none. With
+ * history on, the message also takes the next offset of the user's stream (see
+ * `wspush_publish_with_offset`, which tells it).
  * Errors: NULL_ARGUMENT, INVALID_USER_ID, INVALID_ARGUMENT (kind), MESSAGE_TOO_LARGE (payload
  * larger than max_queue_bytes), STOPPED.
  *
