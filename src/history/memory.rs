@@ -18,7 +18,8 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use slab::Slab;
 
-use super::{random_u64, Epoch, HistoryGauges, HistoryStore, Limits, Position, Stored, Unrecoverable};
+use super::position::{random_u64, Epoch, Position};
+use super::store::{HistoryGauges, HistoryStore, Limits, Stored, Unrecoverable};
 use crate::registry::{KeyMap, UserId};
 use crate::slack;
 use crate::types::MessageKind;
