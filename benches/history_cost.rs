@@ -2,7 +2,8 @@
 //! byte the library asks the allocator for, live at the moment of reading):
 //! - per idle connection, raw and `wspush.v1`, history off and on (target: <= 128 B user space);
 //! - per stored message beyond its payload (target: <= 48 B), for several payload sizes.
-//! (Publish time with history off and on: benches/hot_paths.rs, group `publish`.)
+//!
+//! Publish time with history off and on: benches/hot_paths.rs, group `publish`.
 //!
 //! `cargo bench --bench history_cost` (prints a table; asserts nothing: numbers, not verdicts).
 //! Connections: WSPUSH_BENCH_CONNECTIONS (default 8,000: two descriptors each stay under the

@@ -301,7 +301,7 @@ fn reconnects_under_a_steady_publish_lose_and_repeat_nothing() {
             while !stop.load(Ordering::Relaxed) {
                 sent += 1;
                 handle.publish(b"noah", sent.to_string().as_bytes(), MessageKind::Text).unwrap();
-                if sent % 4 == 0 {
+                if sent.is_multiple_of(4) {
                     std::thread::sleep(Duration::from_micros(500));
                 }
             }

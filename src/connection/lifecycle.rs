@@ -3,15 +3,15 @@
 //! handshake, the teardown, and the one timer entry that watches each state.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 use super::{Conn, Context, Gone, State, Step, CLOSE_RECEIVED, EPOCH_SHIFT, PINGED, V1, WRITE_SHUT};
 use crate::codec::{self, close, Frame, Opcode};
-use crate::history::Position;
 use crate::conn_id::MAX_SLOTS;
 use crate::guard::guarded;
 use crate::handshake;
+use crate::history::Position;
 use crate::ip_limits::{self, NOT_COUNTED};
 use crate::registry::UserId;
 use crate::request::UpgradeDecision;
