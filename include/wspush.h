@@ -430,6 +430,30 @@ typedef struct wspush_stats_snapshot {
      * The connection cap in force: max_connections, lowered to what RLIMIT_NOFILE allows.
      */
     uint64_t max_connections;
+    /**
+     * Users with a history stream (history on).
+     */
+    uint64_t history_users;
+    /**
+     * Messages held in users' histories.
+     */
+    uint64_t history_messages;
+    /**
+     * Bytes charged to history: payloads plus bookkeeping (see history_max_bytes).
+     */
+    uint64_t history_bytes;
+    /**
+     * wspush.v1 connections that asked to resume (since=...).
+     */
+    uint64_t resumes_total;
+    /**
+     * Resumes that recovered: everything after since was replayed.
+     */
+    uint64_t recoveries_total;
+    /**
+     * Resumes that could not be honoured (other epoch, trimmed, expired, too large).
+     */
+    uint64_t recovery_failures_total;
 } wspush_stats_snapshot;
 
 /**

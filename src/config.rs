@@ -97,6 +97,17 @@ pub struct Config {
     /// addresses or CIDR networks, e.g. `"10.0.0.0/8".parse()?`. Must not be empty when
     /// `proxy_protocol` is on.
     pub trusted_proxies: Vec<TrustedProxy>,
+    /// Per-user history, for `wspush.v1` clients that reconnect with `since` (see
+    /// bindings/js/PROTOCOL.md): the last this many messages published to each user are kept
+    /// and numbered. 0 (default) turns history off: publishes carry no offset and nothing is
+    /// kept. Connections cost nothing more with it on; each user published to costs one stream.
+    pub history_max_messages: usize,
+    /// How long a stored message is kept (whole seconds, rounded up). A user's stream whose newest
+    /// message has expired is dropped, which starts a new epoch.
+    pub history_ttl: Duration,
+    /// Bytes all users' histories may take (payloads plus bookkeeping, see `Stats::history_bytes`);
+    /// past it the least recently published users' streams are dropped whole (new epoch).
+    pub history_max_bytes: usize,
 }
 
 /// The I/O threads' stack size when `Config::thread_stack_size` is 0: 8 MiB, what glibc gives an
@@ -169,6 +180,9 @@ impl Default for Config {
             thread_stack_size: 0,
             proxy_protocol: false,
             trusted_proxies: Vec::new(),
+            history_max_messages: 0,
+            history_ttl: Duration::from_secs(600),
+            history_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -209,6 +223,9 @@ impl Config {
         }
         if self.proxy_protocol && self.trusted_proxies.is_empty() {
             return Err("proxy_protocol needs at least one trusted proxy (trusted_proxies)");
+        }
+        if self.history_max_messages > 0 && (self.history_ttl.is_zero() || self.history_max_bytes == 0) {
+            return Err("with history on, history_ttl and history_max_bytes must be > 0");
         }
         Ok(())
     }

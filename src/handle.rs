@@ -17,6 +17,7 @@ use crate::codec::{self, Frame, Opcode};
 use crate::config::Config;
 use crate::conn_id::{self, LiveTable};
 use crate::error::Error;
+use crate::history::{History, Limits, Position};
 use crate::ip_limits::IpLimits;
 use crate::jwt::JwtVerifier;
 use crate::registry::{Registry, UserCheck};
@@ -26,8 +27,9 @@ use crate::types::{check_user_id, ConnId, MessageKind};
 
 /// Work queued to an I/O thread by other threads (and by callbacks on this one).
 pub(crate) enum Command {
-    /// Queue a framed message to one connection (publish, send).
-    Deliver { conn: ConnId, frame: Frame, user_check: UserCheck },
+    /// Queue a framed message to one connection (publish, send); `stream` is its position in the
+    /// user's stream (publish with history on), which `wspush.v1` connections are told.
+    Deliver { conn: ConnId, frame: Frame, stream: Option<Position>, user_check: UserCheck },
     /// Queue a framed message to every open connection of this thread.
     Broadcast { frame: Frame },
     /// Start the close handshake.
@@ -36,6 +38,15 @@ pub(crate) enum Command {
     Decide { conn: ConnId, decision: UpgradeDecision },
     /// Graceful stop.
     Stop,
+}
+
+/// What [`ServerHandle::publish_with_offset`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// Connections the message was queued to.
+    pub delivered: usize,
+    /// Its offset in the user's stream; `None` with history off.
+    pub offset: Option<u64>,
 }
 
 /// `user_check` of commands addressed by connection ID rather than by user.
@@ -71,6 +82,8 @@ pub(crate) struct Shared {
     pub(crate) partial_input_bytes: AtomicUsize,
     /// `config.max_connections`, capped to what RLIMIT_NOFILE allows.
     pub(crate) max_connections: usize,
+    /// Per-user history, when `config.history_max_messages` > 0.
+    pub(crate) history: Option<History>,
 }
 
 /// The part of an I/O thread that other threads talk to.
@@ -142,6 +155,13 @@ impl Shared {
             ip_limits: IpLimits::new(&config),
             partial_input_bytes: AtomicUsize::new(0),
             max_connections,
+            history: (config.history_max_messages > 0).then(|| {
+                History::in_memory(Limits {
+                    max_messages: config.history_max_messages,
+                    ttl: config.history_ttl,
+                    max_bytes: config.history_max_bytes,
+                })
+            }),
             config,
         }
     }
@@ -207,17 +227,28 @@ impl ServerHandle {
     /// Sends `payload` to every open connection of `user`. Returns how many connections it was
     /// queued to (0 when the user has none). The payload is framed once and shared.
     pub fn publish(&self, user: &[u8], payload: &[u8], kind: MessageKind) -> Result<usize, Error> {
+        self.publish_with_offset(user, payload, kind).map(|published| published.delivered)
+    }
+
+    /// [`publish`](Self::publish), also telling the offset the message got in the user's stream
+    /// when history is on (`Config::history_max_messages`). The offset is assigned whether or
+    /// not the user has a connection: a client that reconnects with `since` gets it then.
+    pub fn publish_with_offset(&self, user: &[u8], payload: &[u8], kind: MessageKind) -> Result<Published, Error> {
         check_user_id(user)?;
         self.check_payload(payload)?;
         self.ensure_running()?;
         self.shared.publishes.fetch_add(1, Ordering::Relaxed);
+        let history = self.shared.history.as_ref();
+        // Held until the message is queued to every connection: see src/history/mod.rs.
+        let _order = history.map(|history| history.order_lock(user));
+        let stream = history.map(|history| history.store().append(user, kind, payload));
         let mut frame: Option<Frame> = None;
         let delivered = self.shared.registry.for_each_conn(user, |conn, user_check| {
             let (thread, _, _) = conn_id::split(conn);
             let frame = frame.get_or_insert_with(|| codec::encode(Opcode::from(kind), payload)).clone();
-            self.shared.threads[thread].push(Command::Deliver { conn, frame, user_check });
+            self.shared.threads[thread].push(Command::Deliver { conn, frame, stream, user_check });
         });
-        Ok(delivered)
+        Ok(Published { delivered, offset: stream.map(|position| position.offset) })
     }
 
     /// Sends `payload` to every open connection. Returns how many connections were open.
@@ -240,7 +271,8 @@ impl ServerHandle {
         self.check_payload(payload)?;
         self.ensure_running()?;
         let owner = self.thread_of(conn).ok_or(Error::NotFound)?;
-        owner.push(Command::Deliver { conn, frame: codec::encode(Opcode::from(kind), payload), user_check: ANY_USER });
+        let frame = codec::encode(Opcode::from(kind), payload);
+        owner.push(Command::Deliver { conn, frame, stream: None, user_check: ANY_USER });
         Ok(())
     }
 
@@ -303,6 +335,12 @@ impl ServerHandle {
         stats.broadcasts_total = self.shared.broadcasts.load(Ordering::Relaxed);
         stats.partial_input_bytes = self.shared.partial_input_bytes.load(Ordering::Relaxed) as u64;
         stats.max_connections = self.shared.max_connections as u64;
+        if let Some(history) = &self.shared.history {
+            let gauges = history.store().gauges();
+            stats.history_users = gauges.users;
+            stats.history_messages = gauges.messages;
+            stats.history_bytes = gauges.bytes;
+        }
         stats
     }
 

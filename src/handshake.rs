@@ -125,10 +125,11 @@ pub(crate) fn refusal(status: u16, invalid_token: bool) -> Vec<u8> {
     }
 }
 
-/// The 101 response completing an upgrade.
-pub(crate) fn switching_protocols(accept_key: &str) -> Vec<u8> {
+/// The 101 response completing an upgrade, selecting `subprotocol` if there is one.
+pub(crate) fn switching_protocols(accept_key: &str, subprotocol: Option<&str>) -> Vec<u8> {
+    let selected = subprotocol.map(|name| format!("Sec-WebSocket-Protocol: {name}\r\n")).unwrap_or_default();
     format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n{selected}\r\n"
     )
     .into_bytes()
 }

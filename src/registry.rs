@@ -51,7 +51,7 @@ impl std::ops::Deref for UserId {
 }
 
 /// The registry's name for a user.
-type UserKey = u64;
+pub(crate) type UserKey = u64;
 
 /// A second keyed hash of a user ID, never 0, that proves a connection belongs to the user a
 /// message was published to (see the module docs).
@@ -59,7 +59,7 @@ pub(crate) type UserCheck = u64;
 
 /// The keys are already uniformly random, so the maps use them as their own hash.
 #[derive(Default)]
-struct KeyIsHash(u64);
+pub(crate) struct KeyIsHash(u64);
 
 impl Hasher for KeyIsHash {
     fn finish(&self) -> u64 {
@@ -76,7 +76,7 @@ impl Hasher for KeyIsHash {
     }
 }
 
-type KeyMap<V> = HashMap<UserKey, V, BuildHasherDefault<KeyIsHash>>;
+pub(crate) type KeyMap<V> = HashMap<UserKey, V, BuildHasherDefault<KeyIsHash>>;
 
 /// One shard of the registry. A user's first connection is in `first`, its second in `second`
 /// and any more in `more`: users with one or two tabs (nearly all) cost one or two 16-byte

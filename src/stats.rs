@@ -104,6 +104,12 @@ stats_table! {
     message_timeouts_total: Counter, "Connections closed with 1008 because a started frame or message was not completed within message_timeout.";
     partial_input_refusals_total: Counter, "Connections closed with 1013 because max_partial_input_bytes was reached.";
     max_connections: Gauge, "The connection cap in force: max_connections, lowered to what RLIMIT_NOFILE allows.";
+    history_users: Gauge, "Users with a history stream (history on).";
+    history_messages: Gauge, "Messages held in users' histories.";
+    history_bytes: Gauge, "Bytes charged to history: payloads plus bookkeeping (see history_max_bytes).";
+    resumes_total: Counter, "wspush.v1 connections that asked to resume (since=...).";
+    recoveries_total: Counter, "Resumes that recovered: everything after since was replayed.";
+    recovery_failures_total: Counter, "Resumes that could not be honoured (other epoch, trimmed, expired, too large): the client resets.";
 }
 
 impl Stats {
@@ -149,10 +155,11 @@ mod tests {
         let mut stats = Stats::default();
         stats.connections = 1;
         stats.max_connections = 23;
+        stats.recovery_failures_total = 5;
         let values = stats.values();
         assert_eq!(values[0], 1);
-        assert_eq!(values[Stats::COUNT - 1], 23);
+        assert_eq!(values[22], 23);
         let (field, value) = stats.fields().last().expect("the table is not empty");
-        assert_eq!((field.name, value), ("max_connections", 23));
+        assert_eq!((field.name, value), ("recovery_failures_total", 5));
     }
 }

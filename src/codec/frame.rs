@@ -99,6 +99,17 @@ pub(crate) fn encode(opcode: Opcode, payload: &[u8]) -> Frame {
     frame
 }
 
+/// What a data frame made by [`encode`] carries: its kind and its payload.
+pub(crate) fn data_of(frame: &[u8]) -> (MessageKind, &[u8]) {
+    let kind = if frame[0] & 0x0f == 2 { MessageKind::Binary } else { MessageKind::Text };
+    let header_len = match frame[1] & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    (kind, &frame[header_len..])
+}
+
 /// Builds a control frame (payload truncated to 125 bytes, which callers already guarantee).
 pub(crate) fn control(opcode: Opcode, payload: &[u8]) -> ControlFrame {
     let payload = &payload[..payload.len().min(125)];

@@ -13,6 +13,7 @@ use crate::handshake::{self, Head, MAX_HEADERS};
 use crate::proxy_protocol::{self, Parsed};
 use crate::request::UpgradeDecision;
 use crate::stats::bump;
+use crate::subprotocol::Negotiated;
 use crate::types::MessageKind;
 
 impl Conn {
@@ -211,14 +212,17 @@ impl Conn {
                 let invalid_token = handshake::check_token(&mut request, cx.shared.jwt.as_ref());
                 let decision =
                     guarded(|| cx.handler.on_upgrade(&cx.server, &request)).unwrap_or(UpgradeDecision::Reject(500));
+                let negotiated = Negotiated::of(&request);
                 match decision {
-                    UpgradeDecision::Accept(user) => self.open(cx, slot, &user, &accept_key)?,
+                    UpgradeDecision::Accept(user) => self.open(cx, slot, &user, &accept_key, negotiated)?,
                     UpgradeDecision::Reject(status) => {
                         self.reject_with(cx, slot, handshake::refusal(status, invalid_token))?
                     }
                     UpgradeDecision::Defer => {
                         self.state = State::Deciding;
-                        self.spill().accept_key = Some(accept_key.into());
+                        let spill = self.spill();
+                        spill.accept_key = Some(accept_key.into());
+                        spill.negotiated = negotiated;
                     }
                 }
                 Ok(Some(len))
@@ -323,6 +327,7 @@ impl Conn {
         spill.input = Vec::new();
         spill.decoder = DecoderState::default();
         spill.accept_key = None;
+        spill.negotiated = Negotiated::default();
         cx.shared.partial_input_bytes.fetch_sub(std::mem::take(&mut spill.held), Relaxed);
     }
 }

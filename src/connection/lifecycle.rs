@@ -3,10 +3,12 @@
 //! handshake, the teardown, and the one timer entry that watches each state.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::{Conn, Context, Gone, State, Step, CLOSE_RECEIVED, EPOCH_SHIFT, PINGED, WRITE_SHUT};
-use crate::codec::{self, close, Opcode};
+use super::{Conn, Context, Gone, State, Step, CLOSE_RECEIVED, EPOCH_SHIFT, PINGED, V1, WRITE_SHUT};
+use crate::codec::{self, close, Frame, Opcode};
+use crate::history::Position;
 use crate::conn_id::MAX_SLOTS;
 use crate::guard::guarded;
 use crate::handshake;
@@ -14,6 +16,7 @@ use crate::ip_limits::{self, NOT_COUNTED};
 use crate::registry::UserId;
 use crate::request::UpgradeDecision;
 use crate::stats::{bump, drop_by};
+use crate::subprotocol::{self, Negotiated};
 use crate::timer::{self, Entry};
 use crate::types::check_user_id;
 
@@ -49,6 +52,42 @@ impl Context {
         self.ip_keys[slot] = key;
         true
     }
+}
+
+/// A `wspush.v1` connection's first frames: the welcome, then what it missed if it resumes (with
+/// history on, under the user's order lock).
+fn greeting(cx: &Context, user: &[u8], since: Option<Option<Position>>) -> Vec<Frame> {
+    let Some(history) = &cx.shared.history else {
+        return vec![subprotocol::welcome(None, false)];
+    };
+    let store = history.store();
+    let mut missed = Vec::new();
+    let (top, recovered) = match since {
+        None => (store.top(user), false),
+        Some(since) => {
+            bump(&cx.stats().resumes_total, 1);
+            // Half the queue cap: the JSON form of a message is larger than its payload.
+            let budget = cx.config().max_queue_bytes / 2;
+            match since.map(|since| store.read_since(user, since, budget, &mut missed)) {
+                Some(Ok(top)) => {
+                    bump(&cx.stats().recoveries_total, 1);
+                    (top, true)
+                }
+                _ => {
+                    bump(&cx.stats().recovery_failures_total, 1);
+                    missed.clear();
+                    (store.top(user), false)
+                }
+            }
+        }
+    };
+    let mut frames = Vec::with_capacity(1 + missed.len());
+    frames.push(subprotocol::welcome(Some(top), recovered));
+    for message in missed {
+        let position = Position { epoch: top.epoch, offset: message.offset };
+        frames.push(subprotocol::message(message.kind, &message.payload, Some(position)));
+    }
+    frames
 }
 
 enum TimerAction {
@@ -117,15 +156,30 @@ impl Conn {
         true
     }
 
-    /// The upgrade is accepted as `user`: registers the connection and answers 101.
-    pub(super) fn open(&mut self, cx: &mut Context, slot: usize, user: &[u8], accept_key: &str) -> Step {
+    /// The upgrade is accepted as `user`: registers the connection and answers 101. A `wspush.v1`
+    /// connection then gets its welcome and, when it resumes, what it missed.
+    pub(super) fn open(
+        &mut self,
+        cx: &mut Context,
+        slot: usize,
+        user: &[u8],
+        accept_key: &str,
+        negotiated: Negotiated,
+    ) -> Step {
         if check_user_id(user).is_err() {
             return self.reject(cx, slot, 500);
         }
         let id = cx.conn_id(slot, self.generation);
-        if cx.shared.registry.add(user, id, cx.config().max_connections_per_user).is_err() {
+        // Registered and read under the user's order lock: each publish is then either in the
+        // replay or delivered live, never both nor neither (src/history/mod.rs).
+        let shared = Arc::clone(&cx.shared);
+        let order = shared.history.as_ref().filter(|_| negotiated.v1).map(|history| history.order_lock(user));
+        if shared.registry.add(user, id, cx.config().max_connections_per_user).is_err() {
+            drop(order);
             return self.reject(cx, slot, 429);
         }
+        let greeting = negotiated.v1.then(|| greeting(cx, user, negotiated.since));
+        drop(order);
         self.leave_handshake(cx, slot);
         let now = cx.wheel.now();
         let handshake_deadline = self.last_rx + cx.ticks.handshake; // last_rx is the accept tick here
@@ -140,7 +194,12 @@ impl Conn {
         }
         bump(&cx.stats().upgrades_total, 1);
         bump(&cx.stats().connections, 1);
-        self.send_control(cx, slot, &handshake::switching_protocols(accept_key))?;
+        let subprotocol = negotiated.v1.then_some(subprotocol::NAME);
+        self.send_control(cx, slot, &handshake::switching_protocols(accept_key, subprotocol))?;
+        if let Some(frames) = greeting {
+            self.flags |= V1;
+            self.queue_messages(cx, slot, &frames)?;
+        }
         let (handler, server) = (&cx.handler, &cx.server);
         guarded(|| handler.on_open(server, id, user));
         Ok(())
@@ -149,12 +208,15 @@ impl Conn {
     /// Applies the host's deferred decision; `Ok(false)` while it stays deferred. Input that
     /// arrived meanwhile is the loop's to resume.
     pub(crate) fn decide(&mut self, cx: &mut Context, slot: usize, decision: UpgradeDecision) -> Result<bool, Gone> {
-        let key = self.spill.as_mut().and_then(|s| s.accept_key.take()).unwrap_or_default();
+        let spill = self.spill();
+        let (key, negotiated) = (spill.accept_key.take().unwrap_or_default(), std::mem::take(&mut spill.negotiated));
         match decision {
-            UpgradeDecision::Accept(user) => self.open(cx, slot, &user, &key)?,
+            UpgradeDecision::Accept(user) => self.open(cx, slot, &user, &key, negotiated)?,
             UpgradeDecision::Reject(status) => self.reject(cx, slot, status)?,
             UpgradeDecision::Defer => {
-                self.spill().accept_key = Some(key);
+                let spill = self.spill();
+                spill.accept_key = Some(key);
+                spill.negotiated = negotiated;
                 return Ok(false);
             }
         }

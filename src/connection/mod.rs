@@ -36,6 +36,7 @@ use crate::handler::Handler;
 use crate::ip_limits::IpKey;
 use crate::registry::UserId;
 use crate::stats::ThreadStats;
+use crate::subprotocol::Negotiated;
 use crate::timer::{Ticks, TimerWheel};
 use crate::types::ConnId;
 
@@ -62,8 +63,11 @@ const CLOSE_RECEIVED: u8 = 4;
 const INPUT_PAUSED: u8 = 8;
 /// The connection is on its thread's list of partial inputs whose deadline is watched.
 const PARTIAL_TRACKED: u8 = 16;
-/// The upper 3 bits of `flags` number the connection's current timer entry (see `rearm_timer`).
-const EPOCH_SHIFT: u8 = 5;
+/// The connection speaks `wspush.v1` (src/subprotocol.rs).
+const V1: u8 = 32;
+/// The upper 2 bits of `flags` number the connection's current timer entry (see `rearm_timer`):
+/// it has at most three (accept, open, closing), so four numbers tell the current one apart.
+const EPOCH_SHIFT: u8 = 6;
 
 pub(crate) struct Conn {
     stream: TcpStream,
@@ -180,6 +184,8 @@ struct Spill {
     pong_at: Option<usize>,
     /// Sec-WebSocket-Accept for a deferred upgrade.
     accept_key: Option<Box<str>>,
+    /// What a deferred upgrade asked of the subprotocol.
+    negotiated: Negotiated,
     /// The client's address from a PROXY header, until the request head is parsed.
     client_addr: Option<SocketAddr>,
 }
@@ -244,6 +250,11 @@ impl Conn {
     /// The socket's peer: the client, or the load balancer in front of it.
     fn socket_peer(&self) -> Option<SocketAddr> {
         self.stream.peer_addr().ok()
+    }
+
+    /// Whether the connection speaks `wspush.v1`: its messages are JSON (src/subprotocol.rs).
+    pub(crate) fn speaks_v1(&self) -> bool {
+        self.flags & V1 != 0
     }
 
     fn has_queued_output(&self) -> bool {

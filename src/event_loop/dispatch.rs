@@ -9,6 +9,7 @@ use crate::connection::{Interrupt, Received, State};
 use crate::handle::{Command, ANY_USER};
 use crate::registry::UserCheck;
 use crate::request::UpgradeDecision;
+use crate::subprotocol;
 use crate::types::ConnId;
 
 /// Reads per connection per round before others get a turn.
@@ -167,8 +168,12 @@ impl IoThread {
         #[cfg(feature = "test-hooks")]
         crate::test_hooks::io_thread_point();
         match command {
-            Command::Deliver { conn, frame, user_check } => {
+            Command::Deliver { conn, frame, stream, user_check } => {
                 if let Some(slot) = self.lookup(conn, State::Open, user_check) {
+                    let frame = match self.conns[slot].speaks_v1() {
+                        true => subprotocol::message_from_frame(&frame, stream),
+                        false => frame,
+                    };
                     self.queue_messages(slot, &[frame]);
                 }
             }
@@ -193,11 +198,20 @@ impl IoThread {
         self.settle(slot, step);
     }
 
-    /// Sends `frames`, in order, to every open connection of this thread.
+    /// Sends `frames`, in order, to every open connection of this thread (in their `wspush.v1`
+    /// form, made once, to those that speak it).
     fn broadcast(&mut self, frames: &[Frame]) {
+        let mut v1_frames: Vec<Frame> = Vec::new();
         for slot in 0..self.conns.capacity() {
-            if self.conns.get(slot).is_some_and(|c| c.state() == State::Open) {
-                self.queue_messages(slot, frames);
+            match self.conns.get(slot) {
+                Some(conn) if conn.state() == State::Open && conn.speaks_v1() => {
+                    if v1_frames.is_empty() {
+                        v1_frames = frames.iter().map(|frame| subprotocol::message_from_frame(frame, None)).collect();
+                    }
+                    self.queue_messages(slot, &v1_frames);
+                }
+                Some(conn) if conn.state() == State::Open => self.queue_messages(slot, frames),
+                _ => {}
             }
         }
     }

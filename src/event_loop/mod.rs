@@ -249,6 +249,9 @@ impl IoThread {
             return;
         }
         self.next_housekeeping = now + Duration::from_secs(1);
+        if let (Some(history), 0) = (&self.cx.shared.history, self.cx.index) {
+            history.store().expire();
+        }
         if let Some(limits) = &self.cx.shared.ip_limits {
             limits.sweep(self.ip_sweeps * self.cx.shared.threads.len() + self.cx.index);
             self.ip_sweeps = self.ip_sweeps.wrapping_add(1);

@@ -66,6 +66,18 @@ pub struct wspush_stats_snapshot {
     pub partial_input_refusals_total: u64,
     /// The connection cap in force: max_connections, lowered to what RLIMIT_NOFILE allows.
     pub max_connections: u64,
+    /// Users with a history stream (history on).
+    pub history_users: u64,
+    /// Messages held in users' histories.
+    pub history_messages: u64,
+    /// Bytes charged to history: payloads plus bookkeeping (see history_max_bytes).
+    pub history_bytes: u64,
+    /// wspush.v1 connections that asked to resume (since=...).
+    pub resumes_total: u64,
+    /// Resumes that recovered: everything after since was replayed.
+    pub recoveries_total: u64,
+    /// Resumes that could not be honoured (other epoch, trimmed, expired, too large).
+    pub recovery_failures_total: u64,
 }
 
 // `size`, then exactly one u64 per row of the table, nothing else: the copy in `wspush_stats` and

@@ -17,6 +17,10 @@ const MIN_ADMIN_TOKEN_LEN: usize = 16;
 const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1000;
 const DEFAULT_MAX_HANDSHAKES_PER_IP_PER_SEC: u32 = 100;
 const DEFAULT_MAX_PENDING_HANDSHAKES_PER_IP: usize = 64;
+/// History is on in the daemon (off in the library): 100 messages per user for 10 minutes, at
+/// most 64 MiB in all: a tab that was away through a Wi-Fi change or a deploy gets what it missed.
+const DEFAULT_HISTORY_MESSAGES: usize = 100;
+const DEFAULT_HISTORY_TTL_SECS: u64 = 600;
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8081";
 const DEFAULT_ADMIN_IDLE_TIMEOUT_MS: u64 = 30_000;
 
@@ -64,6 +68,7 @@ const PUBLIC: &str = "PUBLIC WEBSOCKET PORT";
 const LIMITS: &str = "LIMITS (per connection, per client address, in all)";
 const TIMING: &str = "TIMING";
 const PROXY: &str = "BEHIND A LOAD BALANCER";
+const HISTORY: &str = "HISTORY (wspush.v1 clients resume with since=EPOCH:OFFSET)";
 const ADMIN: &str = "ADMIN API OPTIONS";
 
 /// The library's defaults, which the daemon's flags keep unless said otherwise.
@@ -181,6 +186,18 @@ struct Args {
     /// for that connection only.
     #[arg(long, value_name = "POLICY", value_enum, default_value_t = SlowConsumer::Close, help_heading = LIMITS)]
     slow_consumer: SlowConsumer,
+
+    /// Messages kept per user for clients that reconnect; 0 turns history off (no offsets).
+    #[arg(long, value_name = "N", value_parser = count, default_value_t = DEFAULT_HISTORY_MESSAGES, help_heading = HISTORY)]
+    history_messages: usize,
+
+    /// Seconds a message is kept; a user's stream whose newest message expired starts a new epoch.
+    #[arg(long, value_name = "SECS", value_parser = seconds, default_value_t = DEFAULT_HISTORY_TTL_SECS, help_heading = HISTORY)]
+    history_ttl: u64,
+
+    /// Bytes all histories may take; past it the least recently published users' streams go.
+    #[arg(long, value_name = "BYTES", value_parser = count, default_value_t = engine().history_max_bytes, help_heading = HISTORY)]
+    history_max_bytes: usize,
 
     /// Time a client has to finish a frame or fragmented message it has started, in
     /// milliseconds; then 1008.
@@ -345,6 +362,13 @@ fn rate(value: &str) -> Result<u32, String> {
     value.parse().map_err(|_| "takes an integer from 0 to 4294967295".to_string())
 }
 
+fn seconds(value: &str) -> Result<u64, String> {
+    match value.parse() {
+        Ok(0) | Err(_) => Err("takes a whole number of seconds, at least 1".to_string()),
+        Ok(secs) => Ok(secs),
+    }
+}
+
 fn millis(value: &str) -> Result<u64, String> {
     value.parse().map_err(|_| "takes a whole number of milliseconds".to_string())
 }
@@ -400,6 +424,9 @@ fn options(args: Args) -> Result<Options, String> {
     config.jwt_leeway = Duration::from_millis(args.jwt_leeway_ms);
     config.proxy_protocol = args.proxy_protocol;
     config.trusted_proxies = args.trusted_proxy;
+    config.history_max_messages = args.history_messages;
+    config.history_ttl = Duration::from_secs(args.history_ttl);
+    config.history_max_bytes = args.history_max_bytes;
     if let Some(path) = &args.jwt_secret_file {
         let secret = secret_file("--jwt-secret-file", path, wspush::JWT_MIN_SECRET_LEN)?;
         config.jwt_hs256_secret = Some(secret.into());

@@ -10,7 +10,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use serde::Serialize;
-use wspush::{is_valid_close_code, MessageKind, MAX_USER_ID_LEN};
+use wspush::{is_valid_close_code, MessageKind, Published, MAX_USER_ID_LEN};
 
 use super::connection::Tracker;
 use super::stats::{metrics_text, stats_json, AdminCounts};
@@ -176,6 +176,9 @@ struct AdminRequest<'a> {
 #[derive(Serialize)]
 struct Delivered {
     delivered: usize,
+    /// The message's offset in the user's stream (publish with history on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -215,12 +218,12 @@ fn route(admin: &Admin, request: &AdminRequest<'_>) -> Reply {
                     Ok(user) => user,
                     Err(reply) => return reply,
                 };
-                server.publish(user, request.body, kind)
+                server.publish_with_offset(user, request.body, kind)
             } else {
-                server.broadcast(request.body, kind)
+                server.broadcast(request.body, kind).map(|delivered| Published { delivered, offset: None })
             };
             match result {
-                Ok(delivered) => Reply::json(Delivered { delivered }),
+                Ok(Published { delivered, offset }) => Reply::json(Delivered { delivered, offset }),
                 Err(e) => engine_error(e),
             }
         }
@@ -325,7 +328,7 @@ mod tests {
         assert_eq!(response.headers()[header::CONNECTION], "close");
         assert_eq!(response.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
         assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"wspushd-admin\"");
-        let response = Reply::json(Delivered { delivered: 2 }).into_response();
+        let response = Reply::json(Delivered { delivered: 2, offset: None }).into_response();
         assert!(response.headers().get(header::CONNECTION).is_none());
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
     }
