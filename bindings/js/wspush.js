@@ -306,11 +306,14 @@ export class WspushClient extends EventTarget {
     this.#attempt = 0; // this connection worked: the next drop starts the backoff over
     const sent = this.#sentSince;
     const previous = this.position;
-    // Recovered: the replay after `since` follows, keep our offset. A recovered claim that does not
-    // match what we asked for cannot be trusted: treat it as not recovered.
-    const honoured = recovered && sent !== null && epoch === sent.epoch && offset >= sent.offset;
+    // Recovered: the replay after `since` follows; adopt the welcome's epoch (it differs from ours
+    // when we resumed from a no-stream placeholder and the stream began since) and keep our
+    // offset. A claim that cannot be true (top below what we asked for) is treated as a reset.
+    const honoured = recovered && sent !== null && offset >= sent.offset;
     let reset = null;
-    if (!honoured) {
+    if (honoured) {
+      this.#epoch = epoch;
+    } else {
       if (epoch === "") {
         this.#epoch = null; // history off: messages carry no offset, nothing to resume from
         this.#offset = 0;

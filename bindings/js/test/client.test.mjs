@@ -143,16 +143,34 @@ test("a resume the server could not honour raises reset with the old and new pos
   assert.deepEqual(client.position, { epoch: "new", offset: 4 });
 });
 
-test("a recovered claim that contradicts the since sent is treated as a reset", (t) => {
+test("resuming from a no-stream placeholder: recovered with the stream's new epoch, no reset", (t) => {
+  const { client, of, tick, messages } = setup(t);
+  client.connect();
+  FakeWebSocket.last.accept("n00ff.0", 0); // the user had no stream yet
+  assert.deepEqual(client.position, { epoch: "n00ff.0", offset: 0 });
+  FakeWebSocket.last.serverClose();
+  tick(1000);
+  assert.equal(FakeWebSocket.last.since, "n00ff.0:0");
+  // The stream began while we were away: the server verified the placeholder and replays it.
+  FakeWebSocket.last.accept("5eed", 2, true);
+  FakeWebSocket.last.serverSend({ type: "message", epoch: "5eed", offset: 1, data: "first" });
+  FakeWebSocket.last.serverSend({ type: "message", offset: 2, data: "second" });
+  assert.deepEqual(messages(), ["first", "second"]);
+  assert.deepEqual(of("reset"), []);
+  assert.equal(of("welcome").at(-1).recovered, true);
+  assert.deepEqual(client.position, { epoch: "5eed", offset: 2 });
+});
+
+test("a recovered claim that cannot be true (top below the since sent) is treated as a reset", (t) => {
   const { client, of, tick } = setup(t);
   client.connect();
   FakeWebSocket.last.accept("e1", 5);
   FakeWebSocket.last.serverClose();
   tick(1000);
-  FakeWebSocket.last.accept("e2", 5, true); // other epoch: cannot be a replay after e1:5
+  FakeWebSocket.last.accept("e1", 3, true);
   assert.equal(of("reset").length, 1);
   assert.equal(of("welcome").at(-1).recovered, false);
-  assert.deepEqual(client.position, { epoch: "e2", offset: 5 });
+  assert.deepEqual(client.position, { epoch: "e1", offset: 3 });
 });
 
 test("an initial position from the options is resumed from on the first connection", (t) => {
