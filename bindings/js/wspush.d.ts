@@ -40,10 +40,11 @@ export interface WebSocketLike {
   readonly readyState: number;
   readonly protocol: string;
   binaryType: string;
+  // Handlers are typed loosely so that both the DOM's and the ws package's WebSocket fit.
   onopen: ((event: any) => void) | null;
-  onmessage: ((event: { data: any }) => void) | null;
+  onmessage: ((event: any) => void) | null;
   onerror: ((event: any) => void) | null;
-  onclose: ((event: { code: number; reason: string }) => void) | null;
+  onclose: ((event: any) => void) | null;
   send(data: any): void;
   close(code?: number, reason?: string): void;
 }
