@@ -151,6 +151,22 @@ function post(url, body, contentType) {
   });
 }
 
+/** A plain HTTP GET; resolves with the body (status 200 required). */
+export function get(url) {
+  return new Promise((resolve, reject) => {
+    const request = http.get(url, { agent: false, timeout: WAIT_MS }, (response) => {
+      let text = "";
+      response.setEncoding("utf8");
+      response.on("data", (chunk) => (text += chunk));
+      response.on("end", () =>
+        response.statusCode === 200 ? resolve(text) : reject(new Error(`GET ${url}: ${response.statusCode} ${text}`)),
+      );
+    });
+    request.on("timeout", () => request.destroy(new Error(`GET ${url} timed out`)));
+    request.on("error", reject);
+  });
+}
+
 /** A TCP port nothing listens on (bound then released), for "daemon down" tests. */
 export function freePort() {
   return new Promise((resolve, reject) => {

@@ -1,7 +1,7 @@
 // The client against a real wspushd (PROTOCOL.md over a real socket): welcome and offsets, resume
 // after client- and server-side drops, publishes racing repeated reconnects, reset when the
 // daemon's in-memory history is gone, backoff bounds with the daemon down, clean close, binary
-// payloads, broadcasts, and a gap. Needs `cargo build --release -p wspushd` (or $WSPUSHD) and
+// payloads, broadcasts, gaps (one made by the daemon, one by a lossy socket), history off. Needs `cargo build --release -p wspushd` (or $WSPUSHD) and
 // `npm ci` here (the ws package: Node 20 has no WebSocket client).
 
 import { test } from "node:test";
@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import WS from "ws";
 
 import { WspushClient, backoffWindow } from "../wspush.js";
-import { Daemon, WAIT_MS, freePort, sleep, waitFor } from "./daemon.mjs";
+import { Daemon, WAIT_MS, freePort, get, sleep, waitFor } from "./daemon.mjs";
 
 /** The ws WebSocket class, recording every socket the client opens (so tests can kill them). */
 function trackedWebSocket(Base = WS) {
@@ -383,6 +383,50 @@ test("a skipped offset (a frame lost on the first connection) makes the client r
   assert.deepEqual([gap.expected, gap.received, gap.delay], [3, 4, 0]);
   assert.equal(sockets.length, 2);
   assert.equal(new URL(sockets[1].url).searchParams.get("since"), `${epoch}:2`);
+  assert.equal(log.welcomes[1].recovered, true);
+  assert.deepEqual(log.resets, []);
+});
+
+test("a real gap: the daemon drops a message to a stalled reader; the client resumes and gets it", async (t) => {
+  // --slow-consumer drop: past --max-queue-bytes the daemon drops messages for that connection
+  // only and keeps it open, so the next message that gets through skips offsets. The replay
+  // budget is half the queue (16 of these messages), so the gap must stay small: publish one at
+  // a time and stop at the first drop.
+  const QUEUE = 512 * 1024;
+  const daemon = await startDaemon(t, {
+    args: ["--slow-consumer", "drop", "--max-queue-bytes", String(QUEUE), "--history-messages", "10000",
+      "--history-max-bytes", String(256 * 1024 * 1024)],
+  });
+  const { client, log, sockets } = startClient(t, daemon, "mallory");
+  await waitOpen(client, log);
+  sockets[0].pause(); // stop reading: kernel buffers fill, then the daemon's queue, then it drops
+  const payload = (i) => `${i}:${"x".repeat(16 * 1024)}`;
+  const stats = async () => JSON.parse(await get(`http://${daemon.adminAddress}/stats`));
+  let top = 0;
+  for (;;) {
+    top = (await daemon.publish("mallory", payload(top + 1))).offset;
+    if ((await stats()).dropped_total > 0) break;
+    assert.ok(top < 5000, "no drop after 80 MB: the reader is not stalled");
+  }
+  const { dropped_total: dropped } = await stats();
+  assert.equal(dropped, 1, "stopped at the first drop");
+  sockets[0].resume();
+  // Everything before the dropped one arrives; nothing after it was published yet.
+  await waitTexts(log, top - 1);
+  assert.equal(sockets.length, 1, "no reason to reconnect yet");
+  // The next message gets through and skips the dropped offset: the client resumes from before it.
+  assert.equal((await daemon.publish("mallory", payload(top + 1))).offset, top + 1);
+  await waitTexts(log, top + 1);
+  t.diagnostic(`offset ${top} dropped by the daemon after ${top - 1} queued`);
+  assert.deepEqual(
+    log.texts().map((text) => Number(text.split(":", 1)[0])),
+    Array.from({ length: top + 1 }, (_, i) => i + 1),
+  );
+  assert.deepEqual(log.messages.map((message) => message.offset), Array.from({ length: top + 1 }, (_, i) => i + 1));
+  const gap = log.states.find((state) => state.cause === "gap");
+  assert.deepEqual([gap.expected, gap.received], [top, top + 1]);
+  assert.equal(sockets.length, 2);
+  assert.equal(new URL(sockets[1].url).searchParams.get("since"), `${client.position.epoch}:${top - 1}`);
   assert.equal(log.welcomes[1].recovered, true);
   assert.deepEqual(log.resets, []);
 });
