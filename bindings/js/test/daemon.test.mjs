@@ -1,7 +1,8 @@
 // The client against a real wspushd (PROTOCOL.md over a real socket): welcome and offsets, resume
 // after client- and server-side drops, publishes racing repeated reconnects, reset when the
 // daemon's in-memory history is gone, backoff bounds with the daemon down, clean close, binary
-// payloads, broadcasts, gaps (one made by the daemon, one by a lossy socket), history off. Needs `cargo build --release -p wspushd` (or $WSPUSHD) and
+// payloads, broadcasts, gaps (one made by the daemon, one by a lossy socket), a stream expiring
+// while connected, history off. Needs `cargo build --release -p wspushd` (or $WSPUSHD) and
 // `npm ci` here (the ws package: Node 20 has no WebSocket client).
 
 import { test } from "node:test";
@@ -428,6 +429,24 @@ test("a real gap: the daemon drops a message to a stalled reader; the client res
   assert.equal(sockets.length, 2);
   assert.equal(new URL(sockets[1].url).searchParams.get("since"), `${client.position.epoch}:${top - 1}`);
   assert.equal(log.welcomes[1].recovered, true);
+  assert.deepEqual(log.resets, []);
+});
+
+test("a stream that expires while connected comes back in a new epoch at offset 1: adopted, no reset", async (t) => {
+  const daemon = await startDaemon(t, { args: ["--history-ttl", "1"] });
+  const { client, log, sockets } = startClient(t, daemon, "peggy");
+  await waitOpen(client, log);
+  assert.equal((await daemon.publish("peggy", "old")).offset, 1);
+  await waitTexts(log, 1);
+  const first = client.position;
+  await sleep(2100); // the store counts whole seconds: 2 s past a 1 s TTL is expired for sure
+  assert.deepEqual(await daemon.publish("peggy", "new"), { delivered: 1, offset: 1 }, "the stream started over");
+  await waitTexts(log, 2);
+  assert.deepEqual(log.texts(), ["old", "new"]);
+  const [, renewed] = log.messages;
+  assert.notEqual(renewed.epoch, first.epoch, "the new stream has its own epoch");
+  assert.deepEqual(client.position, { epoch: renewed.epoch, offset: 1 });
+  assert.equal(sockets.length, 1, "live delivery went on: nothing to repair");
   assert.deepEqual(log.resets, []);
 });
 
