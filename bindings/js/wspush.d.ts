@@ -121,6 +121,10 @@ export interface ErrorDetail {
   error: Error;
 }
 
+// Self-contained (not the DOM lib's names) so the types also check in Node-only projects.
+type ListenerOptions = boolean | { capture?: boolean; once?: boolean; passive?: boolean; signal?: AbortSignal };
+type AnyListener = ((event: Event) => void) | { handleEvent(event: Event): void } | null;
+
 /** Every event the client dispatches: a plain Event with a `detail`. */
 export declare class WspushEvent<T = unknown> extends Event {
   constructor(type: string, detail: T);
@@ -155,22 +159,22 @@ export declare class WspushClient extends EventTarget {
   addEventListener<K extends keyof WspushEventMap>(
     type: K,
     listener: (this: WspushClient, event: WspushEventMap[K]) => void,
-    options?: boolean | AddEventListenerOptions,
+    options?: ListenerOptions,
   ): void;
   addEventListener(
     type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: boolean | AddEventListenerOptions,
+    listener: AnyListener,
+    options?: ListenerOptions,
   ): void;
   removeEventListener<K extends keyof WspushEventMap>(
     type: K,
     listener: (this: WspushClient, event: WspushEventMap[K]) => void,
-    options?: boolean | EventListenerOptions,
+    options?: ListenerOptions,
   ): void;
   removeEventListener(
     type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: boolean | EventListenerOptions,
+    listener: AnyListener,
+    options?: ListenerOptions,
   ): void;
 }
 
