@@ -18,7 +18,7 @@ cargo test --release --workspace
 
 echo "== a panic inside wspush becomes WSPUSH_RESULT_PANIC (test-only hook; debug profile, so the"
 echo "   release library the bindings load is never built with the hook)"
-cargo test --features test-hooks --test panic_hook
+cargo test --features test-hooks --test panic_hook --test history_race
 
 echo "== the in-process Rust tests under AddressSanitizer + LeakSanitizer (own target dir)"
 bash tests/asan.sh
