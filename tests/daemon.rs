@@ -604,10 +604,17 @@ fn public_port_serves_the_demo_page_and_426_on_the_websocket_path() {
     assert_eq!(page.status, 200);
     assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
     let html = page.text();
-    for expected in ["id=\"state\"", "id=\"notifications\"", "\"notification\"", "new WebSocket", "\"path\": \"/ws\""] {
+    for expected in
+        ["id=\"state\"", "id=\"notifications\"", "\"notification\"", "from \"./wspush.js\"", "\"path\": \"/ws\""]
+    {
         assert!(html.contains(expected), "{expected} missing from the demo page");
     }
     assert!(html.contains(&format!("\"admin\": \"http://{}\"", daemon.admin)));
+    // The browser client the page imports (bindings/js/wspush.js).
+    let client = Http::connect(daemon.ws).request("GET", "/wspush.js", &[], b"");
+    assert_eq!(client.status, 200);
+    assert_eq!(client.header("content-type"), Some("text/javascript; charset=utf-8"));
+    assert!(client.text().contains("new this.#WebSocket(resumeUrl(target, since), PROTOCOL)"));
 
     assert_eq!(Http::connect(daemon.ws).request("GET", "/ws", &[], b"").status, 426);
     assert_eq!(Http::connect(daemon.ws).request("GET", "/nope", &[], b"").status, 404);
