@@ -29,7 +29,7 @@ python3 benches/peers/check_contract.py target/release/wspushd --demo --max-conn
 echo "== the browser client (bindings/js): its state machine on a fake WebSocket, and wspush.v1 against"
 echo "   a real wspushd (resume, races with reconnects, reset on restart, backoff bounds)"
 npm ci --prefix bindings/js --no-audit --no-fund --loglevel=error
-(cd bindings/js && node --test test/)
+(cd bindings/js && node --test test/*.test.mjs)
 
 echo "== the demo page in headless Chromium (uses bindings/js; resumes after a drop, resets after a"
 echo "   daemon restart)"
