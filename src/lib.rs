@@ -101,10 +101,14 @@ pub mod internals {
     }
 
     /// Parses and validates an upgrade request; returns the head length when it is an upgrade.
+    /// What it asks of `wspush.v1` (subprotocol, `since`) is read too, as on a connection.
     pub fn parse_upgrade(buf: &[u8], config: &Config) -> Option<usize> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         match handshake::parse(buf, &mut headers, config, 1, || None) {
-            Head::Upgrade { len, .. } => Some(len),
+            Head::Upgrade { len, request, .. } => {
+                std::hint::black_box(crate::subprotocol::Negotiated::of(&request));
+                Some(len)
+            }
             _ => None,
         }
     }

@@ -1,12 +1,13 @@
 //! Arbitrary bytes as the start of an HTTP request on a fresh connection: the upgrade parser must
-//! never panic, and an accepted head must be self-consistent.
+//! never panic (nor reading what it asks of wspush.v1), and an accepted head must be
+//! self-consistent. The same bytes as a resume position must read back as written.
 #![no_main]
 
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use wspush::internals::parse_upgrade;
-use wspush::Config;
+use wspush::{Config, Position};
 
 fn configs() -> &'static [Config; 2] {
     static CONFIGS: OnceLock<[Config; 2]> = OnceLock::new();
@@ -18,6 +19,10 @@ fn configs() -> &'static [Config; 2] {
 }
 
 fuzz_target!(|data: &[u8]| {
+    // A resume position (`since=EPOCH:OFFSET`) is read back exactly as it is written.
+    if let Some(position) = std::str::from_utf8(data).ok().and_then(|text| text.parse::<Position>().ok()) {
+        assert_eq!(position.to_string().parse::<Position>(), Ok(position));
+    }
     for config in configs() {
         let Some(len) = parse_upgrade(data, config) else { continue };
         assert!(len > 0 && len <= data.len(), "head length {len} outside the {}-byte input", data.len());
