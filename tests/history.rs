@@ -340,3 +340,38 @@ fn reconnects_under_a_steady_publish_lose_and_repeat_nothing() {
     stop.store(true, Ordering::Relaxed);
     assert!(publisher.join().unwrap() >= seen);
 }
+
+/// A flood of publishes to ever new users (a backend bug, or every user at once after an outage)
+/// keeps history within its byte cap: the least recently published users' streams go, and their
+/// clients are told so when they resume, while recent users still recover.
+#[test]
+fn history_stays_within_its_byte_cap_under_a_flood_of_users() {
+    let cap = 256 * 1024;
+    let (server, _events) = start(Config { history_max_bytes: cap, ..history_config() });
+    let mut ws = v1_connect(&server, "early", None);
+    welcome(&mut ws);
+    publish(&server, "early", "first");
+    let epoch = next_json(&mut ws)["epoch"].as_str().unwrap().to_owned();
+    drop(ws);
+    let payload = "x".repeat(200);
+    for user in 0..20_000 {
+        publish(&server, &format!("flood{user}"), &payload);
+        if user % 1000 == 0 {
+            assert!(server.stats().history_bytes <= cap as u64, "{:?}", server.stats());
+        }
+    }
+    let stats = server.stats();
+    assert!(stats.history_bytes <= cap as u64 && stats.history_users < 2_000, "{stats:?}");
+    let mut ws = v1_connect(&server, "early", Some(&format!("{epoch}:1")));
+    assert!(!welcome(&mut ws).2, "early's stream was evicted: not recovered");
+    let last = publish(&server, "flood19999", "again");
+    let mut ws = v1_connect(&server, "flood19999", Some(&format!("{}:1", stream_epoch(&server, "flood19999"))));
+    assert_eq!(welcome(&mut ws).1, last);
+    assert_eq!(v1_message(&mut ws), (Some(2), "again".into()));
+}
+
+/// The epoch of `user`'s stream, as a fresh connection's welcome says.
+fn stream_epoch(server: &Server, user: &str) -> String {
+    let mut ws = v1_connect(server, user, None);
+    welcome(&mut ws).0
+}
