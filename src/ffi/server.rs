@@ -1,6 +1,7 @@
 //! `wspush_server`: start, stop, free, and everything a host does with a running server.
 
 use std::ffi::c_char;
+use std::ptr::null_mut;
 
 use super::boundary::{bytes, engine, ffi_boundary, text, wspush_result, Out};
 use super::handle::{arc_from_handle, arc_into_handle, borrow, borrow_arc, ArcCastable, Borrowed, Castable};
@@ -196,16 +197,8 @@ pub unsafe extern "C" fn wspush_publish(
     kind: wspush_message_kind,
     delivered: *mut usize,
 ) -> wspush_result {
-    ffi_boundary(|| {
-        // SAFETY: per this function's contract.
-        let server = unsafe { server_arg(server) }?;
-        // SAFETY: per this function's contract.
-        let (user, payload) = unsafe { (user_arg(user, user_len)?, payload_arg(&server, payload, payload_len)?) };
-        let count = engine(server.publish(user, payload, message_kind_from_c(kind)?))?;
-        // SAFETY: per this function's contract.
-        unsafe { write_optional(delivered, count) };
-        Ok(wspush_result::Ok)
-    })
+    // SAFETY: the same contract, with no offset asked for.
+    unsafe { wspush_publish_with_offset(server, user, user_len, payload, payload_len, kind, delivered, null_mut()) }
 }
 
 /// `wspush_publish`, also telling the message's offset in the user's history stream:

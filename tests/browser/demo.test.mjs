@@ -11,18 +11,18 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
-import http from "node:http";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 import { chromium } from "playwright-core";
 
+// The same wspushd driver as the client's own suite: demo mode on free ports, its admin API.
+import { Daemon } from "../../bindings/js/test/daemon.mjs";
+
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const WSPUSHD = process.env.WSPUSHD || path.join(REPO, "target/release/wspushd");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const SCREENSHOT = path.join(REPO, "target/artifacts/demo.png");
 
@@ -43,122 +43,6 @@ const CHROMIUM_ARGS = [
   "--disable-sync",
   "--disable-quic",
 ];
-
-const LISTENING = /^wspushd listening on ws:\/\/(\S+?)(\/\S*), admin on http:\/\/(\S+)$/;
-
-/** A running wspushd --demo, started on the given addresses (port 0 picks a free one). */
-class Daemon {
-  static async start({ listen = "127.0.0.1:0", adminListen = "127.0.0.1:0" } = {}) {
-    if (!existsSync(WSPUSHD)) {
-      throw new Error(`${WSPUSHD} missing: build it with cargo build --release -p wspushd`);
-    }
-    const child = spawn(
-      WSPUSHD,
-      ["--demo", "--listen", listen, "--admin-listen", adminListen, "--threads", "1", "--drain-timeout-ms", "1000"],
-      { stdio: ["ignore", "pipe", "pipe"] },
-    );
-    const daemon = new Daemon(child);
-    const line = await daemon.waitForLine(LISTENING, WAIT_MS);
-    const [, wsAddress, wsPath, adminAddress] = line.match(LISTENING);
-    daemon.origin = `http://${wsAddress}`;
-    daemon.wsAddress = wsAddress;
-    daemon.wsPath = wsPath;
-    daemon.adminAddress = adminAddress;
-    return daemon;
-  }
-
-  constructor(child) {
-    this.child = child;
-    this.output = []; // stdout and stderr lines, for failure messages
-    this.waiters = [];
-    this.exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
-    for (const stream of [child.stdout, child.stderr]) {
-      let partial = "";
-      stream.setEncoding("utf8");
-      stream.on("data", (chunk) => {
-        const lines = (partial + chunk).split("\n");
-        partial = lines.pop();
-        for (const line of lines) this.onLine(line);
-      });
-    }
-  }
-
-  onLine(line) {
-    this.output.push(line);
-    this.waiters = this.waiters.filter((waiter) => !waiter(line));
-  }
-
-  /** Resolves with the first output line (from now on) matching `pattern`. */
-  waitForLine(pattern, timeoutMs) {
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => fail(`no line matching ${pattern} within ${timeoutMs} ms`), timeoutMs);
-      const fail = (why) => {
-        clearTimeout(timer);
-        reject(new Error(`wspushd: ${why}; output so far:\n${this.output.join("\n")}`));
-      };
-      this.exited.then(({ code, signal }) => fail(`exited (code ${code}, signal ${signal})`));
-      this.waiters.push((line) => {
-        if (!pattern.test(line)) return false;
-        clearTimeout(timer);
-        resolve(line);
-        return true;
-      });
-    });
-  }
-
-  /** SIGTERM, then waits for the exit; resolves with { code, signal }. */
-  async stop(timeoutMs = WAIT_MS) {
-    this.child.kill("SIGTERM");
-    let timer;
-    const timeout = new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`wspushd did not exit within ${timeoutMs} ms after SIGTERM`)), timeoutMs);
-    });
-    try {
-      return await Promise.race([this.exited, timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  kill() {
-    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill("SIGKILL");
-  }
-
-  /** POST /publish?user=U on the admin API; resolves with the number of connections reached. */
-  async publish(user, text) {
-    return (await this.admin(`/publish?user=${encodeURIComponent(user)}`, text)).delivered;
-  }
-
-  /** POST /disconnect?user=U: the daemon closes the user's connections (code 1000). */
-  async disconnect(user) {
-    return (await this.admin(`/disconnect?user=${encodeURIComponent(user)}`, "")).disconnected;
-  }
-
-  async admin(pathAndQuery, body) {
-    const response = await post(`http://${this.adminAddress}${pathAndQuery}`, body);
-    assert.equal(response.status, 200, `${pathAndQuery} answered ${response.status}: ${response.body}`);
-    return JSON.parse(response.body);
-  }
-}
-
-/** A plain HTTP POST on a fresh connection (no keep-alive across daemon restarts). */
-function post(url, body) {
-  return new Promise((resolve, reject) => {
-    const request = http.request(
-      url,
-      { method: "POST", agent: false, timeout: WAIT_MS, headers: { "Content-Type": "text/plain; charset=utf-8" } },
-      (response) => {
-        let text = "";
-        response.setEncoding("utf8");
-        response.on("data", (chunk) => (text += chunk));
-        response.on("end", () => resolve({ status: response.statusCode, body: text }));
-      },
-    );
-    request.on("timeout", () => request.destroy(new Error(`POST ${url} timed out`)));
-    request.on("error", reject);
-    request.end(body);
-  });
-}
 
 /** What the page says: connection state, its detail line, the notification texts newest first,
  * and the whole list with reset markers (as "[reset]"). */
@@ -240,7 +124,7 @@ test("wspushd demo page in headless Chromium", async (t) => {
     await t.test("opens the demo page as alice and connects", async () => {
       alice = context.pages()[0] ?? (await context.newPage());
       alice.on("pageerror", (error) => pageErrors.push(String(error)));
-      const response = await alice.goto(`${daemon.origin}/?user=alice`, { timeout: WAIT_MS });
+      const response = await alice.goto(`http://${daemon.wsAddress}/?user=alice`, { timeout: WAIT_MS });
       assert.equal(response.status(), 200);
       await waitForState(alice, "open");
       assert.equal(await alice.inputValue("#user"), "alice");
@@ -253,9 +137,9 @@ test("wspushd demo page in headless Chromium", async (t) => {
     });
 
     await t.test("shows alice's notifications, newest first", async () => {
-      assert.equal(await daemon.publish("alice", "You have new mail: Quarterly report"), 1);
+      assert.equal((await daemon.publish("alice", "You have new mail: Quarterly report")).delivered, 1);
       await waitForNewest(alice, "You have new mail: Quarterly report");
-      assert.equal(await daemon.publish("alice", "You have new mail: Lunch on Friday?"), 1);
+      assert.equal((await daemon.publish("alice", "You have new mail: Lunch on Friday?")).delivered, 1);
       await waitForNewest(alice, "You have new mail: Lunch on Friday?");
       assert.deepEqual((await pageView(alice)).notifications, [
         "You have new mail: Lunch on Friday?",
@@ -267,13 +151,13 @@ test("wspushd demo page in headless Chromium", async (t) => {
     await t.test("does not show bob's notification on alice's page", async () => {
       const bob = await context.newPage();
       try {
-        await bob.goto(`${daemon.origin}/?user=bob`, { timeout: WAIT_MS });
+        await bob.goto(`http://${daemon.wsAddress}/?user=bob`, { timeout: WAIT_MS });
         await waitForState(bob, "open");
-        assert.equal(await daemon.publish("bob", "For bob only"), 1, "bob's page is the one connection reached");
+        assert.equal((await daemon.publish("bob", "For bob only")).delivered, 1, "bob's page is the one connection reached");
         await waitForNewest(bob, "For bob only");
         // Alice's connection delivers in order: once this later message is shown, a misrouted
         // message for bob would already be there too.
-        assert.equal(await daemon.publish("alice", "You have new mail: Re: budget"), 1);
+        assert.equal((await daemon.publish("alice", "You have new mail: Re: budget")).delivered, 1);
         await waitForNewest(alice, "You have new mail: Re: budget");
         assert.ok(!(await pageView(alice)).notifications.includes("For bob only"));
         assert.deepEqual((await pageView(bob)).notifications, ["For bob only"]);
@@ -285,18 +169,18 @@ test("wspushd demo page in headless Chromium", async (t) => {
     await t.test("shows the three published while its connection was down, once each, in order", async (step) => {
       await recordStates(alice);
       const dropped = Date.now();
-      assert.equal(await daemon.disconnect("alice"), 1, "the daemon dropped alice's page");
+      assert.equal((await daemon.disconnect("alice")).disconnected, 1, "the daemon dropped alice's page");
       await alice.waitForFunction(() => window.stateLog.some((entry) => entry.startsWith("closed: code 1000")), null, {
         timeout: WAIT_MS,
       });
       // The page waits at least 0.5 s before it reconnects: these reach no connection.
       for (const text of ["While away: 1", "While away: 2", "While away: 3"]) {
-        assert.equal(await daemon.publish("alice", text), 0, `"${text}" was published while the page was away`);
+        assert.equal((await daemon.publish("alice", text)).delivered, 0, `"${text}" was published while the page was away`);
       }
       await waitForState(alice, "open", RECONNECT_WAIT_MS);
       await waitForNewest(alice, "While away: 3");
       // A live one after the replay: any duplicate of the replay would be shown before it.
-      assert.equal(await daemon.publish("alice", "You have new mail: back online"), 1);
+      assert.equal((await daemon.publish("alice", "You have new mail: back online")).delivered, 1);
       await waitForNewest(alice, "You have new mail: back online");
       const log = await alice.evaluate(() => window.stateLog);
       step.diagnostic(`open again ${Date.now() - dropped} ms after the drop; states: ${JSON.stringify(log)}`);
@@ -342,7 +226,7 @@ test("wspushd demo page in headless Chromium", async (t) => {
       assert.equal(await reset.isVisible(), true);
       assert.match(await reset.textContent(), /^History reset at .*: what was sent while disconnected could not be replayed/);
 
-      assert.equal(await daemon.publish("alice", "You have new mail: after the restart"), 1);
+      assert.equal((await daemon.publish("alice", "You have new mail: after the restart")).delivered, 1);
       await waitForNewest(alice, "You have new mail: after the restart");
       assert.deepEqual((await pageView(alice)).list, [
         "You have new mail: after the restart",

@@ -993,21 +993,10 @@ class Server:
         encoded = _user_bytes(user)
         payload, kind = _payload(data)
         delivered, offset = c_size_t(), c_uint64()
-        handle = self._handle
-        if handle.ptr is None:
-            raise _stopped()  # before registering: see _Handle.inflight
-        handle.inflight.append(None)
-        try:
-            ptr = handle.ptr
-            if ptr is None:
-                raise _stopped()
-            rc = self._lib.wspush_publish_with_offset(
-                ptr, encoded, len(encoded), payload, len(payload), kind, byref(delivered), byref(offset)
-            )
-        finally:
-            handle.inflight.pop()
-        if rc:
-            raise error_for(rc, "publish_with_offset")
+        self._call(
+            self._lib.wspush_publish_with_offset,
+            encoded, len(encoded), payload, len(payload), kind, byref(delivered), byref(offset),
+        )
         # The library reports 0 when history is off; offsets are never 0 otherwise.
         return Published(delivered.value, offset.value or None)
 
