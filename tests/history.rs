@@ -149,21 +149,29 @@ fn what_cannot_be_recovered_is_said_and_nothing_is_replayed() {
     assert_eq!((stats.resumes_total, stats.recoveries_total, stats.recovery_failures_total), (5, 1, 4));
 }
 
+/// A replay must fit in the connection's send queue as JSON, or the client would be closed as a
+/// slow consumer and come back for the same replay, forever.
 #[test]
 fn a_replay_larger_than_the_send_queue_is_not_attempted() {
     let config = Config { max_queue_bytes: 64 * 1024, ..history_config() };
     let (server, _events) = start(config);
-    let mut ws = v1_connect(&server, "gina", None);
-    welcome(&mut ws);
-    publish(&server, "gina", "m1");
-    let epoch = next_json(&mut ws)["epoch"].as_str().unwrap().to_owned();
-    drop(ws);
+    let resume_after = |user: &str, payloads: &[String]| {
+        let mut ws = v1_connect(&server, user, None);
+        welcome(&mut ws);
+        publish(&server, user, "m1");
+        let epoch = next_json(&mut ws)["epoch"].as_str().unwrap().to_owned();
+        drop(ws);
+        for payload in payloads {
+            publish(&server, user, payload);
+        }
+        let mut ws = v1_connect(&server, user, Some(&format!("{epoch}:1")));
+        welcome(&mut ws).2
+    };
     let big = "x".repeat(20 * 1024);
-    for _ in 0..3 {
-        publish(&server, "gina", &big); // 60 KiB of replay: more than half the queue cap
-    }
-    let mut ws = v1_connect(&server, "gina", Some(&format!("{epoch}:1")));
-    assert_eq!(welcome(&mut ws), (epoch, 4, false));
+    assert!(resume_after("gina", &vec![big.clone(); 3]), "60 KiB of replay fits a 64 KiB queue");
+    assert!(!resume_after("gino", &vec![big; 4]), "80 KiB does not");
+    // 12 KiB of payload, 72 KiB as JSON (each control character escaped as \u00XX).
+    assert!(!resume_after("gigi", &["\u{1}".repeat(12 * 1024)]), "what counts is the JSON");
 }
 
 #[test]

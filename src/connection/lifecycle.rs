@@ -61,33 +61,34 @@ fn greeting(cx: &Context, user: &[u8], since: Option<Option<Position>>) -> Vec<F
         return vec![subprotocol::welcome(None, false)];
     };
     let store = history.store();
-    let mut missed = Vec::new();
-    let (top, recovered) = match since {
-        None => (store.top(user), false),
-        Some(since) => {
-            bump(&cx.stats().resumes_total, 1);
-            // Half the queue cap: the JSON form of a message is larger than its payload.
-            let budget = cx.config().max_queue_bytes / 2;
-            match since.map(|since| store.read_since(user, since, budget, &mut missed)) {
-                Some(Ok(top)) => {
-                    bump(&cx.stats().recoveries_total, 1);
-                    (top, true)
-                }
-                _ => {
-                    bump(&cx.stats().recovery_failures_total, 1);
-                    missed.clear();
-                    (store.top(user), false)
-                }
-            }
-        }
+    let Some(since) = since else {
+        return vec![subprotocol::welcome(Some(store.top(user)), false)];
     };
-    let mut frames = Vec::with_capacity(1 + missed.len());
-    frames.push(subprotocol::welcome(Some(top), recovered));
-    for message in missed {
-        let position = Position { epoch: top.epoch, offset: message.offset };
-        frames.push(subprotocol::message(message.kind, &message.payload, Some(position)));
+    bump(&cx.stats().resumes_total, 1);
+    let max_queue = cx.config().max_queue_bytes;
+    let mut missed = Vec::new();
+    let replay = since.and_then(|since| store.read_since(user, since, max_queue, &mut missed).ok()).and_then(|top| {
+        let mut frames = Vec::with_capacity(1 + missed.len());
+        frames.push(subprotocol::welcome(Some(top), true));
+        for message in &missed {
+            let position = Position { epoch: top.epoch, offset: message.offset };
+            frames.push(subprotocol::message(message.kind, &message.payload, Some(position)));
+        }
+        // All of it in the send queue at once, or the client would be closed as a slow consumer
+        // (or miss some) and come back for the same replay: JSON can be several times the
+        // payload (escaped control characters, base64).
+        (frames.iter().map(|frame| frame.len()).sum::<usize>() <= max_queue).then_some(frames)
+    });
+    match replay {
+        Some(frames) => {
+            bump(&cx.stats().recoveries_total, 1);
+            frames
+        }
+        None => {
+            bump(&cx.stats().recovery_failures_total, 1);
+            vec![subprotocol::welcome(Some(store.top(user)), false)]
+        }
     }
-    frames
 }
 
 enum TimerAction {
