@@ -83,5 +83,67 @@ fn registry(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, upgrade, frames, registry);
+/// `ServerHandle::publish`, history off and on side by side: to 10,000 offline users (the call,
+/// the registry and, with history on, the append: a store of a million messages, so mostly cache
+/// misses), and to one user with a connection whose client reads everything (frame, queue to the
+/// I/O thread, its wake-up: what a mail notification costs the publishing thread).
+fn publish(c: &mut Criterion) {
+    let names: Vec<Vec<u8>> = (0..10_000).map(|user| format!("user{user:07}").into_bytes()).collect();
+    let payload = vec![b'x'; 100];
+    let mut group = c.benchmark_group("publish");
+    group.throughput(Throughput::Elements(1));
+    for (history, history_max_messages) in [("history_off", 0), ("history_on", 100)] {
+        let config = Config {
+            listen: "127.0.0.1:0".into(),
+            threads: 1,
+            history_max_messages,
+            history_max_bytes: 1 << 30,
+            ..Config::default()
+        };
+        let server = wspush::Server::start(config, ByQuery).expect("server starts");
+        let mut i = 0;
+        group.bench_function(format!("offline_{history}"), |b| {
+            b.iter(|| {
+                i = (i + 1) % names.len();
+                server.publish(black_box(&names[i]), black_box(&payload), wspush::MessageKind::Text)
+            })
+        });
+        let reader = drained_client(server.local_addr());
+        while server.stats().connections == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        group.bench_function(format!("one_connection_{history}"), |b| {
+            b.iter(|| server.publish(black_box(b"reader"), black_box(&payload), wspush::MessageKind::Text))
+        });
+        drop(server);
+        let _ = reader.join();
+    }
+    group.finish();
+}
+
+/// A client of user "reader" that reads and discards everything until the server goes away.
+fn drained_client(addr: std::net::SocketAddr) -> std::thread::JoinHandle<()> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    let request = "GET /ws?user=reader HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    stream.write_all(request.as_bytes()).expect("upgrade");
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+    })
+}
+
+/// Accepts `?user=...`.
+struct ByQuery;
+
+impl wspush::Handler for ByQuery {
+    fn on_upgrade(&self, _: &wspush::ServerHandle, request: &wspush::Request<'_>) -> wspush::UpgradeDecision {
+        let user = request.query_param("user").unwrap_or("nobody");
+        wspush::UpgradeDecision::Accept(user.as_bytes().to_vec())
+    }
+    fn on_message(&self, _: &wspush::ServerHandle, _: wspush::ConnId, _: &[u8], _: wspush::MessageKind, _: &[u8]) {}
+}
+
+criterion_group!(benches, upgrade, frames, registry, publish);
 criterion_main!(benches);

@@ -17,6 +17,11 @@
  *     ...
  *     wspush_server_free(server);   (stops gracefully, then releases)
  *
+ * HISTORY (off by default): with wspush_config_set_history_max_messages > 0 every publish to a
+ * user gets the next offset of that user's stream (wspush_publish_with_offset returns it), and
+ * a client speaking the wspush.v1 subprotocol that reconnects with ?since=EPOCH:OFFSET is sent
+ * what it missed (bindings/js/PROTOCOL.md). Clients that do not offer wspush.v1 get raw frames.
+ *
  * CONVENTIONS
  * - Fallible functions return wspush_result; WSPUSH_RESULT_OK is 0. Values never change
  *   meaning; wspush_result_str() describes one.
@@ -49,10 +54,10 @@
  * - A callback that blocks stalls the connections of its I/O thread (only those) until it
  *   returns: hand slow work (e.g. a database lookup for auth) to your own threads and answer
  *   later with wspush_request_defer + wspush_upgrade_accept / wspush_upgrade_reject.
- * - wspush_publish, wspush_broadcast, wspush_send, wspush_close, wspush_disconnect_user,
- *   wspush_upgrade_accept, wspush_upgrade_reject, wspush_stats, wspush_server_local_port and
- *   wspush_server_stop are thread-safe and never block on I/O; they may be called from any
- *   thread, including from inside any callback, without deadlock.
+ * - wspush_publish, wspush_publish_with_offset, wspush_broadcast, wspush_send, wspush_close,
+ *   wspush_disconnect_user, wspush_upgrade_accept, wspush_upgrade_reject, wspush_stats,
+ *   wspush_server_local_port and wspush_server_stop are thread-safe and never block on I/O;
+ *   they may be called from any thread, including from inside any callback, without deadlock.
  * - Inside a callback, wspush_server_stop only starts the stop (the I/O thread cannot wait for
  *   itself) and wspush_server_free returns WSPUSH_RESULT_IN_CALLBACK without doing anything.
  * - wspush_server_free must be the last use of a server by any thread. wspush_config_* calls
@@ -501,8 +506,9 @@ extern "C" {
  * per core, 1,000,000 connections, 64 KiB messages, ping every 30 s, idle timeout 75 s,
  * handshake timeout 10 s, 1 MiB queue per connection with the close policy, any Origin, 8 KiB
  * request heads, 1024 handshakes per thread, no per-user or per-IP limit, no JWT authentication,
- * no PROXY protocol, 5 s drain, 2 s close timeout, 8 MiB I/O thread stacks, no callbacks. Returns
- * NULL only on an internal error. Release with `wspush_config_free`.
+ * no PROXY protocol, 5 s drain, 2 s close timeout, 8 MiB I/O thread stacks, history off (once
+ * turned on: 600 s TTL, 64 MiB for all users), no callbacks. Returns NULL only on an internal
+ * error. Release with `wspush_config_free`.
  */
 struct wspush_config *wspush_config_new(void);
 
@@ -646,6 +652,41 @@ wspush_result wspush_config_set_callbacks(struct wspush_config *config,
 wspush_result wspush_config_set_socket_buffers(struct wspush_config *config,
                                                size_t send_bytes,
                                                size_t recv_bytes);
+
+/**
+ * Per-user history, for clients speaking the `wspush.v1` subprotocol (bindings/js/PROTOCOL.md):
+ * the last `messages` messages published to each user are kept and numbered (offsets 1, 2, 3,
+ * ... per user, whether or not the user has a connection), and a client that reconnects with
+ * `since=EPOCH:OFFSET` in its upgrade URL is sent what it missed. 0 (default) turns history
+ * off: nothing is kept and `wspush_publish_with_offset` reports offset 0. Connections cost
+ * nothing more with it on; each user published to costs one stream. See also
+ * `wspush_config_set_history_ttl_ms` and `wspush_config_set_history_max_bytes`.
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread.
+ */
+wspush_result wspush_config_set_history_max_messages(struct wspush_config *config, size_t messages);
+
+/**
+ * How long (ms, > 0; default 600,000) a message stays in a user's history. Kept in whole
+ * seconds, rounded up. A user's stream whose newest message has expired is dropped, and the
+ * next publish to that user starts a new epoch (a client resuming across it is told it did not
+ * recover).
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread.
+ */
+wspush_result wspush_config_set_history_ttl_ms(struct wspush_config *config, uint64_t ttl_ms);
+
+/**
+ * Bytes all users' histories together may take, payloads plus bookkeeping (the `history_bytes`
+ * stat; > 0, default 64 MiB). Past it the least recently published users' streams are dropped
+ * whole (their next publish starts a new epoch).
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread.
+ */
+wspush_result wspush_config_set_history_max_bytes(struct wspush_config *config, size_t bytes);
 
 /**
  * Open plus handshaking connections beyond which new sockets get 503 (must be > 0).
@@ -1026,7 +1067,9 @@ wspush_result wspush_server_free(const struct wspush_server *server);
 
 /**
  * Sends `payload` to every open connection of `user` (1-255 bytes, no NUL). `*delivered` (optional,
- * may be NULL) receives how many connections it was queued to, 0 when the user has none.
+ * may be NULL) receives how many connections it was queued to, 0 when the user has none. With
+ * history on, the message also takes the next offset of the user's stream (see
+ * `wspush_publish_with_offset`, which tells it).
  * Errors: NULL_ARGUMENT, INVALID_USER_ID, INVALID_ARGUMENT (kind), MESSAGE_TOO_LARGE (payload
  * larger than max_queue_bytes), STOPPED.
  *
@@ -1041,6 +1084,28 @@ wspush_result wspush_publish(const struct wspush_server *server,
                              size_t payload_len,
                              wspush_message_kind kind,
                              size_t *delivered);
+
+/**
+ * `wspush_publish`, also telling the message's offset in the user's history stream:
+ * `*offset` (optional, may be NULL) receives it: 1, 2, 3, ... per user, assigned whether or not
+ * the user has a connection (a `wspush.v1` client that reconnects with `since` gets the message
+ * then), and from 1 again when the user's stream starts a new epoch (expired or evicted). It
+ * receives 0 when history is off (`wspush_config_set_history_max_messages`, default off), and
+ * never 0 otherwise. `*delivered` (optional, may be NULL) as for `wspush_publish`. Errors as for
+ * `wspush_publish`; neither out-parameter is written on an error.
+ *
+ * # Safety
+ * `server` must be NULL or a live server; `user` and `payload` NULL or readable for their
+ * lengths; `delivered` and `offset` NULL or writable.
+ */
+wspush_result wspush_publish_with_offset(const struct wspush_server *server,
+                                         const uint8_t *user,
+                                         size_t user_len,
+                                         const uint8_t *payload,
+                                         size_t payload_len,
+                                         wspush_message_kind kind,
+                                         size_t *delivered,
+                                         uint64_t *offset);
 
 /**
  * Sends `payload` to every open connection. `*count` (optional) receives how many were open.

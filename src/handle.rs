@@ -242,6 +242,10 @@ impl ServerHandle {
         // Held until the message is queued to every connection: see src/history/mod.rs.
         let _order = history.map(|history| history.order_lock(user));
         let stream = history.map(|history| history.store().append(user, kind, payload));
+        #[cfg(feature = "test-hooks")]
+        if stream.is_some() {
+            crate::test_hooks::race_point(crate::test_hooks::RacePoint::PublishAppended);
+        }
         let mut frame: Option<Frame> = None;
         let delivered = self.shared.registry.for_each_conn(user, |conn, user_check| {
             let (thread, _, _) = conn_id::split(conn);

@@ -29,8 +29,13 @@ pub(crate) enum UserId {
 }
 
 impl UserId {
+    /// Whether an ID of `len` bytes is kept without an allocation.
+    pub(crate) fn is_inline(len: usize) -> bool {
+        len <= INLINE_USER
+    }
+
     pub(crate) fn new(user: &[u8]) -> UserId {
-        if user.len() <= INLINE_USER {
+        if UserId::is_inline(user.len()) {
             let mut bytes = [0u8; INLINE_USER];
             bytes[..user.len()].copy_from_slice(user);
             UserId::Inline { len: user.len() as u8, bytes }

@@ -152,10 +152,7 @@ mod tests {
 
     #[test]
     fn values_follow_the_table_order() {
-        let mut stats = Stats::default();
-        stats.connections = 1;
-        stats.max_connections = 23;
-        stats.recovery_failures_total = 5;
+        let stats = Stats { connections: 1, max_connections: 23, recovery_failures_total: 5, ..Stats::default() };
         let values = stats.values();
         assert_eq!(values[0], 1);
         assert_eq!(values[22], 23);

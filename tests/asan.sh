@@ -23,7 +23,7 @@ export ASAN_OPTIONS="${ASAN_OPTIONS:-halt_on_error=1:detect_leaks=1:detect_stack
 target="$(rustc -vV | sed -n 's/^host: //p')"
 
 cargo test --target "$target" --lib \
-  --test api --test frames --test http --test liveness --test ffi --test ffi_misuse --test faults --test auth
+  --test api --test frames --test http --test liveness --test ffi --test ffi_misuse --test faults --test auth --test history
 # The daemon's own unit tests (command line, admin routing and protections), a workspace crate.
 cargo test --target "$target" -p wspushd
 cargo test --target "$target" --test conformance -- library::
@@ -31,4 +31,4 @@ cargo test --target "$target" --test conformance -- library::
 # left out: it asserts bounds on this process's memory, which ASan's quarantine distorts.
 PROPTEST_CASES=8 cargo test --target "$target" --test output_property
 # The panicking calls of the test hook must leave no reference count off by one.
-cargo test --target "$target" --features test-hooks --test panic_hook
+cargo test --target "$target" --features test-hooks --test panic_hook --test history_race

@@ -270,16 +270,16 @@ fn publish_reaches_every_tab_of_that_user_and_nobody_else() {
 
     let response = daemon.post("/publish?user=alice", "You have new mail");
     assert_eq!(response.status, 200);
-    assert_eq!(response.text(), r#"{"delivered":2}"#);
+    assert_eq!(response.text(), r#"{"delivered":2,"offset":1}"#);
     assert_eq!(response.header("content-type"), Some("application/json"));
     for tab in alice_tabs.iter_mut() {
         assert_eq!(read_text(tab), "You have new mail");
     }
     assert_nothing_arrives(&mut bob);
 
-    assert_eq!(daemon.post("/publish?user=bob", "for bob").text(), r#"{"delivered":1}"#);
+    assert_eq!(daemon.post("/publish?user=bob", "for bob").text(), r#"{"delivered":1,"offset":1}"#);
     assert_eq!(read_text(&mut bob), "for bob");
-    assert_eq!(daemon.post("/publish?user=carol", "nobody home").text(), r#"{"delivered":0}"#);
+    assert_eq!(daemon.post("/publish?user=carol", "nobody home").text(), r#"{"delivered":0,"offset":1}"#);
 }
 
 #[test]
@@ -287,9 +287,9 @@ fn user_ids_are_url_decoded_on_both_sides() {
     let daemon = Daemon::start(&[]);
     let mut spaced = daemon.connect("user=a%20b");
     let mut plus = daemon.connect("user=c%2Bd");
-    assert_eq!(daemon.post("/publish?user=a+b", "one").text(), r#"{"delivered":1}"#);
+    assert_eq!(daemon.post("/publish?user=a+b", "one").text(), r#"{"delivered":1,"offset":1}"#);
     assert_eq!(read_text(&mut spaced), "one");
-    assert_eq!(daemon.post("/publish?user=c%2bd", "two").text(), r#"{"delivered":1}"#);
+    assert_eq!(daemon.post("/publish?user=c%2bd", "two").text(), r#"{"delivered":1,"offset":1}"#);
     assert_eq!(read_text(&mut plus), "two");
 }
 
@@ -300,11 +300,11 @@ fn octet_stream_publishes_binary_frames_and_anything_else_text() {
     let payload = [0u8, 159, 146, 150, 255];
     let response =
         daemon.request("POST", "/publish?user=alice", &[("Content-Type", "application/octet-stream")], &payload);
-    assert_eq!(response.text(), r#"{"delivered":1}"#);
+    assert_eq!(response.text(), r#"{"delivered":1,"offset":1}"#);
     assert_eq!(alice.read().unwrap(), Message::Binary(payload.to_vec().into()));
 
     let response = daemon.request("POST", "/publish?user=alice", &[("Content-Type", "application/json")], b"{\"n\":1}");
-    assert_eq!(response.text(), r#"{"delivered":1}"#);
+    assert_eq!(response.text(), r#"{"delivered":1,"offset":2}"#);
     assert_eq!(alice.read().unwrap(), Message::Text("{\"n\":1}".into()));
 }
 
@@ -337,7 +337,7 @@ fn disconnect_closes_that_users_connections_with_the_code() {
         assert_eq!(read_close_code(tab), CloseCode::from(4001));
     }
     // Bob is untouched; without a code, the close is a normal 1000.
-    assert_eq!(daemon.post("/publish?user=bob", "still here").text(), r#"{"delivered":1}"#);
+    assert_eq!(daemon.post("/publish?user=bob", "still here").text(), r#"{"delivered":1,"offset":1}"#);
     assert_eq!(read_text(&mut bob), "still here");
     assert_eq!(daemon.post("/disconnect?user=bob", "").text(), r#"{"disconnected":1}"#);
     assert_eq!(read_close_code(&mut bob), CloseCode::Normal);
@@ -524,7 +524,7 @@ fn keep_alive_serves_a_thousand_publishes_on_one_connection() {
     for n in 0..1000 {
         let response = http.request("POST", "/publish?user=alice", &[], format!("message {n}").as_bytes());
         assert_eq!(response.status, 200, "request {n}");
-        assert_eq!(response.text(), r#"{"delivered":1}"#, "request {n}");
+        assert_eq!(response.text(), format!(r#"{{"delivered":1,"offset":{}}}"#, n + 1), "request {n}");
         assert_eq!(response.header("connection"), None);
     }
     for n in 0..1000 {
@@ -548,7 +548,8 @@ fn pipelined_requests_are_answered_in_order() {
     batch.extend_from_slice(format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", daemon.admin).as_bytes());
     http.write(&batch);
     for n in 0..50 {
-        let expected = if n % 2 == 0 { r#"{"delivered":1}"# } else { r#"{"delivered":0}"# };
+        let (delivered, offset) = if n % 2 == 0 { (1, n / 2 + 1) } else { (0, n / 2 + 1) };
+        let expected = format!(r#"{{"delivered":{delivered},"offset":{offset}}}"#);
         assert_eq!(http.read_response().text(), expected, "response {n}");
     }
     assert_eq!(http.read_response().text(), "ok");
@@ -603,10 +604,17 @@ fn public_port_serves_the_demo_page_and_426_on_the_websocket_path() {
     assert_eq!(page.status, 200);
     assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
     let html = page.text();
-    for expected in ["id=\"state\"", "id=\"notifications\"", "\"notification\"", "new WebSocket", "\"path\": \"/ws\""] {
+    for expected in
+        ["id=\"state\"", "id=\"notifications\"", "\"notification\"", "from \"./wspush.js\"", "\"path\": \"/ws\""]
+    {
         assert!(html.contains(expected), "{expected} missing from the demo page");
     }
     assert!(html.contains(&format!("\"admin\": \"http://{}\"", daemon.admin)));
+    // The browser client the page imports (bindings/js/wspush.js).
+    let client = Http::connect(daemon.ws).request("GET", "/wspush.js", &[], b"");
+    assert_eq!(client.status, 200);
+    assert_eq!(client.header("content-type"), Some("text/javascript; charset=utf-8"));
+    assert!(client.text().contains("new this.#WebSocket(resumeUrl(target, since), PROTOCOL)"));
 
     assert_eq!(Http::connect(daemon.ws).request("GET", "/ws", &[], b"").status, 426);
     assert_eq!(Http::connect(daemon.ws).request("GET", "/nope", &[], b"").status, 404);
@@ -680,7 +688,7 @@ fn jwt_mode_lets_in_the_subject_of_a_valid_token_and_nobody_else() {
     let daemon = Daemon::start_with_auth(&["--jwt-secret-file", secret.path()], &[]);
     let mut alice = daemon.connect(&format!("token={}", token_for("alice")));
     let response = daemon.post("/publish?user=alice", "for alice");
-    assert_eq!((response.status, response.text()), (200, r#"{"delivered":1}"#));
+    assert_eq!((response.status, response.text()), (200, r#"{"delivered":1,"offset":1}"#));
     assert_eq!(read_text(&mut alice), "for alice");
 
     for target in ["/ws?user=alice", "/ws?token=abc.def.ghi", "/ws"] {
@@ -724,8 +732,8 @@ fn with_an_admin_token_every_admin_request_needs_it() {
     let mut ws = daemon.connect("user=bob");
     let mut admin = daemon.admin();
     // Keep-alive works for an authorized caller: two requests on one connection.
-    assert_eq!(admin.request("POST", "/publish?user=bob", &good, b"one").text(), r#"{"delivered":1}"#);
-    assert_eq!(admin.request("POST", "/publish?user=bob", &good, b"two").text(), r#"{"delivered":1}"#);
+    assert_eq!(admin.request("POST", "/publish?user=bob", &good, b"one").text(), r#"{"delivered":1,"offset":1}"#);
+    assert_eq!(admin.request("POST", "/publish?user=bob", &good, b"two").text(), r#"{"delivered":1,"offset":2}"#);
     assert_eq!((read_text(&mut ws), read_text(&mut ws)), ("one".to_string(), "two".to_string()));
 }
 
@@ -781,9 +789,10 @@ fn cross_site_browser_requests_to_the_admin_api_are_refused() {
     assert_nothing_arrives(&mut alice);
     // curl and backends send neither header; a browser sends `none` when the user typed the URL.
     let allowed: [&[(&str, &str)]; 3] = [&[], &[("Sec-Fetch-Site", "none")], &[("Sec-Fetch-Site", "same-origin")]];
-    for headers in allowed {
+    for (offset, headers) in (1..).zip(allowed) {
         let response = daemon.request("POST", "/publish?user=alice", headers, b"from the backend");
-        assert_eq!((response.status, response.text()), (200, r#"{"delivered":1}"#), "{headers:?}");
+        let expected = format!(r#"{{"delivered":1,"offset":{offset}}}"#);
+        assert_eq!((response.status, response.text()), (200, expected.as_str()), "{headers:?}");
         assert_eq!(read_text(&mut alice), "from the backend");
     }
     let metrics = daemon.get("/metrics");
@@ -863,7 +872,7 @@ fn idle_sockets_cannot_lock_the_backend_out_of_the_admin_api() {
     let started = Instant::now();
     let response = daemon.request("POST", "/publish?user=alice", &auth, b"during");
     let took = started.elapsed();
-    assert_eq!((response.status, response.text()), (200, r#"{"delivered":1}"#));
+    assert_eq!((response.status, response.text()), (200, r#"{"delivered":1,"offset":2}"#));
     assert!(took < Duration::from_secs(3), "a new authorised connection waited {took:?}");
     assert_eq!(read_text(&mut alice), "during");
     // The idle persistent connection was not pushed out by the newcomers.

@@ -421,6 +421,25 @@ impl TestServer {
         (result, delivered)
     }
 
+    /// `wspush_publish_with_offset` as text: (result, delivered, offset), `usize::MAX` and
+    /// `u64::MAX` when the out-parameters were not written.
+    fn publish_with_offset(&self, user: &[u8], payload: &[u8]) -> (wspush_result, usize, u64) {
+        let (mut delivered, mut offset) = (usize::MAX, u64::MAX);
+        let result = unsafe {
+            wspush_publish_with_offset(
+                self.ptr,
+                user.as_ptr(),
+                user.len(),
+                payload.as_ptr(),
+                payload.len(),
+                WSPUSH_MESSAGE_KIND_TEXT,
+                &mut delivered,
+                &mut offset,
+            )
+        };
+        (result, delivered, offset)
+    }
+
     fn stats(&self) -> wspush_stats_snapshot {
         let mut stats = wspush_stats_snapshot { size: size_of::<wspush_stats_snapshot>(), ..Default::default() };
         assert_eq!(unsafe { wspush_stats(self.ptr, &mut stats) }, OK);
@@ -1084,4 +1103,202 @@ fn the_c_stats_struct_and_table_follow_the_one_rust_table() {
     assert_eq!(unsafe { wspush_stats_field(past_the_end, &mut name, &mut help, &mut kind) }, wspush_result::NotFound);
     assert!(name.is_null() && help.is_null() && kind == 7, "out-parameters untouched on failure");
     assert_eq!(unsafe { wspush_stats_field(0, null_mut(), &mut help, &mut kind) }, wspush_result::NullArgument);
+}
+
+// -------------------------------------------------------------------------------------- history
+
+/// A server with history on, keeping `messages` per user, and `more` configuration.
+fn history_server(messages: usize, more: impl FnOnce(*mut wspush_config)) -> TestServer {
+    TestServer::start(|config, _| {
+        assert_eq!(unsafe { wspush_config_set_history_max_messages(config, messages) }, OK);
+        more(config);
+    })
+}
+
+/// Connects offering the `wspush.v1` subprotocol, which the server must select.
+fn connect_v1(port: u16, query: &str) -> Client {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let request =
+        tungstenite::client::ClientRequestBuilder::new(format!("ws://127.0.0.1:{port}/ws?{query}").parse().unwrap())
+            .with_sub_protocol("wspush.v1");
+    let (client, response) = tungstenite::client(request, stream).expect("v1 upgrade accepted");
+    let selected = response.headers().get("sec-websocket-protocol").map(|v| v.as_bytes().to_vec());
+    assert_eq!(selected.as_deref(), Some(&b"wspush.v1"[..]), "the 101 selects wspush.v1");
+    client
+}
+
+/// The next v1 frame, parsed.
+fn read_json(client: &mut Client) -> serde_json::Value {
+    let text = read_text(client);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Waits (up to 10 s: long enough for a 2 s history TTL and the once-a-second expiry) until the
+/// stats satisfy `done`.
+fn wait_for_stats(server: &TestServer, what: &str, done: impl Fn(&wspush_stats_snapshot) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = server.stats();
+        if done(&stats) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {stats:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn publish_with_offset_numbers_each_users_stream_from_1_and_reports_0_with_history_off() {
+    let off = TestServer::start(|_, _| {});
+    assert_eq!(off.publish_with_offset(b"alice", b"a"), (OK, 0, 0), "history off (the default): offset 0");
+    assert_eq!(off.publish_with_offset(b"alice", b"b"), (OK, 0, 0));
+    let stats = off.stats();
+    assert_eq!((stats.history_users, stats.history_messages, stats.history_bytes), (0, 0, 0));
+    assert_eq!(stats.publishes_total, 2);
+    drop(off);
+
+    let server = history_server(2, |_| {});
+    let offsets: Vec<u64> = (0..3).map(|_| server.publish_with_offset(b"alice", b"mail").2).collect();
+    assert_eq!(offsets, [1, 2, 3], "alice's stream");
+    assert_eq!(server.publish_with_offset(b"bob", b"mail"), (OK, 0, 1), "bob's stream is his own");
+    // A raw (non-v1) client gets the payload as before, no JSON around it.
+    let mut alice = connect(server.port, "user=alice").unwrap();
+    server.rec.opened("alice");
+    assert_eq!(server.publish_with_offset(b"alice", b"raw for alice"), (OK, 1, 4));
+    assert_eq!(read_text(&mut alice), "raw for alice");
+    // Both out-parameters are optional; the publish still takes its offset.
+    let result = unsafe {
+        let text = WSPUSH_MESSAGE_KIND_TEXT;
+        wspush_publish_with_offset(server.ptr, b"alice".as_ptr(), 5, b"x".as_ptr(), 1, text, null_mut(), null_mut())
+    };
+    assert_eq!(result, OK);
+    assert_eq!(read_text(&mut alice), "x");
+    let mut delivered = usize::MAX;
+    let result = unsafe {
+        let text = WSPUSH_MESSAGE_KIND_TEXT;
+        wspush_publish_with_offset(server.ptr, b"bob".as_ptr(), 3, b"y".as_ptr(), 1, text, &mut delivered, null_mut())
+    };
+    assert_eq!((result, delivered), (OK, 0));
+    assert_eq!(server.publish_with_offset(b"alice", b"z").2, 6, "the NULL-offset publish took 5");
+    assert_eq!(server.publish_with_offset(b"bob", b"z").2, 3);
+    // wspush_publish numbers too: it is the same publish.
+    assert_eq!(server.publish(b"bob", b"w", WSPUSH_MESSAGE_KIND_TEXT), (OK, 0));
+    assert_eq!(server.publish_with_offset(b"bob", b"v").2, 5);
+
+    let stats = server.stats();
+    assert_eq!(stats.history_users, 2);
+    assert_eq!(stats.history_messages, 4, "history_max_messages = 2 per user");
+    assert!(stats.history_bytes >= 4, "payloads plus bookkeeping: {}", stats.history_bytes);
+    assert_eq!(stats.publishes_total, 11);
+    assert_eq!((stats.resumes_total, stats.recoveries_total, stats.recovery_failures_total), (0, 0, 0));
+    server.rec.assert_no_failures();
+}
+
+#[test]
+fn history_max_bytes_evicts_whole_streams_and_the_ttl_expires_them() {
+    let server = history_server(10, |config| unsafe {
+        assert_eq!(wspush_config_set_history_max_bytes(config, 1000), OK);
+    });
+    let big = [b'm'; 600];
+    assert_eq!(server.publish_with_offset(b"alice", &big).2, 1);
+    assert_eq!(server.publish_with_offset(b"alice", b"small").2, 2);
+    assert_eq!(server.stats().history_users, 1);
+    // Bob's message passes the byte cap: alice's stream, the least recently published, goes.
+    assert_eq!(server.publish_with_offset(b"bob", &big).2, 1);
+    let stats = server.stats();
+    assert_eq!((stats.history_users, stats.history_messages), (1, 1), "{stats:?}");
+    assert!(stats.history_bytes <= 1000, "{stats:?}");
+    assert_eq!(server.publish_with_offset(b"alice", &big).2, 1, "a new epoch for alice, from 1");
+    drop(server);
+
+    let server = history_server(10, |config| unsafe {
+        // 2 s: kept in whole seconds, so a stream goes 1-2 s after its last publish, never
+        // between the two publishes below.
+        assert_eq!(wspush_config_set_history_ttl_ms(config, 2000), OK);
+    });
+    assert_eq!(server.publish_with_offset(b"carol", b"one").2, 1);
+    assert_eq!(server.publish_with_offset(b"carol", b"two").2, 2);
+    assert_eq!(server.stats().history_users, 1);
+    wait_for_stats(&server, "carol's stream to expire", |stats| stats.history_users == 0);
+    assert_eq!(server.stats().history_messages, 0);
+    assert_eq!(server.publish_with_offset(b"carol", b"three").2, 1, "expired: a new epoch, from 1");
+}
+
+#[test]
+fn history_setters_refuse_invalid_values_and_keep_the_old_ones() {
+    use wspush_result::InvalidArgument;
+    unsafe {
+        let c = wspush_config_new();
+        assert_eq!(wspush_config_set_history_ttl_ms(c, 0), InvalidArgument);
+        assert_eq!(wspush_config_set_history_ttl_ms(c, WSPUSH_MAX_TIMEOUT_MS + 1), InvalidArgument);
+        assert_eq!(wspush_config_set_history_max_bytes(c, 0), InvalidArgument);
+        // Refused whether history is on or off, set before or after.
+        assert_eq!(wspush_config_set_history_max_messages(c, 3), OK);
+        assert_eq!(wspush_config_set_history_ttl_ms(c, 0), InvalidArgument);
+        assert_eq!(wspush_config_set_history_max_bytes(c, 0), InvalidArgument);
+        assert_eq!(wspush_config_set_history_ttl_ms(c, WSPUSH_MAX_TIMEOUT_MS), OK, "the maximum itself");
+        assert_eq!(wspush_config_set_history_ttl_ms(c, 1), OK, "rounded up to a second");
+        assert_eq!(wspush_config_set_history_max_bytes(c, 1), OK);
+        assert_eq!(wspush_config_set_history_max_messages(c, 0), OK, "off again");
+        assert_eq!(wspush_config_set_history_max_messages(c, usize::MAX), OK);
+        wspush_config_free(c);
+    }
+    // The refused values were not kept: history still works with the defaults.
+    let server = history_server(3, |config| unsafe {
+        assert_eq!(wspush_config_set_history_ttl_ms(config, 0), InvalidArgument);
+        assert_eq!(wspush_config_set_history_max_bytes(config, 0), InvalidArgument);
+    });
+    assert_eq!(server.publish_with_offset(b"alice", b"a").2, 1);
+    assert_eq!(server.publish_with_offset(b"alice", b"b").2, 2);
+    assert_eq!(server.stats().history_messages, 2);
+}
+
+#[test]
+fn a_wspush_v1_client_resumes_from_a_c_hosted_server_and_the_stats_count_it() {
+    let server = history_server(100, |_| {});
+    let mut alice = connect_v1(server.port, "user=alice");
+    let conn = server.rec.opened("alice");
+    let welcome = read_json(&mut alice);
+    assert_eq!((welcome["type"].as_str(), welcome["offset"].as_u64()), (Some("welcome"), Some(0)), "{welcome}");
+    assert_eq!(welcome["recovered"], false);
+    assert_eq!(server.publish_with_offset(b"alice", b"first"), (OK, 1, 1));
+    let first = read_json(&mut alice);
+    assert_eq!((first["offset"].as_u64(), first["data"].as_str()), (Some(1), Some("first")), "{first}");
+    let epoch = first["epoch"].as_str().expect("offset 1 carries the epoch").to_string();
+
+    alice.close(None).unwrap();
+    while alice.read().is_ok() {}
+    server.rec.wait_for("alice's on_close", |events| {
+        events.iter().any(|e| matches!(e, Event::Close { conn: c, .. } if *c == conn)).then_some(())
+    });
+    for (payload, offset) in [("two", 2), ("three", 3), ("four", 4)] {
+        assert_eq!(server.publish_with_offset(b"alice", payload.as_bytes()), (OK, 0, offset), "alice is away");
+    }
+
+    let mut alice = connect_v1(server.port, &format!("user=alice&since={epoch}:1"));
+    let welcome = read_json(&mut alice);
+    assert_eq!(welcome["type"], "welcome");
+    assert_eq!((welcome["epoch"].as_str(), welcome["offset"].as_u64()), (Some(epoch.as_str()), Some(4)));
+    assert_eq!(welcome["recovered"], true);
+    for (payload, offset) in [("two", 2), ("three", 3), ("four", 4)] {
+        let message = read_json(&mut alice);
+        assert_eq!(message["type"], "message");
+        assert_eq!((message["offset"].as_u64(), message["data"].as_str()), (Some(offset), Some(payload)));
+    }
+    assert_eq!(server.publish_with_offset(b"alice", b"live").2, 5);
+    assert_eq!(read_json(&mut alice)["offset"].as_u64(), Some(5), "live after the replay, nothing repeated");
+    let stats = server.stats();
+    assert_eq!((stats.resumes_total, stats.recoveries_total, stats.recovery_failures_total), (1, 1, 0));
+
+    // Another epoch cannot be recovered: the client is told so and gets nothing replayed.
+    let mut stale = connect_v1(server.port, "user=alice&since=00000000000000ab:2");
+    let welcome = read_json(&mut stale);
+    assert_eq!((welcome["recovered"].as_bool(), welcome["offset"].as_u64()), (Some(false), Some(5)));
+    assert_eq!(server.publish_with_offset(b"alice", b"after").2, 6);
+    assert_eq!(read_json(&mut stale)["offset"].as_u64(), Some(6), "no replay before the live message");
+    let stats = server.stats();
+    assert_eq!((stats.resumes_total, stats.recoveries_total, stats.recovery_failures_total), (2, 1, 1));
+    assert_eq!((stats.history_users, stats.history_messages), (1, 6));
+    server.rec.assert_no_failures();
 }

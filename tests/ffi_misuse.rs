@@ -332,6 +332,16 @@ fn server_call_lengths_beyond_their_maximum_are_refused_without_reading_the_buff
         );
         assert_eq!(wspush_publish(server, p, HUGE, b"x".as_ptr(), 1, text, null_mut()), wspush_result::InvalidUserId);
         assert_eq!(wspush_publish(server, b"u".as_ptr(), 1, p, HUGE, text, null_mut()), wspush_result::MessageTooLarge);
+        let (mut delivered, mut offset) = (usize::MAX, u64::MAX);
+        assert_eq!(
+            wspush_publish_with_offset(server, p, HUGE, b"x".as_ptr(), 1, text, &mut delivered, &mut offset),
+            wspush_result::InvalidUserId
+        );
+        assert_eq!(
+            wspush_publish_with_offset(server, b"u".as_ptr(), 1, p, HUGE, text, &mut delivered, &mut offset),
+            wspush_result::MessageTooLarge
+        );
+        assert_eq!((delivered, offset), (usize::MAX, u64::MAX), "out-parameters untouched on failure");
         assert_eq!(wspush_broadcast(server, p, HUGE, text, null_mut()), wspush_result::MessageTooLarge);
         assert_eq!(wspush_send(server, 1, p, HUGE, text), wspush_result::MessageTooLarge);
         assert_eq!(wspush_disconnect_user(server, p, HUGE, 1000, null_mut()), wspush_result::InvalidUserId);
@@ -470,4 +480,79 @@ fn proxy_protocol_needs_a_trusted_proxy_and_bad_networks_are_invalid_address() {
         assert_eq!(wspush_config_set_proxy_protocol(config, false), OK);
         wspush_config_free(config);
     }
+}
+
+/// `wspush_publish_with_offset` with the offset out-parameters of a test: (result, delivered,
+/// offset), the sentinels `usize::MAX` and `u64::MAX` when they were not written.
+fn publish_with_offset(
+    server: *const wspush_server,
+    user: *const u8,
+    user_len: usize,
+    payload: *const u8,
+    payload_len: usize,
+    kind: wspush_message_kind,
+) -> (wspush_result, usize, u64) {
+    let (mut delivered, mut offset) = (usize::MAX, u64::MAX);
+    // SAFETY: `server` is NULL or live and the buffers NULL or valid for their lengths (each
+    // caller says which); the out-parameters are locals.
+    let result = unsafe {
+        wspush_publish_with_offset(server, user, user_len, payload, payload_len, kind, &mut delivered, &mut offset)
+    };
+    (result, delivered, offset)
+}
+
+#[test]
+fn history_calls_refuse_null_and_invalid_arguments_and_write_nothing_on_failure() {
+    use wspush_result::{InvalidArgument, InvalidUserId, MessageTooLarge, NullArgument, Stopped};
+    // SAFETY: NULL configurations on purpose, then a fresh one freed once.
+    unsafe {
+        assert_eq!(wspush_config_set_history_max_messages(null_mut(), 10), NullArgument);
+        assert_eq!(wspush_config_set_history_ttl_ms(null_mut(), 1000), NullArgument);
+        assert_eq!(wspush_config_set_history_max_bytes(null_mut(), 1 << 20), NullArgument);
+        let config = wspush_config_new();
+        assert_eq!(wspush_config_set_history_ttl_ms(config, 0), InvalidArgument);
+        assert_eq!(wspush_config_set_history_ttl_ms(config, u64::MAX), InvalidArgument);
+        assert_eq!(wspush_config_set_history_max_bytes(config, 0), InvalidArgument);
+        wspush_config_free(config);
+    }
+
+    let seen = Seen::default();
+    let config = config("127.0.0.1:0", &seen);
+    let mut server = null();
+    // SAFETY: a live configuration, freed once; the out-parameter is a local.
+    unsafe {
+        assert_eq!(wspush_config_set_history_max_messages(config, 10), OK);
+        assert_eq!(wspush_config_set_max_queue_bytes(config, 64), OK);
+        assert_eq!(wspush_server_start(config, &mut server), OK);
+        wspush_config_free(config);
+    }
+    let (user, text) = (b"alice".as_ptr(), WSPUSH_MESSAGE_KIND_TEXT);
+    let untouched = (usize::MAX, u64::MAX);
+    let refused = |call: (wspush_result, usize, u64)| (call.0, (call.1, call.2));
+    assert_eq!(refused(publish_with_offset(null(), user, 5, null(), 0, text)), (NullArgument, untouched));
+    assert_eq!(refused(publish_with_offset(server, null(), 5, null(), 0, text)), (NullArgument, untouched));
+    assert_eq!(refused(publish_with_offset(server, user, 5, null(), 1, text)), (NullArgument, untouched));
+    assert_eq!(refused(publish_with_offset(server, null(), 0, null(), 0, text)), (InvalidUserId, untouched));
+    let nul = b"ali\0ce";
+    assert_eq!(refused(publish_with_offset(server, nul.as_ptr(), 6, null(), 0, text)), (InvalidUserId, untouched));
+    let long = [b'u'; 256];
+    assert_eq!(refused(publish_with_offset(server, long.as_ptr(), 256, null(), 0, text)), (InvalidUserId, untouched));
+    assert_eq!(refused(publish_with_offset(server, user, 5, null(), 0, 3)), (InvalidArgument, untouched), "kind");
+    let big = [b'm'; 65];
+    assert_eq!(refused(publish_with_offset(server, user, 5, big.as_ptr(), 65, text)), (MessageTooLarge, untouched));
+    // None of the refused calls took an offset; the 255-byte maximum is a user like any other.
+    assert_eq!(publish_with_offset(server, user, 5, null(), 0, text), (OK, 0, 1));
+    assert_eq!(publish_with_offset(server, long.as_ptr(), 255, big.as_ptr(), 64, text), (OK, 0, 1));
+    assert_eq!(publish_with_offset(server, user, 5, null(), 0, text), (OK, 0, 2));
+
+    // SAFETY: the live server; stopped, then freed once.
+    assert_eq!(unsafe { wspush_server_stop(server) }, OK);
+    assert_eq!(refused(publish_with_offset(server, user, 5, null(), 0, text)), (Stopped, untouched));
+    assert_eq!(
+        refused(publish_with_offset(server, null(), 5, null(), 0, text)),
+        (NullArgument, untouched),
+        "argument errors first"
+    );
+    // SAFETY: as above.
+    assert_eq!(unsafe { wspush_server_free(server) }, OK);
 }

@@ -18,7 +18,7 @@ cargo test --release --workspace
 
 echo "== a panic inside wspush becomes WSPUSH_RESULT_PANIC (test-only hook; debug profile, so the"
 echo "   release library the bindings load is never built with the hook)"
-cargo test --features test-hooks --test panic_hook
+cargo test --features test-hooks --test panic_hook --test history_race
 
 echo "== the in-process Rust tests under AddressSanitizer + LeakSanitizer (own target dir)"
 bash tests/asan.sh
@@ -26,7 +26,13 @@ bash tests/asan.sh
 echo "== wspushd against the contract the benchmark peers share"
 python3 benches/peers/check_contract.py target/release/wspushd --demo --max-connections-per-ip 0 --max-handshakes-per-ip-per-sec 0 --max-pending-handshakes-per-ip 0
 
-echo "== the demo page in headless Chromium (reconnects across a daemon restart)"
+echo "== the browser client (bindings/js): its state machine on a fake WebSocket, and wspush.v1 against"
+echo "   a real wspushd (resume, races with reconnects, reset on restart, backoff bounds)"
+npm ci --prefix bindings/js --no-audit --no-fund --loglevel=error
+(cd bindings/js && node --test test/*.test.mjs)
+
+echo "== the demo page in headless Chromium (uses bindings/js; resumes after a drop, resets after a"
+echo "   daemon restart)"
 npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 node --test tests/browser/demo.test.mjs
 

@@ -100,6 +100,15 @@ wspush_go_counted wspush_go_publish(const wspush_server *server, const uint8_t *
     return out;
 }
 
+wspush_go_published wspush_go_publish_with_offset(const wspush_server *server, const uint8_t *user,
+                                                  size_t user_len, const uint8_t *payload, size_t payload_len,
+                                                  wspush_message_kind kind) {
+    wspush_go_published out = {0, 0, 0};
+    out.result =
+        wspush_publish_with_offset(server, user, user_len, payload, payload_len, kind, &out.delivered, &out.offset);
+    return out;
+}
+
 wspush_go_counted wspush_go_broadcast(const wspush_server *server, const uint8_t *payload, size_t payload_len,
                                       wspush_message_kind kind) {
     wspush_go_counted out = {0, 0};

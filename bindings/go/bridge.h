@@ -58,6 +58,16 @@ const wspush_server *wspush_go_callback_server(void);
 
 wspush_go_counted wspush_go_publish(const wspush_server *server, const uint8_t *user, size_t user_len,
                                     const uint8_t *payload, size_t payload_len, wspush_message_kind kind);
+/* wspush_publish_with_offset's result with both of its out-parameters. */
+typedef struct wspush_go_published {
+    wspush_result result;
+    size_t delivered;
+    uint64_t offset;
+} wspush_go_published;
+
+wspush_go_published wspush_go_publish_with_offset(const wspush_server *server, const uint8_t *user,
+                                                  size_t user_len, const uint8_t *payload, size_t payload_len,
+                                                  wspush_message_kind kind);
 wspush_go_counted wspush_go_broadcast(const wspush_server *server, const uint8_t *payload, size_t payload_len,
                                       wspush_message_kind kind);
 wspush_go_counted wspush_go_disconnect_user(const wspush_server *server, const uint8_t *user, size_t user_len,

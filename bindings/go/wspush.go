@@ -190,6 +190,19 @@ type Config struct {
 	// cost of throughput per connection [0: the kernel's autotuning].
 	SocketSendBuffer int
 	SocketRecvBuffer int
+	// HistoryMaxMessages turns on per-user history for clients of the wspush.v1 subprotocol:
+	// the last this many messages published to each user are kept and numbered (offsets 1, 2,
+	// 3, ... per user, see Server.PublishWithOffset), and a client that reconnects with
+	// ?since=EPOCH:OFFSET is sent what it missed [0: off].
+	HistoryMaxMessages int
+	// HistoryTTL is how long a message stays in a user's history; kept in whole seconds,
+	// rounded up. A stream whose newest message has expired is dropped: the user's next
+	// publish starts a new epoch at offset 1 [10m].
+	HistoryTTL time.Duration
+	// HistoryMaxBytes: bytes all users' histories together may take, payloads plus bookkeeping
+	// (Stats.HistoryBytes); past it the least recently published users' streams are dropped
+	// whole [64 MiB].
+	HistoryMaxBytes int
 	// Handler receives the server's events. Without one (nil, or a HandlerFuncs with a nil
 	// Upgrade), upgrades get DefaultUpgrade: a valid JWT (JWTHS256Secret) opens as its sub,
 	// anything else gets 401. If it also implements HTTPHandler, it answers plain HTTP
@@ -226,6 +239,21 @@ type Stats struct {
 	MessageTimeoutsTotal    uint64 `json:"message_timeouts_total"`       // closed with 1008: a started frame or message not completed in time
 	PartialInputRefusals    uint64 `json:"partial_input_refusals_total"` // closed with 1013: the cap on incomplete input was reached
 	MaxConnections          uint64 `json:"max_connections"`              // the connection cap in force (lowered to RLIMIT_NOFILE)
+	HistoryUsers            uint64 `json:"history_users"`                // users with a history stream (HistoryMaxMessages > 0)
+	HistoryMessages         uint64 `json:"history_messages"`             // messages held in users' histories
+	HistoryBytes            uint64 `json:"history_bytes"`                // bytes charged to history: payloads plus bookkeeping (HistoryMaxBytes)
+	ResumesTotal            uint64 `json:"resumes_total"`                // wspush.v1 connections that asked to resume (since=...)
+	RecoveriesTotal         uint64 `json:"recoveries_total"`             // resumes that recovered: everything after since was replayed
+	RecoveryFailuresTotal   uint64 `json:"recovery_failures_total"`      // resumes not honoured (other epoch, trimmed, expired, too large): the client resets
+}
+
+// Published is what Server.PublishWithOffset did.
+type Published struct {
+	// Delivered is how many connections the message was queued to (0 when the user has none).
+	Delivered int
+	// Offset is the message's offset in the user's history stream: 1, 2, 3, ... per user (from 1
+	// again when the stream starts a new epoch), 0 when history is off (Config.HistoryMaxMessages).
+	Offset uint64
 }
 
 // Server is a running wspush server. Its methods are safe for concurrent use, also from
@@ -436,6 +464,12 @@ func applyConfig(cfg *C.wspush_config, config *Config) error {
 		{"MaxPartialInputBytes", config.MaxPartialInputBytes, func(c *C.wspush_config, v C.size_t) C.wspush_result {
 			return C.wspush_config_set_max_partial_input_bytes(c, v)
 		}},
+		{"HistoryMaxMessages", config.HistoryMaxMessages, func(c *C.wspush_config, v C.size_t) C.wspush_result {
+			return C.wspush_config_set_history_max_messages(c, v)
+		}},
+		{"HistoryMaxBytes", config.HistoryMaxBytes, func(c *C.wspush_config, v C.size_t) C.wspush_result {
+			return C.wspush_config_set_history_max_bytes(c, v)
+		}},
 	}
 	for _, size := range sizes {
 		if size.value < 0 {
@@ -472,6 +506,9 @@ func applyConfig(cfg *C.wspush_config, config *Config) error {
 		}},
 		{"MessageTimeout", config.MessageTimeout, func(c *C.wspush_config, v C.uint64_t) C.wspush_result {
 			return C.wspush_config_set_message_timeout_ms(c, v)
+		}},
+		{"HistoryTTL", config.HistoryTTL, func(c *C.wspush_config, v C.uint64_t) C.wspush_result {
+			return C.wspush_config_set_history_ttl_ms(c, v)
 		}},
 	}
 	for _, duration := range durations {
@@ -600,6 +637,22 @@ func (s *Server) Publish(user []byte, msg []byte, binary bool) (int, error) {
 	out := C.wspush_go_publish(ptr, bytesPtr(user), C.size_t(len(user)), bytesPtr(msg), C.size_t(len(msg)), messageKind(binary))
 	s.lifetime.RUnlock()
 	return int(out.count), check("Publish", out.result)
+}
+
+// PublishWithOffset is Publish, also telling the offset the message got in the user's history
+// stream (Published.Offset, 0 with history off). The offset is assigned whether or not the user
+// has a connection: a wspush.v1 client that reconnects with since is sent the message then.
+func (s *Server) PublishWithOffset(user []byte, msg []byte, binary bool) (Published, error) {
+	ptr := s.acquire()
+	if ptr == nil {
+		return Published{}, &Error{Code: ResultStopped, Op: "PublishWithOffset"}
+	}
+	out := C.wspush_go_publish_with_offset(ptr, bytesPtr(user), C.size_t(len(user)), bytesPtr(msg), C.size_t(len(msg)), messageKind(binary))
+	s.lifetime.RUnlock()
+	if err := check("PublishWithOffset", out.result); err != nil {
+		return Published{}, err
+	}
+	return Published{Delivered: int(out.delivered), Offset: uint64(out.offset)}, nil
 }
 
 // Broadcast sends msg to every open connection and returns how many were open.

@@ -3,15 +3,15 @@
 //! handshake, the teardown, and the one timer entry that watches each state.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 use super::{Conn, Context, Gone, State, Step, CLOSE_RECEIVED, EPOCH_SHIFT, PINGED, V1, WRITE_SHUT};
 use crate::codec::{self, close, Frame, Opcode};
-use crate::history::Position;
 use crate::conn_id::MAX_SLOTS;
 use crate::guard::guarded;
 use crate::handshake;
+use crate::history::Position;
 use crate::ip_limits::{self, NOT_COUNTED};
 use crate::registry::UserId;
 use crate::request::UpgradeDecision;
@@ -177,6 +177,10 @@ impl Conn {
         if shared.registry.add(user, id, cx.config().max_connections_per_user).is_err() {
             drop(order);
             return self.reject(cx, slot, 429);
+        }
+        #[cfg(feature = "test-hooks")]
+        if order.is_some() {
+            crate::test_hooks::race_point(crate::test_hooks::RacePoint::ResumeRegistered);
         }
         let greeting = negotiated.v1.then(|| greeting(cx, user, negotiated.since));
         drop(order);

@@ -74,8 +74,9 @@ fn looks_like_listen_address(address: &str) -> bool {
 /// per core, 1,000,000 connections, 64 KiB messages, ping every 30 s, idle timeout 75 s,
 /// handshake timeout 10 s, 1 MiB queue per connection with the close policy, any Origin, 8 KiB
 /// request heads, 1024 handshakes per thread, no per-user or per-IP limit, no JWT authentication,
-/// no PROXY protocol, 5 s drain, 2 s close timeout, 8 MiB I/O thread stacks, no callbacks. Returns
-/// NULL only on an internal error. Release with `wspush_config_free`.
+/// no PROXY protocol, 5 s drain, 2 s close timeout, 8 MiB I/O thread stacks, history off (once
+/// turned on: 600 s TTL, 64 MiB for all users), no callbacks. Returns NULL only on an internal
+/// error. Release with `wspush_config_free`.
 #[no_mangle]
 pub extern "C" fn wspush_config_new() -> *mut wspush_config {
     ffi_boundary(|| {
@@ -337,6 +338,70 @@ pub unsafe extern "C" fn wspush_config_set_socket_buffers(
         update(config, |c| {
             c.socket_send_buffer = send_bytes;
             c.socket_recv_buffer = recv_bytes;
+            Ok(())
+        })
+    }
+}
+
+/// Per-user history, for clients speaking the `wspush.v1` subprotocol (bindings/js/PROTOCOL.md):
+/// the last `messages` messages published to each user are kept and numbered (offsets 1, 2, 3,
+/// ... per user, whether or not the user has a connection), and a client that reconnects with
+/// `since=EPOCH:OFFSET` in its upgrade URL is sent what it missed. 0 (default) turns history
+/// off: nothing is kept and `wspush_publish_with_offset` reports offset 0. Connections cost
+/// nothing more with it on; each user published to costs one stream. See also
+/// `wspush_config_set_history_ttl_ms` and `wspush_config_set_history_max_bytes`.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_history_max_messages(
+    config: *mut wspush_config,
+    messages: usize,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe { update(config, |c| c.history_max_messages = messages) }
+}
+
+/// How long (ms, > 0; default 600,000) a message stays in a user's history. Kept in whole
+/// seconds, rounded up. A user's stream whose newest message has expired is dropped, and the
+/// next publish to that user starts a new epoch (a client resuming across it is told it did not
+/// recover).
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_history_ttl_ms(config: *mut wspush_config, ttl_ms: u64) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            // Refused here, not only when history is on, so the order of the setters never matters.
+            if ttl_ms == 0 {
+                return Err(wspush_result::InvalidArgument);
+            }
+            c.history_ttl = millis(ttl_ms)?;
+            Ok(())
+        })
+    }
+}
+
+/// Bytes all users' histories together may take, payloads plus bookkeeping (the `history_bytes`
+/// stat; > 0, default 64 MiB). Past it the least recently published users' streams are dropped
+/// whole (their next publish starts a new epoch).
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_history_max_bytes(
+    config: *mut wspush_config,
+    bytes: usize,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            if bytes == 0 {
+                return Err(wspush_result::InvalidArgument);
+            }
+            c.history_max_bytes = bytes;
             Ok(())
         })
     }

@@ -60,11 +60,11 @@ unsafe fn payload_arg<'a>(
     unsafe { bytes(payload, payload_len, max, wspush_result::MessageTooLarge) }
 }
 
-/// Writes a count to an optional out-parameter.
+/// Writes a value (a count, an offset) to an optional out-parameter.
 ///
 /// # Safety
 /// `out` must be NULL or valid for writes.
-unsafe fn write_optional(out: *mut usize, value: usize) {
+unsafe fn write_optional<T>(out: *mut T, value: T) {
     if let Ok(out) = Out::new(out) {
         // SAFETY: non-NULL, valid per the contract.
         unsafe { out.write(value) };
@@ -177,7 +177,9 @@ pub unsafe extern "C" fn wspush_server_free(server: *const wspush_server) -> wsp
 }
 
 /// Sends `payload` to every open connection of `user` (1-255 bytes, no NUL). `*delivered` (optional,
-/// may be NULL) receives how many connections it was queued to, 0 when the user has none.
+/// may be NULL) receives how many connections it was queued to, 0 when the user has none. With
+/// history on, the message also takes the next offset of the user's stream (see
+/// `wspush_publish_with_offset`, which tells it).
 /// Errors: NULL_ARGUMENT, INVALID_USER_ID, INVALID_ARGUMENT (kind), MESSAGE_TOO_LARGE (payload
 /// larger than max_queue_bytes), STOPPED.
 ///
@@ -202,6 +204,43 @@ pub unsafe extern "C" fn wspush_publish(
         let count = engine(server.publish(user, payload, message_kind_from_c(kind)?))?;
         // SAFETY: per this function's contract.
         unsafe { write_optional(delivered, count) };
+        Ok(wspush_result::Ok)
+    })
+}
+
+/// `wspush_publish`, also telling the message's offset in the user's history stream:
+/// `*offset` (optional, may be NULL) receives it: 1, 2, 3, ... per user, assigned whether or not
+/// the user has a connection (a `wspush.v1` client that reconnects with `since` gets the message
+/// then), and from 1 again when the user's stream starts a new epoch (expired or evicted). It
+/// receives 0 when history is off (`wspush_config_set_history_max_messages`, default off), and
+/// never 0 otherwise. `*delivered` (optional, may be NULL) as for `wspush_publish`. Errors as for
+/// `wspush_publish`; neither out-parameter is written on an error.
+///
+/// # Safety
+/// `server` must be NULL or a live server; `user` and `payload` NULL or readable for their
+/// lengths; `delivered` and `offset` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_publish_with_offset(
+    server: *const wspush_server,
+    user: *const u8,
+    user_len: usize,
+    payload: *const u8,
+    payload_len: usize,
+    kind: wspush_message_kind,
+    delivered: *mut usize,
+    offset: *mut u64,
+) -> wspush_result {
+    ffi_boundary(|| {
+        // SAFETY: per this function's contract.
+        let server = unsafe { server_arg(server) }?;
+        // SAFETY: per this function's contract.
+        let (user, payload) = unsafe { (user_arg(user, user_len)?, payload_arg(&server, payload, payload_len)?) };
+        let published = engine(server.publish_with_offset(user, payload, message_kind_from_c(kind)?))?;
+        // SAFETY: per this function's contract.
+        unsafe {
+            write_optional(delivered, published.delivered);
+            write_optional(offset, published.offset.unwrap_or(0));
+        }
         Ok(wspush_result::Ok)
     })
 }

@@ -18,12 +18,13 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use slab::Slab;
 
-use super::{random_u64, Epoch, HistoryGauges, HistoryStore, Limits, Position, Stored, Unrecoverable};
-use crate::registry::KeyMap;
+use super::position::{random_u64, Epoch, Position};
+use super::store::{HistoryGauges, HistoryStore, Limits, Stored, Unrecoverable};
+use crate::registry::{KeyMap, UserId};
 use crate::slack;
 use crate::types::MessageKind;
 
-/// "No stream" in the chain and order links.
+/// "No stream" in the chain links.
 const NIL: u32 = u32::MAX;
 /// What the allocator adds to each allocation (glibc: an 8-byte header, 16-byte granules).
 const ALLOCATION_OVERHEAD: usize = 16;
@@ -36,7 +37,8 @@ struct Entry {
 }
 
 struct Stream {
-    user: Box<[u8]>,
+    /// Inline when short (most IDs): comparing it costs no extra memory access.
+    user: UserId,
     epoch: u64,
     /// The store's `losses` when the stream was created (see `Epoch::NoStream`).
     born_losses: u64,
@@ -44,9 +46,8 @@ struct Stream {
     first: u64,
     entries: VecDeque<Entry>,
     last_publish: u32,
-    /// Neighbours in publish order (`older` towards `Inner::oldest`).
-    older: u32,
-    newer: u32,
+    /// Number of the last publish to this stream: its current place in `Inner::order`.
+    last_seq: u32,
     /// The next stream whose user ID has the same hash.
     chain: u32,
 }
@@ -68,15 +69,24 @@ fn message_cost(payload_len: usize) -> u64 {
 fn stream_cost(user_len: usize) -> u64 {
     // The index entry: its key, its value and a control byte, rounded up.
     const INDEX_ENTRY: usize = 16;
-    (std::mem::size_of::<Stream>() + user_len + ALLOCATION_OVERHEAD + INDEX_ENTRY) as u64
+    // Its places in the publish order: one current, up to two outdated (see `Inner::touch`).
+    const ORDER_ENTRIES: usize = 3 * std::mem::size_of::<(u32, u32)>();
+    let user_on_heap = if UserId::is_inline(user_len) { 0 } else { user_len + ALLOCATION_OVERHEAD };
+    (std::mem::size_of::<Stream>() + user_on_heap + INDEX_ENTRY + ORDER_ENTRIES) as u64
 }
+
+/// Outdated places the publish order may hold beyond two per stream before it is compacted.
+const ORDER_SLACK: usize = 1024;
 
 #[derive(Default)]
 struct Inner {
     index: KeyMap<u32>,
     streams: Slab<Stream>,
-    oldest: u32,
-    newest: u32,
+    /// Streams in publish order, least recent first, as (slot, publish number). Publishing
+    /// appends the stream's new place and leaves the old one to be skipped: no other stream is
+    /// touched (a linked list would visit both neighbours, two cache misses per publish).
+    order: VecDeque<(u32, u32)>,
+    next_seq: u32,
     /// Streams dropped (evicted or expired) since the store started.
     losses: u64,
     messages: u64,
@@ -98,7 +108,7 @@ impl MemoryStore {
         // Whole seconds, rounded up: an entry lives at least the TTL.
         let ttl_secs = limits.ttl.as_secs().saturating_add(u64::from(limits.ttl.subsec_nanos() > 0)).max(1);
         MemoryStore {
-            inner: Mutex::new(Inner { oldest: NIL, newest: NIL, ..Inner::default() }),
+            inner: Mutex::new(Inner::default()),
             limits,
             ttl_secs: u32::try_from(ttl_secs).unwrap_or(u32::MAX),
             keys: RandomState::new(),
@@ -140,55 +150,51 @@ impl Inner {
     fn create(&mut self, hash: u64, user: &[u8]) -> u32 {
         let chain = self.index.get(&hash).copied().unwrap_or(NIL);
         let stream = Stream {
-            user: user.into(),
+            user: UserId::new(user),
             epoch: random_u64(),
             born_losses: self.losses,
             first: 1,
             entries: VecDeque::new(),
             last_publish: 0,
-            older: NIL,
-            newer: NIL,
+            last_seq: 0,
             chain,
         };
         let slot = self.streams.insert(stream) as u32;
         self.index.insert(hash, slot);
         self.bytes += stream_cost(user.len());
-        self.link_newest(slot);
         slot
     }
 
-    fn unlink(&mut self, slot: u32) {
-        let (older, newer) = {
-            let s = &self.streams[slot as usize];
-            (s.older, s.newer)
-        };
-        match older {
-            NIL => self.oldest = newer,
-            _ => self.streams[older as usize].newer = newer,
-        }
-        match newer {
-            NIL => self.newest = older,
-            _ => self.streams[newer as usize].older = older,
+    /// Makes `slot` the most recently published stream.
+    fn touch(&mut self, slot: u32) {
+        let seq = self.next_seq;
+        self.next_seq = seq.wrapping_add(1);
+        self.streams[slot as usize].last_seq = seq;
+        self.order.push_back((slot, seq));
+        if self.order.len() > 2 * self.streams.len() + ORDER_SLACK {
+            // Every outdated place goes, so none lives long enough for its number to come round
+            // again (2^32 publishes).
+            let streams = &self.streams;
+            self.order.retain(|&(slot, seq)| streams.get(slot as usize).is_some_and(|s| s.last_seq == seq));
+            if self.order.capacity() > 4 * self.order.len() + ORDER_SLACK {
+                self.order.shrink_to(2 * self.order.len() + ORDER_SLACK);
+            }
         }
     }
 
-    fn link_newest(&mut self, slot: u32) {
-        let previous = self.newest;
-        {
-            let s = &mut self.streams[slot as usize];
-            s.older = previous;
-            s.newer = NIL;
+    /// The least recently published stream, skipping outdated places.
+    fn least_recent(&mut self) -> Option<u32> {
+        while let Some(&(slot, seq)) = self.order.front() {
+            if self.streams.get(slot as usize).is_some_and(|s| s.last_seq == seq) {
+                return Some(slot);
+            }
+            self.order.pop_front();
         }
-        match previous {
-            NIL => self.oldest = slot,
-            _ => self.streams[previous as usize].newer = slot,
-        }
-        self.newest = slot;
+        None
     }
 
     /// Drops a stream whole: its epoch ends.
     fn drop_stream(&mut self, slot: u32, hash: u64) {
-        self.unlink(slot);
         let stream = self.streams.remove(slot as usize);
         if self.index.get(&hash) == Some(&slot) {
             match stream.chain {
@@ -228,13 +234,13 @@ impl Inner {
     /// Drops every stream whose newest message has expired; they are the least recently
     /// published, at the old end of the order.
     fn expire_streams(&mut self, now: u32, ttl_secs: u32, hash: impl Fn(&[u8]) -> u64) {
-        while self.oldest != NIL {
-            let stream = &self.streams[self.oldest as usize];
+        while let Some(oldest) = self.least_recent() {
+            let stream = &self.streams[oldest as usize];
             if now.saturating_sub(stream.last_publish) < ttl_secs {
                 break;
             }
             let key = hash(&stream.user);
-            self.drop_stream(self.oldest, key);
+            self.drop_stream(oldest, key);
         }
     }
 
@@ -251,20 +257,19 @@ impl HistoryStore for MemoryStore {
         let hash = self.hash(user);
         let (mut inner, now) = self.lock();
         let inner = &mut *inner;
-        let slot = match inner.find(hash, user) {
-            Some(slot) => {
-                inner.unlink(slot);
-                inner.link_newest(slot);
-                slot
-            }
-            None => inner.create(hash, user),
-        };
+        let slot = inner.find(hash, user).unwrap_or_else(|| inner.create(hash, user));
+        inner.touch(slot);
         inner.expire_messages(slot, now, self.ttl_secs);
         while inner.streams[slot as usize].entries.len() >= self.limits.max_messages.max(1) {
             inner.pop_oldest_message(slot);
         }
         let entry = Entry { payload: payload.into(), at: now, binary: kind == MessageKind::Binary };
         let stream = &mut inner.streams[slot as usize];
+        if stream.entries.len() == stream.entries.capacity() {
+            // Doubling, but never past the cap: a user at the cap holds no empty entries.
+            let room = self.limits.max_messages.saturating_sub(stream.entries.len());
+            stream.entries.reserve_exact(stream.entries.len().max(4).min(room.max(1)));
+        }
         stream.entries.push_back(entry);
         stream.last_publish = now;
         inner.messages += 1;
@@ -272,8 +277,8 @@ impl HistoryStore for MemoryStore {
         // Over the byte cap: whole streams go, least recently published first; a stream that is
         // over it alone keeps its newest message.
         let cap = self.limits.max_bytes as u64;
-        while inner.bytes > cap && inner.oldest != slot {
-            let oldest = inner.oldest;
+        while inner.bytes > cap {
+            let Some(oldest) = inner.least_recent().filter(|&oldest| oldest != slot) else { break };
             let key = self.hash(&inner.streams[oldest as usize].user);
             inner.drop_stream(oldest, key);
         }
@@ -423,6 +428,20 @@ mod tests {
     }
 
     #[test]
+    fn the_publish_order_stays_compact_and_knows_the_least_recent_stream() {
+        let store = store(2, usize::MAX);
+        for round in 0..10_000u32 {
+            store.append(format!("u{}", round % 3).as_bytes(), MessageKind::Text, b"x");
+        }
+        store.append(b"u1", MessageKind::Text, b"x");
+        store.append(b"u0", MessageKind::Text, b"x");
+        let mut inner = store.inner.lock();
+        assert!(inner.order.len() <= 2 * 3 + ORDER_SLACK, "{}", inner.order.len());
+        let least = inner.least_recent().expect("three streams");
+        assert_eq!(&*inner.streams[least as usize].user, b"u2");
+    }
+
+    #[test]
     fn a_replay_larger_than_allowed_is_refused() {
         let store = store(100, 1 << 20);
         for _ in 0..4 {
@@ -440,7 +459,7 @@ mod tests {
     #[test]
     fn colliding_hashes_keep_users_apart() {
         // Force every user into one chain by giving the store a constant hash.
-        let mut inner = Inner { oldest: NIL, newest: NIL, ..Inner::default() };
+        let mut inner = Inner::default();
         let users: Vec<Vec<u8>> = (0..5).map(|i| format!("user{i}").into_bytes()).collect();
         let slots: Vec<u32> = users.iter().map(|u| inner.create(7, u)).collect();
         for (user, &slot) in users.iter().zip(&slots) {

@@ -66,6 +66,19 @@ impl std::str::FromStr for Position {
     }
 }
 
+/// 64 random bits from the kernel (epochs must not repeat across restarts); falls back to a
+/// randomly keyed hash of the time if getrandom(2) is unavailable.
+pub(crate) fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: the buffer is valid for writes of its length; getrandom writes at most that many.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got == bytes.len() as isize {
+        return u64::from_ne_bytes(bytes);
+    }
+    use std::hash::BuildHasher;
+    std::hash::RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

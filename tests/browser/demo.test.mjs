@@ -1,6 +1,8 @@
-// End to end, as a person sees it: wspushd --demo serves its inbox page, Debian's headless
-// Chromium opens it, the backend publishes through the admin API, and the page shows the
-// notifications, keeps other users' out, and reconnects by itself after a daemon restart.
+// End to end, as a person sees it: wspushd --demo serves its inbox page (a wspush.v1 client:
+// bindings/js/wspush.js, served at /wspush.js), Debian's headless Chromium opens it, the backend
+// publishes through the admin API, and the page shows the notifications, keeps other users' out,
+// shows what was published while its connection was down once each and in order, and after a
+// daemon restart (in-memory history gone) says that it reset, and receives again.
 //
 // Needs: `cargo build --release -p wspushd`, `apt-get install chromium`,
 // `npm ci --prefix tests/browser`. Run: `node --test tests/browser/demo.test.mjs`.
@@ -26,7 +28,7 @@ const SCREENSHOT = path.join(REPO, "target/artifacts/demo.png");
 
 // Every wait is bounded, so a regression fails the test instead of hanging it.
 const WAIT_MS = 5000;
-// The page retries with exponential backoff (0.25-0.5 s, then 0.5-1 s, 1-2 s, 2-4 s): while the
+// The page retries with exponential backoff (0.5-1 s, then 1-2 s, 2-4 s, 4-8 s): while the
 // daemon is down its attempts are refused and the delay grows, so allow for a few steps.
 const RECONNECT_WAIT_MS = 10000;
 
@@ -124,9 +126,18 @@ class Daemon {
 
   /** POST /publish?user=U on the admin API; resolves with the number of connections reached. */
   async publish(user, text) {
-    const response = await post(`http://${this.adminAddress}/publish?user=${encodeURIComponent(user)}`, text);
-    assert.equal(response.status, 200, `publish answered ${response.status}: ${response.body}`);
-    return JSON.parse(response.body).delivered;
+    return (await this.admin(`/publish?user=${encodeURIComponent(user)}`, text)).delivered;
+  }
+
+  /** POST /disconnect?user=U: the daemon closes the user's connections (code 1000). */
+  async disconnect(user) {
+    return (await this.admin(`/disconnect?user=${encodeURIComponent(user)}`, "")).disconnected;
+  }
+
+  async admin(pathAndQuery, body) {
+    const response = await post(`http://${this.adminAddress}${pathAndQuery}`, body);
+    assert.equal(response.status, 200, `${pathAndQuery} answered ${response.status}: ${response.body}`);
+    return JSON.parse(response.body);
   }
 }
 
@@ -149,12 +160,16 @@ function post(url, body) {
   });
 }
 
-/** What the page says: connection state, its detail line, and the notification texts in order. */
+/** What the page says: connection state, its detail line, the notification texts newest first,
+ * and the whole list with reset markers (as "[reset]"). */
 function pageView(page) {
   return page.evaluate(() => ({
     state: document.querySelector("#state").dataset.state,
     detail: document.querySelector("#detail").textContent,
     notifications: Array.from(document.querySelectorAll("li.notification .payload"), (el) => el.textContent),
+    list: Array.from(document.querySelectorAll("#notifications > li"), (li) =>
+      li.classList.contains("reset") ? "[reset]" : li.querySelector(".payload").textContent,
+    ),
   }));
 }
 
@@ -184,10 +199,13 @@ async function waitForNewest(page, text) {
   }
 }
 
-/** Records every (state, detail) the page shows from now on into window.stateLog. */
+/** Records every (state, detail) the page shows from now on into window.stateLog (emptied on
+ * every call; the observers are installed once). */
 function recordStates(page) {
   return page.evaluate(() => {
+    const installed = Array.isArray(window.stateLog);
     window.stateLog = [];
+    if (installed) return;
     const state = document.querySelector("#state");
     const detail = document.querySelector("#detail");
     // setState() writes both elements in one task, so one observer callback sees the pair.
@@ -264,7 +282,43 @@ test("wspushd demo page in headless Chromium", async (t) => {
       }
     });
 
-    await t.test("reconnects after a daemon restart on the same ports and receives again", async (step) => {
+    await t.test("shows the three published while its connection was down, once each, in order", async (step) => {
+      await recordStates(alice);
+      const dropped = Date.now();
+      assert.equal(await daemon.disconnect("alice"), 1, "the daemon dropped alice's page");
+      await alice.waitForFunction(() => window.stateLog.some((entry) => entry.startsWith("closed: code 1000")), null, {
+        timeout: WAIT_MS,
+      });
+      // The page waits at least 0.5 s before it reconnects: these reach no connection.
+      for (const text of ["While away: 1", "While away: 2", "While away: 3"]) {
+        assert.equal(await daemon.publish("alice", text), 0, `"${text}" was published while the page was away`);
+      }
+      await waitForState(alice, "open", RECONNECT_WAIT_MS);
+      await waitForNewest(alice, "While away: 3");
+      // A live one after the replay: any duplicate of the replay would be shown before it.
+      assert.equal(await daemon.publish("alice", "You have new mail: back online"), 1);
+      await waitForNewest(alice, "You have new mail: back online");
+      const log = await alice.evaluate(() => window.stateLog);
+      step.diagnostic(`open again ${Date.now() - dropped} ms after the drop; states: ${JSON.stringify(log)}`);
+      assert.equal(log.at(-1), "open: as alice", `state log: ${JSON.stringify(log)}`);
+      const view = await pageView(alice);
+      assert.deepEqual(view.list, [
+        "You have new mail: back online",
+        "While away: 3",
+        "While away: 2",
+        "While away: 1",
+        "You have new mail: Re: budget",
+        "You have new mail: Lunch on Friday?",
+        "You have new mail: Quarterly report",
+      ]);
+      // Offsets are alice's stream positions: no gap, no repeat (bob's message is not in it).
+      const offsets = await alice.evaluate(() =>
+        Array.from(document.querySelectorAll("li.notification"), (li) => Number(li.dataset.offset)),
+      );
+      assert.deepEqual(offsets, [7, 6, 5, 4, 3, 2, 1]);
+    });
+
+    await t.test("after a daemon restart (history gone) shows that it reset, then receives again", async (step) => {
       await recordStates(alice);
       const stopped = Date.now();
       const { wsAddress, adminAddress } = daemon;
@@ -282,14 +336,30 @@ test("wspushd demo page in headless Chromium", async (t) => {
       step.diagnostic(`open again ${Date.now() - stopped} ms after SIGTERM; states: ${JSON.stringify(log)}`);
       assert.equal(log.at(-1), "open: as alice", `state log: ${JSON.stringify(log)}`);
 
+      // The new daemon could not replay from the page's position: the page says so.
+      const reset = alice.locator("li.reset");
+      assert.equal(await reset.count(), 1, "one reset marker");
+      assert.equal(await reset.isVisible(), true);
+      assert.match(await reset.textContent(), /^History reset at .*: what was sent while disconnected could not be replayed/);
+
       assert.equal(await daemon.publish("alice", "You have new mail: after the restart"), 1);
       await waitForNewest(alice, "You have new mail: after the restart");
-      assert.deepEqual((await pageView(alice)).notifications, [
+      assert.deepEqual((await pageView(alice)).list, [
         "You have new mail: after the restart",
+        "[reset]",
+        "You have new mail: back online",
+        "While away: 3",
+        "While away: 2",
+        "While away: 1",
         "You have new mail: Re: budget",
         "You have new mail: Lunch on Friday?",
         "You have new mail: Quarterly report",
       ]);
+      assert.equal(
+        await alice.evaluate(() => document.querySelector("li.notification").dataset.offset),
+        "1",
+        "offsets start over in the new daemon's stream",
+      );
       assert.deepEqual(pageErrors, [], "no uncaught errors in the page");
     });
   } finally {

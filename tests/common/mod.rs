@@ -373,6 +373,37 @@ pub fn ws_expect_end(ws: &mut Ws) {
     }
 }
 
+// --------------------------------------------------------------------------------- wspush.v1
+
+/// A `wspush.v1` client as `user`, resuming from `since` if given.
+pub fn v1_connect(server: &ServerHandle, user: &str, since: Option<&str>) -> Ws {
+    let target = match since {
+        Some(since) => format!("/ws?user={user}&since={}", since.replace(':', "%3A")),
+        None => format!("/ws?user={user}"),
+    };
+    ws_try_connect_with(server.local_addr(), &target, &[("Sec-WebSocket-Protocol", "wspush.v1")])
+        .unwrap_or_else(|status| panic!("upgrade refused: {status}"))
+}
+
+pub fn next_json(ws: &mut Ws) -> serde_json::Value {
+    serde_json::from_str(&ws_text(ws)).expect("a v1 frame is one JSON object")
+}
+
+/// The welcome: (epoch, offset, recovered).
+pub fn welcome(ws: &mut Ws) -> (String, u64, bool) {
+    let frame = next_json(ws);
+    assert_eq!(frame["type"], "welcome", "{frame}");
+    let epoch = frame["epoch"].as_str().expect("epoch").to_owned();
+    (epoch, frame["offset"].as_u64().expect("offset"), frame["recovered"].as_bool().expect("recovered"))
+}
+
+/// The next message: (offset, text).
+pub fn v1_message(ws: &mut Ws) -> (Option<u64>, String) {
+    let frame = next_json(ws);
+    assert_eq!(frame["type"], "message", "{frame}");
+    (frame["offset"].as_u64(), frame["data"].as_str().expect("text data").to_owned())
+}
+
 // ------------------------------------------------------------------------------------- raw
 
 /// A hand-made upgrade request for `target` with optional extra header lines ("Name: value\r\n").

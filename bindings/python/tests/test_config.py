@@ -170,6 +170,10 @@ def test_on_http_answers_plain_requests_and_default_is_426(make_server):
         (dict(jwt_leeway_ms=-1), wspush.InvalidArgumentError),
         (dict(jwt_hs256_secret=b"short"), wspush.InvalidArgumentError),
         (dict(jwt_hs256_secret=""), wspush.InvalidArgumentError),
+        (dict(history_ttl_ms=0), wspush.InvalidArgumentError),
+        (dict(history_ttl_ms=2**32), wspush.InvalidArgumentError),
+        (dict(history_max_bytes=0), wspush.InvalidArgumentError),
+        (dict(history_max_messages=-1), wspush.InvalidArgumentError),
     ],
 )
 def test_bad_settings_raise_the_matching_error(setting, error):

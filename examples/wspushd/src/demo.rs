@@ -1,9 +1,14 @@
 //! The demo inbox page served at GET / on the public port in demo mode: one HTML file with its
-//! configuration (WebSocket path, admin URL for its curl hint) filled in at start.
+//! configuration (WebSocket path, admin URL for its curl hint) filled in at start, and the
+//! wspush.v1 browser client it imports, served at GET /wspush.js.
 
 use std::net::SocketAddr;
 
 const DEMO_PAGE: &str = include_str!("demo.html");
+
+/// bindings/js/wspush.js, the browser client the page imports: the page shows the shipped client
+/// at work, not a copy of it.
+pub const CLIENT_JS: &str = include_str!("../../../bindings/js/wspush.js");
 
 /// The demo page with the WebSocket path and the admin URL filled in.
 pub fn demo_page(ws_path: &str, admin_addr: SocketAddr) -> Vec<u8> {
@@ -42,5 +47,13 @@ mod tests {
         let page = String::from_utf8(demo_page("/push", "127.0.0.1:9".parse().unwrap())).unwrap();
         assert!(page.contains("const CONFIG = {\"path\": \"/push\", \"admin\": \"http://127.0.0.1:9\"};"));
         assert!(!page.contains("/*CONFIG*/"));
+    }
+
+    #[test]
+    fn demo_page_imports_the_served_client() {
+        let page = String::from_utf8(demo_page("/ws", "127.0.0.1:9".parse().unwrap())).unwrap();
+        assert!(page.contains(r#"import { WspushClient } from "./wspush.js";"#));
+        assert!(CLIENT_JS.contains("export class WspushClient"));
+        assert!(CLIENT_JS.contains(r#"export const PROTOCOL = "wspush.v1";"#));
     }
 }

@@ -1,5 +1,5 @@
 //! What the public port does beyond the engine's WebSocket work: who a connection belongs to,
-//! echo, and the demo page.
+//! echo, and the demo page with the browser client it imports.
 
 use wspush::{
     default_upgrade_decision, ConnId, Handler, HttpResponse, MessageKind, Request, ServerHandle, UpgradeDecision,
@@ -53,7 +53,12 @@ impl Handler for Daemon {
             (Some(page), "/" | "/index.html") if request.method() == "GET" => {
                 Some(HttpResponse { status: 200, content_type: "text/html; charset=utf-8".into(), body: page.clone() })
             }
-            (Some(_), "/" | "/index.html") => Some(text(405, "Method Not Allowed\n")),
+            (Some(_), "/wspush.js") if request.method() == "GET" => Some(HttpResponse {
+                status: 200,
+                content_type: "text/javascript; charset=utf-8".into(),
+                body: crate::demo::CLIENT_JS.as_bytes().to_vec(),
+            }),
+            (Some(_), "/" | "/index.html" | "/wspush.js") => Some(text(405, "Method Not Allowed\n")),
             _ => Some(text(404, "Not Found\n")),
         }
     }

@@ -46,6 +46,7 @@ from ._server import (
     MessageCallback,
     OpenCallback,
     Payload,
+    Published,
     Request,
     Server,
     Stats,
@@ -79,7 +80,8 @@ for _public in (
     BindFailedError, EngineIOError, InCallbackError, InvalidAddressError, InvalidArgumentError,
     InvalidCloseCodeError, InvalidCloseReasonError, InvalidStatusError, InvalidUserIdError,
     InvalidUtf8Error, LibraryNotFoundError, MessageTooLargeError, NotFoundError,
-    NullArgumentError, PanicError, Request, Result, Server, Stats, StoppedError, WspushError,
+    NullArgumentError, PanicError, Published, Request, Result, Server, Stats, StoppedError,
+    WspushError,
 ):
     _public.__module__ = __name__
 del _public
@@ -108,6 +110,7 @@ __all__ = [
     "OpenCallback",
     "PanicError",
     "Payload",
+    "Published",
     "Request",
     "Result",
     "Server",

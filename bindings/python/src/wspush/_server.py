@@ -1,4 +1,5 @@
-"""The Python face of a running wspush server: :class:`Server`, :class:`Request`, :class:`Stats`."""
+"""The Python face of a running wspush server: :class:`Server`, :class:`Request`, :class:`Stats`,
+:class:`Published`."""
 
 from __future__ import annotations
 
@@ -162,6 +163,30 @@ class Stats:
     """Connections closed with 1013: the process-wide cap on incomplete input was reached."""
     max_connections: int
     """The connection cap in force: max_connections, lowered to what RLIMIT_NOFILE allows."""
+    history_users: int
+    """Users with a history stream (``history_max_messages`` > 0)."""
+    history_messages: int
+    """Messages held in users' histories."""
+    history_bytes: int
+    """Bytes charged to history: payloads plus bookkeeping (see ``history_max_bytes``)."""
+    resumes_total: int
+    """wspush.v1 connections that asked to resume (``since=...``)."""
+    recoveries_total: int
+    """Resumes that recovered: everything after ``since`` was replayed."""
+    recovery_failures_total: int
+    """Resumes that could not be honoured (other epoch, trimmed, expired, too large): the client
+    resets."""
+
+
+@dataclass(frozen=True)
+class Published:
+    """What :meth:`Server.publish_with_offset` did."""
+
+    delivered: int
+    """Connections the message was queued to (0 when the user has none)."""
+    offset: Optional[int]
+    """The message's offset in the user's history stream (1, 2, 3, ...; from 1 again when the
+    stream starts a new epoch); ``None`` when history is off (``history_max_messages`` 0)."""
 
 
 class _StatsSnapshot(ctypes.Structure):
@@ -545,6 +570,9 @@ class Server:
         max_partial_input_bytes: Optional[int] = None,
         socket_send_buffer: Optional[int] = None,
         socket_recv_buffer: Optional[int] = None,
+        history_max_messages: Optional[int] = None,
+        history_ttl_ms: Optional[int] = None,
+        history_max_bytes: Optional[int] = None,
     ) -> None:
         """Start a server.
 
@@ -608,6 +636,17 @@ class Server:
                 connection's socket in bytes; 0 or ``None`` (default) keeps the kernel's
                 autotuning. Smaller buffers save kernel memory per connection at the cost of
                 throughput per connection.
+            history_max_messages: per-user history for clients of the ``wspush.v1``
+                subprotocol: the last this many messages published to each user are kept and
+                numbered (offsets 1, 2, 3, ... per user, see :meth:`publish_with_offset`), and a
+                client that reconnects with ``?since=EPOCH:OFFSET`` is sent what it missed.
+                0 (default) turns history off.
+            history_ttl_ms: how long a message stays in a user's history (default 600000, must
+                be > 0; kept in whole seconds, rounded up). A stream whose newest message has
+                expired is dropped: the user's next publish starts a new epoch at offset 1.
+            history_max_bytes: bytes all users' histories together may take, payloads plus
+                bookkeeping (default 64 MiB, must be > 0); past it the least recently published
+                users' streams are dropped whole.
 
         ``None`` keeps the library default (see include/wspush.h ``wspush_config_new``).
 
@@ -702,6 +741,14 @@ class Server:
                     lib.wspush_config_set_max_partial_input_bytes,
                     _SIZE_MAX,
                 ),
+                (
+                    "history_max_messages",
+                    history_max_messages,
+                    lib.wspush_config_set_history_max_messages,
+                    _SIZE_MAX,
+                ),
+                ("history_ttl_ms", history_ttl_ms, lib.wspush_config_set_history_ttl_ms, _U64_MAX),
+                ("history_max_bytes", history_max_bytes, lib.wspush_config_set_history_max_bytes, _SIZE_MAX),
             ]
             for name, value, setter, largest in numeric:
                 if value is None:
@@ -937,6 +984,32 @@ class Server:
         if rc:
             raise error_for(rc, "publish")
         return delivered.value
+
+    def publish_with_offset(self, user: UserId, data: Payload) -> Published:
+        """:meth:`publish`, also telling the offset the message got in ``user``'s history
+        stream: ``Published(delivered, offset)``, ``offset`` ``None`` with history off. The
+        offset is assigned whether or not the user has a connection: a ``wspush.v1`` client
+        that reconnects with ``since`` is sent the message then."""
+        encoded = _user_bytes(user)
+        payload, kind = _payload(data)
+        delivered, offset = c_size_t(), c_uint64()
+        handle = self._handle
+        if handle.ptr is None:
+            raise _stopped()  # before registering: see _Handle.inflight
+        handle.inflight.append(None)
+        try:
+            ptr = handle.ptr
+            if ptr is None:
+                raise _stopped()
+            rc = self._lib.wspush_publish_with_offset(
+                ptr, encoded, len(encoded), payload, len(payload), kind, byref(delivered), byref(offset)
+            )
+        finally:
+            handle.inflight.pop()
+        if rc:
+            raise error_for(rc, "publish_with_offset")
+        # The library reports 0 when history is off; offsets are never 0 otherwise.
+        return Published(delivered.value, offset.value or None)
 
     def broadcast(self, data: Payload) -> int:
         """Send ``data`` to every open connection. Returns how many were open."""
