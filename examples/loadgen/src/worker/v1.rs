@@ -11,12 +11,12 @@ use data_encoding::BASE64;
 use serde::Deserialize;
 use tungstenite::protocol::frame::coding::{Control, OpCode};
 
-use super::client::{Client, State, Stop};
+use super::client::{Client, State, Stop, V1};
 use super::codec::encode_masked;
 use super::messages::{on_message, two_numbers};
 use super::seq::{Seen, SeqCheck};
 use super::socket::set_linger_zero;
-use super::{Context, Worker};
+use super::{Context, Counters, Worker};
 use crate::hist::Histogram;
 use crate::sys::mono_ns;
 
@@ -54,7 +54,7 @@ pub fn on_server_message(payload: &[u8], client: &mut Client, context: &mut Cont
         }
         "message" => {
             if let Some(offset) = frame.offset {
-                check_offset(frame.epoch, offset, client, context);
+                check_offset(frame.epoch, offset, &mut client.v1, &mut context.counters);
             }
             let data = match (frame.data, frame.data_base64) {
                 (Some(text), _) => text.into_bytes(),
@@ -110,8 +110,7 @@ fn on_welcome(frame: &Frame, client: &mut Client, context: &mut Context) {
 
 /// A message of the user's stream must carry the offset after the last one processed; a new
 /// epoch (its first message, offset 1, carries it) starts the count again.
-fn check_offset(epoch: Option<String>, offset: u64, client: &mut Client, context: &mut Context) {
-    let (v1, counters) = (&mut client.v1, &mut context.counters);
+fn check_offset(epoch: Option<String>, offset: u64, v1: &mut V1, counters: &mut Counters) {
     if let Some(epoch) = epoch {
         if epoch != v1.epoch {
             // From a placeholder ("n...": the user had no stream yet) to its first epoch is the
@@ -300,5 +299,33 @@ fn close_frame_in(buffer: &mut Vec<u8>) -> bool {
             return true;
         }
         buffer.drain(..end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_must_follow_the_last_one_processed() {
+        let (mut v1, mut counters) = (V1 { epoch: "n00000000000000aa.0".into(), ..V1::default() }, Counters::default());
+        // The stream's first message brings its epoch; then 2, 3, a repeat of 3, a jump to 5.
+        for (epoch, offset) in [(Some("00000000000000ab"), 1), (None, 2), (None, 3), (None, 3), (None, 5), (None, 6)] {
+            check_offset(epoch.map(String::from), offset, &mut v1, &mut counters);
+        }
+        assert_eq!((counters.offset_repeats, counters.offset_gaps, counters.epoch_changes), (1, 1, 0));
+        assert_eq!((v1.epoch.as_str(), v1.last_offset), ("00000000000000ab", 6));
+        // History lost behind the stream: a new epoch starts at 1 again, counted but not a repeat.
+        check_offset(Some("00000000000000cd".into()), 1, &mut v1, &mut counters);
+        assert_eq!((counters.offset_repeats, counters.offset_gaps, counters.epoch_changes), (1, 1, 1));
+    }
+
+    #[test]
+    fn a_close_frame_is_found_behind_data_frames() {
+        let mut buffer = vec![0x81, 2, b'h', b'i', 0x88, 2, 0x03, 0xe8];
+        assert!(close_frame_in(&mut buffer));
+        let mut partial = vec![0x81, 2, b'h', b'i', 0x88, 2, 0x03];
+        assert!(!close_frame_in(&mut partial));
+        assert_eq!(partial, [0x88, 2, 0x03], "complete frames before it are consumed");
     }
 }
