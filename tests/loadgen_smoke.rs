@@ -1,5 +1,5 @@
 //! Runs loadgen (the workspace crate examples/loadgen) against the wspushd example daemon (all phases, 500 connections; a
-//! short churn soak; a short connection storm) and against an in-process wspush server whose
+//! short churn soak; a short connection storm; the resume phase) and against an in-process wspush server whose
 //! minimal admin HTTP API (the wspushd contract: `POST /publish?user=U` and `POST /broadcast` →
 //! `200 {"delivered":N}`, `GET /stats`, keep-alive) can be made to misbehave, and checks that
 //! loadgen reports what really happened: every message delivered by a correct server, exact
@@ -287,6 +287,55 @@ fn every_phase_at_500_connections_against_wspushd_loses_nothing() {
     for phase in ["idle", "publish", "broadcast"] {
         assert_eq!(number(&json, phase, "closed_by_server"), 0.0, "{phase}: server closed connections");
     }
+}
+
+#[test]
+fn resume_phase_recovers_every_missed_message_after_an_rst_and_a_clean_close() {
+    // wspushd keeps history by default; 200 wspush.v1 clients each miss 5 publishes, then a live
+    // one. Two runs against one daemon: the second resumes streams that already exist.
+    let mut daemon = Daemon::start();
+    let pid = daemon.child.id();
+    for drop in ["rst", "close"] {
+        let args = format!("--phases resume --clients 200 --missed 5 --drop {drop} --server-pid {pid} --drain-secs 3");
+        let (code, json) = run_loadgen(daemon.ws_port, daemon.admin_port, &args);
+        assert_eq!(code, 0, "loadgen reported anomalies or failed ({drop})");
+        for key in ["clients", "dropped", "resumed", "recovered", "recovered_all_missed", "server_recoveries"] {
+            assert_eq!(number(&json, "resume", key), 200.0, "{drop}: resume {key}");
+        }
+        for key in [
+            "lost",
+            "duplicated",
+            "reordered",
+            "unexpected",
+            "offset_gaps",
+            "offset_repeats",
+            "offset_mismatch",
+            "not_recovered",
+            "reconnects_failed",
+            "closed_by_server",
+            "close_forced",
+            "server_recovery_failures",
+            "delivered_while_away",
+        ] {
+            assert_eq!(number(&json, "resume", key), 0.0, "{drop}: resume {key}");
+        }
+        // 5 missed + 1 live each.
+        assert_eq!(number(&json, "resume", "received"), 1200.0, "{drop}");
+        assert_eq!(number(&json, "resume", "expected"), 1200.0, "{drop}");
+        assert!(number(&json, "resume", "recover_max_ns") > 0.0);
+        assert!(number(&json, "resume", "history_messages") >= 1000.0);
+    }
+    daemon.assert_healthy();
+}
+
+#[test]
+fn resume_phase_fails_when_the_server_keeps_no_history() {
+    let daemon = Daemon::start_with(&["--history-messages", "0"]);
+    let args = "--phases resume --clients 20 --missed 2 --drain-secs 1";
+    let (code, json) = run_loadgen(daemon.ws_port, daemon.admin_port, args);
+    assert_eq!(code, 1, "an unrecoverable resume must fail the run");
+    assert_eq!(number(&json, "resume", "not_recovered"), 20.0);
+    assert_eq!(number(&json, "resume", "lost"), 40.0, "the two missed messages of each client");
 }
 
 #[test]

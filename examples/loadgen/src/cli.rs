@@ -17,6 +17,7 @@ pub enum Phase {
     SoakWarmup,
     Soak,
     Storm,
+    Resume,
 }
 
 impl Phase {
@@ -30,6 +31,7 @@ impl Phase {
             Phase::SoakWarmup => "soak_warmup",
             Phase::Soak => "soak",
             Phase::Storm => "storm",
+            Phase::Resume => "resume",
         }
     }
 }
@@ -40,61 +42,8 @@ pub const MAX_PER_WORKER: usize = 19_000;
 /// Ephemeral ports are 32768-60999 here: ~28k per source address; leave headroom.
 const CONNS_PER_SOURCE: usize = 25_000;
 
-const AFTER_HELP: &str = "\
-THE PHASES:
-    connect:   open all connections; handshakes/s, failures by kind
-    idle:      every connection sends a frame and receives a broadcast, then after
-               --settle-secs: server RssAnon, kernel slab and TCP memory per connection
-               (deltas from before connecting)
-    publish:   --publish-rate publishes/s to random users for --publish-secs; checks
-               per-connection order, loss and duplicates; publish-to-delivery latency
-    broadcast: --broadcasts broadcasts to every connection, flat out; delivered messages/s
-               and latency
-    echo:      --echo-conns connections ping-pong 20-byte messages for --echo-secs (server
-               must echo: wspushd --echo)
-    soak:      churn soak, see SOAK (runs alone: it opens and closes its connections itself)
-    storm:     connection storm, see STORM (runs alone)
-
-SOAK (--phases soak; needs --server-pid):
-    Samples the server's RssAnon and open fds (/proc/PID/status, /proc/PID/fd) before any
-    connection; runs a warm-up round (all --conns connect, publishing, one churn halfway,
-    everyone leaves; make it as long as the server's ping interval so pings are part of it;
-    reported as soak_warmup) and samples again; runs the soak round (all connect;
-    --publish-rate publishes/s to random users for --soak-secs while every --churn-secs a
-    --churn-fraction of the open connections is killed with an RST (SO_LINGER 0) and
-    reconnects at once); everyone leaves, and once GET /stats on the admin API shows 0
-    connections (and the fd count is back, waiting up to 10 s) it samples a third time.
-    An incarnation is one connection of one client, from reading its 101 to its end. Checked:
-    - the publish numbers each incarnation received run strictly consecutively from the first
-      it got to the last (a hole is a lost message, then duplicates and reorders are counted);
-    - each incarnation still open when publishing stops (\"live\") got every publish to its
-      user whose request was started at least --soak-grace-ms after it read its 101, through
-      the last one (after publishing stops, waiting up to --drain-secs without progress);
-      killed incarnations only need the first check;
-    - no connection was closed by the server and every reconnect succeeded;
-    - server RssAnon after the soak is within --rss-tolerance-pct of the post-warm-up sample
-      (the engine keeps high-water capacity, slab and hash tables, by design; the
-      pre-connection figure is printed too), and open fds equal the pre-connection count.
-    Any failure is an anomaly (exit status 1).
-
-STORM (--phases storm):
-    --storm-receivers connections (users u0..) connect and receive --publish-rate publishes/s;
-    after one second, all --conns storm clients (users after the receivers) connect at once
-    (--connect-rate and --max-inflight do not apply to them). Reported: the receivers'
-    publish-to-delivery latency during the storm (p50/p99/p99.9/max; the target p99 < 10 ms is
-    flagged, not judged), storm outcomes (101 / 503 / 429 / other HTTP / refused / reset /
-    timeout / other), and the peak open and handshaking counts in GET /stats sampled during the
-    storm. Then the storm clients leave, and GET /healthz and a fresh client's round trip
-    (upgrade, publish, receive) must succeed. Anomalies (exit status 1): a receiver missing,
-    duplicating or reordering a publish or closed by the server, a storm client that neither
-    opened nor got an HTTP 503/429 (a reset, timeout or hang), a limit exceeded in /stats, a
-    failed health check or round trip. Run the server with --max-connections below
-    receivers + storm clients so that 503s happen.
-
-Progress goes to stderr, at most once a second. Exit status: 0 when every expected message
-arrived exactly once and in order, 1 when any was lost, duplicated or reordered, or on any
-other soak or storm anomaly listed above (counts are printed), 2 on usage or setup errors.";
-
+/// The part of --help after the options: the phases in detail (help.txt).
+const AFTER_HELP: &str = include_str!("help.txt");
 /// loadgen: open many WebSocket connections to a wspushd-style server and measure it.
 /// WebSocket clients connect to ws://HOST:PORT/PATH?user=U; an admin HTTP API on another port
 /// takes POST /publish?user=U and POST /broadcast (body = payload) and answers 200 {"delivered":N}.
@@ -118,9 +67,9 @@ pub struct Args {
     #[arg(long, value_name = "PID", help_heading = "TARGET")]
     server_pid: Option<u32>,
 
-    /// Connections to open.
-    #[arg(short = 'n', long, value_name = "N", default_value = "1000", value_parser = count, help_heading = "CONNECTIONS")]
-    conns: usize,
+    /// Connections to open [default: 1000; 15000 when resume is the only phase].
+    #[arg(short = 'n', long, visible_alias = "clients", value_name = "N", value_parser = count, help_heading = "CONNECTIONS")]
+    conns: Option<usize>,
     /// Connections per user (users u0..u{N/K-1}, K tabs each).
     #[arg(long, value_name = "K", default_value = "1", value_parser = count, help_heading = "CONNECTIONS")]
     tabs: usize,
@@ -149,9 +98,13 @@ pub struct Args {
     /// Let the kernel pick the source address.
     #[arg(long, help_heading = "CONNECTIONS")]
     no_source_bind: bool,
+    /// Offer the wspush.v1 subprotocol (JSON frames with stream offsets; the server must select
+    /// it); implied by the resume phase.
+    #[arg(long, help_heading = "CONNECTIONS")]
+    v1: bool,
 
-    /// Comma-separated phases, run in this order: connect, idle, publish, broadcast, echo, soak,
-    /// storm (see THE PHASES below). Any phase after connect implies connect.
+    /// Comma-separated phases, run in this order: connect, idle, publish, broadcast, echo,
+    /// resume, soak, storm (see THE PHASES below). Any phase after connect implies connect.
     #[arg(long, value_name = "LIST", default_value = "connect,idle,publish,broadcast,echo",
           value_parser = phases, help_heading = "PHASES")]
     phases: PhaseList,
@@ -184,6 +137,13 @@ pub struct Args {
     /// counting them lost.
     #[arg(long, value_name = "S", default_value = "5", help_heading = "PHASES")]
     drain_secs: f64,
+
+    /// Resume phase: messages published to each user while its client is away.
+    #[arg(long, value_name = "K", default_value = "10", value_parser = count, help_heading = "RESUME")]
+    missed: usize,
+    /// Resume phase: how clients go away: rst (SO_LINGER 0) or close (close frame, clean).
+    #[arg(long = "drop", value_name = "MODE", default_value = "rst", value_parser = ["rst", "close"], help_heading = "RESUME")]
+    drop_mode: String,
 
     /// Soak round length, seconds.
     #[arg(long, value_name = "T", default_value = "600", help_heading = "SOAK")]
@@ -257,6 +217,7 @@ pub struct Options {
     pub source_ips: usize,
     pub source_base: Ipv4Addr,
     pub bind_sources: bool,
+    pub v1: bool,
     pub phases: Vec<Phase>,
     pub settle_secs: f64,
     pub publish_rate: f64,
@@ -277,6 +238,9 @@ pub struct Options {
     pub storm_max_connections: u64,
     pub storm_max_handshakes: u64,
     pub stats_interval_ms: u64,
+    pub missed: u32,
+    /// Resume phase: drop with an RST (else a clean close).
+    pub drop_rst: bool,
     pub json: bool,
     pub seed: u64,
     /// Run as a worker holding connections worker_first..worker_first+worker_count.
@@ -344,7 +308,12 @@ fn phase_list(text: &str) -> Result<Vec<Phase>, String> {
             "echo" => Phase::Echo,
             "soak" => Phase::Soak,
             "storm" => Phase::Storm,
-            _ => return Err(format!("unknown phase {name:?} (connect, idle, publish, broadcast, echo, soak, storm)")),
+            "resume" => Phase::Resume,
+            _ => {
+                return Err(format!(
+                    "unknown phase {name:?} (connect, idle, publish, broadcast, echo, resume, soak, storm)"
+                ))
+            }
         };
         if !phases.contains(&phase) {
             phases.push(phase);
@@ -373,6 +342,8 @@ impl Options {
 
     pub fn from_args(args: Args) -> Result<Options, String> {
         let (target, host_header, path) = parse_url(&args.url)?;
+        let resume_only = args.phases.0.iter().all(|p| matches!(p, Phase::Connect | Phase::Resume))
+            && args.phases.0.contains(&Phase::Resume);
         let mut options = Options {
             target,
             host_header,
@@ -380,7 +351,7 @@ impl Options {
             admin: parse_admin(&args.admin)?,
             url: args.url,
             server_pid: args.server_pid,
-            conns: args.conns,
+            conns: args.conns.unwrap_or(if resume_only { 15_000 } else { 1000 }),
             tabs: args.tabs,
             workers: args.workers.unwrap_or(0),
             max_per_worker: args.max_per_worker,
@@ -390,6 +361,7 @@ impl Options {
             source_ips: args.source_ips.unwrap_or(0),
             source_base: args.source_base,
             bind_sources: !args.no_source_bind,
+            v1: args.v1 || args.phases.0.contains(&Phase::Resume),
             phases: args.phases.0,
             settle_secs: args.settle_secs,
             publish_rate: args.publish_rate,
@@ -410,6 +382,8 @@ impl Options {
             storm_max_connections: args.storm_max_connections,
             storm_max_handshakes: args.storm_max_handshakes,
             stats_interval_ms: args.stats_interval_ms,
+            missed: u32::try_from(args.missed).map_err(|_| "--missed is too large".to_string())?,
+            drop_rst: args.drop_mode == "rst",
             json: args.json,
             seed: args.seed.unwrap_or_else(|| mono_ns() ^ (std::process::id() as u64) << 32),
             worker: args.worker,
@@ -444,8 +418,10 @@ impl Options {
         o.workers = o.workers.min(o.conns);
         if o.source_ips == 0 {
             // The soak connects everyone twice, and the clients' closes leave TIME_WAIT ports behind.
+            // The resume phase connects everyone twice too.
             let sockets = match o.phases.first() {
                 Some(Phase::Soak) => 2 * o.conns,
+                _ if o.phases.contains(&Phase::Resume) => 2 * o.conns,
                 Some(Phase::Storm) => o.conns + o.storm_receivers,
                 _ => o.conns,
             };
@@ -530,5 +506,12 @@ mod tests {
         assert!(parse("--conns 0").is_err());
         let soak = parse("--phases soak --server-pid 1 --conns 15000").unwrap();
         assert_eq!(soak.source_ips, 2, "the soak connects everyone twice");
+        let resume = parse("--phases resume").unwrap();
+        assert_eq!((resume.conns, resume.missed, resume.drop_rst, resume.v1), (15_000, 10, true, true));
+        assert_eq!((resume.phases.as_slice(), resume.source_ips), ([Phase::Connect, Phase::Resume].as_slice(), 2));
+        let resume = parse("--phases publish,resume --clients 200 --missed 5 --drop close").unwrap();
+        assert_eq!((resume.conns, resume.missed, resume.drop_rst), (200, 5, false));
+        assert!(!parse("--phases publish").unwrap().v1 && parse("--v1").unwrap().v1);
+        assert!(parse("--phases resume --drop fin").is_err());
     }
 }

@@ -99,6 +99,9 @@ impl Workers {
             if !o.bind_sources {
                 command.arg("--no-source-bind");
             }
+            if o.v1 {
+                command.arg("--v1");
+            }
             let mut child = command.spawn().map_err(|e| format!("cannot start worker: {e}"))?;
             let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
                 return Err("worker pipes missing".into());

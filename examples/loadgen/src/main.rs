@@ -53,6 +53,7 @@ fn main() {
             max_inflight: options.max_inflight,
             connect_timeout: Duration::from_secs_f64(options.connect_timeout),
             seed: options.seed,
+            v1: options.v1,
         };
         if let Err(e) = worker::run(config) {
             eprintln!("loadgen worker: {e}");

@@ -2,7 +2,7 @@
 //! answers on its stdout.
 //!
 //! Every command is answered with one answer unless noted: `connect`, `probe`, `echo`,
-//! `soak_mode` and `reconnect` have none (the coordinator polls with `report`); `incarnations` is
+//! `soak_mode`, `reconnect` and `resume` have none (the coordinator polls with `report`); `incarnations` is
 //! answered with one `inc` per incarnation and then `incs_end`. A worker also sends unsolicited
 //! `note`s for first-of-a-kind errors.
 
@@ -22,6 +22,9 @@ pub enum Stream {
     Bcast,
     /// Echo round trips (histograms only).
     Echo,
+    /// The resume phase: what each reconnected client got after `since` (replayed, then live);
+    /// its histogram is reconnect-to-last-replayed-message per client.
+    Resume,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -76,6 +79,22 @@ pub enum Command {
     },
     /// Answer: one `inc` per incarnation, then `incs_end`.
     Incarnations,
+    /// Resume phase (wspush.v1): every open connection goes away, with an RST (SO_LINGER 0) or a
+    /// clean close (close frame, then waiting for the server to end it: `closing` counts those
+    /// still waiting). Answer: `dropped`.
+    Drop {
+        rst: bool,
+    },
+    /// Resume phase: every dropped connection reconnects with `since` = the epoch and the last
+    /// offset it processed, and must be sent `missed` messages `r 1 T` .. `r missed T` first.
+    Resume {
+        missed: u32,
+    },
+    /// Resume phase: each resumed connection must have received `r 1` .. `r count` in all.
+    /// Answer: `ok`.
+    ExpectResume {
+        count: u32,
+    },
     Quit,
 }
 
@@ -132,6 +151,9 @@ pub enum Answer {
     IncsEnd {
         count: u64,
     },
+    Dropped {
+        count: u64,
+    },
 }
 
 impl Answer {
@@ -147,6 +169,7 @@ impl Answer {
             Answer::Left { .. } => "left",
             Answer::Inc { .. } => "inc",
             Answer::IncsEnd { .. } => "incs_end",
+            Answer::Dropped { .. } => "dropped",
         }
     }
 }

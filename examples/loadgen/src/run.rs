@@ -84,11 +84,9 @@ pub fn run(options: Options) -> Result<i32, String> {
         return Err("no phases selected".into());
     }
     check_listeners(options.target.port(), "WebSocket", options.server_pid);
-    if options
-        .phases
-        .iter()
-        .any(|p| matches!(p, Phase::Idle | Phase::Publish | Phase::Broadcast | Phase::Soak | Phase::Storm))
-    {
+    if options.phases.iter().any(|p| {
+        matches!(p, Phase::Idle | Phase::Publish | Phase::Broadcast | Phase::Resume | Phase::Soak | Phase::Storm)
+    }) {
         check_listeners(options.admin.port(), "admin", options.server_pid);
     }
     let before = if options.phases.contains(&Phase::Idle) {
@@ -141,6 +139,7 @@ impl Run {
                 Phase::Echo => self.echo()?,
                 Phase::Soak => self.soak()?,
                 Phase::Storm => self.storm()?,
+                Phase::Resume => self.resume()?,
                 Phase::SoakWarmup => continue,
             };
             if !self.options.json {

@@ -5,5 +5,6 @@ mod connect;
 mod echo;
 mod idle;
 mod publish;
+mod resume;
 pub mod soak;
 pub mod storm;

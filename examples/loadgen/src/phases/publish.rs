@@ -1,5 +1,5 @@
 //! The publish phase: publishes to random users at --publish-rate; order, loss, duplicates and
-//! publish-to-delivery latency per connection.
+//! publish-to-delivery latency per connection; with --server-pid, the server's CPU per publish.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -9,11 +9,13 @@ use crate::lanes::{Lanes, Published};
 use crate::protocol::{Command, Stream};
 use crate::report::{format_ns, latency_text, progress, PhaseResult, Value};
 use crate::run::{Delivery, Run};
+use crate::sys;
 
 impl Run {
     pub fn publish(&mut self) -> Result<PhaseResult, String> {
         let o = self.options.clone();
         let users = o.conns.div_ceil(o.tabs);
+        let cpu_before = o.server_pid.and_then(|pid| sys::cpu_seconds(pid).ok());
         let stop_at = Instant::now() + Duration::from_secs_f64(o.publish_secs);
         let start = Instant::now();
         let lanes = Lanes::start(&o, users, o.conns, stop_at, false);
@@ -45,6 +47,8 @@ impl Run {
         self.workers.collect("ok")?;
         let Delivery { report, lost, unexpected, dup, reordered, latency, checks } =
             self.await_deliveries(Phase::Publish, Stream::Pub, "draining: ")?;
+        // Publishing and delivering, admin HTTP included; the idle connections' pings too.
+        let cpu = o.server_pid.and_then(|pid| Some(sys::cpu_seconds(pid).ok()? - cpu_before?));
         let rate = ok as f64 / send_secs.max(1e-9);
         let mut fields = vec![
             ("published", Value::Int(ok)),
@@ -61,11 +65,20 @@ impl Run {
         fields.extend(checks);
         fields.push(("admin_request_p50_ns", Value::Int(request_latency.quantile(0.5))));
         fields.push(("admin_request_p99_ns", Value::Int(request_latency.quantile(0.99))));
+        let cpu_text = match cpu {
+            Some(cpu) => {
+                let per_publish_us = cpu * 1e6 / ok.max(1) as f64;
+                fields.push(("server_cpu_secs", Value::Float(cpu)));
+                fields.push(("server_cpu_us_per_publish", Value::Float(per_publish_us)));
+                format!("; server CPU {cpu:.2} s = {per_publish_us:.1} µs per publish")
+            }
+            None => String::new(),
+        };
         Ok(PhaseResult {
             phase: Phase::Publish,
             headline: format!("{ok} @ {rate:.0}/s, lost {lost}, dup {dup}, reordered {reordered}"),
             details: format!(
-                "{} of {} deliveries{}{}; {}; admin request p50 {}, p99 {}",
+                "{} of {} deliveries{}{}; {}; admin request p50 {}, p99 {}{cpu_text}",
                 report.get("pub_distinct"),
                 report.get("pub_expected"),
                 if unexpected > 0 { format!(", {unexpected} unexpected") } else { String::new() },

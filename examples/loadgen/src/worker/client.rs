@@ -1,5 +1,5 @@
-//! One client connection's state. Clients are cheap: a socket plus two empty Vecs and two
-//! sequence checkers (~150 bytes); a connection keeps bytes only while a frame is incomplete or
+//! One client connection's state. Clients are cheap: a socket plus two empty Vecs and three
+//! sequence checkers (~250 bytes with the v1 fields); a connection keeps bytes only while a frame is incomplete or
 //! the socket would not take a whole frame.
 
 use mio::net::TcpStream;
@@ -12,6 +12,9 @@ pub enum State {
     Connecting,
     Handshaking,
     Open,
+    /// Resume phase, clean drop: our close frame is sent; waiting for the server to end the
+    /// connection.
+    Closing,
     Closed,
 }
 
@@ -36,6 +39,26 @@ pub struct Client {
     pub warm: bool,
     /// Takes part in the echo phase (one message in flight).
     pub echo: bool,
+    /// wspush.v1 bookkeeping (unused for raw clients).
+    pub v1: V1,
+}
+
+/// A wspush.v1 client's view of its user's stream, and its resume check.
+#[derive(Default)]
+pub struct V1 {
+    /// The stream's epoch, as the last welcome (or a message at offset 1) said.
+    pub epoch: String,
+    /// The last stream offset processed: every message with an offset must carry this + 1.
+    pub last_offset: u64,
+    /// When the current connection attempt started (socket creation), mono_ns.
+    pub connect_start_ns: u64,
+    /// This connection reconnected with `since` = `since_offset` (resume phase).
+    pub resuming: bool,
+    pub since_offset: u64,
+    /// Resume payload numbers (`r SEQ T`) received since the reconnect.
+    pub resumed: SeqCheck,
+    /// The last missed message (`r missed`) arrived: the recovery's time is recorded.
+    pub recovered_all: bool,
 }
 
 impl Client {
@@ -53,6 +76,7 @@ impl Client {
             first_pub: 0,
             warm: false,
             echo: false,
+            v1: V1::default(),
         }
     }
 }

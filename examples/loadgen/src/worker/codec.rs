@@ -8,13 +8,14 @@ use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
 use super::client::{Client, Failure, Stop};
-use super::messages::on_message;
+use super::v1::on_server_message;
 use super::Context;
 
 /// Largest frame accepted from the server; the tool's own messages are tiny.
 const MAX_FRAME: u64 = 1 << 20;
 
-pub fn check_upgrade_response(head: &[u8], accept_key: &str) -> Result<(), (Failure, String)> {
+/// Checks a 101 and its accept key, and with `v1` that the server selected wspush.v1.
+pub fn check_upgrade_response(head: &[u8], accept_key: &str, v1: bool) -> Result<(), (Failure, String)> {
     let head = String::from_utf8_lossy(head);
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or("");
@@ -26,13 +27,17 @@ pub fn check_upgrade_response(head: &[u8], accept_key: &str) -> Result<(), (Fail
     if status != 101 {
         return Err((Failure::Http(status), format!("upgrade answered {status_line:?}")));
     }
-    let accept = lines
-        .filter_map(|line| line.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("sec-websocket-accept"))
-        .map(|(_, value)| value.trim().to_string());
-    match accept {
-        Some(value) if value == accept_key => Ok(()),
-        other => Err((Failure::Other, format!("bad Sec-WebSocket-Accept {other:?}"))),
+    let headers: Vec<(&str, &str)> =
+        lines.filter_map(|line| line.split_once(':')).map(|(name, value)| (name.trim(), value.trim())).collect();
+    let header = |wanted: &str| headers.iter().find(|(name, _)| name.eq_ignore_ascii_case(wanted)).map(|h| h.1);
+    match header("sec-websocket-accept") {
+        Some(value) if value == accept_key => {}
+        other => return Err((Failure::Other, format!("bad Sec-WebSocket-Accept {other:?}"))),
+    }
+    match header("sec-websocket-protocol") {
+        Some("wspush.v1") if v1 => Ok(()),
+        None if !v1 => Ok(()),
+        other => Err((Failure::Other, format!("Sec-WebSocket-Protocol {other:?} in the 101 (v1 offered: {v1})"))),
     }
 }
 
@@ -86,7 +91,7 @@ pub fn process_frames(data: &[u8], client: &mut Client, context: &mut Context) -
                 if client.fragments.is_some() {
                     Err(Stop::ProtocolError("new message inside a fragmented one".into()))
                 } else {
-                    on_message(payload, client, context)
+                    on_server_message(payload, client, context)
                 }
             }
             OpCode::Data(Data::Text | Data::Binary) => {
@@ -98,7 +103,7 @@ pub fn process_frames(data: &[u8], client: &mut Client, context: &mut Context) -
                     message.extend_from_slice(payload);
                     if header.is_final {
                         let message = client.fragments.take().map(|b| *b).unwrap_or_default();
-                        on_message(&message, client, context)
+                        on_server_message(&message, client, context)
                     } else {
                         Ok(())
                     }

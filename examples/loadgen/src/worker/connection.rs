@@ -55,6 +55,7 @@ impl Worker {
         self.context.counters.inflight += 1;
         let client = &mut self.clients[index];
         client.state = State::Connecting;
+        client.v1.connect_start_ns = mono_ns();
         match open_client_socket(self.config.target, source) {
             Ok(mut stream) => {
                 if let Err(e) =
@@ -161,6 +162,10 @@ impl Worker {
                 self.flush(index);
                 self.read_ready(index);
             }
+            State::Closing => {
+                self.flush(index);
+                self.drain_closing(index);
+            }
             State::NotStarted | State::Closed => {}
         }
     }
@@ -179,9 +184,17 @@ impl Worker {
         }
         let user = (self.config.first + index) / self.config.tabs;
         let separator = if self.config.path.contains('?') { '&' } else { '?' };
+        // wspush.v1: offer the subprotocol; a resuming client says where it left off.
+        let (since, protocol) = match (&self.clients[index].v1, self.config.v1) {
+            (v1, true) if v1.resuming => {
+                (format!("&since={}:{}", v1.epoch, v1.since_offset), "Sec-WebSocket-Protocol: wspush.v1\r\n")
+            }
+            (_, true) => (String::new(), "Sec-WebSocket-Protocol: wspush.v1\r\n"),
+            (_, false) => (String::new(), ""),
+        };
         let request = format!(
-            "GET {}{separator}user=u{user} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            "GET {}{separator}user=u{user}{since} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n",
             self.config.path, self.config.host_header, self.key
         );
         self.clients[index].state = State::Handshaking;
@@ -234,6 +247,7 @@ impl Worker {
         match self.clients[index].state {
             State::Connecting | State::Handshaking => self.fail_after_error(index, failure, text),
             State::Open => self.lose(index, text),
+            State::Closing => self.end_closing(index),
             State::NotStarted | State::Closed => {}
         }
     }
@@ -284,7 +298,8 @@ impl Worker {
                 }
                 return Ok(());
             };
-            check_upgrade_response(&client.inbuf[..head_end], &self.accept_key).map_err(|(f, t)| Stop::Failed(f, t))?;
+            check_upgrade_response(&client.inbuf[..head_end], &self.accept_key, self.config.v1)
+                .map_err(|(f, t)| Stop::Failed(f, t))?;
             client.inbuf.drain(..head_end);
             client.state = State::Open;
             client.ever_open = true;

@@ -3,7 +3,8 @@
 //!
 //! Reads go through one shared scratch buffer. Modules: client (a connection's state), seq
 //! (sequence checks), connection (the connection loop), codec (frames and the upgrade),
-//! messages (what each server message means), socket (socket setup), soak (incarnations, churn).
+//! messages (what each server message means), socket (socket setup), soak (incarnations, churn),
+//! v1 (the wspush.v1 subprotocol and the resume phase).
 
 mod client;
 mod codec;
@@ -12,6 +13,7 @@ mod messages;
 mod seq;
 mod soak;
 mod socket;
+mod v1;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{self, BufRead, Write};
@@ -51,6 +53,8 @@ pub struct WorkerConfig {
     pub max_inflight: usize,
     pub connect_timeout: Duration,
     pub seed: u64,
+    /// Offer the wspush.v1 subprotocol (and require it in the 101).
+    pub v1: bool,
 }
 
 /// Counters reported to the coordinator; the field names are the report keys.
@@ -94,6 +98,33 @@ struct Counters {
     last_bcast_ns: u64,
     echo_start_ns: u64,
     echo_end_ns: u64,
+    /// wspush.v1: welcomes received; frames that were not a v1 JSON object; stream offsets that
+    /// skipped ahead or came again; epoch changes seen on a connection.
+    v1_welcomes: u64,
+    v1_bad_frames: u64,
+    offset_gaps: u64,
+    offset_repeats: u64,
+    epoch_changes: u64,
+    /// Resume phase: connections dropped, clean closes still waiting for the server, clean
+    /// closes given up on; connections reconnected with `since`, recovered or not per their
+    /// welcome; resume messages (`r SEQ T`) received, distinct, duplicated, reordered, whose
+    /// offset was not since + SEQ, received by a connection not resuming; connections that got
+    /// every missed message; how many resume messages must arrive in all.
+    dropped: u64,
+    closing: u64,
+    close_forced: u64,
+    resume_clients: u64,
+    resume_recovered: u64,
+    resume_not_recovered: u64,
+    resume_recv: u64,
+    resume_distinct: u64,
+    resume_dup: u64,
+    resume_reordered: u64,
+    offset_mismatch: u64,
+    resume_unexpected: u64,
+    resume_done: u64,
+    resume_expected: u64,
+    last_resume_ns: u64,
 }
 
 /// Per-worker state other than the clients, split out so a client and this can be borrowed
@@ -118,6 +149,13 @@ struct Context {
     grace_ns: u64,
     echo_until_ns: u64,
     frame: Vec<u8>,
+    /// The worker speaks wspush.v1 (v1.rs).
+    v1: bool,
+    /// Resume phase: `r 1` .. `r resume_missed` are the replay; `r 1` .. `r resume_expected`
+    /// must arrive in all; reconnect-to-last-replayed time per connection.
+    resume_missed: u32,
+    resume_expected: u32,
+    resume_latency: Histogram,
 }
 
 impl Context {
@@ -214,6 +252,10 @@ pub fn run(config: WorkerConfig) -> io::Result<()> {
             grace_ns: 0,
             echo_until_ns: 0,
             frame: Vec::with_capacity(256),
+            v1: config.v1,
+            resume_missed: 0,
+            resume_expected: 0,
+            resume_latency: Histogram::default(),
         },
         config,
         poll,
@@ -294,6 +336,7 @@ impl Worker {
                     Stream::Pub => &mut self.context.pub_latency,
                     Stream::Bcast => &mut self.context.bcast_latency,
                     Stream::Echo => &mut self.context.echo_rtt,
+                    Stream::Resume => &mut self.context.resume_latency,
                 };
                 match hist.to_wire() {
                     Ok(histogram) => send(&Answer::Hist { histogram }),
@@ -339,6 +382,15 @@ impl Worker {
                 }
                 send(&Answer::IncsEnd { count });
             }
+            Command::Drop { rst } => {
+                let count = self.drop_open(rst) as u64;
+                send(&Answer::Dropped { count });
+            }
+            Command::Resume { missed } => self.resume(missed),
+            Command::ExpectResume { count } => {
+                self.expect_resume(count);
+                send(&Answer::Ok);
+            }
             Command::Quit => return false,
         }
         true
@@ -355,6 +407,9 @@ impl Worker {
 
     /// (lost, unexpected) over every connection ever opened, per the last expectations.
     fn final_tally(&self, stream: Stream) -> (u64, u64) {
+        if stream == Stream::Resume {
+            return self.resume_tally();
+        }
         let (mut lost, mut unexpected) = (0u64, 0u64);
         for (index, client) in self.clients.iter().enumerate().filter(|(_, c)| c.ever_open) {
             let (check, expected) = if stream == Stream::Pub {

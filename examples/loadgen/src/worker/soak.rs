@@ -79,6 +79,7 @@ impl Worker {
             match self.clients[index].state {
                 State::Open => counters.open -= 1,
                 State::Connecting | State::Handshaking => counters.inflight -= 1,
+                State::Closing => counters.closing -= 1,
                 State::NotStarted | State::Closed => continue,
             }
             if self.clients[index].echo {
