@@ -40,6 +40,24 @@ pub(crate) enum Command {
     Stop,
 }
 
+/// I/O threads (at most 255) owed a wake-up.
+#[derive(Default)]
+struct Wakes([u64; 4]);
+
+impl Wakes {
+    fn add(&mut self, thread: usize) {
+        self.0[thread / 64] |= 1 << (thread % 64);
+    }
+
+    fn wake(&self, threads: &[ThreadShared]) {
+        for (thread, shared) in threads.iter().enumerate() {
+            if self.0[thread / 64] & (1 << (thread % 64)) != 0 {
+                shared.wake();
+            }
+        }
+    }
+}
+
 /// What [`ServerHandle::publish_with_offset`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Published {
@@ -106,6 +124,15 @@ impl ThreadShared {
 
     /// Queues a command and wakes the thread if its inbox was empty (one wake per batch).
     pub(crate) fn push(&self, command: Command) {
+        if self.enqueue(command) {
+            self.wake();
+        }
+    }
+
+    /// Queues a command; true when the thread must then be woken (`wake`): its inbox was empty
+    /// and the caller is not the thread itself. Lets a caller holding a lock wake after
+    /// releasing it, so the wake-up syscall does not lengthen the lock's hold.
+    pub(crate) fn enqueue(&self, command: Command) -> bool {
         let was_empty = {
             let mut inbox = self.inbox.lock();
             inbox.push(command);
@@ -113,11 +140,12 @@ impl ThreadShared {
         };
         // The owning thread drains its inbox after every round of events, so a command it queues
         // to itself (a callback answering its own connection) needs no wake-up syscall.
-        let from_owner = OWNING_IO_THREAD.with(|current| std::ptr::eq(current.get(), self));
-        if was_empty && !from_owner {
-            // A failed wake means the poller is gone, i.e. the thread has exited; nothing to do.
-            let _ = self.waker.wake();
-        }
+        was_empty && !OWNING_IO_THREAD.with(|current| std::ptr::eq(current.get(), self))
+    }
+
+    pub(crate) fn wake(&self) {
+        // A failed wake means the poller is gone, i.e. the thread has exited; nothing to do.
+        let _ = self.waker.wake();
     }
 
     /// Whether commands are waiting (the owning thread queues to itself without a wake-up).
@@ -240,18 +268,24 @@ impl ServerHandle {
         self.shared.publishes.fetch_add(1, Ordering::Relaxed);
         let history = self.shared.history.as_ref();
         // Held until the message is queued to every connection: see src/history/mod.rs.
-        let _order = history.map(|history| history.order_lock(user));
+        let order = history.map(|history| history.order_lock(user));
         let stream = history.map(|history| history.store().append(user, kind, payload));
         #[cfg(feature = "test-hooks")]
         if stream.is_some() {
             crate::test_hooks::race_point(crate::test_hooks::RacePoint::PublishAppended);
         }
         let mut frame: Option<Frame> = None;
+        let mut wakes = Wakes::default();
         let delivered = self.shared.registry.for_each_conn(user, |conn, user_check| {
             let (thread, _, _) = conn_id::split(conn);
             let frame = frame.get_or_insert_with(|| codec::encode(Opcode::from(kind), payload)).clone();
-            self.shared.threads[thread].push(Command::Deliver { conn, frame, stream, user_check });
+            if self.shared.threads[thread].enqueue(Command::Deliver { conn, frame, stream, user_check }) {
+                wakes.add(thread);
+            }
         });
+        // Outside the locks: a publisher preempted in the wake-up syscall holds up nobody.
+        drop(order);
+        wakes.wake(&self.shared.threads);
         Ok(Published { delivered, offset: stream.map(|position| position.offset) })
     }
 
