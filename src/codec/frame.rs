@@ -87,14 +87,20 @@ fn write_header(opcode: Opcode, payload_len: usize, out: &mut [u8; MAX_SERVER_HE
 
 /// Frames `payload` once into a shareable buffer.
 pub(crate) fn encode(opcode: Opcode, payload: &[u8]) -> Frame {
+    encode_with(opcode, payload.len(), |out| out.copy_from_slice(payload))
+}
+
+/// Frames a payload of `payload_len` bytes that `fill` writes in place: one allocation, for a
+/// payload made on the way (a `wspush.v1` JSON message).
+pub(crate) fn encode_with(opcode: Opcode, payload_len: usize, fill: impl FnOnce(&mut [u8])) -> Frame {
     let mut header = [0u8; MAX_SERVER_HEADER];
-    let header_len = write_header(opcode, payload.len(), &mut header);
+    let header_len = write_header(opcode, payload_len, &mut header);
     // One allocation for the shared frame (Arc::from(Vec) would allocate and copy twice).
     // SAFETY: all-zero bytes are a valid `u8`, so the zeroed slice is initialized.
-    let mut frame: Arc<[u8]> = unsafe { Arc::new_zeroed_slice(header_len + payload.len()).assume_init() };
+    let mut frame: Arc<[u8]> = unsafe { Arc::new_zeroed_slice(header_len + payload_len).assume_init() };
     if let Some(bytes) = Arc::get_mut(&mut frame) {
         bytes[..header_len].copy_from_slice(&header[..header_len]);
-        bytes[header_len..].copy_from_slice(payload);
+        fill(&mut bytes[header_len..]);
     }
     frame
 }

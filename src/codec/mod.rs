@@ -10,7 +10,9 @@ mod utf8;
 
 pub use decoder::{decode_next, Decoded, DecoderState};
 pub use frame::is_valid_close_code;
-pub(crate) use frame::{close, close_frame, control, data_of, encode, parse_header, Frame, Opcode, MAX_CLOSE_REASON};
+pub(crate) use frame::{
+    close, close_frame, control, data_of, encode, encode_with, parse_header, Frame, Opcode, MAX_CLOSE_REASON,
+};
 
 /// Unmasking, measured by the benches on its own (`internals::apply_mask`).
 #[cfg(feature = "bench-internals")]

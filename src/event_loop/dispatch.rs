@@ -2,11 +2,14 @@
 //! for the host's queued answers (its commands may touch any connection of this thread), which
 //! the loop runs before the connection goes on.
 
+use std::sync::Arc;
+
 use super::IoThread;
 use crate::codec::Frame;
 use crate::conn_id;
 use crate::connection::{Interrupt, Received, State};
 use crate::handle::{Command, ANY_USER};
+use crate::history::Position;
 use crate::registry::UserCheck;
 use crate::request::UpgradeDecision;
 use crate::subprotocol;
@@ -151,6 +154,7 @@ impl IoThread {
                 self.execute(command);
             }
         }
+        self.last_v1 = None; // holds no message past its batch
     }
 
     /// Executes what callbacks on this thread queued so far, now rather than at the end of the
@@ -171,7 +175,7 @@ impl IoThread {
             Command::Deliver { conn, frame, stream, user_check } => {
                 if let Some(slot) = self.lookup(conn, State::Open, user_check) {
                     let frame = match self.conns[slot].speaks_v1() {
-                        true => subprotocol::message_from_frame(&frame, stream),
+                        true => self.v1_form(&frame, stream),
                         false => frame,
                     };
                     self.queue_messages(slot, &[frame]);
@@ -190,6 +194,19 @@ impl IoThread {
                 }
             }
             Command::Stop => self.begin_stop(),
+        }
+    }
+
+    /// The `wspush.v1` form of the message `raw`, made once for all its recipients on this
+    /// thread (a publish queues them one after another).
+    fn v1_form(&mut self, raw: &Frame, stream: Option<Position>) -> Frame {
+        match &self.last_v1 {
+            Some((last_raw, v1)) if Arc::ptr_eq(last_raw, raw) => v1.clone(),
+            _ => {
+                let v1 = subprotocol::message_from_frame(raw, stream);
+                self.last_v1 = Some((raw.clone(), v1.clone()));
+                v1
+            }
         }
     }
 

@@ -79,6 +79,7 @@ impl IoThreadSetup {
             poll: self.poll,
             listener: Some(self.listener),
             scratch: resident_buffer(SCRATCH_BYTES),
+            last_v1: None,
             next_generation: 1,
             drain_deadline: None,
             next_housekeeping: Instant::now(),
@@ -136,6 +137,9 @@ pub(crate) struct IoThread {
     poll: Poll,
     listener: Option<TcpListener>,
     scratch: Box<[u8]>,
+    /// The last message put in its `wspush.v1` form, (raw frame, v1 frame): the tabs of a user on
+    /// this thread share one JSON frame. Cleared after each batch of commands.
+    last_v1: Option<(Frame, Frame)>,
     next_generation: u32,
     drain_deadline: Option<Instant>,
     next_housekeeping: Instant,
