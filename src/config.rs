@@ -106,8 +106,7 @@ pub struct Config {
     /// message has expired is dropped, which starts a new epoch.
     pub history_ttl: Duration,
     /// Bytes all users' histories may take (payloads plus bookkeeping, see `Stats::history_bytes`);
-    /// past it the least recently published users' streams are dropped whole (new epoch). Users
-    /// are spread over 16 shards with a sixteenth each: "least recently" is within a shard.
+    /// past it the least recently published users' streams are dropped whole (new epoch).
     pub history_max_bytes: usize,
 }
 

@@ -1,5 +1,5 @@
-//! The in-memory history store: one stream per user who was published to, in tables under a few
-//! locks (every operation is a few pointer moves and one copy of the payload).
+//! The in-memory history store: one stream per user who was published to, in one table under
+//! one lock (every operation is a few pointer moves and one copy of the payload).
 //!
 //! Costs, what `history_bytes` charges: a stored message is its payload plus a 24-byte entry
 //! plus the allocator's header; a stream is a [`Stream`] plus its user ID plus its index entry.
@@ -9,9 +9,7 @@
 //! Limits: at most `max_messages` per stream (the oldest go first); a message older than the
 //! TTL is dropped, and a stream whose newest message has expired is dropped whole; past
 //! `max_bytes` whole streams go, least recently published first. Dropping a stream ends its
-//! epoch: the next publish to that user starts a new one at offset 1. Users are spread over 16
-//! shards, each with its own lock and a sixteenth of `max_bytes`: "least recently published" is
-//! within a shard.
+//! epoch: the next publish to that user starts a new one at offset 1.
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
@@ -95,16 +93,9 @@ struct Inner {
     bytes: u64,
 }
 
-/// Independent tables, each under its own lock with its share of the byte cap, so that
-/// publishers on different threads rarely wait for one another (a lock holder preempted on a
-/// busy machine would otherwise hold up every publish).
-const SHARDS: usize = 16;
-
 pub(crate) struct MemoryStore {
-    shards: Box<[Mutex<Inner>]>,
+    inner: Mutex<Inner>,
     limits: Limits,
-    /// `limits.max_bytes` divided among the shards.
-    shard_max_bytes: u64,
     ttl_secs: u32,
     keys: RandomState,
     /// This store's incarnation, in the epochs of users without a stream.
@@ -114,15 +105,10 @@ pub(crate) struct MemoryStore {
 
 impl MemoryStore {
     pub(crate) fn new(limits: Limits) -> MemoryStore {
-        MemoryStore::with_shards(limits, SHARDS)
-    }
-
-    fn with_shards(limits: Limits, shards: usize) -> MemoryStore {
         // Whole seconds, rounded up: an entry lives at least the TTL.
         let ttl_secs = limits.ttl.as_secs().saturating_add(u64::from(limits.ttl.subsec_nanos() > 0)).max(1);
         MemoryStore {
-            shards: (0..shards).map(|_| Mutex::new(Inner::default())).collect(),
-            shard_max_bytes: (limits.max_bytes / shards) as u64,
+            inner: Mutex::new(Inner::default()),
             limits,
             ttl_secs: u32::try_from(ttl_secs).unwrap_or(u32::MAX),
             keys: RandomState::new(),
@@ -139,16 +125,10 @@ impl MemoryStore {
         self.keys.hash_one(user)
     }
 
-    /// Locks the shard of the user whose ID hashes to `hash`, with what has expired there by
-    /// now dropped.
-    fn lock(&self, hash: u64) -> (parking_lot::MutexGuard<'_, Inner>, u32) {
-        // The low bits pick the index bucket inside a shard; the high ones pick the shard.
-        self.lock_shard(&self.shards[(hash >> 48) as usize % self.shards.len()])
-    }
-
-    fn lock_shard<'a>(&self, shard: &'a Mutex<Inner>) -> (parking_lot::MutexGuard<'a, Inner>, u32) {
+    /// Locks the table with what has expired by now dropped.
+    fn lock(&self) -> (parking_lot::MutexGuard<'_, Inner>, u32) {
         let now = self.now();
-        let mut inner = shard.lock();
+        let mut inner = self.inner.lock();
         inner.expire_streams(now, self.ttl_secs, |user| self.hash(user));
         (inner, now)
     }
@@ -275,7 +255,7 @@ impl Inner {
 impl HistoryStore for MemoryStore {
     fn append(&self, user: &[u8], kind: MessageKind, payload: &[u8]) -> Position {
         let hash = self.hash(user);
-        let (mut inner, now) = self.lock(hash);
+        let (mut inner, now) = self.lock();
         let inner = &mut *inner;
         let slot = inner.find(hash, user).unwrap_or_else(|| inner.create(hash, user));
         inner.touch(slot);
@@ -296,7 +276,7 @@ impl HistoryStore for MemoryStore {
         inner.bytes += message_cost(payload.len());
         // Over the byte cap: whole streams go, least recently published first; a stream that is
         // over it alone keeps its newest message.
-        let cap = self.shard_max_bytes;
+        let cap = self.limits.max_bytes as u64;
         while inner.bytes > cap {
             let Some(oldest) = inner.least_recent().filter(|&oldest| oldest != slot) else { break };
             let key = self.hash(&inner.streams[oldest as usize].user);
@@ -310,7 +290,7 @@ impl HistoryStore for MemoryStore {
 
     fn top(&self, user: &[u8]) -> Position {
         let hash = self.hash(user);
-        let (inner, _) = self.lock(hash);
+        let (inner, _) = self.lock();
         match inner.find(hash, user) {
             Some(slot) => inner.streams[slot as usize].position(),
             None => Position { epoch: Epoch::NoStream { store: self.id, losses: inner.losses }, offset: 0 },
@@ -325,7 +305,7 @@ impl HistoryStore for MemoryStore {
         out: &mut Vec<Stored>,
     ) -> Result<Position, Unrecoverable> {
         let hash = self.hash(user);
-        let (mut inner, now) = self.lock(hash);
+        let (mut inner, now) = self.lock();
         let Some(slot) = inner.find(hash, user) else {
             // Nothing published since a client was told "no stream": nothing missed.
             let unchanged = Epoch::NoStream { store: self.id, losses: inner.losses };
@@ -359,20 +339,12 @@ impl HistoryStore for MemoryStore {
     }
 
     fn expire(&self) {
-        for shard in self.shards.iter() {
-            drop(self.lock_shard(shard));
-        }
+        drop(self.lock());
     }
 
     fn gauges(&self) -> HistoryGauges {
-        let mut gauges = HistoryGauges::default();
-        for shard in self.shards.iter() {
-            let inner = shard.lock();
-            gauges.users += inner.streams.len() as u64;
-            gauges.messages += inner.messages;
-            gauges.bytes += inner.bytes;
-        }
-        gauges
+        let inner = self.inner.lock();
+        HistoryGauges { users: inner.streams.len() as u64, messages: inner.messages, bytes: inner.bytes }
     }
 }
 
@@ -382,9 +354,8 @@ mod tests {
 
     use super::*;
 
-    /// One shard: what the tests say of the order and the cap holds exactly.
     fn store(max_messages: usize, max_bytes: usize) -> MemoryStore {
-        MemoryStore::with_shards(Limits { max_messages, ttl: Duration::from_secs(600), max_bytes }, 1)
+        MemoryStore::new(Limits { max_messages, ttl: Duration::from_secs(600), max_bytes })
     }
 
     fn read(store: &MemoryStore, user: &[u8], since: Position) -> Result<Vec<u64>, Unrecoverable> {
@@ -464,7 +435,7 @@ mod tests {
         }
         store.append(b"u1", MessageKind::Text, b"x");
         store.append(b"u0", MessageKind::Text, b"x");
-        let mut inner = store.shards[0].lock();
+        let mut inner = store.inner.lock();
         assert!(inner.order.len() <= 2 * 3 + ORDER_SLACK, "{}", inner.order.len());
         let least = inner.least_recent().expect("three streams");
         assert_eq!(&*inner.streams[least as usize].user, b"u2");
