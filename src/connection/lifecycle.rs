@@ -4,7 +4,6 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 
 use super::{Conn, Context, Gone, State, Step, CLOSE_RECEIVED, EPOCH_SHIFT, PINGED, V1, WRITE_SHUT};
 use crate::codec::{self, close, Frame, Opcode};
@@ -173,9 +172,8 @@ impl Conn {
         let id = cx.conn_id(slot, self.generation);
         // Registered and read under the user's order lock: each publish is then either in the
         // replay or delivered live, never both nor neither (src/history/mod.rs).
-        let shared = Arc::clone(&cx.shared);
-        let order = shared.history.as_ref().filter(|_| negotiated.v1).map(|history| history.order_lock(user));
-        if shared.registry.add(user, id, cx.config().max_connections_per_user).is_err() {
+        let order = cx.shared.history.as_ref().filter(|_| negotiated.v1).map(|history| history.order_lock(user));
+        if cx.shared.registry.add(user, id, cx.config().max_connections_per_user).is_err() {
             drop(order);
             return self.reject(cx, slot, 429);
         }
