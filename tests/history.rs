@@ -383,3 +383,42 @@ fn stream_epoch(server: &Server, user: &str) -> String {
     let mut ws = v1_connect(server, user, None);
     welcome(&mut ws).0
 }
+
+/// Clients that resume far back and never read hold at most their send queue each: replays are
+/// bounded like any output, and the server keeps serving everyone else.
+#[test]
+fn resuming_clients_that_never_read_hold_only_their_send_queues() {
+    let max_queue_bytes = 256 * 1024;
+    // A small server send buffer, so replays back up in the engine rather than in the kernel.
+    let config = Config { max_queue_bytes, socket_send_buffer: 4096, ..history_config() };
+    let (server, _events) = start(config);
+    let mut ws = v1_connect(&server, "hoarder", None);
+    welcome(&mut ws);
+    publish(&server, "hoarder", "m1");
+    let epoch = next_json(&mut ws)["epoch"].as_str().unwrap().to_owned();
+    drop(ws);
+    let chunk = "y".repeat(2300);
+    for _ in 0..99 {
+        publish(&server, "hoarder", &chunk); // ~225 KiB of replay from offset 0, under the cap
+    }
+    let since = format!("{epoch}%3A0");
+    let silent: Vec<Raw> = (0..50)
+        .map(|_| {
+            let mut raw = Raw::connect(server.local_addr());
+            raw.send(
+                upgrade_request(&format!("/ws?user=hoarder&since={since}"), "Sec-WebSocket-Protocol: wspush.v1\r\n")
+                    .as_bytes(),
+            );
+            raw
+        })
+        .collect();
+    let stats = stats_until(&server, "all 50 resumed", |s| s.recoveries_total == 50);
+    assert!(stats.queued_bytes > 0, "the replays must back up in the engine for this test: {stats:?}");
+    assert!(stats.queued_bytes <= 50 * max_queue_bytes as u64, "{stats:?}");
+    // Everyone else is served at once.
+    let mut other = v1_connect(&server, "bystander", None);
+    welcome(&mut other);
+    publish(&server, "bystander", "still served");
+    assert_eq!(v1_message(&mut other), (Some(1), "still served".into()));
+    drop(silent);
+}
