@@ -44,11 +44,12 @@ fn cpp_host_authenticates_welcomes_publishes_and_stops_on_sigterm() {
     host.write_stdin("alice\tyou have 3 new messages\n");
     assert_eq!(read_text(&mut alice_tab1), "you have 3 new messages");
     assert_eq!(read_text(&mut alice_tab2), "you have 3 new messages");
-    assert_eq!(host.expect_line("publish user=alice"), "publish user=alice delivered=2");
+    assert_eq!(host.expect_line("publish user=alice"), "publish user=alice delivered=2 offset=1");
     // A line split across writes is published once whole; an unknown user reaches nobody.
     host.write_stdin("bob\tnobody ");
     host.write_stdin("home\r\n");
-    assert_eq!(host.expect_line("publish user=bob"), "publish user=bob delivered=0");
+    // Offsets are assigned while the user is away, for a wspush.v1 tab that resumes.
+    assert_eq!(host.expect_line("publish user=bob"), "publish user=bob delivered=0 offset=1");
     host.write_stdin("\tempty user\n");
     // WSPUSH_RESULT_INVALID_USER_ID, reported through the wrapper's std::error_code.
     assert!(host.expect_line("publish user= ").starts_with("publish user= failed: wspush:6 ("));

@@ -128,13 +128,15 @@ void publish_line(const wspush::ServerRef &server, std::string_view line) {
     }
     std::string_view user = line.substr(0, tab);
     size_t delivered = 0;
-    if (std::error_code failed = server.publish(user, line.substr(tab + 1), &delivered)) {
+    uint64_t offset = 0;
+    if (std::error_code failed = server.publish_with_offset(user, line.substr(tab + 1), &delivered, &offset)) {
         // E.g. an empty or too long user ID: report it, keep serving.
         log_line("publish user=%.*s failed: %s:%d (%s)", len(user), user.data(), failed.category().name(),
                  failed.value(), failed.message().c_str());
         return;
     }
-    log_line("publish user=%.*s delivered=%zu", len(user), user.data(), delivered);
+    log_line("publish user=%.*s delivered=%zu offset=%llu", len(user), user.data(), delivered,
+             static_cast<unsigned long long>(offset));
 }
 
 // Publishes stdin lines until EOF or a signal arrives on `signals` (a signalfd): one poll on
@@ -218,6 +220,7 @@ int main(int argc, char **argv) {
             .path("/ws")
             .max_connections_per_user(16)
             .drain_timeout(std::chrono::seconds(1))
+            .history(100) // a tab that reconnects with wspush.v1 gets what it missed
             .handlers(make_handlers(app));
         wspush::PushServer server = wspush::PushServer::start(std::move(config));
         log_line("listening on port %u", static_cast<unsigned>(server.port()));

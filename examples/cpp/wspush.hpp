@@ -109,6 +109,14 @@ public:
                               static_cast<wspush_message_kind>(kind), delivered);
     }
 
+    /// `publish`, also telling the message's offset in the user's history stream (0 with history
+    /// off; see Config::history): what a `wspush.v1` client that reconnects with `since` counts in.
+    std::error_code publish_with_offset(std::string_view user, std::string_view payload, size_t *delivered,
+                                        uint64_t *offset, MessageKind kind = MessageKind::Text) const noexcept {
+        return wspush_publish_with_offset(server_, detail::bytes(user), user.size(), detail::bytes(payload),
+                                          payload.size(), static_cast<wspush_message_kind>(kind), delivered, offset);
+    }
+
     std::error_code broadcast(std::string_view payload, size_t *count = nullptr,
                               MessageKind kind = MessageKind::Text) const noexcept {
         return wspush_broadcast(server_, detail::bytes(payload), payload.size(), static_cast<wspush_message_kind>(kind),
@@ -355,6 +363,15 @@ public:
     }
     Config &drain_timeout(std::chrono::milliseconds timeout) {
         detail::check(wspush_config_set_drain_timeout_ms(raw(), millis(timeout)), "drain timeout");
+        return *this;
+    }
+    /// Per-user history for `wspush.v1` clients that resume: the last `max_messages` per user
+    /// (0 = off), each kept for `ttl`, all of them within `max_bytes`.
+    Config &history(size_t max_messages, std::chrono::milliseconds ttl = std::chrono::minutes(10),
+                    size_t max_bytes = 64u << 20) {
+        detail::check(wspush_config_set_history_max_messages(raw(), max_messages), "history messages");
+        detail::check(wspush_config_set_history_ttl_ms(raw(), millis(ttl)), "history ttl");
+        detail::check(wspush_config_set_history_max_bytes(raw(), max_bytes), "history bytes");
         return *this;
     }
     Config &handlers(Handlers handlers) {
