@@ -188,7 +188,8 @@ enum wspush_result
      */
     WSPUSH_RESULT_IO = 13,
     /**
-     * The call is not allowed from inside a callback of this server (`wspush_server_free`).
+     * The call is not allowed from inside a callback of this server (`wspush_server_free`), or
+     * would wait for the thread it is called on (`wspush_publish_wait` in a publish completion).
      */
     WSPUSH_RESULT_IN_CALLBACK = 14,
     /**
@@ -197,6 +198,12 @@ enum wspush_result
      * later call on it returns PANIC: stop and free it, then start a new one).
      */
     WSPUSH_RESULT_PANIC = 15,
+    /**
+     * Redis (`wspush_config_set_redis_url`) did not confirm the publish within the Redis
+     * timeout, or is known to be unreachable. The message may still be applied (then delivered
+     * and numbered like any other). The admin API of wspushd answers 503.
+     */
+    WSPUSH_RESULT_UNAVAILABLE = 16,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

@@ -108,6 +108,15 @@ pub struct Config {
     /// Bytes all users' histories may take (payloads plus bookkeeping, see `Stats::history_bytes`);
     /// past it the least recently published users' streams are dropped whole (new epoch).
     pub history_max_bytes: usize,
+    /// Several nodes sharing users through Redis (README, "Running several nodes"):
+    /// `redis://[[user]:password@]host[:port][/db]`. A publish on any node then goes through
+    /// Redis to the user's connections on every node, and history (when on) is kept in Redis
+    /// (`history_max_messages` and `history_ttl` apply there; `history_max_bytes` does not:
+    /// Redis's `maxmemory` does). `None` (default): one node, everything in process.
+    pub redis_url: Option<String>,
+    /// How long Redis may take to answer before a publish fails with `Error::Unavailable` and
+    /// the connection to Redis is dropped and remade (default 2 s).
+    pub redis_timeout: Duration,
 }
 
 /// The I/O threads' stack size when `Config::thread_stack_size` is 0: 8 MiB, what glibc gives an
@@ -183,6 +192,8 @@ impl Default for Config {
             history_max_messages: 0,
             history_ttl: Duration::from_secs(600),
             history_max_bytes: 64 * 1024 * 1024,
+            redis_url: None,
+            redis_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -223,6 +234,12 @@ impl Config {
         }
         if self.proxy_protocol && self.trusted_proxies.is_empty() {
             return Err("proxy_protocol needs at least one trusted proxy (trusted_proxies)");
+        }
+        if let Some(url) = &self.redis_url {
+            url.parse::<crate::redis::RedisUrl>()?;
+            if self.redis_timeout < Duration::from_millis(10) {
+                return Err("redis_timeout must be at least 10 ms");
+            }
         }
         if self.history_max_messages > 0 && (self.history_ttl.is_zero() || self.history_max_bytes == 0) {
             return Err("with history on, history_ttl and history_max_bytes must be > 0");

@@ -29,6 +29,13 @@ pub enum Error {
     NotFound,
     /// The server is stopping or stopped.
     Stopped,
+    /// Redis (`Config::redis_url`) did not confirm the publish within `redis_timeout`, or is
+    /// known to be unreachable. The message may still be applied (then delivered and numbered
+    /// like any other); retry or give up, as the host's semantics need.
+    Unavailable,
+    /// A waiting call made on the engine thread that would have to answer it (e.g.
+    /// `publish_wait` from a publish completion): it would wait for itself.
+    WouldDeadlock,
     /// An engine thread panicked (a bug in wspush): the server stopped itself. Stop it (which
     /// joins the threads) and start a new one.
     Failed,
@@ -48,6 +55,8 @@ impl fmt::Display for Error {
             Error::MessageTooLarge => f.write_str("message larger than max_queue_bytes"),
             Error::NotFound => f.write_str("no such connection"),
             Error::Stopped => f.write_str("server is stopped"),
+            Error::Unavailable => f.write_str("Redis did not confirm in time or is unreachable"),
+            Error::WouldDeadlock => f.write_str("a waiting call on the engine thread that would answer it"),
             Error::Failed => f.write_str("server failed: an engine thread panicked"),
         }
     }

@@ -10,8 +10,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::codec::{self, Frame, Opcode};
 use crate::config::Config;
@@ -20,10 +21,11 @@ use crate::error::Error;
 use crate::history::{History, Limits, Position};
 use crate::ip_limits::IpLimits;
 use crate::jwt::JwtVerifier;
+use crate::redis::{Outbox, Request};
 use crate::registry::{Registry, UserCheck};
 use crate::request::UpgradeDecision;
 use crate::stats::{Stats, ThreadStats};
-use crate::types::{check_user_id, ConnId, MessageKind};
+use crate::types::{check_user_id, ConnId, MessageKind, Published};
 
 /// Work queued to an I/O thread by other threads (and by callbacks on this one).
 pub(crate) enum Command {
@@ -36,35 +38,43 @@ pub(crate) enum Command {
     Close { conn: ConnId, code: u16, reason: Box<str>, user_check: UserCheck },
     /// The host's late answer to a deferred upgrade.
     Decide { conn: ConnId, decision: UpgradeDecision },
+    /// With Redis: a `wspush.v1` connection's welcome (and replay), which it waited for; what
+    /// was published to it meanwhile follows unless `top` already covers it.
+    Welcome { conn: ConnId, frames: Vec<Frame>, top: Option<Position>, resume: ResumeOutcome },
+    /// With Redis: history was lost under this `wspush.v1` connection (Redis lost its data, or
+    /// the stream was trimmed past what this node had delivered): it is closed with 1012 so the
+    /// client resumes and is told `recovered: false`. Ignored while it waits for its welcome
+    /// (that welcome will say so) and by connections without `wspush.v1`.
+    Reset { conn: ConnId },
     /// Graceful stop.
     Stop,
 }
 
+/// What became of a `wspush.v1` connection's `since` (counted in `Stats` by its I/O thread).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ResumeOutcome {
+    /// It sent no `since`.
+    NotAsked,
+    Recovered,
+    NotRecovered,
+}
+
 /// I/O threads (at most 255) owed a wake-up.
 #[derive(Default)]
-struct Wakes([u64; 4]);
+pub(crate) struct Wakes([u64; 4]);
 
 impl Wakes {
-    fn add(&mut self, thread: usize) {
+    pub(crate) fn add(&mut self, thread: usize) {
         self.0[thread / 64] |= 1 << (thread % 64);
     }
 
-    fn wake(&self, threads: &[ThreadShared]) {
+    pub(crate) fn wake(&self, threads: &[ThreadShared]) {
         for (thread, shared) in threads.iter().enumerate() {
             if self.0[thread / 64] & (1 << (thread % 64)) != 0 {
                 shared.wake();
             }
         }
     }
-}
-
-/// What [`ServerHandle::publish_with_offset`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Published {
-    /// Connections the message was queued to.
-    pub delivered: usize,
-    /// Its offset in the user's stream; `None` with history off.
-    pub offset: Option<u64>,
 }
 
 /// `user_check` of commands addressed by connection ID rather than by user.
@@ -100,8 +110,11 @@ pub(crate) struct Shared {
     pub(crate) partial_input_bytes: AtomicUsize,
     /// `config.max_connections`, capped to what RLIMIT_NOFILE allows.
     pub(crate) max_connections: usize,
-    /// Per-user history, when `config.history_max_messages` > 0.
+    /// Per-user history, when `config.history_max_messages` > 0 (and no Redis: then Redis
+    /// keeps it).
     pub(crate) history: Option<History>,
+    /// The queue into the Redis bridge thread, when `config.redis_url` is set.
+    pub(crate) redis: Option<Arc<Outbox>>,
 }
 
 /// The part of an I/O thread that other threads talk to.
@@ -168,6 +181,7 @@ impl Shared {
         local_addr: SocketAddr,
         threads: Box<[ThreadShared]>,
         max_connections: usize,
+        redis: Option<Arc<Outbox>>,
     ) -> Shared {
         Shared {
             _handler: handler,
@@ -183,21 +197,57 @@ impl Shared {
             ip_limits: IpLimits::new(&config),
             partial_input_bytes: AtomicUsize::new(0),
             max_connections,
-            history: (config.history_max_messages > 0).then(|| {
+            history: (config.history_max_messages > 0 && redis.is_none()).then(|| {
                 History::in_memory(Limits {
                     max_messages: config.history_max_messages,
                     ttl: config.history_ttl,
                     max_bytes: config.history_max_bytes,
                 })
             }),
+            redis,
             config,
         }
+    }
+
+    /// Queues a message to every connection of `user` on this node; `stream` is its position in
+    /// the user's stream. Threads to wake are added to `wakes`, for the caller to wake once its
+    /// locks are released. Returns how many connections it was queued to.
+    pub(crate) fn queue_to_user(
+        &self,
+        user: &[u8],
+        kind: MessageKind,
+        payload: &[u8],
+        stream: Option<Position>,
+        wakes: &mut Wakes,
+    ) -> usize {
+        let mut frame: Option<Frame> = None;
+        self.registry.for_each_conn(user, |conn, user_check| {
+            let (thread, _, _) = conn_id::split(conn);
+            let frame = frame.get_or_insert_with(|| codec::encode(Opcode::from(kind), payload)).clone();
+            if self.threads[thread].enqueue(Command::Deliver { conn, frame, stream, user_check }) {
+                wakes.add(thread);
+            }
+        })
+    }
+
+    /// Queues a broadcast to every connection of this node; returns how many were open.
+    pub(crate) fn broadcast_here(&self, kind: MessageKind, payload: &[u8]) -> usize {
+        let frame = codec::encode(Opcode::from(kind), payload);
+        let mut count = 0;
+        for thread in self.threads.iter() {
+            count += thread.stats.connections.load(Ordering::Relaxed) as usize;
+            thread.push(Command::Broadcast { frame: frame.clone() });
+        }
+        count
     }
 }
 
 thread_local! {
     /// The server whose I/O thread this is (null elsewhere): lets `stop()` avoid joining itself.
     pub(crate) static ENGINE_OF_THIS_THREAD: Cell<*const Shared> = const { Cell::new(std::ptr::null()) };
+    /// The server whose Redis bridge thread this is (null elsewhere): a waiting publish there
+    /// would wait for itself.
+    pub(crate) static BRIDGE_OF_THIS_THREAD: Cell<*const Shared> = const { Cell::new(std::ptr::null()) };
     /// This I/O thread's own `ThreadShared` (null elsewhere).
     pub(crate) static OWNING_IO_THREAD: Cell<*const ThreadShared> = const { Cell::new(std::ptr::null()) };
 }
@@ -261,11 +311,98 @@ impl ServerHandle {
     /// [`publish`](Self::publish), also telling the offset the message got in the user's stream
     /// when history is on (`Config::history_max_messages`). The offset is assigned whether or
     /// not the user has a connection: a client that reconnects with `since` gets it then.
+    ///
+    /// With Redis (`Config::redis_url`) the message is queued for Redis and this returns at
+    /// once, before the offset or the receiving nodes are known (`Published { delivered: 0,
+    /// offset: None }`); use [`publish_wait`](Self::publish_wait) or
+    /// [`publish_async`](Self::publish_async) to learn them. `Err(Unavailable)` when Redis is
+    /// known to be unreachable.
     pub fn publish_with_offset(&self, user: &[u8], payload: &[u8], kind: MessageKind) -> Result<Published, Error> {
+        self.check_publish(user, payload)?;
+        match &self.shared.redis {
+            Some(redis) => {
+                redis.push_message(Request::Publish {
+                    user: user.into(),
+                    kind,
+                    payload: payload.into(),
+                    done: None,
+                    queued: Instant::now(),
+                })?;
+                Ok(Published { delivered: 0, offset: None })
+            }
+            None => Ok(self.publish_here(user, payload, kind)),
+        }
+    }
+
+    /// Publishes and calls `done` once with the outcome: the offset and, with Redis, the number
+    /// of nodes that received it (see [`Published`]). Without Redis `done` runs before this
+    /// returns, on the calling thread; with Redis it runs on the engine's Redis thread once
+    /// Redis answers, or with `Err(Unavailable)` after `Config::redis_timeout`. `done` may call
+    /// anything but [`publish_wait`](Self::publish_wait) (which would wait for its own thread).
+    /// An `Err` returned here means `done` will not be called.
+    pub fn publish_async(
+        &self,
+        user: &[u8],
+        payload: &[u8],
+        kind: MessageKind,
+        done: impl FnOnce(Result<Published, Error>) + Send + 'static,
+    ) -> Result<(), Error> {
+        self.check_publish(user, payload)?;
+        match &self.shared.redis {
+            Some(redis) => redis.push_message(Request::Publish {
+                user: user.into(),
+                kind,
+                payload: payload.into(),
+                done: Some(Box::new(done)),
+                queued: Instant::now(),
+            }),
+            None => {
+                let published = self.publish_here(user, payload, kind);
+                done(Ok(published));
+                Ok(())
+            }
+        }
+    }
+
+    /// Publishes and waits (at most `timeout`, and never longer than Redis's own timeout) for
+    /// the outcome: the offset and, with Redis, the number of nodes that received it.
+    /// `Err(Unavailable)` if Redis did not confirm in time (the message may still be applied).
+    /// Without Redis it is `publish_with_offset`. Blocks the calling thread: call it from host
+    /// threads, not from callbacks (from a publish completion it returns `Err(WouldDeadlock)`).
+    pub fn publish_wait(&self, user: &[u8], payload: &[u8], kind: MessageKind, timeout: Duration) -> Result<Published, Error> {
+        if self.shared.redis.is_none() {
+            return self.publish_with_offset(user, payload, kind);
+        }
+        if BRIDGE_OF_THIS_THREAD.with(|bridge| std::ptr::eq(bridge.get(), &*self.shared)) {
+            return Err(Error::WouldDeadlock);
+        }
+        let slot = Arc::new((Mutex::new(None), Condvar::new()));
+        let answer = Arc::clone(&slot);
+        self.publish_async(user, payload, kind, move |outcome| {
+            *answer.0.lock() = Some(outcome);
+            answer.1.notify_one();
+        })?;
+        let deadline = Instant::now() + timeout;
+        let mut outcome = slot.0.lock();
+        while outcome.is_none() {
+            if slot.1.wait_until(&mut outcome, deadline).timed_out() {
+                break;
+            }
+        }
+        outcome.take().unwrap_or(Err(Error::Unavailable))
+    }
+
+    fn check_publish(&self, user: &[u8], payload: &[u8]) -> Result<(), Error> {
         check_user_id(user)?;
         self.check_payload(payload)?;
         self.ensure_running()?;
         self.shared.publishes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A publish on this node alone (no Redis): appended to the in-process history, if on, and
+    /// queued to the user's connections under the user's order lock.
+    fn publish_here(&self, user: &[u8], payload: &[u8], kind: MessageKind) -> Published {
         let history = self.shared.history.as_ref();
         // Held until the message is queued to every connection: see src/history/mod.rs.
         let order = history.map(|history| history.order_lock(user));
@@ -274,33 +411,25 @@ impl ServerHandle {
         if stream.is_some() {
             crate::test_hooks::race_point(crate::test_hooks::RacePoint::PublishAppended);
         }
-        let mut frame: Option<Frame> = None;
         let mut wakes = Wakes::default();
-        let delivered = self.shared.registry.for_each_conn(user, |conn, user_check| {
-            let (thread, _, _) = conn_id::split(conn);
-            let frame = frame.get_or_insert_with(|| codec::encode(Opcode::from(kind), payload)).clone();
-            if self.shared.threads[thread].enqueue(Command::Deliver { conn, frame, stream, user_check }) {
-                wakes.add(thread);
-            }
-        });
+        let delivered = self.shared.queue_to_user(user, kind, payload, stream, &mut wakes);
         // Outside the locks: a publisher preempted in the wake-up syscall holds up nobody.
         drop(order);
         wakes.wake(&self.shared.threads);
-        Ok(Published { delivered, offset: stream.map(|position| position.offset) })
+        Published { delivered, offset: stream.map(|position| position.offset) }
     }
 
-    /// Sends `payload` to every open connection. Returns how many connections were open.
+    /// Sends `payload` to every open connection. Returns how many connections were open (with
+    /// Redis: on this node; the broadcast reaches every node's connections through Redis).
     pub fn broadcast(&self, payload: &[u8], kind: MessageKind) -> Result<usize, Error> {
         self.check_payload(payload)?;
         self.ensure_running()?;
         self.shared.broadcasts.fetch_add(1, Ordering::Relaxed);
-        let frame = codec::encode(Opcode::from(kind), payload);
-        let mut count = 0;
-        for thread in self.shared.threads.iter() {
-            count += thread.stats.connections.load(Ordering::Relaxed) as usize;
-            thread.push(Command::Broadcast { frame: frame.clone() });
+        if let Some(redis) = &self.shared.redis {
+            redis.push_message(Request::Broadcast { kind, payload: payload.into(), queued: Instant::now() })?;
+            return Ok(self.shared.threads.iter().map(|t| t.stats.connections.load(Ordering::Relaxed) as usize).sum());
         }
-        Ok(count)
+        Ok(self.shared.broadcast_here(kind, payload))
     }
 
     /// Sends `payload` to one connection. `Err(NotFound)` when it is not open (IDs of closed
@@ -391,8 +520,12 @@ impl ServerHandle {
             for thread in self.shared.threads.iter() {
                 thread.push(Command::Stop);
             }
+            if let Some(redis) = &self.shared.redis {
+                redis.push(Request::Stop);
+            }
         }
-        let on_engine_thread = ENGINE_OF_THIS_THREAD.with(|engine| std::ptr::eq(engine.get(), &*self.shared));
+        let on_engine_thread = ENGINE_OF_THIS_THREAD.with(|engine| std::ptr::eq(engine.get(), &*self.shared))
+            || BRIDGE_OF_THIS_THREAD.with(|bridge| std::ptr::eq(bridge.get(), &*self.shared));
         if on_engine_thread {
             return;
         }

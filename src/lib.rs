@@ -12,12 +12,15 @@
 //! - `request`: what the host sees of a request and how it answers; `jwt`: HS256 tokens;
 //!   `proxy_protocol`: the PROXY header parser; `codec`: RFC 6455 frames (encoder, client-stream
 //!   decoder, UTF-8); `registry`: user → connections; `conn_id`: ID layout and live table;
+//!   `redis`: the Redis wire protocol, URL, key layout and scripts, and the queue into the bridge;
 //! - [`config`]: every limit, with defaults; `handshake`: the HTTP upgrade, its token check
 //!   and its responses; `timer`: the timer wheel; `ip_limits`: per-client-address limits;
 //! - `handle`: [`ServerHandle`], the state it shares with the I/O threads, their inboxes and
 //!   the commands queued there; [`handler`]: the host's callbacks, given a `ServerHandle`;
 //! - `connection`: one connection (state machine, input, output, lifecycle), working in its
 //!   I/O thread's context; `event_loop`: one I/O thread (epoll via mio, listener, slab, inbox);
+//!   `cluster`: the Redis bridge thread (several nodes sharing users: publish through Redis,
+//!   subscriptions that follow local users, gap filling, welcomes for resuming clients);
 //! - [`server`]: [`Server`], which starts the I/O threads and stops them; [`ffi`]: the C
 //!   surface, a skin on top.
 //!
@@ -49,6 +52,7 @@ pub mod stats;
 #[doc(hidden)]
 pub mod test_hooks;
 
+mod cluster;
 mod codec;
 mod conn_id;
 mod connection;
@@ -60,6 +64,7 @@ mod history;
 mod ip_limits;
 mod jwt;
 mod proxy_protocol;
+mod redis;
 mod registry;
 mod request;
 mod slack;
@@ -71,13 +76,14 @@ mod types;
 pub use codec::is_valid_close_code;
 pub use config::{Config, Secret, SlowConsumerPolicy, TrustedProxy, DEFAULT_THREAD_STACK_SIZE, MIN_THREAD_STACK_SIZE};
 pub use error::Error;
-pub use handle::{Published, ServerHandle};
+pub use handle::ServerHandle;
 pub use handler::Handler;
 pub use history::{Epoch, Position};
 pub use proxy_protocol::InvalidTrustedProxy;
 pub use request::{default_upgrade_decision, HttpResponse, Request, UpgradeDecision};
 pub use server::Server;
 pub use stats::Stats;
+pub use types::Published;
 pub use types::{ConnId, MessageKind, MAX_USER_ID_LEN};
 /// Shortest HS256 secret `Config::jwt_hs256_secret` accepts (RFC 7518 §3.2: the hash's size).
 pub const JWT_MIN_SECRET_LEN: usize = jwt::MIN_SECRET_LEN;

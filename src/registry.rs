@@ -159,7 +159,8 @@ impl Registry {
     }
 
     /// Registers `conn` under `user`, unless the user already has `limit` connections (0 = none).
-    pub(crate) fn add(&self, user: &[u8], conn: ConnId, limit: usize) -> Result<(), UserFull> {
+    /// `Ok(true)` when it is the user's first.
+    pub(crate) fn add(&self, user: &[u8], conn: ConnId, limit: usize) -> Result<bool, UserFull> {
         let key = self.key(user);
         let mut shard = self.shard(key).lock();
         let held = shard.for_each(key, |_| {});
@@ -176,11 +177,11 @@ impl Registry {
             }
             _ => shard.more.entry(key).or_default().push(conn),
         }
-        Ok(())
+        Ok(held == 0)
     }
 
-    /// Unregisters `conn` from `user`.
-    pub(crate) fn remove(&self, user: &[u8], conn: ConnId) {
+    /// Unregisters `conn` from `user`; true when the user has no connection left.
+    pub(crate) fn remove(&self, user: &[u8], conn: ConnId) -> bool {
         let key = self.key(user);
         let mut shard = self.shard(key).lock();
         let shard = &mut *shard;
@@ -191,8 +192,9 @@ impl Registry {
                 self.users.fetch_sub(1, Ordering::Relaxed);
                 // Give memory back when a shard empties after a storm of disconnects.
                 slack::release_map(&mut shard.first);
+                return true;
             }
-            return;
+            return false;
         }
         let mut conns = Vec::new();
         shard.for_each(key, |id| conns.push(id));
@@ -200,6 +202,7 @@ impl Registry {
         shard.store(key, &conns);
         slack::release_map(&mut shard.second);
         slack::release_map(&mut shard.more);
+        false
     }
 
     /// Calls `f` for each connection of `user` with the user's check value, while holding its

@@ -6,6 +6,7 @@ use std::net::ToSocketAddrs;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
+use crate::cluster::BridgeSetup;
 use crate::config::Config;
 use crate::error::Error;
 use crate::event_loop::IoThreadSetup;
@@ -50,9 +51,12 @@ impl Server {
             loops.push(io);
             thread_shared.push(ThreadShared::new(waker));
         }
+        let bridge = config.redis_url.is_some().then(BridgeSetup::new).transpose().map_err(Error::Io)?;
+        let outbox = bridge.as_ref().map(BridgeSetup::outbox);
         let handler: Arc<dyn Handler> = Arc::from(handler);
         let keep_alive = Box::new(handler.clone());
-        let shared = Shared::new(config, keep_alive, local_addr, thread_shared.into_boxed_slice(), max_connections);
+        let threads = thread_shared.into_boxed_slice();
+        let shared = Shared::new(config, keep_alive, local_addr, threads, max_connections, outbox);
         let handle = ServerHandle { shared: Arc::new(shared) };
         // Own the handle before spawning so a failed spawn still stops the threads already running.
         let server = Server { handle: handle.clone(), stop_on_drop: true };
@@ -62,6 +66,14 @@ impl Server {
                 .name(format!("wspush-io-{}", io.index()))
                 .stack_size(handle.shared.config.io_thread_stack_size())
                 .spawn(move || io.run(thread_handle, thread_handler))
+                .map_err(Error::Io)?;
+            handle.add_thread(join);
+        }
+        if let Some(bridge) = bridge {
+            let bridge_handle = handle.clone();
+            let join = std::thread::Builder::new()
+                .name("wspush-redis".into())
+                .spawn(move || bridge.run(bridge_handle))
                 .map_err(Error::Io)?;
             handle.add_thread(join);
         }

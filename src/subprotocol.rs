@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 
 use crate::codec::{self, data_of, Frame, Opcode};
-use crate::history::Position;
+use crate::history::{Position, Stored};
 use crate::request::Request;
 use crate::types::MessageKind;
 
@@ -108,6 +108,26 @@ pub(crate) fn message(kind: MessageKind, payload: &[u8], stream: Option<Position
         }
         tail.copy_from_slice(TAIL);
     })
+}
+
+/// A resume that is honoured: the welcome (`recovered: true`, at `top`) and the replay of
+/// `missed` (what follows the client's `since`, oldest first); `None` unless all of it fits in
+/// `max_queue` bytes, since the client would otherwise be closed as a slow consumer (or miss
+/// some) and come back for the same replay forever. JSON can be several times the payload
+/// (escaped control characters, base64).
+pub(crate) fn replay(top: Position, missed: &[Stored], max_queue: usize) -> Option<Vec<Frame>> {
+    let mut frames = Vec::with_capacity(1 + missed.len());
+    frames.push(welcome(Some(top), true));
+    let mut bytes = frames[0].len();
+    for stored in missed {
+        let position = Position { epoch: top.epoch, offset: stored.offset };
+        frames.push(message(stored.kind, &stored.payload, Some(position)));
+        bytes += frames[frames.len() - 1].len();
+        if bytes > max_queue {
+            return None;
+        }
+    }
+    Some(frames)
 }
 
 /// The v1 form of a raw data frame made by `codec::encode`.

@@ -14,6 +14,18 @@ pub enum MessageKind {
     Binary,
 }
 
+/// What a publish did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// Connections the message was queued to. With Redis (`Config::redis_url`) it is instead the
+    /// number of nodes that hold a connection of the user (each got it from Redis), known only
+    /// once Redis confirmed the publish: 0 from the non-waiting `publish`.
+    pub delivered: usize,
+    /// Its offset in the user's stream; `None` with history off (or not yet known: the
+    /// non-waiting `publish` with Redis).
+    pub offset: Option<u64>,
+}
+
 /// Longest user ID, in bytes. A user ID is 1 to this many bytes and never contains NUL (a C
 /// host reading it as a C string would see a different, shorter user).
 pub const MAX_USER_ID_LEN: usize = 255;

@@ -5,13 +5,14 @@
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::{Conn, Context, Gone, State, Step, CLOSE_RECEIVED, EPOCH_SHIFT, PINGED, V1, WRITE_SHUT};
+use super::{AwaitingWelcome, Conn, Context, Gone, State, Step, CLOSE_RECEIVED, EPOCH_SHIFT, PINGED, V1, WRITE_SHUT};
 use crate::codec::{self, close, Frame, Opcode};
 use crate::conn_id::MAX_SLOTS;
 use crate::guard::guarded;
 use crate::handshake;
 use crate::history::Position;
 use crate::ip_limits::{self, NOT_COUNTED};
+use crate::redis::Request;
 use crate::registry::UserId;
 use crate::request::UpgradeDecision;
 use crate::stats::{bump, drop_by};
@@ -66,18 +67,9 @@ fn greeting(cx: &Context, user: &[u8], since: Option<Option<Position>>) -> Vec<F
     bump(&cx.stats().resumes_total, 1);
     let max_queue = cx.config().max_queue_bytes;
     let mut missed = Vec::new();
-    let replay = since.and_then(|since| store.read_since(user, since, max_queue, &mut missed).ok()).and_then(|top| {
-        let mut frames = Vec::with_capacity(1 + missed.len());
-        frames.push(subprotocol::welcome(Some(top), true));
-        for message in &missed {
-            let position = Position { epoch: top.epoch, offset: message.offset };
-            frames.push(subprotocol::message(message.kind, &message.payload, Some(position)));
-        }
-        // All of it in the send queue at once, or the client would be closed as a slow consumer
-        // (or miss some) and come back for the same replay: JSON can be several times the
-        // payload (escaped control characters, base64).
-        (frames.iter().map(|frame| frame.len()).sum::<usize>() <= max_queue).then_some(frames)
-    });
+    let replay = since
+        .and_then(|since| store.read_since(user, since, max_queue, &mut missed).ok())
+        .and_then(|top| subprotocol::replay(top, &missed, max_queue));
     match replay {
         Some(frames) => {
             bump(&cx.stats().recoveries_total, 1);
@@ -173,16 +165,29 @@ impl Conn {
         // Registered and read under the user's order lock: each publish is then either in the
         // replay or delivered live, never both nor neither (src/history/mod.rs).
         let order = cx.shared.history.as_ref().filter(|_| negotiated.v1).map(|history| history.order_lock(user));
-        if cx.shared.registry.add(user, id, cx.config().max_connections_per_user).is_err() {
+        let Ok(first) = cx.shared.registry.add(user, id, cx.config().max_connections_per_user) else {
             drop(order);
             return self.reject(cx, slot, 429);
-        }
+        };
         #[cfg(feature = "test-hooks")]
         if order.is_some() {
             crate::test_hooks::race_point(crate::test_hooks::RacePoint::ResumeRegistered);
         }
-        let greeting = negotiated.v1.then(|| greeting(cx, user, negotiated.since));
+        // With Redis and history, the welcome comes from the bridge (src/cluster/users.rs) once
+        // the user's channel is subscribed; what is published meanwhile waits for it here.
+        let redis = cx.shared.redis.as_ref();
+        let greeted_by_bridge = negotiated.v1 && redis.is_some() && cx.config().history_max_messages > 0;
+        let greeting = (negotiated.v1 && !greeted_by_bridge).then(|| greeting(cx, user, negotiated.since));
         drop(order);
+        if let Some(redis) = redis {
+            if first {
+                redis.push(Request::Presence { user: user.into() });
+            }
+            if greeted_by_bridge {
+                cx.awaiting_welcome.insert(slot, AwaitingWelcome { generation: self.generation, held: Vec::new(), bytes: 0 });
+                redis.push(Request::Greet { conn: id, user: user.into(), since: negotiated.since });
+            }
+        }
         self.leave_handshake(cx, slot);
         let now = cx.wheel.now();
         let handshake_deadline = self.last_rx + cx.ticks.handshake; // last_rx is the accept tick here
@@ -199,8 +204,10 @@ impl Conn {
         bump(&cx.stats().connections, 1);
         let subprotocol = negotiated.v1.then_some(subprotocol::NAME);
         self.send_control(cx, slot, &handshake::switching_protocols(accept_key, subprotocol))?;
-        if let Some(frames) = greeting {
+        if negotiated.v1 {
             self.flags |= V1;
+        }
+        if let Some(frames) = greeting {
             self.queue_messages(cx, slot, &frames)?;
         }
         let (handler, server) = (&cx.handler, &cx.server);
@@ -258,10 +265,14 @@ impl Conn {
     /// Leaving the open state (closing, or ended without a close handshake): from now on
     /// publishes, counts and gauges see the connection as gone; `on_close` still fires when the
     /// socket is finally closed.
-    fn leave_open(&self, cx: &Context, slot: usize) {
+    fn leave_open(&self, cx: &mut Context, slot: usize) {
         if let Some(user) = &self.user {
-            cx.shared.registry.remove(user, cx.conn_id(slot, self.generation));
+            let last = cx.shared.registry.remove(user, cx.conn_id(slot, self.generation));
+            if let (true, Some(redis)) = (last, &cx.shared.redis) {
+                redis.push(Request::Presence { user: user.to_vec().into() });
+            }
         }
+        cx.awaiting_welcome.remove(&slot);
         drop_by(&cx.stats().connections, 1);
     }
 

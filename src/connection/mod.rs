@@ -22,7 +22,7 @@ mod input;
 mod lifecycle;
 mod output;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -33,6 +33,7 @@ use crate::config::Config;
 use crate::conn_id;
 use crate::handle::{ServerHandle, Shared, ThreadShared};
 use crate::handler::Handler;
+use crate::history::Position;
 use crate::ip_limits::IpKey;
 use crate::registry::UserId;
 use crate::stats::ThreadStats;
@@ -143,6 +144,17 @@ pub(crate) struct Context {
     /// Connections holding an incomplete frame or message, as (slot, generation): each must
     /// complete within `message_timeout`. Flagged `PARTIAL_TRACKED` while listed.
     pub(crate) partial_inputs: Vec<(usize, u32)>,
+    /// With Redis: `wspush.v1` connections waiting for their welcome from the bridge, by slot,
+    /// with what was published to them meanwhile.
+    pub(crate) awaiting_welcome: HashMap<usize, AwaitingWelcome>,
+}
+
+/// What a `wspush.v1` connection was sent while it waits for its welcome (with Redis): queued
+/// after the welcome unless the welcome's replay already holds it.
+pub(crate) struct AwaitingWelcome {
+    pub(crate) generation: u32,
+    pub(crate) held: Vec<(Frame, Option<Position>)>,
+    pub(crate) bytes: usize,
 }
 
 impl Context {

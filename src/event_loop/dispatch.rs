@@ -5,12 +5,13 @@
 use std::sync::Arc;
 
 use super::IoThread;
-use crate::codec::Frame;
+use crate::codec::{close, Frame};
 use crate::conn_id;
 use crate::connection::{Interrupt, Received, State};
-use crate::handle::{Command, ANY_USER};
+use crate::handle::{Command, ResumeOutcome, ANY_USER};
 use crate::history::Position;
 use crate::registry::UserCheck;
+use crate::stats::bump;
 use crate::request::UpgradeDecision;
 use crate::subprotocol;
 use crate::types::ConnId;
@@ -174,6 +175,9 @@ impl IoThread {
         match command {
             Command::Deliver { conn, frame, stream, user_check } => {
                 if let Some(slot) = self.lookup(conn, State::Open, user_check) {
+                    if self.hold_for_welcome(slot, &frame, stream) {
+                        return;
+                    }
                     let frame = match self.conns[slot].speaks_v1() {
                         true => self.v1_form(&frame, stream),
                         false => frame,
@@ -186,6 +190,20 @@ impl IoThread {
                 if let Some(slot) = self.lookup(conn, State::Open, user_check) {
                     let step = self.conns[slot].start_close(&mut self.cx, slot, code, &reason);
                     self.settle(slot, step);
+                }
+            }
+            Command::Welcome { conn, frames, top, resume } => {
+                if let Some(slot) = self.lookup(conn, State::Open, ANY_USER) {
+                    self.welcome(slot, frames, top, resume);
+                }
+            }
+            Command::Reset { conn } => {
+                let waiting = |slot| self.cx.awaiting_welcome.contains_key(&slot);
+                if let Some(slot) = self.lookup(conn, State::Open, ANY_USER).filter(|&slot| !waiting(slot)) {
+                    if self.conns[slot].speaks_v1() {
+                        let step = self.conns[slot].start_close(&mut self.cx, slot, close::SERVICE_RESTART, "history lost");
+                        self.settle(slot, step);
+                    }
                 }
             }
             Command::Decide { conn, decision } => {
@@ -210,6 +228,52 @@ impl IoThread {
         }
     }
 
+    /// Keeps a message for a connection still waiting for its welcome (with Redis); true if
+    /// kept. Past the connection's queue limit it is closed instead (1013): it would be as a
+    /// slow consumer once welcomed.
+    fn hold_for_welcome(&mut self, slot: usize, frame: &Frame, stream: Option<Position>) -> bool {
+        let generation = self.conns[slot].generation();
+        let Some(awaiting) = self.cx.awaiting_welcome.get_mut(&slot).filter(|a| a.generation == generation) else {
+            return false;
+        };
+        awaiting.bytes += frame.len();
+        awaiting.held.push((frame.clone(), stream));
+        if awaiting.bytes > self.cx.config().max_queue_bytes {
+            self.cx.awaiting_welcome.remove(&slot);
+            let step = self.conns[slot].start_close(&mut self.cx, slot, close::TRY_AGAIN_LATER, "too much before welcome");
+            self.settle(slot, step);
+        }
+        true
+    }
+
+    /// Sends a waiting connection its welcome, then what was held for it that the welcome's
+    /// top does not already cover.
+    fn welcome(&mut self, slot: usize, mut frames: Vec<Frame>, top: Option<Position>, resume: ResumeOutcome) {
+        let Some(awaiting) = self.cx.awaiting_welcome.remove(&slot) else { return };
+        let stats = self.cx.stats();
+        match resume {
+            ResumeOutcome::NotAsked => {}
+            ResumeOutcome::Recovered => {
+                bump(&stats.resumes_total, 1);
+                bump(&stats.recoveries_total, 1);
+            }
+            ResumeOutcome::NotRecovered => {
+                bump(&stats.resumes_total, 1);
+                bump(&stats.recovery_failures_total, 1);
+            }
+        }
+        for (frame, stream) in awaiting.held {
+            let newer = match (stream, top) {
+                (Some(stream), Some(top)) => stream.epoch == top.epoch && stream.offset > top.offset,
+                _ => true, // broadcasts and sends: not in any stream
+            };
+            if newer {
+                frames.push(subprotocol::message_from_frame(&frame, stream));
+            }
+        }
+        self.queue_messages(slot, &frames);
+    }
+
     fn queue_messages(&mut self, slot: usize, frames: &[Frame]) {
         let step = self.conns[slot].queue_messages(&mut self.cx, slot, frames);
         self.settle(slot, step);
@@ -221,6 +285,11 @@ impl IoThread {
         let mut v1_frames: Vec<Frame> = Vec::new();
         for slot in 0..self.conns.capacity() {
             match self.conns.get(slot) {
+                Some(conn) if conn.state() == State::Open && self.cx.awaiting_welcome.contains_key(&slot) => {
+                    for frame in frames {
+                        self.hold_for_welcome(slot, frame, None);
+                    }
+                }
                 Some(conn) if conn.state() == State::Open && conn.speaks_v1() => {
                     if v1_frames.is_empty() {
                         v1_frames = frames.iter().map(|frame| subprotocol::message_from_frame(frame, None)).collect();

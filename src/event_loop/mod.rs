@@ -75,6 +75,7 @@ impl IoThreadSetup {
                 again: Vec::new(),
                 ip_keys: Vec::new(),
                 partial_inputs: Vec::new(),
+                awaiting_welcome: Default::default(),
             },
             poll: self.poll,
             listener: Some(self.listener),

@@ -45,18 +45,23 @@ pub enum wspush_result {
     Stopped = 12,
     /// The engine could not create its threads or pollers.
     Io = 13,
-    /// The call is not allowed from inside a callback of this server (`wspush_server_free`).
+    /// The call is not allowed from inside a callback of this server (`wspush_server_free`), or
+    /// would wait for the thread it is called on (`wspush_publish_wait` in a publish completion).
     InCallback = 14,
     /// A bug in wspush: a panic was caught at the C boundary (the call had no effect or only
     /// part of it), or an engine thread panicked earlier and the server stopped itself (every
     /// later call on it returns PANIC: stop and free it, then start a new one).
     Panic = 15,
+    /// Redis (`wspush_config_set_redis_url`) did not confirm the publish within the Redis
+    /// timeout, or is known to be unreachable. The message may still be applied (then delivered
+    /// and numbered like any other). The admin API of wspushd answers 503.
+    Unavailable = 16,
 }
 
 /// Every `wspush_result` value (for tests; not part of the C header).
 ///
 /// cbindgen:ignore
-pub const ALL_RESULTS: [wspush_result; 16] = [
+pub const ALL_RESULTS: [wspush_result; 17] = [
     wspush_result::Ok,
     wspush_result::NullArgument,
     wspush_result::InvalidArgument,
@@ -73,6 +78,7 @@ pub const ALL_RESULTS: [wspush_result; 16] = [
     wspush_result::Io,
     wspush_result::InCallback,
     wspush_result::Panic,
+    wspush_result::Unavailable,
 ];
 
 impl wspush_result {
@@ -95,6 +101,7 @@ impl wspush_result {
             wspush_result::Io => "I/O error while starting the engine\0",
             wspush_result::InCallback => "not allowed inside a callback of this server\0",
             wspush_result::Panic => "internal error (panic caught in wspush)\0",
+            wspush_result::Unavailable => "Redis did not confirm in time or is unreachable\0",
         }
     }
 
@@ -119,6 +126,8 @@ impl From<Error> for wspush_result {
             Error::NotFound => wspush_result::NotFound,
             Error::Stopped => wspush_result::Stopped,
             Error::Failed => wspush_result::Panic,
+            Error::Unavailable => wspush_result::Unavailable,
+            Error::WouldDeadlock => wspush_result::InCallback,
         }
     }
 }

@@ -19,7 +19,8 @@ use parking_lot::{Mutex, MutexGuard};
 
 pub(crate) use memory::MemoryStore;
 pub use position::{Epoch, Position};
-pub(crate) use store::{HistoryStore, Limits};
+pub(crate) use position::random_u64;
+pub(crate) use store::{HistoryStore, Limits, Stored};
 
 /// Order locks: enough that publishers of different users rarely meet.
 const ORDER_LOCKS: usize = 64;

@@ -70,6 +70,7 @@ const TIMING: &str = "TIMING";
 const PROXY: &str = "BEHIND A LOAD BALANCER";
 const HISTORY: &str = "HISTORY (wspush.v1 clients resume with since=EPOCH:OFFSET)";
 const ADMIN: &str = "ADMIN API OPTIONS";
+const CLUSTER: &str = "SEVERAL NODES (through Redis; README, Running several nodes)";
 
 /// The library's defaults, which the daemon's flags keep unless said otherwise.
 fn engine() -> Config {
@@ -198,6 +199,16 @@ struct Args {
     /// Bytes all histories may take; past it the least recently published users' streams go.
     #[arg(long, value_name = "BYTES", value_parser = count, default_value_t = engine().history_max_bytes, help_heading = HISTORY)]
     history_max_bytes: usize,
+
+    /// Share users with other wspushd nodes through this Redis (7 or later):
+    /// redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]. A publish on any node reaches the user's
+    /// connections on every node; history lives in Redis (--history-max-bytes does not apply).
+    #[arg(long, value_name = "URL", value_parser = redis_url, help_heading = CLUSTER)]
+    redis: Option<String>,
+
+    /// How long Redis may take to answer before a publish fails (admin API: 503).
+    #[arg(long, value_name = "MS", value_parser = millis, default_value_t = ms(engine().redis_timeout), help_heading = CLUSTER)]
+    redis_timeout_ms: u64,
 
     /// Time a client has to finish a frame or fragmented message it has started, in
     /// milliseconds; then 1008.
@@ -373,6 +384,14 @@ fn millis(value: &str) -> Result<u64, String> {
     value.parse().map_err(|_| "takes a whole number of milliseconds".to_string())
 }
 
+fn redis_url(value: &str) -> Result<String, String> {
+    // The engine checks the rest when it starts (and says what is wrong).
+    match value.strip_prefix("redis://") {
+        Some(rest) if !rest.is_empty() => Ok(value.to_string()),
+        _ => Err("takes a URL like redis://127.0.0.1:6379 or redis://:PASSWORD@HOST:PORT/DB".into()),
+    }
+}
+
 fn request_path(value: &str) -> Result<String, String> {
     if !value.starts_with('/') || value.contains(['?', '#', ' ']) {
         return Err("must start with '/' and contain no '?', '#' or space".into());
@@ -427,6 +446,8 @@ fn options(args: Args) -> Result<Options, String> {
     config.history_max_messages = args.history_messages;
     config.history_ttl = Duration::from_secs(args.history_ttl);
     config.history_max_bytes = args.history_max_bytes;
+    config.redis_url = args.redis;
+    config.redis_timeout = Duration::from_millis(args.redis_timeout_ms);
     if let Some(path) = &args.jwt_secret_file {
         let secret = secret_file("--jwt-secret-file", path, wspush::JWT_MIN_SECRET_LEN)?;
         config.jwt_hs256_secret = Some(secret.into());

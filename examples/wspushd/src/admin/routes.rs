@@ -10,6 +10,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use serde::Serialize;
+use tokio::sync::oneshot;
 use wspush::{is_valid_close_code, MessageKind, Published, MAX_USER_ID_LEN};
 
 use super::connection::Tracker;
@@ -138,7 +139,10 @@ async fn answer(admin: &Admin, tracker: &Tracker, request: Request<Incoming>, st
         binary: is_binary(&head.headers),
         body: &body,
     };
-    let reply = route(admin, &request);
+    let reply = match route(admin, &request) {
+        Routed::Now(reply) => reply,
+        Routed::Publishing(outcome) => published_reply(outcome.await.unwrap_or(Err(wspush::Error::Unavailable))),
+    };
     if reply.status.is_client_error() {
         admin.client_errors_total.fetch_add(1, Ordering::Relaxed);
         let reason = String::from_utf8_lossy(&reply.body);
@@ -186,51 +190,75 @@ struct Disconnected {
     disconnected: usize,
 }
 
+/// What routing a request gave: a reply, or a publish whose outcome is awaited (with Redis it
+/// comes once Redis confirms it, or fails after the engine's Redis timeout: the admin thread
+/// never blocks on it).
+enum Routed {
+    Now(Reply),
+    Publishing(oneshot::Receiver<Result<Published, wspush::Error>>),
+}
+
+impl From<Reply> for Routed {
+    fn from(reply: Reply) -> Routed {
+        Routed::Now(reply)
+    }
+}
+
+fn published_reply(outcome: Result<Published, wspush::Error>) -> Reply {
+    match outcome {
+        Ok(Published { delivered, offset }) => Reply::json(Delivered { delivered, offset }),
+        Err(e) => engine_error(e),
+    }
+}
+
 /// Routes one request to the engine.
-fn route(admin: &Admin, request: &AdminRequest<'_>) -> Reply {
+fn route(admin: &Admin, request: &AdminRequest<'_>) -> Routed {
     let path = request.path;
     let (allowed, allow_header): (&[Method], &'static str) = match path {
         "/publish" | "/broadcast" | "/disconnect" => (&[Method::POST], "POST"),
         "/stats" | "/metrics" | "/healthz" => (&[Method::GET, Method::HEAD], "GET, HEAD"),
-        _ => return Reply::error(StatusCode::NOT_FOUND, "unknown path"),
+        _ => return Reply::error(StatusCode::NOT_FOUND, "unknown path").into(),
     };
     if !allowed.contains(request.method) {
         let reason = format!("method {} not allowed; use {}", request.method, allowed[0]);
-        return Reply::error(StatusCode::METHOD_NOT_ALLOWED, &reason).with_header(header::ALLOW, allow_header);
+        return Reply::error(StatusCode::METHOD_NOT_ALLOWED, &reason).with_header(header::ALLOW, allow_header).into();
     }
     let params = match parse_query(request.query) {
         Ok(params) => params,
-        Err(reason) => return Reply::error(StatusCode::BAD_REQUEST, reason),
+        Err(reason) => return Reply::error(StatusCode::BAD_REQUEST, reason).into(),
     };
     let param = |name: &str| params.iter().find(|(key, _)| key == name.as_bytes()).map(|(_, value)| value.as_slice());
     let server = &admin.server;
-    match path {
+    let reply = match path {
         "/publish" | "/broadcast" => {
             let kind = if request.binary { MessageKind::Binary } else { MessageKind::Text };
             if kind == MessageKind::Text && std::str::from_utf8(request.body).is_err() {
                 return Reply::error(
                     StatusCode::BAD_REQUEST,
                     "text payload is not UTF-8 (send binary with Content-Type: application/octet-stream)",
-                );
+                )
+                .into();
             }
-            let result = if path == "/publish" {
-                let user = match user_param(param("user")) {
-                    Ok(user) => user,
-                    Err(reply) => return reply,
-                };
-                server.publish_with_offset(user, request.body, kind)
-            } else {
-                server.broadcast(request.body, kind).map(|delivered| Published { delivered, offset: None })
+            if path == "/broadcast" {
+                let result = server.broadcast(request.body, kind).map(|delivered| Published { delivered, offset: None });
+                return published_reply(result).into();
+            }
+            let user = match user_param(param("user")) {
+                Ok(user) => user,
+                Err(reply) => return reply.into(),
             };
-            match result {
-                Ok(Published { delivered, offset }) => Reply::json(Delivered { delivered, offset }),
-                Err(e) => engine_error(e),
-            }
+            let (answer, outcome) = oneshot::channel();
+            return match server.publish_async(user, request.body, kind, move |outcome| {
+                let _ = answer.send(outcome);
+            }) {
+                Ok(()) => Routed::Publishing(outcome),
+                Err(e) => engine_error(e).into(),
+            };
         }
         "/disconnect" => {
             let user = match user_param(param("user")) {
                 Ok(user) => user,
-                Err(reply) => return reply,
+                Err(reply) => return reply.into(),
             };
             let code = match param("code") {
                 None => 1000,
@@ -241,6 +269,7 @@ fn route(admin: &Admin, request: &AdminRequest<'_>) -> Reply {
                             StatusCode::BAD_REQUEST,
                             "invalid close code (use 1000-1003, 1007-1014 or 3000-4999)",
                         )
+                        .into()
                     }
                 },
             };
@@ -265,7 +294,8 @@ fn route(admin: &Admin, request: &AdminRequest<'_>) -> Reply {
         "/healthz" if server.is_stopped() => Reply::error(StatusCode::SERVICE_UNAVAILABLE, "stopping"),
         "/healthz" => Reply::new(StatusCode::OK, "text/plain; charset=utf-8", &b"ok"[..]),
         _ => Reply::error(StatusCode::NOT_FOUND, "unknown path"),
-    }
+    };
+    reply.into()
 }
 
 fn user_param(user: Option<&[u8]>) -> Result<&[u8], Reply> {
@@ -284,6 +314,7 @@ fn engine_error(e: wspush::Error) -> Reply {
         wspush::Error::MessageTooLarge => Reply::error(StatusCode::PAYLOAD_TOO_LARGE, "message too large"),
         wspush::Error::InvalidUserId => Reply::error(StatusCode::BAD_REQUEST, "user must be 1 to 255 bytes"),
         wspush::Error::InvalidCloseCode => Reply::error(StatusCode::BAD_REQUEST, "invalid close code"),
+        wspush::Error::Unavailable => Reply::error(StatusCode::SERVICE_UNAVAILABLE, "Redis did not confirm the publish in time"),
         other => Reply::error(StatusCode::INTERNAL_SERVER_ERROR, &other.to_string()),
     }
 }
@@ -336,7 +367,10 @@ mod tests {
     fn call(admin: &Admin, method: Method, target: &str, body: &[u8]) -> (u16, String, Option<String>) {
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let request = AdminRequest { method: &method, path, query, binary: false, body };
-        let reply = route(admin, &request);
+        let reply = match route(admin, &request) {
+            Routed::Now(reply) => reply,
+            Routed::Publishing(mut outcome) => published_reply(outcome.try_recv().expect("answered at once without Redis")),
+        };
         let allow = reply.extra_header.filter(|(name, _)| name == header::ALLOW).map(|(_, value)| value.to_string());
         (reply.status.as_u16(), String::from_utf8(reply.body.to_vec()).unwrap(), allow)
     }

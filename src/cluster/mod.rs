@@ -1,0 +1,324 @@
+//! The Redis bridge: one engine thread that connects this node to the others through Redis
+//! (README, "Running several nodes").
+//!
+//! - A publish (from any host thread, through `redis::Outbox`) runs one script in Redis that
+//!   numbers it in the user's stream, appends it, trims, sets the TTL and publishes it on the
+//!   user's channel; every node holding a connection of the user is subscribed to that channel
+//!   and queues the message to its connections. Its own too: one path, one order.
+//! - `link.rs`: one connection to Redis. There is one command link (scripts, pipelined) and a
+//!   few subscriber links; users are spread over them by hash.
+//! - `commands.rs`: the command link: publishes, broadcasts and reads of a user's stream, each
+//!   reply matched to its request in order, and what waits while the link is down.
+//! - `users.rs`: subscriptions, which follow local users, and the order rule: per local user the
+//!   node remembers the last offset it delivered, drops what it already delivered, and fills a
+//!   jump from the stream before going on, so a live connection never sees a silent gap.
+//!   A `wspush.v1` connection gets its welcome (and replay) from here, once the user's channel
+//!   is subscribed, so nothing falls between the replay and the live messages.
+
+mod commands;
+mod link;
+mod state;
+mod users;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Token, Waker};
+
+use crate::guard::guarded;
+use crate::handle::{ServerHandle, Shared, Wakes, BRIDGE_OF_THIS_THREAD};
+use crate::redis::resp::Reply;
+use crate::redis::{Outbox, RedisUrl, Request};
+
+use link::Link;
+use state::{Greeter, Held, Pending, UserState, Waiting};
+
+const WAKER: Token = Token(0);
+const COMMAND: Token = Token(1);
+/// Subscriber link `i` has token `FIRST_SUBSCRIBER + i`.
+const FIRST_SUBSCRIBER: usize = 2;
+/// Subscriber links: enough that one slow socket does not hold up every user's messages.
+const SUBSCRIBER_LINKS: usize = 2;
+
+/// What `Server::start` makes before spawning the bridge thread.
+pub(crate) struct BridgeSetup {
+    poll: Poll,
+    outbox: Arc<Outbox>,
+}
+
+impl BridgeSetup {
+    pub(crate) fn new() -> std::io::Result<BridgeSetup> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        Ok(BridgeSetup { poll, outbox: Arc::new(Outbox::new(waker)) })
+    }
+
+    pub(crate) fn outbox(&self) -> Arc<Outbox> {
+        Arc::clone(&self.outbox)
+    }
+
+    /// The bridge thread's body. A panic here is a wspush bug: the server fails like it does
+    /// for an I/O thread's.
+    pub(crate) fn run(self, server: ServerHandle) {
+        BRIDGE_OF_THIS_THREAD.with(|bridge| bridge.set(Arc::as_ptr(&server.shared)));
+        let Some(mut bridge) = Bridge::new(self, Arc::clone(&server.shared)) else { return };
+        if guarded(|| bridge.run()).is_none() {
+            server.fail();
+            bridge.fail_everything();
+        }
+    }
+}
+
+/// Arguments the scripts take from the configuration.
+struct HistoryArgs {
+    max_messages: Vec<u8>,
+    ttl_secs: Vec<u8>,
+}
+
+struct Subscriber {
+    link: Link,
+    /// AUTH/SELECT replies still to come before subscribing.
+    setup_left: usize,
+    ready: bool,
+    /// Channels to subscribe at the end of this round (batched into one command).
+    to_subscribe: Vec<Vec<u8>>,
+}
+
+pub(crate) struct Bridge {
+    shared: Arc<Shared>,
+    outbox: Arc<Outbox>,
+    url: RedisUrl,
+    timeout: Duration,
+    history: Option<HistoryArgs>,
+    poll: Poll,
+    command: Link,
+    /// Setup replies (AUTH, SELECT, SCRIPT LOAD) still owed on the command link.
+    setup_left: usize,
+    command_ready: bool,
+    publish_sha: Vec<u8>,
+    read_sha: Vec<u8>,
+    /// One entry per reply owed on the command link, in order.
+    pending: VecDeque<Pending>,
+    /// Work waiting for the command link to be ready.
+    waiting: VecDeque<Waiting>,
+    subscribers: Vec<Subscriber>,
+    users: HashMap<Box<[u8]>, UserState>,
+    /// Channel messages held while a user's stream is read to fill a jump.
+    held: HashMap<Box<[u8]>, Vec<Held>>,
+    /// `wspush.v1` connections waiting for their user's subscription.
+    greeters: HashMap<Box<[u8]>, Vec<Greeter>>,
+    /// Users whose last local connection closed, due to be unsubscribed (after a linger, so a
+    /// reloading tab does not unsubscribe and resubscribe).
+    leaving: VecDeque<(Instant, Box<[u8]>)>,
+    /// Since when the command link has not been ready (None: it is).
+    down_since: Option<Instant>,
+    wakes: Wakes,
+    stopping: bool,
+}
+
+/// A user's subscription is dropped this long after its last local connection closed.
+const LINGER: Duration = Duration::from_secs(5);
+
+impl Bridge {
+    fn new(setup: BridgeSetup, shared: Arc<Shared>) -> Option<Bridge> {
+        let url: RedisUrl = shared.config.redis_url.as_deref()?.parse().ok()?;
+        let config = &shared.config;
+        let history = (config.history_max_messages > 0).then(|| HistoryArgs {
+            max_messages: config.history_max_messages.to_string().into_bytes(),
+            ttl_secs: config.history_ttl.as_secs().max(1).to_string().into_bytes(),
+        });
+        let now = Instant::now();
+        let subscribers = (0..SUBSCRIBER_LINKS)
+            .map(|i| Subscriber {
+                link: Link::new(Token(FIRST_SUBSCRIBER + i), now),
+                setup_left: 0,
+                ready: false,
+                to_subscribe: Vec::new(),
+            })
+            .collect();
+        Some(Bridge {
+            timeout: config.redis_timeout,
+            outbox: setup.outbox,
+            url,
+            history,
+            poll: setup.poll,
+            command: Link::new(COMMAND, now),
+            setup_left: 0,
+            command_ready: false,
+            publish_sha: Vec::new(),
+            read_sha: Vec::new(),
+            pending: VecDeque::new(),
+            waiting: VecDeque::new(),
+            subscribers,
+            users: HashMap::new(),
+            held: HashMap::new(),
+            greeters: HashMap::new(),
+            leaving: VecDeque::new(),
+            down_since: Some(now),
+            wakes: Wakes::default(),
+            stopping: false,
+            shared,
+        })
+    }
+
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(64);
+        let mut requests = Vec::new();
+        let mut replies = Vec::new();
+        loop {
+            let now = Instant::now();
+            let wait = self.next_deadline(now).map(|at| at.saturating_duration_since(now));
+            if let Err(e) = self.poll.poll(&mut events, wait) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    eprintln!("wspush: Redis bridge cannot poll: {e}");
+                    self.fail_everything();
+                    return;
+                }
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {}
+                    COMMAND => self.on_command_event(&mut replies, now),
+                    Token(t) if (FIRST_SUBSCRIBER..FIRST_SUBSCRIBER + SUBSCRIBER_LINKS).contains(&t) => {
+                        self.on_subscriber_event(t - FIRST_SUBSCRIBER, &mut replies, now)
+                    }
+                    Token(_) => {}
+                }
+            }
+            self.outbox.take(&mut requests);
+            for request in requests.drain(..) {
+                self.on_request(request, now);
+            }
+            if self.stopping {
+                self.fail_everything();
+                return;
+            }
+            self.tick(now);
+            self.flush_links(now);
+            std::mem::take(&mut self.wakes).wake(&self.shared.threads);
+        }
+    }
+
+    fn on_request(&mut self, request: Request, now: Instant) {
+        match request {
+            Request::Publish { user, kind, payload, done, queued } => {
+                self.publish(Waiting::Publish { user, kind, payload, done, queued }, now)
+            }
+            Request::Broadcast { kind, payload, queued } => self.publish(Waiting::Broadcast { kind, payload, queued }, now),
+            Request::Greet { conn, user, since } => self.greet(conn, user, since, now),
+            Request::Presence { user } => self.presence(user, now),
+            Request::Stop => self.stopping = true,
+        }
+    }
+
+    /// Timers: overdue links, reconnects, keepalive pings, what waited too long, lingering
+    /// subscriptions.
+    fn tick(&mut self, now: Instant) {
+        if let Err(dead) = self.command.check_overdue(now, self.timeout) {
+            self.command_failed(dead.0, now);
+        }
+        for i in 0..SUBSCRIBER_LINKS {
+            if let Err(dead) = self.subscribers[i].link.check_overdue(now, self.timeout) {
+                self.subscriber_failed(i, dead.0, now);
+            }
+        }
+        let registry = self.poll.registry();
+        match self.command.maybe_connect(registry, &self.url, now) {
+            Ok(true) => self.command_connecting(now),
+            Ok(false) => {}
+            Err(dead) => self.command_failed(dead.0, now),
+        }
+        for i in 0..SUBSCRIBER_LINKS {
+            let registry = self.poll.registry();
+            match self.subscribers[i].link.maybe_connect(registry, &self.url, now) {
+                Ok(true) => self.subscriber_connecting(i, now),
+                Ok(false) => {}
+                Err(dead) => self.subscriber_failed(i, dead.0, now),
+            }
+        }
+        if self.command_ready && self.command.wants_ping(now, self.timeout) {
+            self.command.send(&[b"PING"], now);
+            self.pending.push_back(Pending::Ping);
+        }
+        for subscriber in &mut self.subscribers {
+            if subscriber.ready && subscriber.link.wants_ping(now, self.timeout) {
+                subscriber.link.send(&[b"PING"], now);
+            }
+        }
+        self.expire_waiting(now);
+        self.sweep_leaving(now);
+        let down_too_long = self.down_since.is_some_and(|since| now.duration_since(since) >= self.timeout);
+        if down_too_long != self.outbox.is_down() {
+            self.outbox.set_down(down_too_long);
+        }
+    }
+
+    fn flush_links(&mut self, now: Instant) {
+        self.flush_subscriptions(now);
+        if let Err(dead) = self.command.flush() {
+            self.command_failed(dead.0, now);
+        }
+        for i in 0..SUBSCRIBER_LINKS {
+            if let Err(dead) = self.subscribers[i].link.flush() {
+                self.subscriber_failed(i, dead.0, now);
+            }
+        }
+    }
+
+    /// The earliest time something must happen without an event.
+    fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let links = std::iter::once(&self.command).chain(self.subscribers.iter().map(|s| &s.link));
+        let mut next = links.filter_map(|link| link.next_deadline(self.timeout)).min();
+        let mut consider = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
+        if let Some(queued) = self.waiting.front().map(Waiting::queued) {
+            consider(queued + self.timeout);
+        }
+        if let Some((due, _)) = self.leaving.front() {
+            consider(*due);
+        }
+        if !self.greeters.is_empty() || self.down_since.is_some() {
+            consider(now + self.timeout / 4);
+        }
+        next
+    }
+
+    /// Sends AUTH and SELECT as the URL asks, on a link that just connected; how many replies
+    /// they owe.
+    fn send_login(url: &RedisUrl, link: &mut Link, now: Instant) -> usize {
+        let mut sent = 0;
+        if let Some(password) = &url.password {
+            match &url.user {
+                Some(user) => link.send(&[b"AUTH", user.as_bytes(), password.as_bytes()], now),
+                None => link.send(&[b"AUTH", password.as_bytes()], now),
+            }
+            sent += 1;
+        }
+        if url.db != 0 {
+            link.send(&[b"SELECT", url.db.to_string().as_bytes()], now);
+            sent += 1;
+        }
+        sent
+    }
+
+    /// Stopping (or failed): every publish still waiting is answered, every greeting refused.
+    fn fail_everything(&mut self) {
+        let now = Instant::now();
+        self.command_failed("stopping", now);
+        let waiting: Vec<Waiting> = self.waiting.drain(..).collect();
+        for item in waiting {
+            self.give_up(item);
+        }
+        let greeters: Vec<Greeter> = self.greeters.drain().flat_map(|(_, list)| list).collect();
+        for greeter in greeters {
+            self.refuse_greeting(greeter.conn);
+        }
+        std::mem::take(&mut self.wakes).wake(&self.shared.threads);
+    }
+}
+
+/// An array reply's element `i` as bytes.
+fn bytes_at(items: &[Reply], i: usize) -> Option<&[u8]> {
+    items.get(i).and_then(Reply::as_bytes)
+}

@@ -1,0 +1,417 @@
+//! Local users: their subscriptions and the order rule.
+//!
+//! A user is subscribed (SSUBSCRIBE on its channel, batched per round) while it has a local
+//! connection, and unsubscribed `LINGER` after its last one closed. Per subscribed user the node
+//! remembers the epoch and last offset it delivered (`known`): a message at or below it is a
+//! duplicate and dropped, the next one is delivered, a jump is filled from the stream first
+//! (newer messages held meanwhile). After a subscriber link was lost, each of its users is read
+//! again from its last offset once resubscribed: what Redis still holds is delivered, and where
+//! history was lost (Redis restarted without its data, or trimmed past us) the user's
+//! `wspush.v1` connections are closed with 1012 so their clients resume and learn they did not
+//! recover. A live connection never sees a silent gap.
+
+use std::hash::BuildHasher;
+use std::time::Instant;
+
+use super::commands::{position_of, stream_position};
+use super::state::{Greeter, Held, Read, ReadFor, UserState};
+use super::{Bridge, LINGER, SUBSCRIBER_LINKS};
+use crate::codec::close;
+use crate::conn_id;
+use crate::handle::{Command, ResumeOutcome, ANY_USER};
+use crate::history::{Epoch, Position, Stored};
+use crate::redis::keys::{self, ChannelMessage, BROADCAST_CHANNEL};
+use crate::redis::resp::Reply;
+use crate::subprotocol;
+use crate::types::ConnId;
+
+/// Channels per SSUBSCRIBE / SUNSUBSCRIBE command.
+const SUBSCRIBE_BATCH: usize = 1000;
+
+impl Bridge {
+    /// The subscriber link a user's channel is on: any stable spread will do.
+    fn link_of(user: &[u8]) -> u8 {
+        let spread = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(user);
+        (spread % SUBSCRIBER_LINKS as u64) as u8
+    }
+
+    /// Makes sure `user` is (being) subscribed.
+    fn ensure_user(&mut self, user: &[u8]) {
+        if self.users.contains_key(user) {
+            return;
+        }
+        let link = Self::link_of(user);
+        self.users.insert(user.into(), UserState { link, active: false, filling: false, needs_fill: false, known: None });
+        let subscriber = &mut self.subscribers[usize::from(link)];
+        if subscriber.ready {
+            subscriber.to_subscribe.push(keys::channel(user));
+        }
+    }
+
+    fn has_local_connections(&self, user: &[u8]) -> bool {
+        self.shared.registry.for_each_conn(user, |_, _| {}) > 0
+    }
+
+    pub(super) fn presence(&mut self, user: Box<[u8]>, now: Instant) {
+        if self.has_local_connections(&user) {
+            self.ensure_user(&user);
+        } else if self.users.contains_key(&user) {
+            self.leaving.push_back((now + LINGER, user));
+        }
+    }
+
+    /// Unsubscribes users whose linger is over and who did not come back.
+    pub(super) fn sweep_leaving(&mut self, now: Instant) {
+        let mut to_unsubscribe: [Vec<Vec<u8>>; SUBSCRIBER_LINKS] = Default::default();
+        while self.leaving.front().is_some_and(|(due, _)| *due <= now) {
+            let Some((_, user)) = self.leaving.pop_front() else { break };
+            let Some(state) = self.users.get(&user) else { continue };
+            if self.has_local_connections(&user) {
+                continue;
+            }
+            if !state.active || state.filling || self.greeters.contains_key(&user) {
+                // Settle first: an unsubscribe crossing a pending subscribe would confuse whose
+                // confirmation is whose.
+                self.leaving.push_back((now + LINGER, user));
+                continue;
+            }
+            let link = usize::from(state.link);
+            self.users.remove(&user);
+            self.held.remove(&user);
+            if self.subscribers[link].ready {
+                to_unsubscribe[link].push(keys::channel(&user));
+            }
+        }
+        for (link, channels) in to_unsubscribe.iter().enumerate() {
+            for batch in channels.chunks(SUBSCRIBE_BATCH) {
+                let mut args: Vec<&[u8]> = vec![b"SUNSUBSCRIBE"];
+                args.extend(batch.iter().map(Vec::as_slice));
+                self.subscribers[link].link.send_owing(&args, batch.len(), now);
+            }
+        }
+    }
+
+    /// Sends this round's subscriptions, batched.
+    pub(super) fn flush_subscriptions(&mut self, now: Instant) {
+        for subscriber in &mut self.subscribers {
+            let channels = std::mem::take(&mut subscriber.to_subscribe);
+            for batch in channels.chunks(SUBSCRIBE_BATCH) {
+                let mut args: Vec<&[u8]> = vec![b"SSUBSCRIBE"];
+                args.extend(batch.iter().map(Vec::as_slice));
+                subscriber.link.send_owing(&args, batch.len(), now);
+            }
+        }
+    }
+
+    /// A subscriber link started connecting: log in, then subscribe its users (sent once
+    /// connected, in that order).
+    pub(super) fn subscriber_connecting(&mut self, i: usize, now: Instant) {
+        let subscriber = &mut self.subscribers[i];
+        subscriber.setup_left = Self::send_login(&self.url, &mut subscriber.link, now);
+        subscriber.ready = true;
+        subscriber.to_subscribe =
+            self.users.iter().filter(|(_, state)| usize::from(state.link) == i).map(|(user, _)| keys::channel(user)).collect();
+        if i == 0 {
+            subscriber.link.send(&[b"SUBSCRIBE", BROADCAST_CHANNEL], now);
+        }
+    }
+
+    pub(super) fn subscriber_failed(&mut self, i: usize, why: &str, now: Instant) {
+        let subscriber = &mut self.subscribers[i];
+        if subscriber.ready && subscriber.link.is_up() {
+            eprintln!("wspush: lost a Redis subscriber connection ({why}); reconnecting");
+        }
+        subscriber.link.drop_connection(self.poll.registry(), now);
+        subscriber.ready = false;
+        subscriber.setup_left = 0;
+        subscriber.to_subscribe.clear();
+        for state in self.users.values_mut().filter(|state| usize::from(state.link) == i) {
+            state.active = false;
+            state.needs_fill |= state.known.is_some();
+        }
+    }
+
+    pub(super) fn on_subscriber_event(&mut self, i: usize, replies: &mut Vec<Reply>, now: Instant) {
+        let result = self.subscribers[i].link.on_event(replies, now);
+        for reply in replies.drain(..) {
+            self.on_subscriber_reply(i, reply, now);
+        }
+        if let Err(dead) = result {
+            self.subscriber_failed(i, dead.0, now);
+        }
+    }
+
+    fn on_subscriber_reply(&mut self, i: usize, reply: Reply, now: Instant) {
+        let subscriber = &mut self.subscribers[i];
+        if subscriber.setup_left > 0 {
+            subscriber.link.answered();
+            subscriber.setup_left -= 1;
+            if let Reply::Error(error) = reply {
+                eprintln!("wspush: Redis refused a subscriber's login: {}", String::from_utf8_lossy(&error));
+                self.subscriber_failed(i, "login refused", now);
+            }
+            return;
+        }
+        let items = match reply {
+            Reply::Array(Some(items)) => items,
+            Reply::Error(error) => {
+                eprintln!("wspush: Redis refused a subscription: {}", String::from_utf8_lossy(&error));
+                return self.subscriber_failed(i, "subscription refused", now);
+            }
+            _ => return,
+        };
+        match super::bytes_at(&items, 0) {
+            Some(b"smessage") => {
+                let (Some(channel), Some(data)) = (super::bytes_at(&items, 1), super::bytes_at(&items, 2)) else { return };
+                let (Some(user), Some(message)) = (keys::user_of_channel(channel), ChannelMessage::parse(data)) else { return };
+                let held = Held { stream: message.stream, kind: message.kind, payload: message.payload.into() };
+                self.on_user_message(&user, held, now);
+            }
+            Some(b"message") => {
+                if let Some((kind, payload)) = super::bytes_at(&items, 2).and_then(keys::parse_broadcast) {
+                    self.shared.broadcast_here(kind, payload);
+                }
+            }
+            Some(b"ssubscribe") => {
+                subscriber.link.answered();
+                if let Some(user) = super::bytes_at(&items, 1).and_then(keys::user_of_channel) {
+                    self.on_subscribed(&user, now);
+                }
+            }
+            Some(b"subscribe" | b"sunsubscribe" | b"unsubscribe" | b"pong") => subscriber.link.answered(),
+            _ => {}
+        }
+    }
+
+    fn on_subscribed(&mut self, user: &[u8], now: Instant) {
+        let Some(state) = self.users.get_mut(user) else { return };
+        state.active = true;
+        if std::mem::take(&mut state.needs_fill) && !state.filling {
+            state.filling = true;
+            let from = state.known.map(|(_, last)| last);
+            self.issue_read(Read { user: user.into(), from, why: ReadFor::Fill { after_outage: true } }, now);
+        }
+        for greeter in self.greeters.remove(user).unwrap_or_default() {
+            self.read_for_greeting(user, greeter.conn, greeter.since, now);
+        }
+    }
+
+    /// A `wspush.v1` connection of `user` opened here and waits for its welcome.
+    pub(super) fn greet(&mut self, conn: ConnId, user: Box<[u8]>, since: Option<Option<Position>>, now: Instant) {
+        self.ensure_user(&user);
+        if self.users.get(&user).is_some_and(|state| state.active) {
+            self.read_for_greeting(&user, conn, since, now);
+        } else {
+            self.greeters.entry(user).or_default().push(Greeter { conn, since, queued: now });
+        }
+    }
+
+    /// Reads from the older of the client's `since` and what this node delivered, so the same
+    /// read also brings the node's other connections up to the top the welcome names.
+    fn read_for_greeting(&mut self, user: &[u8], conn: ConnId, since: Option<Option<Position>>, now: Instant) {
+        let known = self.users.get(user).and_then(|state| state.known);
+        let asked = match since {
+            Some(Some(Position { epoch: Epoch::Stream(epoch), offset })) => Some((epoch, offset)),
+            _ => None,
+        };
+        let from = match (known, asked) {
+            (Some((epoch, last)), Some((asked_epoch, offset))) if epoch == asked_epoch => Some(last.min(offset)),
+            (Some((_, last)), _) => Some(last),
+            (None, Some((_, offset))) => Some(offset),
+            (None, None) => None,
+        };
+        self.issue_read(Read { user: user.into(), from, why: ReadFor::Greet { conn, since } }, now);
+    }
+
+    pub(super) fn expire_greeters(&mut self, now: Instant) {
+        let timeout = self.timeout;
+        let mut refused = Vec::new();
+        self.greeters.retain(|_, list| {
+            list.retain(|greeter| {
+                let keep = now.duration_since(greeter.queued) < timeout;
+                if !keep {
+                    refused.push(greeter.conn);
+                }
+                keep
+            });
+            !list.is_empty()
+        });
+        for conn in refused {
+            self.refuse_greeting(conn);
+        }
+    }
+
+    /// A message from `user`'s channel, in channel order.
+    fn on_user_message(&mut self, user: &[u8], message: Held, now: Instant) {
+        let Some(state) = self.users.get_mut(user) else { return };
+        let Some(Position { epoch: Epoch::Stream(epoch), offset }) = message.stream else {
+            // History off: nothing to order by.
+            return self.deliver(user, &message);
+        };
+        if state.filling {
+            return self.held.entry(user.into()).or_default().push(message);
+        }
+        let fill_from = match state.known {
+            None => None,
+            Some((known_epoch, last)) if known_epoch == epoch && offset <= last => return, // already delivered
+            Some((known_epoch, last)) if known_epoch == epoch && offset == last + 1 => None,
+            Some((known_epoch, last)) if known_epoch == epoch => Some(last),
+            Some(_) if offset == 1 => None, // a new stream: the old one expired while we were in sync
+            Some(_) => Some(0),
+        };
+        match fill_from {
+            None => {
+                state.known = Some((epoch, offset));
+                self.deliver(user, &message);
+            }
+            Some(from) => {
+                state.filling = true;
+                self.held.entry(user.into()).or_default().push(message);
+                self.issue_read(Read { user: user.into(), from: Some(from), why: ReadFor::Fill { after_outage: false } }, now);
+            }
+        }
+    }
+
+    fn deliver(&mut self, user: &[u8], message: &Held) {
+        self.shared.queue_to_user(user, message.kind, &message.payload, message.stream, &mut self.wakes);
+    }
+
+    /// A read of a user's stream came back.
+    pub(super) fn on_read(&mut self, read: Read, reply: Reply, now: Instant) {
+        let items = reply.into_array().unwrap_or_default();
+        let position = position_of(&items);
+        let entries = items.get(2).map(entries_of).unwrap_or_default();
+        let Some((epoch, top)) = position else {
+            eprintln!("wspush: unexpected reply to a stream read");
+            if let ReadFor::Greet { conn, .. } = read.why {
+                self.refuse_greeting(conn);
+            } else if let Some(state) = self.users.get_mut(&read.user) {
+                state.filling = false;
+                self.release_held(&read.user, now);
+            }
+            return;
+        };
+        let fill = matches!(read.why, ReadFor::Fill { .. });
+        let after_outage = matches!(read.why, ReadFor::Fill { after_outage: true });
+        self.catch_up(&read.user, (epoch, top), &entries, read.from, fill, after_outage);
+        match read.why {
+            ReadFor::Fill { .. } => {
+                if let Some(state) = self.users.get_mut(&read.user) {
+                    state.filling = false;
+                }
+                self.release_held(&read.user, now);
+            }
+            ReadFor::Greet { conn, since } => self.welcome(conn, stream_position(epoch, top), since, &entries),
+        }
+    }
+
+    /// Brings the user's connections here up to `top` with what the read brought, or, when
+    /// that cannot be done without a gap and the read was meant to, resets them.
+    fn catch_up(&mut self, user: &[u8], (epoch, top): (u64, u64), entries: &[Stored], from: Option<u64>, fill: bool, after_outage: bool) {
+        let Some(state) = self.users.get_mut(user) else { return };
+        let Some((known_epoch, last)) = state.known else {
+            state.known = Some((epoch, top));
+            return;
+        };
+        let same_epoch = known_epoch == epoch;
+        if same_epoch && top <= last {
+            return;
+        }
+        let base = if same_epoch { last } else { 0 };
+        let newer = &entries[entries.partition_point(|entry| entry.offset <= base)..];
+        let covered = from.is_some_and(|from| from <= base)
+            && newer.len() as u64 == top - base
+            && newer.iter().zip(base + 1..).all(|(entry, offset)| entry.offset == offset);
+        if covered && (same_epoch || !after_outage) {
+            state.known = Some((epoch, top));
+            for entry in newer {
+                let stream = Some(stream_position(epoch, entry.offset));
+                self.shared.queue_to_user(user, entry.kind, &entry.payload, stream, &mut self.wakes);
+            }
+        } else if fill {
+            state.known = Some((epoch, top));
+            self.reset(user);
+        }
+        // A greeting's read that does not cover the jump: the channel brings those messages (a
+        // loss among them is a jump the next message reveals).
+    }
+
+    /// Replays the messages held during a fill through the order rule.
+    fn release_held(&mut self, user: &[u8], now: Instant) {
+        for message in self.held.remove(user).unwrap_or_default() {
+            self.on_user_message(user, message, now);
+        }
+    }
+
+    /// History was lost under `user`'s `wspush.v1` connections here: they are closed so their
+    /// clients resume and are told.
+    fn reset(&mut self, user: &[u8]) {
+        eprintln!("wspush: history lost under a user's connections (Redis lost or trimmed it); closing them with 1012");
+        let mut posts = Vec::new();
+        self.shared.registry.for_each_conn(user, |conn, _| posts.push(conn));
+        for conn in posts {
+            self.post(conn, Command::Reset { conn });
+        }
+    }
+
+    /// Sends a waiting `wspush.v1` connection its welcome: recovered when its `since` is in
+    /// this epoch and everything after it is in `entries` and fits its queue.
+    fn welcome(&mut self, conn: ConnId, top: Position, since: Option<Option<Position>>, entries: &[Stored]) {
+        let (frames, resume) = match since {
+            None => (vec![subprotocol::welcome(Some(top), false)], ResumeOutcome::NotAsked),
+            Some(since) => {
+                let replay = since.filter(|since| since.epoch == top.epoch && since.offset <= top.offset).and_then(|since| {
+                    let missed = &entries[entries.partition_point(|entry| entry.offset <= since.offset)..];
+                    let complete = missed.len() as u64 == top.offset - since.offset
+                        && missed.iter().zip(since.offset + 1..).all(|(entry, offset)| entry.offset == offset);
+                    complete.then(|| subprotocol::replay(top, missed, self.shared.config.max_queue_bytes)).flatten()
+                });
+                match replay {
+                    Some(frames) => (frames, ResumeOutcome::Recovered),
+                    None => (vec![subprotocol::welcome(Some(top), false)], ResumeOutcome::NotRecovered),
+                }
+            }
+        };
+        self.post(conn, Command::Welcome { conn, frames, top: Some(top), resume });
+    }
+
+    /// Redis could not be asked in time: the client is closed with 1013 (try again later) and
+    /// reconnects with its `since`, rather than be welcomed at a position nobody checked.
+    pub(super) fn refuse_greeting(&mut self, conn: ConnId) {
+        let reason = "Redis unavailable".into();
+        self.post(conn, Command::Close { conn, code: close::TRY_AGAIN_LATER, reason, user_check: ANY_USER });
+    }
+
+    fn post(&mut self, conn: ConnId, command: Command) {
+        let (thread, _, _) = conn_id::split(conn);
+        if let Some(owner) = self.shared.threads.get(thread) {
+            if owner.enqueue(command) {
+                self.wakes.add(thread);
+            }
+        }
+    }
+}
+
+/// XRANGE's entries: `[[ "0-OFFSET", [k, KIND, d, PAYLOAD]], ...]`; malformed ones are skipped
+/// (they then count as missing).
+fn entries_of(reply: &Reply) -> Vec<Stored> {
+    let Some(items) = reply.as_array() else { return Vec::new() };
+    items
+        .iter()
+        .filter_map(|item| {
+            let item = item.as_array()?;
+            let id = item.first()?.as_bytes()?;
+            let offset = std::str::from_utf8(id.strip_prefix(b"0-")?).ok()?.parse().ok()?;
+            let fields = item.get(1)?.as_array()?;
+            let (mut kind, mut payload) = (None, None);
+            for pair in fields.chunks(2) {
+                match (pair.first().and_then(Reply::as_bytes), pair.get(1).and_then(Reply::as_bytes)) {
+                    (Some(b"k"), Some([byte])) => kind = keys::kind_of(*byte),
+                    (Some(b"d"), Some(data)) => payload = Some(data.into()),
+                    _ => {}
+                }
+            }
+            Some(Stored { offset, kind: kind?, payload: payload? })
+        })
+        .collect()
+}

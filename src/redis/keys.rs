@@ -1,0 +1,214 @@
+//! What wspush keeps in Redis and how it is named: per user a stream (the history), a small hash
+//! (epoch and last offset) and a pub/sub channel, all three under one hash tag so that in a Redis
+//! Cluster they live in the same slot (the publish script touches all three atomically).
+
+use crate::history::{Epoch, Position};
+use crate::types::MessageKind;
+
+/// The hash tag of `user`: the ID itself when it has no brace (the common case: readable keys),
+/// else its hex form, so a brace in an ID can never move a user's keys apart or into another
+/// user's names.
+fn push_tag(out: &mut Vec<u8>, user: &[u8]) {
+    out.extend_from_slice(b"wspush:{");
+    if user.iter().any(|&b| b == b'{' || b == b'}') {
+        out.extend_from_slice(b"x:");
+        for byte in user {
+            out.extend_from_slice(format!("{byte:02x}").as_bytes());
+        }
+    } else {
+        out.extend_from_slice(b"u:");
+        out.extend_from_slice(user);
+    }
+    out.push(b'}');
+}
+
+fn named(user: &[u8], suffix: &[u8]) -> Vec<u8> {
+    let mut name = Vec::with_capacity(16 + 2 * user.len());
+    push_tag(&mut name, user);
+    name.extend_from_slice(suffix);
+    name
+}
+
+/// The user's stream: entry IDs are `0-OFFSET`, fields `k` (t/b) and `d` (payload).
+pub(crate) fn stream(user: &[u8]) -> Vec<u8> {
+    named(user, b":s")
+}
+
+/// The user's hash: `e` (epoch, 16 hex digits) and `o` (last offset handed out).
+pub(crate) fn meta(user: &[u8]) -> Vec<u8> {
+    named(user, b":m")
+}
+
+/// The user's sharded pub/sub channel.
+pub(crate) fn channel(user: &[u8]) -> Vec<u8> {
+    named(user, b":c")
+}
+
+/// The user a channel name belongs to; `None` for a name we did not make.
+pub(crate) fn user_of_channel(channel: &[u8]) -> Option<Vec<u8>> {
+    let tag = channel.strip_prefix(b"wspush:{")?.strip_suffix(b"}:c")?;
+    if let Some(user) = tag.strip_prefix(b"u:") {
+        return Some(user.to_vec());
+    }
+    let hex = tag.strip_prefix(b"x:")?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    hex.chunks(2).map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()).collect()
+}
+
+/// Channel every node subscribes to for broadcasts (plain pub/sub: in a cluster it reaches all
+/// shards' subscribers).
+pub(crate) const BROADCAST_CHANNEL: &[u8] = b"wspush:broadcast";
+
+pub(crate) fn kind_byte(kind: MessageKind) -> u8 {
+    match kind {
+        MessageKind::Text => b't',
+        MessageKind::Binary => b'b',
+    }
+}
+
+pub(crate) fn kind_of(byte: u8) -> Option<MessageKind> {
+    match byte {
+        b't' => Some(MessageKind::Text),
+        b'b' => Some(MessageKind::Binary),
+        _ => None,
+    }
+}
+
+/// An epoch as stored in Redis: 16 hex digits.
+pub(crate) fn epoch_text(epoch: u64) -> [u8; 16] {
+    let mut text = [0u8; 16];
+    text.copy_from_slice(format!("{epoch:016x}").as_bytes());
+    text
+}
+
+pub(crate) fn parse_epoch(text: &[u8]) -> Option<u64> {
+    (text.len() == 16).then_some(())?;
+    u64::from_str_radix(std::str::from_utf8(text).ok()?, 16).ok()
+}
+
+/// A message as it travels on a user's channel: `EPOCH:OFFSET:KIND:PAYLOAD`, where EPOCH is
+/// empty and OFFSET 0 when history is off.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ChannelMessage<'a> {
+    pub(crate) stream: Option<Position>,
+    pub(crate) kind: MessageKind,
+    pub(crate) payload: &'a [u8],
+}
+
+impl<'a> ChannelMessage<'a> {
+    pub(crate) fn parse(raw: &'a [u8]) -> Option<ChannelMessage<'a>> {
+        let mut parts = raw.splitn(4, |&b| b == b':');
+        let (epoch, offset, kind, payload) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let offset: u64 = std::str::from_utf8(offset).ok()?.parse().ok()?;
+        let kind = match kind {
+            [byte] => kind_of(*byte)?,
+            _ => return None,
+        };
+        let stream = match epoch {
+            b"" => None,
+            epoch => Some(Position { epoch: Epoch::Stream(parse_epoch(epoch)?), offset }),
+        };
+        Some(ChannelMessage { stream, kind, payload })
+    }
+
+    /// The history-off form (the publish script writes the history-on form itself).
+    pub(crate) fn unnumbered(kind: MessageKind, payload: &[u8]) -> Vec<u8> {
+        let mut raw = Vec::with_capacity(payload.len() + 4);
+        raw.extend_from_slice(b":0:");
+        raw.push(kind_byte(kind));
+        raw.push(b':');
+        raw.extend_from_slice(payload);
+        raw
+    }
+}
+
+/// A broadcast as it travels: `KIND:PAYLOAD`.
+pub(crate) fn broadcast_message(kind: MessageKind, payload: &[u8]) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(payload.len() + 2);
+    raw.push(kind_byte(kind));
+    raw.push(b':');
+    raw.extend_from_slice(payload);
+    raw
+}
+
+pub(crate) fn parse_broadcast(raw: &[u8]) -> Option<(MessageKind, &[u8])> {
+    match raw {
+        [kind, b':', payload @ ..] => Some((kind_of(*kind)?, payload)),
+        _ => None,
+    }
+}
+
+/// Appends to the user's stream and publishes on its channel, atomically: KEYS meta, stream;
+/// ARGV epoch-if-new, kind, payload, max messages, TTL seconds, channel. Returns
+/// {epoch, offset, nodes that received it}. A missing hash means a new epoch (expired, evicted,
+/// or a Redis that lost its data): the stream, if any is left, is dropped with it, so offsets
+/// always restart at 1 in a new epoch.
+pub(crate) const PUBLISH_SCRIPT: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '0-' .. offset, 'k', ARGV[2], 'd', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+local nodes = redis.call('SPUBLISH', ARGV[6], epoch .. ':' .. offset .. ':' .. ARGV[2] .. ':' .. ARGV[3])
+return {epoch, offset, nodes}
+"#;
+
+/// The user's epoch and top, and (when ARGV[2] is an offset) the stream's entries after it:
+/// KEYS meta, stream; ARGV epoch-if-new, since-or-empty, TTL seconds. A user without a hash gets
+/// one now (a new epoch at offset 0, expiring like a stream), so the position a client is
+/// welcomed with names an epoch that a later loss changes.
+pub(crate) const READ_SCRIPT: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+local top = tonumber(redis.call('HGET', KEYS[1], 'o'))
+if ARGV[2] == '' then
+  return {epoch, top}
+end
+return {epoch, top, redis.call('XRANGE', KEYS[2], '(0-' .. ARGV[2], '+')}
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_users_keys_share_one_hash_tag_and_channels_map_back_to_users() {
+        for user in [&b"alice"[..], b"a{b}c", b"}", b"x:41", b"\xff\x01"] {
+            let (s, m, c) = (stream(user), meta(user), channel(user));
+            let tag = |name: &[u8]| name[..name.iter().position(|&b| b == b'}').unwrap() + 1].to_vec();
+            assert_eq!(tag(&s), tag(&m));
+            assert_eq!(tag(&s), tag(&c));
+            assert_eq!(user_of_channel(&c).as_deref(), Some(user));
+        }
+        assert_ne!(channel(b"x:41"), channel(b"A{"));
+        assert_eq!(stream(b"alice"), b"wspush:{u:alice}:s");
+        assert_eq!(user_of_channel(b"other:{u:alice}:c"), None);
+    }
+
+    #[test]
+    fn channel_messages_round_trip_and_garbage_is_refused() {
+        let raw = b"00000000000000ff:7:b:pay:load";
+        let message = ChannelMessage::parse(raw).unwrap();
+        assert_eq!(message.stream, Some(Position { epoch: Epoch::Stream(255), offset: 7 }));
+        assert_eq!((message.kind, message.payload), (MessageKind::Binary, &b"pay:load"[..]));
+        let plain = ChannelMessage::unnumbered(MessageKind::Text, b"");
+        assert_eq!(ChannelMessage::parse(&plain).unwrap(), ChannelMessage { stream: None, kind: MessageKind::Text, payload: b"" });
+        for bad in [&b""[..], b"ff:1:t:x", b"00000000000000ff:x:t:", b"00000000000000ff:1:q:", b"00000000000000ff:1:t"] {
+            assert_eq!(ChannelMessage::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse_broadcast(&broadcast_message(MessageKind::Text, b"a:b")), Some((MessageKind::Text, &b"a:b"[..])));
+        assert_eq!(parse_epoch(&epoch_text(u64::MAX)), Some(u64::MAX));
+    }
+}
