@@ -54,10 +54,16 @@
  * - A callback that blocks stalls the connections of its I/O thread (only those) until it
  *   returns: hand slow work (e.g. a database lookup for auth) to your own threads and answer
  *   later with wspush_request_defer + wspush_upgrade_accept / wspush_upgrade_reject.
- * - wspush_publish, wspush_publish_with_offset, wspush_broadcast, wspush_send, wspush_close,
- *   wspush_disconnect_user, wspush_upgrade_accept, wspush_upgrade_reject, wspush_stats,
- *   wspush_server_local_port and wspush_server_stop are thread-safe and never block on I/O;
- *   they may be called from any thread, including from inside any callback, without deadlock.
+ * - wspush_publish, wspush_publish_with_offset, wspush_publish_async, wspush_broadcast,
+ *   wspush_send, wspush_close, wspush_disconnect_user, wspush_upgrade_accept,
+ *   wspush_upgrade_reject, wspush_stats, wspush_server_local_port and wspush_server_stop are
+ *   thread-safe and never block on I/O; they may be called from any thread, including from
+ *   inside any callback, without deadlock.
+ * - With Redis (wspush_config_set_redis_url) one more engine thread talks to Redis. Publish
+ *   completions (wspush_publish_done_fn) run there; they may call everything above.
+ *   wspush_publish_wait blocks its caller until Redis answers or the timeout passes: call it
+ *   from your own threads (inside a publish completion it returns WSPUSH_RESULT_IN_CALLBACK;
+ *   inside an I/O callback it works but stalls that I/O thread's connections meanwhile).
  * - Inside a callback, wspush_server_stop only starts the stop (the I/O thread cannot wait for
  *   itself) and wspush_server_free returns WSPUSH_RESULT_IN_CALLBACK without doing anything.
  * - wspush_server_free must be the last use of a server by any thread. wspush_config_* calls
@@ -339,6 +345,16 @@ typedef struct wspush_callbacks {
  * What happens when a connection's unsent data would pass max_queue_bytes.
  */
 typedef uint32_t wspush_slow_consumer_policy;
+
+/**
+ * A publish's outcome (`wspush_publish_async`): `result` is OK, UNAVAILABLE (Redis did not
+ * confirm within its timeout; the message may still be applied) or STOPPED; `delivered` and
+ * `offset` as `wspush_publish_wait` writes them (0 unless OK). Called exactly once per publish
+ * that `wspush_publish_async` accepted: with Redis on the engine's Redis thread, without Redis
+ * on the calling thread before `wspush_publish_async` returns. It may call any wspush function
+ * except `wspush_publish_wait` on the same server (IN_CALLBACK) and `wspush_server_free`.
+ */
+typedef void (*wspush_publish_done_fn)(void *userdata, wspush_result result, size_t delivered, uint64_t offset);
 
 /**
  * Gauges and counters, filled in by `wspush_stats`. Set `size = sizeof(wspush_stats_snapshot)`
@@ -694,6 +710,31 @@ wspush_result wspush_config_set_history_ttl_ms(struct wspush_config *config, uin
  * `config` must be NULL or a live configuration not used by another thread.
  */
 wspush_result wspush_config_set_history_max_bytes(struct wspush_config *config, size_t bytes);
+
+/**
+ * Several nodes sharing users through Redis (README, "Running several nodes"): the URL
+ * `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`, `url_len` bytes of UTF-8 (no NUL needed;
+ * length 0 turns Redis off, the default). A publish on any node then reaches the user's
+ * connections on every node, `wspush_publish` only queues it (see `wspush_publish_wait` and
+ * `wspush_publish_async` for its outcome), and history (when on) is kept in Redis
+ * (`wspush_config_set_history_max_bytes` does not apply; Redis's maxmemory does). INVALID_ARGUMENT
+ * when the URL is malformed or longer than WSPUSH_MAX_ARG_LEN.
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread; `url` NULL or
+ * readable for `url_len` bytes.
+ */
+wspush_result wspush_config_set_redis_url(struct wspush_config *config, const char *url, size_t url_len);
+
+/**
+ * How long (ms, at least 10; default 2,000) Redis may take to answer before a publish fails
+ * with UNAVAILABLE (and a waiting `wspush.v1` connection is closed with 1013 to retry), and
+ * the connection to Redis is remade.
+ *
+ * # Safety
+ * `config` must be NULL or a live configuration not used by another thread.
+ */
+wspush_result wspush_config_set_redis_timeout_ms(struct wspush_config *config, uint64_t timeout_ms);
 
 /**
  * Open plus handshaking connections beyond which new sockets get 503 (must be > 0).
@@ -1077,8 +1118,12 @@ wspush_result wspush_server_free(const struct wspush_server *server);
  * may be NULL) receives how many connections it was queued to, 0 when the user has none. With
  * history on, the message also takes the next offset of the user's stream (see
  * `wspush_publish_with_offset`, which tells it).
+ * With Redis (`wspush_config_set_redis_url`) the message is queued for Redis, which sends it
+ * to the user's connections on every node, and this returns at once with `*delivered` 0 (and
+ * offset 0): `wspush_publish_wait` and `wspush_publish_async` tell the outcome.
  * Errors: NULL_ARGUMENT, INVALID_USER_ID, INVALID_ARGUMENT (kind), MESSAGE_TOO_LARGE (payload
- * larger than max_queue_bytes), STOPPED.
+ * larger than max_queue_bytes), STOPPED; with Redis also UNAVAILABLE (Redis unreachable for
+ * longer than its timeout, or too much already waits for it).
  *
  * # Safety
  * `server` must be NULL or a live server; `user` and `payload` NULL or readable for their
@@ -1113,6 +1158,51 @@ wspush_result wspush_publish_with_offset(const struct wspush_server *server,
                                          wspush_message_kind kind,
                                          size_t *delivered,
                                          uint64_t *offset);
+
+/**
+ * Publishes like `wspush_publish` and waits for the outcome, at most `timeout_ms`
+ * milliseconds and never longer than the Redis timeout. With Redis
+ * (`wspush_config_set_redis_url`) `*delivered` receives the number of NODES that hold a
+ * connection of the user (each got the message from Redis) and `*offset` the message's offset
+ * in the user's stream (0 with history off); both optional. Without Redis it is
+ * `wspush_publish_with_offset`. Errors as for `wspush_publish`, plus UNAVAILABLE (Redis did not
+ * confirm in time or is unreachable: the message may still be applied) and IN_CALLBACK when
+ * called from a `wspush_publish_done_fn` of this server (it would wait for its own thread).
+ * Blocks the calling thread: call it from the host's threads.
+ *
+ * # Safety
+ * As for `wspush_publish_with_offset`.
+ */
+wspush_result wspush_publish_wait(const struct wspush_server *server,
+                                  const uint8_t *user,
+                                  size_t user_len,
+                                  const uint8_t *payload,
+                                  size_t payload_len,
+                                  wspush_message_kind kind,
+                                  uint64_t timeout_ms,
+                                  size_t *delivered,
+                                  uint64_t *offset);
+
+/**
+ * Publishes like `wspush_publish` without waiting, and calls `done(userdata, result, delivered,
+ * offset)` exactly once with the outcome (see `wspush_publish_done_fn` for which thread and
+ * what `delivered` counts). Returns OK when the publish was accepted (then `done` will be
+ * called), or an error as for `wspush_publish` plus UNAVAILABLE when Redis is known to be
+ * unreachable or too much already waits for it (then `done` is not called). `done` must not be
+ * NULL; `userdata` must stay valid until `done` ran and be usable from that thread.
+ *
+ * # Safety
+ * As for `wspush_publish`; `done` must be a function with the `wspush_publish_done_fn`
+ * signature.
+ */
+wspush_result wspush_publish_async(const struct wspush_server *server,
+                                   const uint8_t *user,
+                                   size_t user_len,
+                                   const uint8_t *payload,
+                                   size_t payload_len,
+                                   wspush_message_kind kind,
+                                   wspush_publish_done_fn done,
+                                   void *userdata);
 
 /**
  * Sends `payload` to every open connection. `*count` (optional) receives how many were open.

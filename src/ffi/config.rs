@@ -406,3 +406,56 @@ pub unsafe extern "C" fn wspush_config_set_history_max_bytes(
         })
     }
 }
+
+/// Several nodes sharing users through Redis (README, "Running several nodes"): the URL
+/// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`, `url_len` bytes of UTF-8 (no NUL needed;
+/// length 0 turns Redis off, the default). A publish on any node then reaches the user's
+/// connections on every node, `wspush_publish` only queues it (see `wspush_publish_wait` and
+/// `wspush_publish_async` for its outcome), and history (when on) is kept in Redis
+/// (`wspush_config_set_history_max_bytes` does not apply; Redis's maxmemory does). INVALID_ARGUMENT
+/// when the URL is malformed or longer than WSPUSH_MAX_ARG_LEN.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread; `url` NULL or
+/// readable for `url_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_redis_url(
+    config: *mut wspush_config,
+    url: *const c_char,
+    url_len: usize,
+) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            let url = text(url, url_len, WSPUSH_MAX_ARG_LEN, wspush_result::InvalidArgument)?;
+            if url.is_empty() {
+                c.redis_url = None;
+                return Ok(());
+            }
+            let mut check = Config { redis_url: Some(url.to_string()), ..Config::default() };
+            check.validate().map_err(|_| wspush_result::InvalidArgument)?;
+            c.redis_url = check.redis_url.take();
+            Ok(())
+        })
+    }
+}
+
+/// How long (ms, at least 10; default 2,000) Redis may take to answer before a publish fails
+/// with UNAVAILABLE (and a waiting `wspush.v1` connection is closed with 1013 to retry), and
+/// the connection to Redis is remade.
+///
+/// # Safety
+/// `config` must be NULL or a live configuration not used by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_config_set_redis_timeout_ms(config: *mut wspush_config, timeout_ms: u64) -> wspush_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        update(config, |c| {
+            if timeout_ms < 10 {
+                return Err(wspush_result::InvalidArgument);
+            }
+            c.redis_timeout = millis(timeout_ms)?;
+            Ok(())
+        })
+    }
+}

@@ -7,7 +7,8 @@ use super::boundary::{bytes, engine, ffi_boundary, text, wspush_result, Out};
 use super::handle::{arc_from_handle, arc_into_handle, borrow, borrow_arc, ArcCastable, Borrowed, Castable};
 use super::handler::CallbackHandler;
 use super::types::{
-    message_kind_from_c, wspush_config, wspush_message_kind, wspush_server, WSPUSH_MAX_CLOSE_REASON_LEN,
+    message_kind_from_c, wspush_config, wspush_message_kind, wspush_publish_done_fn, wspush_server,
+    WSPUSH_MAX_CLOSE_REASON_LEN,
     WSPUSH_MAX_USER_ID_LEN,
 };
 use crate::handle::{Shared, ENGINE_OF_THIS_THREAD};
@@ -181,8 +182,12 @@ pub unsafe extern "C" fn wspush_server_free(server: *const wspush_server) -> wsp
 /// may be NULL) receives how many connections it was queued to, 0 when the user has none. With
 /// history on, the message also takes the next offset of the user's stream (see
 /// `wspush_publish_with_offset`, which tells it).
+/// With Redis (`wspush_config_set_redis_url`) the message is queued for Redis, which sends it
+/// to the user's connections on every node, and this returns at once with `*delivered` 0 (and
+/// offset 0): `wspush_publish_wait` and `wspush_publish_async` tell the outcome.
 /// Errors: NULL_ARGUMENT, INVALID_USER_ID, INVALID_ARGUMENT (kind), MESSAGE_TOO_LARGE (payload
-/// larger than max_queue_bytes), STOPPED.
+/// larger than max_queue_bytes), STOPPED; with Redis also UNAVAILABLE (Redis unreachable for
+/// longer than its timeout, or too much already waits for it).
 ///
 /// # Safety
 /// `server` must be NULL or a live server; `user` and `payload` NULL or readable for their
@@ -234,6 +239,93 @@ pub unsafe extern "C" fn wspush_publish_with_offset(
             write_optional(delivered, published.delivered);
             write_optional(offset, published.offset.unwrap_or(0));
         }
+        Ok(wspush_result::Ok)
+    })
+}
+
+/// Publishes like `wspush_publish` and waits for the outcome, at most `timeout_ms`
+/// milliseconds and never longer than the Redis timeout. With Redis
+/// (`wspush_config_set_redis_url`) `*delivered` receives the number of NODES that hold a
+/// connection of the user (each got the message from Redis) and `*offset` the message's offset
+/// in the user's stream (0 with history off); both optional. Without Redis it is
+/// `wspush_publish_with_offset`. Errors as for `wspush_publish`, plus UNAVAILABLE (Redis did not
+/// confirm in time or is unreachable: the message may still be applied) and IN_CALLBACK when
+/// called from a `wspush_publish_done_fn` of this server (it would wait for its own thread).
+/// Blocks the calling thread: call it from the host's threads.
+///
+/// # Safety
+/// As for `wspush_publish_with_offset`.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_publish_wait(
+    server: *const wspush_server,
+    user: *const u8,
+    user_len: usize,
+    payload: *const u8,
+    payload_len: usize,
+    kind: wspush_message_kind,
+    timeout_ms: u64,
+    delivered: *mut usize,
+    offset: *mut u64,
+) -> wspush_result {
+    ffi_boundary(|| {
+        // SAFETY: per this function's contract.
+        let server = unsafe { server_arg(server) }?;
+        // SAFETY: per this function's contract.
+        let (user, payload) = unsafe { (user_arg(user, user_len)?, payload_arg(&server, payload, payload_len)?) };
+        let timeout = std::time::Duration::from_millis(timeout_ms);
+        let published = engine(server.publish_wait(user, payload, message_kind_from_c(kind)?, timeout))?;
+        // SAFETY: per this function's contract.
+        unsafe {
+            write_optional(delivered, published.delivered);
+            write_optional(offset, published.offset.unwrap_or(0));
+        }
+        Ok(wspush_result::Ok)
+    })
+}
+
+/// The host's `userdata` for a publish completion.
+struct DoneUserdata(*mut std::ffi::c_void);
+// SAFETY: the host promises (wspush_publish_async) that `userdata` may be used from the engine's
+// Redis thread; wspush only passes it back.
+unsafe impl Send for DoneUserdata {}
+
+/// Publishes like `wspush_publish` without waiting, and calls `done(userdata, result, delivered,
+/// offset)` exactly once with the outcome (see `wspush_publish_done_fn` for which thread and
+/// what `delivered` counts). Returns OK when the publish was accepted (then `done` will be
+/// called), or an error as for `wspush_publish` plus UNAVAILABLE when Redis is known to be
+/// unreachable or too much already waits for it (then `done` is not called). `done` must not be
+/// NULL; `userdata` must stay valid until `done` ran and be usable from that thread.
+///
+/// # Safety
+/// As for `wspush_publish`; `done` must be a function with the `wspush_publish_done_fn`
+/// signature.
+#[no_mangle]
+pub unsafe extern "C" fn wspush_publish_async(
+    server: *const wspush_server,
+    user: *const u8,
+    user_len: usize,
+    payload: *const u8,
+    payload_len: usize,
+    kind: wspush_message_kind,
+    done: wspush_publish_done_fn,
+    userdata: *mut std::ffi::c_void,
+) -> wspush_result {
+    ffi_boundary(|| {
+        let done = done.ok_or(wspush_result::NullArgument)?;
+        // SAFETY: per this function's contract.
+        let server = unsafe { server_arg(server) }?;
+        // SAFETY: per this function's contract.
+        let (user, payload) = unsafe { (user_arg(user, user_len)?, payload_arg(&server, payload, payload_len)?) };
+        let userdata = DoneUserdata(userdata);
+        engine(server.publish_async(user, payload, message_kind_from_c(kind)?, move |outcome| {
+            let userdata = userdata;
+            let (result, delivered, offset) = match outcome {
+                Ok(published) => (wspush_result::Ok, published.delivered, published.offset.unwrap_or(0)),
+                Err(error) => (wspush_result::from(error), 0, 0),
+            };
+            // SAFETY: the host's callback with the userdata it gave, called once.
+            unsafe { done(userdata.0, result, delivered, offset) };
+        }))?;
         Ok(wspush_result::Ok)
     })
 }

@@ -121,6 +121,15 @@ pub type wspush_on_drop_fn = Option<unsafe extern "C" fn(
 pub type wspush_on_http_fn =
     Option<unsafe extern "C" fn(userdata: *mut c_void, server: *const wspush_server, request: *mut wspush_request)>;
 
+/// A publish's outcome (`wspush_publish_async`): `result` is OK, UNAVAILABLE (Redis did not
+/// confirm within its timeout; the message may still be applied) or STOPPED; `delivered` and
+/// `offset` as `wspush_publish_wait` writes them (0 unless OK). Called exactly once per publish
+/// that `wspush_publish_async` accepted: with Redis on the engine's Redis thread, without Redis
+/// on the calling thread before `wspush_publish_async` returns. It may call any wspush function
+/// except `wspush_publish_wait` on the same server (IN_CALLBACK) and `wspush_server_free`.
+pub type wspush_publish_done_fn =
+    Option<unsafe extern "C" fn(userdata: *mut c_void, result: wspush_result, delivered: usize, offset: u64)>;
+
 /// The host's callbacks. Zero-initialise it, set `size = sizeof(wspush_callbacks)`, then fill in
 /// what you need; NULL callbacks are skipped (a NULL `on_upgrade` rejects every upgrade with
 /// 401). Fields are only ever added at the end: a host built against an older header passes a
