@@ -482,6 +482,26 @@ typedef struct wspush_stats_snapshot {
      * Resumes that could not be honoured (other epoch, trimmed, expired, too large).
      */
     uint64_t recovery_failures_total;
+    /**
+     * 1 while this node's Redis connections are all up and logged in (0 without Redis).
+     */
+    uint64_t redis_connected;
+    /**
+     * Users whose Redis channel this node is subscribed to (local users, and for a few seconds those whose last connection closed).
+     */
+    uint64_t redis_subscribed_users;
+    /**
+     * Publishes Redis did not confirm in time (answered Unavailable; they may still have been applied).
+     */
+    uint64_t redis_publish_failures_total;
+    /**
+     * Reads of a user's stream to fill a jump in offsets or to catch up after a lost Redis connection.
+     */
+    uint64_t redis_fills_total;
+    /**
+     * Users whose wspush.v1 connections were closed with 1012 because history under them was lost.
+     */
+    uint64_t redis_resets_total;
 } wspush_stats_snapshot;
 
 /**

@@ -508,6 +508,9 @@ impl ServerHandle {
             stats.history_messages = gauges.messages;
             stats.history_bytes = gauges.bytes;
         }
+        if let Some(redis) = &self.shared.redis {
+            redis.stats.add_to(&mut stats);
+        }
         stats
     }
 

@@ -125,6 +125,19 @@ pub mod internals {
     pub const PROXY_V1_MAX_LEN: usize = crate::proxy_protocol::V1_MAX_LEN;
     pub const PROXY_V2_MAX_LEN: usize = crate::proxy_protocol::V2_MAX_LEN;
 
+    /// What the Redis bridge reads from Redis: the RESP reply parser, and the message format on
+    /// a user's channel (`Some((epoch, offset))` for a numbered one, the kind byte, the payload).
+    pub use crate::redis::resp::{parse as parse_redis_reply, ProtocolError as RedisProtocolError, Reply as RedisReply};
+    pub type ChannelMessageParts<'a> = (Option<(u64, u64)>, u8, &'a [u8]);
+    pub fn parse_channel_message(raw: &[u8]) -> Option<ChannelMessageParts<'_>> {
+        let message = crate::redis::keys::ChannelMessage::parse(raw)?;
+        let stream = message.stream.map(|position| match position.epoch {
+            crate::history::Epoch::Stream(epoch) => (epoch, position.offset),
+            crate::history::Epoch::NoStream { .. } => unreachable!("a channel carries stream epochs only"),
+        });
+        Some((stream, crate::redis::keys::kind_byte(message.kind), message.payload))
+    }
+
     /// Decodes a client frame header: (header length, payload length).
     pub fn parse_frame_header(buf: &[u8], max_payload: usize) -> Option<(usize, usize)> {
         match crate::codec::parse_header(buf, max_payload) {

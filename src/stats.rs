@@ -110,6 +110,11 @@ stats_table! {
     resumes_total: Counter, "wspush.v1 connections that asked to resume (since=...).";
     recoveries_total: Counter, "Resumes that recovered: everything after since was replayed.";
     recovery_failures_total: Counter, "Resumes that could not be honoured (other epoch, trimmed, expired, too large): the client resets.";
+    redis_connected: Gauge, "1 while this node's Redis connections are all up and logged in (0 without Redis).";
+    redis_subscribed_users: Gauge, "Users whose Redis channel this node is subscribed to (local users, and for a few seconds those whose last connection closed).";
+    redis_publish_failures_total: Counter, "Publishes Redis did not confirm in time (answered Unavailable; they may still have been applied).";
+    redis_fills_total: Counter, "Reads of a user's stream to fill a jump in offsets or to catch up after a lost Redis connection.";
+    redis_resets_total: Counter, "Users whose wspush.v1 connections were closed with 1012 because history under them was lost.";
 }
 
 impl Stats {
@@ -152,11 +157,11 @@ mod tests {
 
     #[test]
     fn values_follow_the_table_order() {
-        let stats = Stats { connections: 1, max_connections: 23, recovery_failures_total: 5, ..Stats::default() };
+        let stats = Stats { connections: 1, max_connections: 23, redis_resets_total: 5, ..Stats::default() };
         let values = stats.values();
         assert_eq!(values[0], 1);
         assert_eq!(values[22], 23);
         let (field, value) = stats.fields().last().expect("the table is not empty");
-        assert_eq!((field.name, value), ("recovery_failures_total", 5));
+        assert_eq!((field.name, value), ("redis_resets_total", 5));
     }
 }

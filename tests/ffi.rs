@@ -544,6 +544,7 @@ fn result_codes_have_fixed_values_and_descriptions() {
         (Io, 13),
         (InCallback, 14),
         (Panic, 15),
+        (Unavailable, 16),
     ];
     assert_eq!(fixed.len(), ALL_RESULTS.len(), "a new code needs a fixed value here");
     let mut texts = std::collections::HashSet::new();

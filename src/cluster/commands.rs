@@ -9,10 +9,12 @@ use super::state::{Pending, Read, ReadFor, Script, Waiting};
 use super::Bridge;
 use crate::error::Error;
 use crate::guard::guarded;
-use crate::history::{random_u64, Position};
+use crate::history::Position;
 use crate::redis::keys::{self, ChannelMessage, BROADCAST_CHANNEL, PUBLISH_SCRIPT, READ_SCRIPT};
 use crate::redis::outbox::counted_bytes;
 use crate::redis::resp::Reply;
+use crate::redis::Done;
+use crate::stats::bump;
 use crate::types::Published;
 
 impl Bridge {
@@ -70,12 +72,16 @@ impl Bridge {
             Pending::Ping => {}
             Pending::Publish { done, bytes } => {
                 self.outbox.release(bytes);
-                let outcome = published(&reply);
-                if outcome.is_none() {
-                    eprintln!("wspush: Redis refused a publish: {}", String::from_utf8_lossy(&error_text(&reply)));
-                }
-                if let Some(done) = done {
-                    guarded(|| done(outcome.ok_or(Error::Unavailable)));
+                match published(&reply) {
+                    Some(outcome) => {
+                        if let Some(done) = done {
+                            guarded(|| done(Ok(outcome)));
+                        }
+                    }
+                    None => {
+                        eprintln!("wspush: Redis refused a publish: {}", String::from_utf8_lossy(&error_text(&reply)));
+                        self.publish_failed(done);
+                    }
                 }
             }
             Pending::Broadcast { bytes } => self.outbox.release(bytes),
@@ -121,10 +127,10 @@ impl Bridge {
         match item {
             Waiting::Publish { user, kind, payload, done, .. } => {
                 let channel = keys::channel(&user);
+                let epoch = self.next_epoch();
                 match &self.history {
                     Some(history) => {
                         let (meta, stream) = (keys::meta(&user), keys::stream(&user));
-                        let epoch = keys::epoch_text(random_u64());
                         let kind = [keys::kind_byte(kind)];
                         self.command.send(
                             &[
@@ -152,9 +158,9 @@ impl Bridge {
                 self.pending.push_back(Pending::Broadcast { bytes: payload.len() });
             }
             Waiting::Read { read, .. } => {
+                let epoch = self.next_epoch();
                 let Some(history) = &self.history else { return };
                 let (meta, stream) = (keys::meta(&read.user), keys::stream(&read.user));
-                let epoch = keys::epoch_text(random_u64());
                 let from = read.from.map(|from| from.to_string().into_bytes()).unwrap_or_default();
                 self.command.send(
                     &[b"EVALSHA", &self.read_sha, b"2", &meta, &stream, &epoch, &from, &history.ttl_secs],
@@ -182,9 +188,7 @@ impl Bridge {
             match owed {
                 Pending::Publish { done, bytes } => {
                     self.outbox.release(bytes);
-                    if let Some(done) = done {
-                        guarded(|| done(Err(Error::Unavailable)));
-                    }
+                    self.publish_failed(done);
                 }
                 Pending::Broadcast { bytes } => self.outbox.release(bytes),
                 Pending::Read(read) => match read.why {
@@ -210,14 +214,19 @@ impl Bridge {
         self.expire_greeters(now);
     }
 
+    fn publish_failed(&mut self, done: Option<Done>) {
+        bump(&self.outbox.stats.publish_failures_total, 1);
+        if let Some(done) = done {
+            guarded(|| done(Err(Error::Unavailable)));
+        }
+    }
+
     /// Answers work that will not be sent.
     pub(super) fn give_up(&mut self, item: Waiting) {
         match item {
             Waiting::Publish { user, payload, done, .. } => {
                 self.outbox.release(counted_bytes(&user, &payload));
-                if let Some(done) = done {
-                    guarded(|| done(Err(Error::Unavailable)));
-                }
+                self.publish_failed(done);
             }
             Waiting::Broadcast { payload, .. } => self.outbox.release(payload.len()),
             Waiting::Read { read, .. } => {

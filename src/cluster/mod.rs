@@ -32,7 +32,7 @@ use crate::redis::resp::Reply;
 use crate::redis::{Outbox, RedisUrl, Request};
 
 use link::Link;
-use state::{Greeter, Held, Pending, UserState, Waiting};
+use state::{Greeter, HeldQueue, Pending, UserState, Waiting};
 
 const WAKER: Token = Token(0);
 const COMMAND: Token = Token(1);
@@ -105,7 +105,7 @@ pub(crate) struct Bridge {
     subscribers: Vec<Subscriber>,
     users: HashMap<Box<[u8]>, UserState>,
     /// Channel messages held while a user's stream is read to fill a jump.
-    held: HashMap<Box<[u8]>, Vec<Held>>,
+    held: HashMap<Box<[u8]>, HeldQueue>,
     /// `wspush.v1` connections waiting for their user's subscription.
     greeters: HashMap<Box<[u8]>, Vec<Greeter>>,
     /// Users whose last local connection closed, due to be unsubscribed (after a linger, so a
@@ -114,6 +114,9 @@ pub(crate) struct Bridge {
     /// Since when the command link has not been ready (None: it is).
     down_since: Option<Instant>,
     wakes: Wakes,
+    /// Epoch candidates (used when a publish or read creates a stream): a bijective mix of a
+    /// counter from a random start, unique without a syscall per publish.
+    epoch_counter: u64,
     stopping: bool,
 }
 
@@ -157,6 +160,7 @@ impl Bridge {
             leaving: VecDeque::new(),
             down_since: Some(now),
             wakes: Wakes::default(),
+            epoch_counter: crate::history::random_u64(),
             stopping: false,
             shared,
         })
@@ -249,6 +253,9 @@ impl Bridge {
         }
         self.expire_waiting(now);
         self.sweep_leaving(now);
+        let connected = self.command_ready && self.subscribers.iter().all(|s| s.ready && s.setup_left == 0 && s.link.is_up());
+        self.outbox.stats.connected.store(u64::from(connected), std::sync::atomic::Ordering::Relaxed);
+        self.outbox.stats.subscribed_users.store(self.users.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let down_too_long = self.down_since.is_some_and(|since| now.duration_since(since) >= self.timeout);
         if down_too_long != self.outbox.is_down() {
             self.outbox.set_down(down_too_long);
@@ -300,6 +307,15 @@ impl Bridge {
             sent += 1;
         }
         sent
+    }
+
+    /// A fresh epoch, as Redis keeps it (splitmix64 of the next counter value).
+    fn next_epoch(&mut self) -> [u8; 16] {
+        self.epoch_counter = self.epoch_counter.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.epoch_counter;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        crate::redis::keys::epoch_text(z ^ (z >> 31))
     }
 
     /// Stopping (or failed): every publish still waiting is answered, every greeting refused.

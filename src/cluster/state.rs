@@ -60,6 +60,8 @@ pub(super) struct UserState {
     pub(super) filling: bool,
     /// Resubscribed after its link was lost: read it again from `known` once active.
     pub(super) needs_fill: bool,
+    /// Messages held during the fill were dropped (too many bytes): read again after it.
+    pub(super) refill: bool,
     /// Epoch and last offset delivered here; None before the first message or read.
     pub(super) known: Option<(u64, u64)>,
 }
@@ -69,6 +71,14 @@ pub(super) struct Held {
     pub(super) stream: Option<Position>,
     pub(super) kind: MessageKind,
     pub(super) payload: Box<[u8]>,
+}
+
+/// A user's held messages; past the send-queue limit they are dropped and read again from the
+/// stream instead (they are all there).
+#[derive(Default)]
+pub(super) struct HeldQueue {
+    pub(super) messages: Vec<Held>,
+    pub(super) bytes: usize,
 }
 
 /// A `wspush.v1` connection waiting for its user's subscription, then its welcome.

@@ -22,6 +22,7 @@ use crate::handle::{Command, ResumeOutcome, ANY_USER};
 use crate::history::{Epoch, Position, Stored};
 use crate::redis::keys::{self, ChannelMessage, BROADCAST_CHANNEL};
 use crate::redis::resp::Reply;
+use crate::stats::bump;
 use crate::subprotocol;
 use crate::types::ConnId;
 
@@ -41,7 +42,7 @@ impl Bridge {
             return;
         }
         let link = Self::link_of(user);
-        self.users.insert(user.into(), UserState { link, active: false, filling: false, needs_fill: false, known: None });
+        self.users.insert(user.into(), UserState { link, active: false, filling: false, needs_fill: false, refill: false, known: None });
         let subscriber = &mut self.subscribers[usize::from(link)];
         if subscriber.ready {
             subscriber.to_subscribe.push(keys::channel(user));
@@ -189,7 +190,7 @@ impl Bridge {
         if std::mem::take(&mut state.needs_fill) && !state.filling {
             state.filling = true;
             let from = state.known.map(|(_, last)| last);
-            self.issue_read(Read { user: user.into(), from, why: ReadFor::Fill { after_outage: true } }, now);
+            self.fill(user, from, true, now);
         }
         for greeter in self.greeters.remove(user).unwrap_or_default() {
             self.read_for_greeting(user, greeter.conn, greeter.since, now);
@@ -249,7 +250,14 @@ impl Bridge {
             return self.deliver(user, &message);
         };
         if state.filling {
-            return self.held.entry(user.into()).or_default().push(message);
+            let queue = self.held.entry(user.into()).or_default();
+            queue.bytes += message.payload.len();
+            queue.messages.push(message);
+            if queue.bytes > self.shared.config.max_queue_bytes {
+                *queue = Default::default();
+                state.refill = true;
+            }
+            return;
         }
         let fill_from = match state.known {
             None => None,
@@ -266,10 +274,18 @@ impl Bridge {
             }
             Some(from) => {
                 state.filling = true;
-                self.held.entry(user.into()).or_default().push(message);
-                self.issue_read(Read { user: user.into(), from: Some(from), why: ReadFor::Fill { after_outage: false } }, now);
+                let queue = self.held.entry(user.into()).or_default();
+                queue.bytes += message.payload.len();
+                queue.messages.push(message);
+                self.fill(user, Some(from), false, now);
             }
         }
+    }
+
+    /// Reads `user`'s stream after `from` to fill what this node has not delivered.
+    fn fill(&mut self, user: &[u8], from: Option<u64>, after_outage: bool, now: Instant) {
+        bump(&self.outbox.stats.fills_total, 1);
+        self.issue_read(Read { user: user.into(), from, why: ReadFor::Fill { after_outage } }, now);
     }
 
     fn deliver(&mut self, user: &[u8], message: &Held) {
@@ -338,14 +354,21 @@ impl Bridge {
 
     /// Replays the messages held during a fill through the order rule.
     fn release_held(&mut self, user: &[u8], now: Instant) {
-        for message in self.held.remove(user).unwrap_or_default() {
+        for message in self.held.remove(user).unwrap_or_default().messages {
             self.on_user_message(user, message, now);
+        }
+        let Some(state) = self.users.get_mut(user) else { return };
+        if std::mem::take(&mut state.refill) && !state.filling {
+            state.filling = true;
+            let from = state.known.map(|(_, last)| last);
+            self.fill(user, from, false, now);
         }
     }
 
     /// History was lost under `user`'s `wspush.v1` connections here: they are closed so their
     /// clients resume and are told.
     fn reset(&mut self, user: &[u8]) {
+        bump(&self.outbox.stats.resets_total, 1);
         eprintln!("wspush: history lost under a user's connections (Redis lost or trimmed it); closing them with 1012");
         let mut posts = Vec::new();
         self.shared.registry.for_each_conn(user, |conn, _| posts.push(conn));

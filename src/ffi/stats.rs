@@ -78,6 +78,16 @@ pub struct wspush_stats_snapshot {
     pub recoveries_total: u64,
     /// Resumes that could not be honoured (other epoch, trimmed, expired, too large).
     pub recovery_failures_total: u64,
+    /// 1 while this node's Redis connections are all up and logged in (0 without Redis).
+    pub redis_connected: u64,
+    /// Users whose Redis channel this node is subscribed to (local users, and for a few seconds those whose last connection closed).
+    pub redis_subscribed_users: u64,
+    /// Publishes Redis did not confirm in time (answered Unavailable; they may still have been applied).
+    pub redis_publish_failures_total: u64,
+    /// Reads of a user's stream to fill a jump in offsets or to catch up after a lost Redis connection.
+    pub redis_fills_total: u64,
+    /// Users whose wspush.v1 connections were closed with 1012 because history under them was lost.
+    pub redis_resets_total: u64,
 }
 
 // `size`, then exactly one u64 per row of the table, nothing else: the copy in `wspush_stats` and

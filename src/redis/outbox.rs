@@ -2,13 +2,14 @@
 //! threads resumes and users' arrivals and departures. Pushing never blocks on Redis: the bridge
 //! pipelines what it finds, and answers each publish through its completion.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use parking_lot::Mutex;
 
 use crate::error::Error;
 use crate::history::Position;
+use crate::stats::Stats;
 use crate::types::{ConnId, MessageKind, Published};
 
 /// Called once with a publish's outcome, on the bridge thread (see `ServerHandle::publish_async`).
@@ -39,6 +40,26 @@ impl Request {
 /// a Redis that stalls must not grow the host without bound.
 const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 
+/// What the bridge counts (it alone writes them; `ServerHandle::stats` reads them).
+#[derive(Default)]
+pub(crate) struct BridgeStats {
+    pub(crate) connected: AtomicU64,
+    pub(crate) subscribed_users: AtomicU64,
+    pub(crate) publish_failures_total: AtomicU64,
+    pub(crate) fills_total: AtomicU64,
+    pub(crate) resets_total: AtomicU64,
+}
+
+impl BridgeStats {
+    pub(crate) fn add_to(&self, stats: &mut Stats) {
+        stats.redis_connected = self.connected.load(Ordering::Relaxed);
+        stats.redis_subscribed_users = self.subscribed_users.load(Ordering::Relaxed);
+        stats.redis_publish_failures_total = self.publish_failures_total.load(Ordering::Relaxed);
+        stats.redis_fills_total = self.fills_total.load(Ordering::Relaxed);
+        stats.redis_resets_total = self.resets_total.load(Ordering::Relaxed);
+    }
+}
+
 pub(crate) struct Outbox {
     queue: Mutex<Vec<Request>>,
     waker: mio::Waker,
@@ -47,11 +68,12 @@ pub(crate) struct Outbox {
     /// Set by the bridge while Redis has been unreachable for longer than the timeout:
     /// publishes then fail at once instead of queueing for a timeout each.
     down: AtomicBool,
+    pub(crate) stats: BridgeStats,
 }
 
 impl Outbox {
     pub(crate) fn new(waker: mio::Waker) -> Outbox {
-        Outbox { queue: Mutex::new(Vec::new()), waker, queued_bytes: AtomicUsize::new(0), down: AtomicBool::new(false) }
+        Outbox { queue: Mutex::new(Vec::new()), waker, queued_bytes: AtomicUsize::new(0), down: AtomicBool::new(false), stats: BridgeStats::default() }
     }
 
     /// Queues `request`, waking the bridge if its queue was empty.

@@ -4,7 +4,7 @@
 
 /// A reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Reply {
+pub enum Reply {
     /// `+OK`
     Status(Vec<u8>),
     /// `-ERR ...`
@@ -49,7 +49,7 @@ impl Reply {
 
 /// The reply stream is not RESP (or nests or sizes beyond sanity): drop the connection.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct ProtocolError;
+pub struct ProtocolError;
 
 /// Largest bulk string or array accepted (Redis's own bulk limit is 512 MB).
 const MAX_LEN: usize = 512 * 1024 * 1024;
@@ -84,7 +84,7 @@ fn push_header(out: &mut Vec<u8>, kind: u8, len: usize) {
 
 /// Parses one reply from the front of `buf`: `Ok(None)` when it is not all there yet, else the
 /// reply and how many bytes it took.
-pub(crate) fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, ProtocolError> {
+pub fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, ProtocolError> {
     let mut at = 0;
     match parse_at(buf, &mut at, 0)? {
         Some(reply) => Ok(Some((reply, at))),
