@@ -28,6 +28,7 @@ mod redis;
 use common::ws_text;
 use harness::*;
 use haproxy::{haproxy_available, upgrade_via, Haproxy};
+use node::Node;
 use redis::{redis_available, Redis};
 
 /// How long a node may take to (re)subscribe, or to reconnect to a restarted Redis.
@@ -87,6 +88,80 @@ fn the_redis_harness_keeps_data_with_aof_loses_it_without_and_pauses() {
     assert!(std::net::TcpStream::connect(("127.0.0.1", vport)).is_err(), "dropped Redis still listens");
     assert!(!dir.exists(), "dropped Redis left {}", dir.display());
     assert!(durable.dir().is_dir(), "the other Redis keeps its directory");
+}
+
+/// The node harness and the wspush.v1 helpers against one wspushd without Redis (no new flags
+/// needed): what the cluster tests read is read correctly, and what must fail does.
+#[test]
+fn the_node_harness_and_v1_helpers_read_a_single_node() {
+    let mut node = Node::spawn("solo", &[]);
+    let mut tab = node.connect_v1("alice", None);
+    let joined = welcome(&mut tab);
+    assert_eq!((joined.offset, joined.recovered), (0, false));
+    let mut raw = node.connect_raw("alice");
+    let mut bob = node.connect_raw("bob");
+    for offset in 1..=3 {
+        let published = publish_ok(&node, "alice", &format!("m{offset}"));
+        assert_eq!(published, Published { delivered: 2, offset }, "without Redis: connections");
+    }
+    let epoch = expect_stream(&mut tab, 1..=3, "m").unwrap();
+    assert_eq!(ws_text(&mut raw), "m1");
+    assert_silent(&mut bob, QUIET);
+    ping_pong(&mut tab);
+    let mut again = node.connect_v1("alice", Some(&format!("{epoch}:1")));
+    assert_eq!(welcome(&mut again), Welcome { epoch, offset: 3, recovered: true });
+    expect_stream(&mut again, 2..=3, "m");
+    assert_eq!(node.get("/healthz").0, 200);
+    assert_eq!(node.connections(), 4);
+
+    let (status, body) = node.request("POST", "/disconnect?user=alice&code=1012", "");
+    assert_eq!((status, body.as_str()), (200, r#"{"disconnected":3}"#));
+    assert_eq!(wait_close(&mut tab, Duration::from_secs(5)), (1012, vec![]));
+    node.kill9();
+    assert_ended(&mut bob);
+}
+
+/// The HAProxy harness with three nodes without Redis: round robin puts three consecutive
+/// connections on three different nodes, the other frontend on node A only, with the clients'
+/// addresses in PROXY v2 headers.
+#[test]
+fn the_haproxy_harness_spreads_round_robin_and_pins_the_first_node_frontend() {
+    if !haproxy_available("the_haproxy_harness_spreads_round_robin_and_pins_the_first_node_frontend") {
+        return;
+    }
+    let flags = ["--proxy-protocol", "--trusted-proxy", "127.0.0.1", "--max-connections-per-ip", "1"];
+    let nodes = ["A", "B", "C"].map(|name| Node::spawn(name, &flags));
+    let haproxy = Haproxy::start(&nodes.each_ref().map(|node| node.ws));
+    let mut clients: Vec<_> = (11..=13)
+        .map(|host| upgrade_via(haproxy.round_robin, Ipv4Addr::new(127, 0, 0, host), "carol").expect("via HAProxy"))
+        .collect();
+    assert_eq!(connections_once_settled(&nodes, 3), [1, 1, 1]);
+    // Without Redis each node reaches its own client only.
+    for node in &nodes {
+        assert_eq!(publish_ok(node, "carol", &node.name).delivered, 1);
+    }
+    let mut got: Vec<String> = clients.iter_mut().map(ws_text).collect();
+    got.sort();
+    assert_eq!(got, ["A", "B", "C"]);
+
+    let from = |host| Ipv4Addr::new(127, 0, 0, host);
+    let first = upgrade_via(haproxy.first_node, from(2), "dave").expect("first from 127.0.0.2");
+    assert_eq!(upgrade_via(haproxy.first_node, from(2), "dave").err(), Some(429));
+    let other = upgrade_via(haproxy.first_node, from(3), "erin").expect("127.0.0.3");
+    assert_eq!(connections_once_settled(&nodes, 5), [3, 1, 1]);
+    drop((first, other, clients, haproxy));
+}
+
+/// Each node's /stats connection count, once they add up to `total` (up to 5 s).
+fn connections_once_settled(nodes: &[Node; 3], total: u64) -> [u64; 3] {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let per_node = nodes.each_ref().map(|node| node.connections());
+        if per_node.iter().sum::<u64>() == total || Instant::now() > deadline {
+            return per_node;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 // ---------------------------------------------------------------------------- across the nodes
@@ -338,14 +413,7 @@ fn behind_haproxy_a_publish_reaches_every_node_and_proxy_headers_carry_client_ad
     let mut carols: Vec<_> = (11..=13)
         .map(|host| upgrade_via(haproxy.round_robin, Ipv4Addr::new(127, 0, 0, host), "carol").expect("carol via HAProxy"))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let per_node = loop {
-        let per_node = nodes.each_ref().map(|node| node.connections());
-        if per_node.iter().sum::<u64>() == 3 || Instant::now() > deadline {
-            break per_node;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let per_node = connections_once_settled(&nodes, 3);
     assert_eq!(per_node.iter().sum::<u64>(), 3, "connections per node: {per_node:?}");
     let holding = per_node.iter().filter(|&&n| n > 0).count() as u64;
     assert!(holding >= 2, "round robin put carol on one node only: {per_node:?}");

@@ -49,11 +49,18 @@ impl Node {
     /// Starts a node on `redis_url` with `extra` flags (later flags override earlier ones: the
     /// per-address limits are off unless `extra` sets them).
     pub fn start(name: &str, redis_url: &str, extra: &[&str]) -> Node {
+        let redis = ["--redis", redis_url, "--redis-timeout-ms", "1000"];
+        Node::spawn(name, &[&redis[..], extra].concat())
+    }
+
+    /// Starts a node with `args` after the common ones (demo mode, ports 0/0, two I/O threads,
+    /// per-address limits off): no Redis unless `args` names one.
+    pub fn spawn(name: &str, args: &[&str]) -> Node {
         let mut child = Command::new(wspushd())
             .args(["--demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--threads", "2"])
-            .args(["--drain-timeout-ms", "500", "--redis", redis_url, "--redis-timeout-ms", "1000"])
+            .args(["--drain-timeout-ms", "500"])
             .args(NO_PER_IP_LIMITS)
-            .args(extra)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
