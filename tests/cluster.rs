@@ -25,7 +25,7 @@ mod node;
 #[path = "cluster/redis.rs"]
 mod redis;
 
-use common::ws_text;
+use common::{ws_text, WAIT};
 use harness::*;
 use haproxy::{haproxy_available, upgrade_via, Haproxy};
 use node::Node;
@@ -105,7 +105,7 @@ fn the_node_harness_and_v1_helpers_read_a_single_node() {
         assert_eq!(published, Published { delivered: 2, offset }, "without Redis: connections");
     }
     let epoch = expect_stream(&mut tab, 1..=3, "m").unwrap();
-    assert_eq!(ws_text(&mut raw), "m1");
+    assert_eq!([ws_text(&mut raw), ws_text(&mut raw), ws_text(&mut raw)], ["m1", "m2", "m3"]);
     assert_silent(&mut bob, QUIET);
     ping_pong(&mut tab);
     let mut again = node.connect_v1("alice", Some(&format!("{epoch}:1")));
@@ -113,6 +113,11 @@ fn the_node_harness_and_v1_helpers_read_a_single_node() {
     expect_stream(&mut again, 2..=3, "m");
     assert_eq!(node.get("/healthz").0, 200);
     assert_eq!(node.connections(), 4);
+    assert_eq!(node.broadcast("to all").0, 200);
+    for (ws, v1) in [(&mut tab, true), (&mut raw, false), (&mut again, true), (&mut bob, false)] {
+        assert_eq!(next_broadcast(ws, v1, WAIT).as_deref(), Some("to all"));
+    }
+    assert_eq!(next_broadcast(&mut bob, false, QUIET), None);
 
     let (status, body) = node.request("POST", "/disconnect?user=alice&code=1012", "");
     assert_eq!((status, body.as_str()), (200, r#"{"disconnected":3}"#));
@@ -203,15 +208,17 @@ fn a_client_resumes_on_another_node_with_what_it_missed_then_live_messages() {
     }
     let epoch = expect_stream(&mut tab, 1..=3, "m").unwrap();
     drop(tab);
+    wait_subscribed(&redis, "alice", 0, SUBSCRIBE); // A unsubscribes when her last connection closes
 
     for offset in 4..=5 {
-        assert_eq!(publish_ok(&b, "alice", &format!("m{offset}")).offset, offset, "offsets go on while she is away");
+        let published = publish_ok(&b, "alice", &format!("m{offset}"));
+        assert_eq!(published, Published { delivered: 0, offset }, "offsets go on while she is away");
     }
     let mut tab = c.connect_v1("alice", Some(&format!("{epoch}:3")));
     assert_eq!(welcome(&mut tab), Welcome { epoch: epoch.clone(), offset: 5, recovered: true });
     expect_stream(&mut tab, 4..=5, "m");
 
-    wait_subscribed(&redis, "alice", 1, SUBSCRIBE); // C only (A unsubscribed when she left)
+    wait_subscribed(&redis, "alice", 1, SUBSCRIBE); // C
     assert_eq!(publish_ok(&a, "alice", "m6"), Published { delivered: 1, offset: 6 });
     expect_stream(&mut tab, 6..=6, "m");
     assert_silent(&mut tab, QUIET);
@@ -380,14 +387,34 @@ fn a_broadcast_on_one_node_reaches_connections_on_every_node() {
     let mut carol = c.connect_v1("carol", None);
     welcome(&mut alice);
     welcome(&mut carol);
+    // A node may subscribe to broadcasts just after it starts listening: broadcast warm-ups
+    // until each client got one (a broadcast has no offsets, so extra ones are harmless).
+    let mut clients = [(&mut alice, true), (&mut bob, false), (&mut carol, true)];
+    let mut warm = [false; 3];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while warm.contains(&false) {
+        assert!(Instant::now() < deadline, "broadcast warm-ups reached {warm:?} (alice on A, bob on B, carol on C)");
+        let (status, body) = a.broadcast("warm-up");
+        assert_eq!(status, 200, "{body}\n{}", a.logs());
+        for ((ws, v1), warm) in clients.iter_mut().zip(warm.iter_mut()) {
+            if let Some(got) = next_broadcast(ws, *v1, Duration::from_millis(100)) {
+                assert_eq!(got, "warm-up");
+                *warm = true;
+            }
+        }
+    }
     let (status, body) = a.broadcast("maintenance at noon");
     assert_eq!(status, 200, "{body}");
-    for v1 in [&mut alice, &mut carol] {
-        // Not part of any stream: no offset, no epoch.
-        let got = message(v1);
-        assert_eq!(got, V1Message { offset: None, epoch: None, data: "maintenance at noon".into() });
+    for (ws, v1) in clients.iter_mut() {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match next_broadcast(ws, *v1, left).expect("the broadcast within 5 s").as_str() {
+                "warm-up" => continue,
+                got => break assert_eq!(got, "maintenance at noon"),
+            }
+        }
     }
-    assert_eq!(ws_text(&mut bob), "maintenance at noon");
 
     // Streams are unaffected: alice's first message is still offset 1.
     wait_subscribed(&redis, "alice", 1, SUBSCRIBE);
@@ -396,6 +423,30 @@ fn a_broadcast_on_one_node_reaches_connections_on_every_node() {
     for ws in [&mut alice, &mut bob, &mut carol] {
         assert_silent(ws, QUIET);
     }
+}
+
+/// The next broadcast's text within `within` (None if none came): a raw text frame, or for a v1
+/// client a message frame without offset or epoch (a broadcast is part of no stream).
+fn next_broadcast(ws: &mut common::Ws, v1: bool, within: Duration) -> Option<String> {
+    ws.get_ref().set_read_timeout(Some(within.max(Duration::from_millis(1)))).unwrap();
+    let read = ws.read();
+    ws.get_ref().set_read_timeout(Some(WAIT)).unwrap();
+    let text = match read {
+        Ok(tungstenite::Message::Text(text)) => text.as_str().to_owned(),
+        Err(tungstenite::Error::Io(e))
+            if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+        {
+            return None
+        }
+        other => panic!("expected a broadcast, got {other:?}"),
+    };
+    if !v1 {
+        return Some(text);
+    }
+    let frame: serde_json::Value = serde_json::from_str(&text).expect("a v1 frame is JSON");
+    assert_eq!(frame["type"], "message", "{frame}");
+    assert!(frame.get("offset").is_none() && frame.get("epoch").is_none(), "a broadcast with a position: {frame}");
+    Some(frame["data"].as_str().unwrap_or_else(|| panic!("no text data: {frame}")).to_owned())
 }
 
 #[test]
