@@ -16,18 +16,18 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 mod common;
-#[path = "cluster/harness.rs"]
-mod harness;
 #[path = "cluster/haproxy.rs"]
 mod haproxy;
+#[path = "cluster/harness.rs"]
+mod harness;
 #[path = "cluster/node.rs"]
 mod node;
 #[path = "cluster/redis.rs"]
 mod redis;
 
 use common::{ws_text, WAIT};
-use harness::*;
 use haproxy::{haproxy_available, upgrade_via, Haproxy};
+use harness::*;
 use node::Node;
 use redis::{redis_available, Redis};
 
@@ -80,6 +80,12 @@ fn the_redis_harness_keeps_data_with_aof_loses_it_without_and_pauses() {
     let (count, channels) = subscribers(&volatile, "alic").unwrap();
     assert_eq!((count, channels), (0, vec!["test:u:alice".to_owned()]), "a prefix of the ID is not the ID");
     assert_eq!(volatile.integer(&[b"PUBLISH", b"test:u:alice", b"x"]), 1);
+    // And a sharded subscription (SSUBSCRIBE) counts the same.
+    let mut sharded = std::net::TcpStream::connect(("127.0.0.1", volatile.port())).unwrap();
+    std::io::Write::write_all(&mut sharded, &redis::encode_command(&[b"SSUBSCRIBE", b"{bob}"])).unwrap();
+    wait_subscribed(&volatile, "bob", 1, SUBSCRIBE);
+    drop(subscriber);
+    wait_subscribed(&volatile, "alice", 0, SUBSCRIBE);
 
     // Dropping kills the process and removes its directory.
     let (vport, dir) = (volatile.port(), volatile.dir().to_path_buf());
@@ -303,8 +309,8 @@ fn a_redis_restart_without_aof_makes_clients_resume_into_a_new_epoch() {
 
     redis.kill9();
     redis.restart(); // empty: alice's stream is gone
-    // A sees that the stream behind alice's position is gone and sends her away to resume
-    // (1012 Service Restart), with nothing in between: never offset 4 of the old epoch.
+                     // A sees that the stream behind alice's position is gone and sends her away to resume
+                     // (1012 Service Restart), with nothing in between: never offset 4 of the old epoch.
     let (code, before) = wait_close(&mut tab, RECONNECT);
     assert_eq!(code, 1012, "close code\n{}", a.logs());
     assert!(before.is_empty(), "frames before the close: {before:?}");
@@ -462,7 +468,9 @@ fn behind_haproxy_a_publish_reaches_every_node_and_proxy_headers_carry_client_ad
     // Three clients of carol, from three client addresses (one connection each is the limit),
     // through the round-robin frontend: three consecutive connections, three different nodes.
     let mut carols: Vec<_> = (11..=13)
-        .map(|host| upgrade_via(haproxy.round_robin, Ipv4Addr::new(127, 0, 0, host), "carol").expect("carol via HAProxy"))
+        .map(|host| {
+            upgrade_via(haproxy.round_robin, Ipv4Addr::new(127, 0, 0, host), "carol").expect("carol via HAProxy")
+        })
         .collect();
     let per_node = connections_once_settled(&nodes, 3);
     assert_eq!(per_node.iter().sum::<u64>(), 3, "connections per node: {per_node:?}");

@@ -42,11 +42,8 @@ impl Haproxy {
         let (round_robin, first_node) = (free_port(), free_port());
         let dir = std::env::temp_dir().join(format!("wspush-cluster-haproxy-{}-{round_robin}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let servers: String = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, addr)| format!("    server node{i} {addr} send-proxy-v2\n"))
-            .collect();
+        let servers: String =
+            nodes.iter().enumerate().map(|(i, addr)| format!("    server node{i} {addr} send-proxy-v2\n")).collect();
         let config = format!(
             "global\n    maxconn 256\n    nbthread 1\n\
              defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n\
@@ -68,7 +65,9 @@ impl Haproxy {
             .spawn()
             .expect("start haproxy");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", round_robin)).is_err() || TcpStream::connect(("127.0.0.1", first_node)).is_err() {
+        while TcpStream::connect(("127.0.0.1", round_robin)).is_err()
+            || TcpStream::connect(("127.0.0.1", first_node)).is_err()
+        {
             if let Ok(Some(status)) = child.try_wait() {
                 let mut stderr = String::new();
                 let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);

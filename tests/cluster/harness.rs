@@ -58,7 +58,9 @@ pub fn publish_until_ok(node: &Node, user: &str, body: &str, within: Duration) -
         match status {
             200 => return parse_published(node, &answer),
             503 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-            _ => panic!("node {}: publish still answers {status} {answer} after {within:?}\n{}", node.name, node.logs()),
+            _ => {
+                panic!("node {}: publish still answers {status} {answer} after {within:?}\n{}", node.name, node.logs())
+            }
         }
     }
 }
@@ -197,7 +199,9 @@ pub fn assert_silent(ws: &mut Ws, period: Duration) {
         ws.get_ref().set_read_timeout(Some(left)).unwrap();
         match ws.read() {
             Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Err(tungstenite::Error::Io(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+            {
                 break
             }
             other => panic!("expected nothing, got {other:?}"),
@@ -236,7 +240,9 @@ pub fn wait_close(ws: &mut Ws, within: Duration) -> (u16, Vec<String>) {
             Ok(Message::Text(text)) => before.push(text.as_str().to_owned()),
             Ok(other) if other.is_binary() => before.push(format!("{other:?}")),
             Ok(_) => continue,
-            Err(tungstenite::Error::Io(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+            {
                 continue
             }
             Err(e) => panic!("the connection ended without a close frame ({e}); data frames before: {before:?}"),
@@ -251,7 +257,9 @@ pub fn assert_ended(ws: &mut Ws) {
         match ws.read() {
             Ok(Message::Ping(_) | Message::Pong(_)) => continue,
             Ok(other) => panic!("a connection to a dead node delivered {other:?}"),
-            Err(tungstenite::Error::Io(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+            {
                 panic!("a connection to a dead node is still open after {WAIT:?}")
             }
             Err(_) => return,

@@ -34,7 +34,11 @@ pub struct Node {
 }
 
 /// Copies a pipe into a shared string, and each line to `lines` if given.
-fn collect(pipe: impl Read + Send + 'static, into: Arc<Mutex<String>>, lines: Option<mpsc::Sender<String>>) -> JoinHandle<()> {
+fn collect(
+    pipe: impl Read + Send + 'static,
+    into: Arc<Mutex<String>>,
+    lines: Option<mpsc::Sender<String>>,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines().map_while(Result::ok) {
             into.lock().unwrap().push_str(&format!("{line}\n"));
@@ -123,9 +127,9 @@ impl Node {
             Some(since) => format!("/ws?user={user}&since={}", since.replace(':', "%3A")),
             None => format!("/ws?user={user}"),
         };
-        let ws = common::ws_try_connect_with(self.ws, &target, &[("Sec-WebSocket-Protocol", "wspush.v1")])
-            .unwrap_or_else(|status| panic!("node {}: v1 upgrade of {user} refused: {status}\n{}", self.name, self.logs()));
-        ws
+        common::ws_try_connect_with(self.ws, &target, &[("Sec-WebSocket-Protocol", "wspush.v1")]).unwrap_or_else(
+            |status| panic!("node {}: v1 upgrade of {user} refused: {status}\n{}", self.name, self.logs()),
+        )
     }
 
     /// A client without a subprotocol (raw frames).

@@ -65,10 +65,16 @@ impl Redis {
         assert!(self.child.is_none(), "Redis is already running");
         let port = self.port.to_string();
         let mut command = Command::new("redis-server");
-        command
-            .args(["--port", &port, "--bind", "127.0.0.1", "--dir"])
-            .arg(&self.dir)
-            .args(["--save", "", "--daemonize", "no", "--protected-mode", "no", "--logfile", ""]);
+        command.args(["--port", &port, "--bind", "127.0.0.1", "--dir"]).arg(&self.dir).args([
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
+            "--logfile",
+            "",
+        ]);
         if self.aof {
             command.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
@@ -80,7 +86,9 @@ impl Redis {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start redis-server");
-        for pipe in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        for pipe in
+            [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())]
+        {
             let log = Arc::clone(&self.log);
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
@@ -103,7 +111,12 @@ impl Redis {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("redis-server exited ({status}); log:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "redis-server does not answer PING on {}; log:\n{}", self.port, self.log());
+            assert!(
+                Instant::now() < deadline,
+                "redis-server does not answer PING on {}; log:\n{}",
+                self.port,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -195,9 +208,10 @@ impl Redis {
     /// The integer of an integer reply (e.g. DBSIZE, PUBLISH).
     pub fn integer(&self, args: &[&[u8]]) -> i64 {
         let reply = self.command(args);
-        reply.strip_prefix(':').and_then(|rest| rest.trim_end().parse().ok()).unwrap_or_else(|| {
-            panic!("{:?} answered {reply:?}, not an integer", String::from_utf8_lossy(args[0]))
-        })
+        reply
+            .strip_prefix(':')
+            .and_then(|rest| rest.trim_end().parse().ok())
+            .unwrap_or_else(|| panic!("{:?} answered {reply:?}, not an integer", String::from_utf8_lossy(args[0])))
     }
 }
 
