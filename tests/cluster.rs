@@ -185,10 +185,12 @@ fn a_publish_on_one_node_reaches_the_users_connections_on_the_others() {
     assert_eq!((joined.offset, joined.recovered), (0, false), "{joined:?}");
     assert!(!joined.epoch.is_empty(), "history is on: the welcome names an epoch");
     let mut raw = c.connect_raw("alice");
+    let mut second_on_b = b.connect_raw("alice");
     let mut bob = a.connect_raw("bob");
     wait_subscribed(&redis, "alice", 2, SUBSCRIBE);
 
-    // delivered: the two nodes holding alice (B and C), not A where the publish came in.
+    // delivered: the two nodes holding alice (B and C), not her three connections, and not A
+    // where the publish came in.
     assert_eq!(publish_ok(&a, "alice", "m1"), Published { delivered: 2, offset: 1 });
     // The stream's epoch, carried by offset 1 (the welcome's may have been a placeholder).
     let epoch = expect_stream(&mut v1, 1..=1, "m").unwrap();
@@ -199,6 +201,8 @@ fn a_publish_on_one_node_reaches_the_users_connections_on_the_others() {
     }
     expect_stream(&mut v1, 2..=3, "m");
     assert_eq!((ws_text(&mut raw), ws_text(&mut raw)), ("m2".into(), "m3".into()));
+    let on_b: Vec<String> = (0..3).map(|_| ws_text(&mut second_on_b)).collect();
+    assert_eq!(on_b, ["m1", "m2", "m3"]);
     assert_silent(&mut bob, QUIET);
     assert_silent(&mut v1, QUIET);
 }
@@ -314,6 +318,7 @@ fn a_redis_restart_without_aof_makes_clients_resume_into_a_new_epoch() {
     let (code, before) = wait_close(&mut tab, RECONNECT);
     assert_eq!(code, 1012, "close code\n{}", a.logs());
     assert!(before.is_empty(), "frames before the close: {before:?}");
+    drop(tab);
 
     let mut tab = b.connect_v1("alice", Some(&format!("{old_epoch}:3")));
     let resumed = welcome(&mut tab);

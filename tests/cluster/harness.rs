@@ -225,8 +225,8 @@ pub fn ping_pong(ws: &mut Ws) {
     }
 }
 
-/// Reads until the server's close frame, up to `within`; returns its code and the data frames
-/// that came before it.
+/// Reads until the server's close frame, up to `within`, and answers it; returns its code and
+/// the data frames that came before it.
 pub fn wait_close(ws: &mut Ws, within: Duration) -> (u16, Vec<String>) {
     let deadline = Instant::now() + within;
     let mut before = Vec::new();
@@ -235,7 +235,11 @@ pub fn wait_close(ws: &mut Ws, within: Duration) -> (u16, Vec<String>) {
         assert!(!left.is_zero(), "no close frame within {within:?}; data frames before: {before:?}");
         ws.get_ref().set_read_timeout(Some(left)).unwrap();
         match ws.read() {
-            Ok(Message::Close(Some(frame))) => return (u16::from(frame.code), before),
+            Ok(Message::Close(Some(frame))) => {
+                // Answer it (tungstenite queued the reply) so the server closes the connection now.
+                let _ = ws.flush();
+                return (u16::from(frame.code), before);
+            }
             Ok(Message::Close(None)) => panic!("close frame without a code; data frames before: {before:?}"),
             Ok(Message::Text(text)) => before.push(text.as_str().to_owned()),
             Ok(other) if other.is_binary() => before.push(format!("{other:?}")),
