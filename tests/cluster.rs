@@ -7,7 +7,12 @@
 //! With Redis, the admin API's `delivered` counts the NODES that hold a connection of the user
 //! (the PUBLISH reply), not connections. A node subscribes to a user's channel when the user's
 //! first local connection opens; the tests wait for that in Redis (`wait_subscribed`) before a
-//! publish that must reach it, which keeps the user's stream untouched.
+//! publish that must reach it, which keeps the user's stream untouched (this assumes one channel
+//! per user, named after the user ID: see `is_channel_of` in cluster/harness.rs).
+//!
+//! The first three tests check the harnesses themselves and need no `--redis`: the Redis process
+//! harness, the node harness with the wspush.v1 helpers (one wspushd without Redis), and HAProxy
+//! in front of three wspushd without Redis.
 //!
 //! Needs redis-server (skipped with a message without it, unless WSPUSH_REQUIRE_REDIS=1) and, for
 //! the last test, haproxy (likewise, WSPUSH_REQUIRE_HAPROXY=1).
