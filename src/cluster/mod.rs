@@ -120,8 +120,10 @@ pub(crate) struct Bridge {
     stopping: bool,
 }
 
-/// A user's subscription is dropped this long after its last local connection closed.
-const LINGER: Duration = Duration::from_secs(5);
+/// A user's subscription is dropped this long after its last local connection closed: a tab
+/// that reconnects to the same node within it (a reload behind a sticky balancer) costs no
+/// unsubscribe and subscribe, and departures in a storm go out in batches.
+const LINGER: Duration = Duration::from_secs(1);
 
 impl Bridge {
     fn new(setup: BridgeSetup, shared: Arc<Shared>) -> Option<Bridge> {
