@@ -16,6 +16,7 @@ import (
 	"os"
 	"runtime/cgo"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 )
@@ -154,11 +155,26 @@ type publishDone struct {
 	// onCaller: without Redis the library completes the publish on the calling goroutine before
 	// wspush_publish_async returns, while PublishAsync holds the server's read lock. The outcome
 	// is then only recorded here and PublishAsync calls done after releasing the lock, so done
-	// may call anything (Stop included) without waiting for that lock.
+	// may call anything (Stop included) without waiting for that lock. (Should a completion
+	// ever come after PublishAsync returned, it runs done itself: mu and returned decide.)
 	onCaller  bool
-	completed bool
+	mu        sync.Mutex
+	returned  bool // PublishAsync has returned from the C call (onCaller only)
+	completed bool // the outcome was recorded for PublishAsync to deliver (onCaller only)
 	published Published
 	err       error
+}
+
+// callerReturned is PublishAsync's side of onCaller: it runs done if the completion came
+// during the C call.
+func (p *publishDone) callerReturned() {
+	p.mu.Lock()
+	p.returned = true
+	completed := p.completed
+	p.mu.Unlock()
+	if completed {
+		p.run(false)
+	}
 }
 
 // outcomeOf converts a completion's C values into what done receives.
@@ -190,10 +206,17 @@ func wspushGoPublishDone(handle C.uintptr_t, result C.wspush_result, delivered C
 	p := h.Value().(*publishDone)
 	// Called exactly once per accepted publish: the handle is not needed any more.
 	h.Delete()
-	p.published, p.err = outcomeOf(result, delivered, offset)
 	if p.onCaller {
-		p.completed = true // PublishAsync, on this same goroutine, calls done
-		return
+		p.mu.Lock()
+		p.published, p.err = outcomeOf(result, delivered, offset)
+		deferred := !p.returned
+		p.completed = deferred
+		p.mu.Unlock()
+		if deferred {
+			return // PublishAsync calls done once it has let go of the server
+		}
+	} else {
+		p.published, p.err = outcomeOf(result, delivered, offset)
 	}
 	p.run(true)
 }

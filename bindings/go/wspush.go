@@ -755,8 +755,8 @@ func (s *Server) PublishAsync(user []byte, msg []byte, binary bool, done func(Pu
 		handle.Delete()
 		return err
 	}
-	if completion.completed {
-		completion.run(false)
+	if completion.onCaller {
+		completion.callerReturned()
 	}
 	return nil
 }
