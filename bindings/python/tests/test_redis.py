@@ -403,3 +403,42 @@ def test_two_nodes_share_a_user_through_redis_until_redis_dies(make_server, redi
     node_a.free()
     node_b.free()
     assert time.monotonic() - started < 5, "stopping does not wait for the dead Redis"
+
+
+def test_a_completion_on_the_redis_thread_may_use_the_server_but_not_wait_or_free(make_server, redis_server):
+    server = make_server(redis_url=redis_server.url, history_max_messages=10)
+    inside: dict = {}
+    finished = threading.Event()
+
+    def done(outcome: Outcome) -> None:
+        inside["outcome"] = outcome
+        for name, call in (
+            ("publish_wait", lambda: server.publish_wait("alice", "b", timeout=1)),
+            ("free", server.free),
+            ("publish_async", lambda: server.publish_async("alice", "c", lambda _: None)),
+            ("stop", server.stop),  # only starts the stop on this thread
+        ):
+            try:
+                inside[name] = call()
+            except wspush.WspushError as error:
+                inside[name] = error
+        finished.set()
+
+    server.publish_async("alice", "a", done)
+    assert finished.wait(5), "done not called"
+    assert inside["outcome"] == wspush.Published(delivered=0, offset=1)
+    assert isinstance(inside["publish_wait"], wspush.InCallbackError), inside
+    assert isinstance(inside["free"], wspush.InCallbackError), inside
+    assert inside["publish_async"] is None and inside["stop"] is None, inside
+    wait_until(lambda: _raises_stopped(server), timeout=5, what="the stop started in done to take effect")
+    started = time.monotonic()
+    server.free()
+    assert time.monotonic() - started < 5
+
+
+def _raises_stopped(server: wspush.Server) -> bool:
+    try:
+        server.publish("alice", "probe")
+    except wspush.StoppedError:
+        return True
+    return False
