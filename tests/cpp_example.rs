@@ -110,3 +110,106 @@ fn cpp_host_reports_a_busy_port_and_exits_1() {
     host.expect_line("push_server: is another process listening on ");
     assert_eq!(host.wait_exit().code(), Some(1));
 }
+
+/// A redis-server child, killed (SIGKILL) when dropped: a failing test leaves none behind.
+struct Redis(std::process::Child);
+
+impl Redis {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A throwaway redis-server (no persistence) on a free port; None (the test skips) when
+/// redis-server is not on PATH, unless WSPUSH_REQUIRE_REDIS=1.
+fn start_redis() -> Option<(Redis, u16)> {
+    use std::process::{Command, Stdio};
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let spawned = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .current_dir(tmp_dir())
+        .stdout(Stdio::null())
+        .spawn();
+    let redis = match spawned {
+        Ok(redis) => Redis(redis),
+        Err(e) if std::env::var("WSPUSH_REQUIRE_REDIS").as_deref() == Ok("1") => {
+            panic!("WSPUSH_REQUIRE_REDIS=1 but redis-server could not be started: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: redis-server not available ({e}); WSPUSH_REQUIRE_REDIS=1 makes this a failure");
+            return None;
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if redis_command(port, &["PING"]).is_ok_and(|reply| reply == "+PONG\r\n") {
+            return Some((redis, port));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(redis);
+    panic!("redis-server did not answer PING on port {port}");
+}
+
+/// One command on a fresh connection; the raw reply (small replies only).
+fn redis_command(port: u16, args: &[&str]) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request += &format!("${}\r\n{arg}\r\n", arg.len());
+    }
+    stream.write_all(request.as_bytes())?;
+    let mut reply = vec![0; 512];
+    let n = stream.read(&mut reply)?;
+    Ok(String::from_utf8_lossy(&reply[..n]).into_owned())
+}
+
+/// Two C++ hosts share alice through Redis (WSPUSH_REDIS_URL): a line published on A reaches her
+/// tab on B, publish_wait counts one node and Redis numbers the message; once Redis is killed,
+/// publish_wait reports WSPUSH_RESULT_UNAVAILABLE within the host's 500 ms Redis timeout.
+#[test]
+fn cpp_hosts_share_users_through_redis() {
+    let Some((mut redis, redis_port)) = start_redis() else { return };
+    let host_with_redis = || {
+        let mut command = std::process::Command::new(example_binary());
+        command.arg("127.0.0.1:0").env("WSPUSH_REDIS_URL", format!("redis://127.0.0.1:{redis_port}"));
+        Host::port_of(Host::spawn_command(command))
+    };
+    let (mut host_a, _) = host_with_redis();
+    let (mut host_b, port_b) = host_with_redis();
+
+    let mut alice = connect(port_b, "user=alice&token=alice-secret").unwrap();
+    assert_eq!(read_text(&mut alice), "welcome alice");
+    // B subscribes to alice's channel (named as in src/redis/keys.rs); watched in Redis, since a
+    // probing publish would take an offset.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while !redis_command(redis_port, &["PUBSUB", "SHARDNUMSUB", "wspush:{u:alice}:c"]).unwrap().ends_with(":1\r\n") {
+        assert!(std::time::Instant::now() < deadline, "host B did not subscribe to alice");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+
+    host_a.write_stdin("alice\thello through redis\n");
+    assert_eq!(host_a.expect_line("publish user=alice"), "publish user=alice delivered=1 offset=1");
+    assert_eq!(read_text(&mut alice), "hello through redis");
+
+    redis.kill(); // SIGKILL
+    let started = std::time::Instant::now();
+    host_a.write_stdin("alice\tafter the kill\n");
+    let line = host_a.expect_line("publish user=alice");
+    assert!(line.starts_with("publish user=alice failed: wspush:16 ("), "{line}");
+    assert!(started.elapsed() < std::time::Duration::from_millis(1500), "took {:?}", started.elapsed());
+
+    host_a.close_stdin();
+    host_b.close_stdin();
+    expect_going_away(&mut alice);
+    assert_eq!(host_a.wait_exit().code(), Some(0));
+    assert_eq!(host_b.wait_exit().code(), Some(0));
+}

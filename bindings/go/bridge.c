@@ -1,4 +1,5 @@
 // C side of the Go binding; see bridge.h.
+#include <stdlib.h>
 #include <string.h>
 
 #include "bridge.h"
@@ -107,6 +108,44 @@ wspush_go_published wspush_go_publish_with_offset(const wspush_server *server, c
     out.result =
         wspush_publish_with_offset(server, user, user_len, payload, payload_len, kind, &out.delivered, &out.offset);
     return out;
+}
+
+wspush_go_published wspush_go_publish_wait(const wspush_server *server, const uint8_t *user, size_t user_len,
+                                           const uint8_t *payload, size_t payload_len, wspush_message_kind kind,
+                                           uint64_t timeout_ms) {
+    wspush_go_published out = {0, 0, 0};
+    out.result = wspush_publish_wait(server, user, user_len, payload, payload_len, kind, timeout_ms, &out.delivered,
+                                     &out.offset);
+    return out;
+}
+
+// What a publish completion needs: the Go completion's cgo.Handle, and the server, to mark the
+// thread as inside one of its callbacks while Go runs (Stop there must only start the stop).
+typedef struct publish_done_context {
+    uintptr_t handle;
+    const wspush_server *server;
+} publish_done_context;
+
+static void publish_done(void *userdata, wspush_result result, size_t delivered, uint64_t offset) {
+    publish_done_context *context = userdata;
+    const wspush_server *outer = running_callback_server;
+    running_callback_server = context->server;
+    wspushGoPublishDone(context->handle, result, delivered, offset);
+    running_callback_server = outer;
+    free(context);
+}
+
+wspush_result wspush_go_publish_async(const wspush_server *server, const uint8_t *user, size_t user_len,
+                                      const uint8_t *payload, size_t payload_len, wspush_message_kind kind,
+                                      uintptr_t handle) {
+    publish_done_context *context = malloc(sizeof *context);
+    if (context == NULL) return WSPUSH_RESULT_IO;
+    context->handle = handle;
+    context->server = server;
+    wspush_result result = wspush_publish_async(server, user, user_len, payload, payload_len, kind, publish_done, context);
+    // Refused: publish_done will not run (and, without Redis, has not).
+    if (result != WSPUSH_RESULT_OK) free(context);
+    return result;
 }
 
 wspush_go_counted wspush_go_broadcast(const wspush_server *server, const uint8_t *payload, size_t payload_len,

@@ -68,6 +68,17 @@ typedef struct wspush_go_published {
 wspush_go_published wspush_go_publish_with_offset(const wspush_server *server, const uint8_t *user,
                                                   size_t user_len, const uint8_t *payload, size_t payload_len,
                                                   wspush_message_kind kind);
+/* wspush_publish_wait with both of its out-parameters. */
+wspush_go_published wspush_go_publish_wait(const wspush_server *server, const uint8_t *user, size_t user_len,
+                                           const uint8_t *payload, size_t payload_len, wspush_message_kind kind,
+                                           uint64_t timeout_ms);
+/* wspush_publish_async whose completion calls the exported wspushGoPublishDone with `handle` (the
+ * cgo.Handle of the Go completion), marking the thread as inside a callback of `server` meanwhile
+ * (see wspush_go_callback_server). When this returns an error the completion will never run and
+ * the handle is still the caller's to delete. */
+wspush_result wspush_go_publish_async(const wspush_server *server, const uint8_t *user, size_t user_len,
+                                      const uint8_t *payload, size_t payload_len, wspush_message_kind kind,
+                                      uintptr_t handle);
 wspush_go_counted wspush_go_broadcast(const wspush_server *server, const uint8_t *payload, size_t payload_len,
                                       wspush_message_kind kind);
 wspush_go_counted wspush_go_disconnect_user(const wspush_server *server, const uint8_t *user, size_t user_len,

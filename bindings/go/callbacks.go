@@ -11,10 +11,12 @@ import "C"
 
 import (
 	"fmt"
+	"log"
 	"math"
 	"os"
 	"runtime/cgo"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 )
@@ -144,4 +146,77 @@ func wspushGoOnDrop(handle C.uintptr_t, server *C.wspush_server, conn C.uint64_t
 	defer state.recoverHandler("drop", &returned)
 	state.handler.OnDrop(state.server, ConnID(conn), copyBytes(user, userLen), int(droppedBytes))
 	returned = true
+}
+
+// publishDone is a PublishAsync completion, reached from C through its cgo.Handle.
+type publishDone struct {
+	done     func(Published, error)
+	errorLog *log.Logger
+	// onCaller: without Redis the library completes the publish on the calling goroutine before
+	// wspush_publish_async returns, while PublishAsync holds the server's read lock. The outcome
+	// is then only recorded here and PublishAsync calls done after releasing the lock, so done
+	// may call anything (Stop included) without waiting for that lock. (Should a completion
+	// ever come after PublishAsync returned, it runs done itself: mu and returned decide.)
+	onCaller  bool
+	mu        sync.Mutex
+	returned  bool // PublishAsync has returned from the C call (onCaller only)
+	completed bool // the outcome was recorded for PublishAsync to deliver (onCaller only)
+	published Published
+	err       error
+}
+
+// callerReturned is PublishAsync's side of onCaller: it runs done if the completion came
+// during the C call.
+func (p *publishDone) callerReturned() {
+	p.mu.Lock()
+	p.returned = true
+	completed := p.completed
+	p.mu.Unlock()
+	if completed {
+		p.run(false)
+	}
+}
+
+// outcomeOf converts a completion's C values into what done receives.
+func outcomeOf(result C.wspush_result, delivered C.size_t, offset C.uint64_t) (Published, error) {
+	if err := check("PublishAsync", result); err != nil {
+		return Published{}, err
+	}
+	return Published{Delivered: int(delivered), Offset: uint64(offset)}, nil
+}
+
+// run calls done, recovering (and logging) a panic: on the engine's Redis thread it must not
+// unwind into the engine, and on the caller it must not leave PublishAsync half done.
+func (p *publishDone) run(onEngineThread bool) {
+	returned := false
+	defer func() {
+		if recovered := recover(); recovered != nil {
+			p.errorLog.Printf("wspush: panic in PublishAsync completion (recovered): %v\n%s", recovered, debug.Stack())
+		} else if !returned && onEngineThread {
+			(&serverState{errorLog: p.errorLog}).reportGoexit("PublishAsync completion")
+		}
+	}()
+	p.done(p.published, p.err)
+	returned = true
+}
+
+//export wspushGoPublishDone
+func wspushGoPublishDone(handle C.uintptr_t, result C.wspush_result, delivered C.size_t, offset C.uint64_t) {
+	h := cgo.Handle(handle)
+	p := h.Value().(*publishDone)
+	// Called exactly once per accepted publish: the handle is not needed any more.
+	h.Delete()
+	if p.onCaller {
+		p.mu.Lock()
+		p.published, p.err = outcomeOf(result, delivered, offset)
+		deferred := !p.returned
+		p.completed = deferred
+		p.mu.Unlock()
+		if deferred {
+			return // PublishAsync calls done once it has let go of the server
+		}
+	} else {
+		p.published, p.err = outcomeOf(result, delivered, offset)
+	}
+	p.run(true)
 }

@@ -41,10 +41,15 @@ const (
 	ResultStopped Result = 12
 	// ResultIO: the engine could not create its threads or pollers.
 	ResultIO Result = 13
-	// ResultInCallback: the call is not allowed from inside a callback of this server.
+	// ResultInCallback: the call is not allowed from inside a callback of this server, or would
+	// wait for the thread it runs on (PublishWait inside a PublishAsync completion).
 	ResultInCallback Result = 14
 	// ResultPanic: a bug in wspush was caught at the C boundary.
 	ResultPanic Result = 15
+	// ResultUnavailable: Redis (Config.RedisURL) did not confirm a publish within
+	// Config.RedisTimeout, or is known to be unreachable. The message may still be applied
+	// (then delivered and numbered like any other).
+	ResultUnavailable Result = 16
 )
 
 // The numbers above are the header's; these fail to compile if a value ever differed.
@@ -65,6 +70,7 @@ var (
 	_ = [1]struct{}{}[ResultIO-C.WSPUSH_RESULT_IO]
 	_ = [1]struct{}{}[ResultInCallback-C.WSPUSH_RESULT_IN_CALLBACK]
 	_ = [1]struct{}{}[ResultPanic-C.WSPUSH_RESULT_PANIC]
+	_ = [1]struct{}{}[ResultUnavailable-C.WSPUSH_RESULT_UNAVAILABLE]
 )
 
 // String describes the code in English, as wspush_result_str does.
@@ -128,6 +134,10 @@ var (
 	ErrInCallback = &Error{Code: ResultInCallback}
 	// ErrPanic matches errors with ResultPanic: a bug in wspush.
 	ErrPanic = &Error{Code: ResultPanic}
+	// ErrUnavailable matches errors with ResultUnavailable: Redis did not confirm the publish
+	// in time or is unreachable. Not "not sent": the message may still be applied, so a retry
+	// may deliver it twice.
+	ErrUnavailable = &Error{Code: ResultUnavailable}
 )
 
 // ErrRequestOutsideHandler is returned by Request methods called outside the handler that

@@ -34,6 +34,15 @@
 // A panic in a handler is recovered and logged (to Config.ErrorLog); in OnUpgrade the
 // connection is then rejected with HTTP 500.
 //
+// # Several nodes
+//
+// With Config.RedisURL several servers share users through Redis: a publish on any node
+// reaches the user's connections on every node. Publish then only queues the message;
+// Server.PublishWait and Server.PublishAsync tell the outcome, where Published.Delivered counts
+// the NODES holding a connection of the user, and ErrUnavailable means Redis did not confirm in
+// time (the message may still be applied). PublishAsync completions run on the engine's Redis
+// thread, with the same rules as handlers.
+//
 // # Never runtime.Goexit in a handler
 //
 // A handler must return (or panic); it must not call runtime.Goexit, and so, in tests, not
@@ -201,8 +210,18 @@ type Config struct {
 	HistoryTTL time.Duration
 	// HistoryMaxBytes: bytes all users' histories together may take, payloads plus bookkeeping
 	// (Stats.HistoryBytes); past it the least recently published users' streams are dropped
-	// whole [64 MiB].
+	// whole [64 MiB]. Does not apply with RedisURL (Redis's maxmemory does).
 	HistoryMaxBytes int
+	// RedisURL, when not empty, makes several servers ("nodes", in one or several processes)
+	// share users through Redis: "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]" (else Start returns
+	// ErrInvalidArgument). A publish on any node then reaches the user's connections on every
+	// node, history (when on) is kept in Redis, and Publish only queues the message (it returns
+	// 0): PublishWait and PublishAsync tell the outcome [off].
+	RedisURL string
+	// RedisTimeout is how long Redis may take to answer before a publish fails with
+	// ErrUnavailable (the message may still be applied) and the connection to Redis is remade;
+	// at least 10ms, rounded up to whole milliseconds [2s].
+	RedisTimeout time.Duration
 	// Handler receives the server's events. Without one (nil, or a HandlerFuncs with a nil
 	// Upgrade), upgrades get DefaultUpgrade: a valid JWT (JWTHS256Secret) opens as its sub,
 	// anything else gets 401. If it also implements HTTPHandler, it answers plain HTTP
@@ -247,9 +266,12 @@ type Stats struct {
 	RecoveryFailuresTotal   uint64 `json:"recovery_failures_total"`      // resumes not honoured (other epoch, trimmed, expired, too large): the client resets
 }
 
-// Published is what Server.PublishWithOffset did.
+// Published is what Server.PublishWithOffset, Server.PublishWait or Server.PublishAsync did.
 type Published struct {
 	// Delivered is how many connections the message was queued to (0 when the user has none).
+	// With Redis (Config.RedisURL; PublishWait and PublishAsync) it is the number of NODES
+	// (servers sharing the Redis) holding a connection of the user, each of which got the
+	// message.
 	Delivered int
 	// Offset is the message's offset in the user's history stream: 1, 2, 3, ... per user (from 1
 	// again when the stream starts a new epoch), 0 when history is off (Config.HistoryMaxMessages).
@@ -282,6 +304,10 @@ type Server struct {
 	// Written before done is closed.
 	finalStats Stats
 	stopErr    error
+	// redis: started with Config.RedisURL (publish completions then run on the Redis thread).
+	redis bool
+	// errorLog receives panics recovered in PublishAsync completions (Config.ErrorLog).
+	errorLog *log.Logger
 }
 
 // afterCStart, when set (by tests), runs in Start between wspush_server_start and the moment
@@ -320,11 +346,12 @@ func Start(config Config) (*Server, error) {
 		return nil, err
 	}
 
-	server := &Server{started: make(chan struct{}), done: make(chan struct{})}
+	server := &Server{started: make(chan struct{}), done: make(chan struct{}), redis: config.RedisURL != ""}
 	state := &serverState{server: server, handler: config.Handler, errorLog: config.ErrorLog}
 	if state.errorLog == nil {
 		state.errorLog = log.Default()
 	}
+	server.errorLog = state.errorLog
 	mask := callbackMask(config.Handler)
 	if h, ok := config.Handler.(HTTPHandler); ok && mask&C.WSPUSH_GO_ON_HTTP != 0 {
 		state.http = h
@@ -510,6 +537,9 @@ func applyConfig(cfg *C.wspush_config, config *Config) error {
 		{"HistoryTTL", config.HistoryTTL, func(c *C.wspush_config, v C.uint64_t) C.wspush_result {
 			return C.wspush_config_set_history_ttl_ms(c, v)
 		}},
+		{"RedisTimeout", config.RedisTimeout, func(c *C.wspush_config, v C.uint64_t) C.wspush_result {
+			return C.wspush_config_set_redis_timeout_ms(c, v)
+		}},
 	}
 	for _, duration := range durations {
 		if duration.value < 0 {
@@ -548,6 +578,12 @@ func applyConfig(cfg *C.wspush_config, config *Config) error {
 	}
 	if config.ThreadStackSize > 0 {
 		if err := check("Config.ThreadStackSize", C.wspush_config_set_thread_stack_size(cfg, C.size_t(config.ThreadStackSize))); err != nil {
+			return err
+		}
+	}
+	if config.RedisURL != "" {
+		// The error names the field only: the URL may carry a password.
+		if err := check("Config.RedisURL", C.wspush_config_set_redis_url(cfg, strPtr(config.RedisURL), C.size_t(len(config.RedisURL)))); err != nil {
 			return err
 		}
 	}
@@ -628,7 +664,10 @@ func (s *Server) Port() int {
 // Publish sends msg to every open connection of user (1 to MaxUserIDLen bytes, no NUL), as a
 // binary or text message (text must be UTF-8; it is not checked). It returns how many connections
 // it was queued to: 0 when the user has none. Messages published by one goroutine reach each
-// connection in publish order. msg is copied; the caller may reuse it.
+// connection in publish order. msg is copied; the caller may reuse it. With Redis
+// (Config.RedisURL) it only queues the message for Redis and returns 0 (ErrUnavailable when Redis
+// has been unreachable for longer than Config.RedisTimeout): PublishWait and PublishAsync tell
+// the outcome.
 func (s *Server) Publish(user []byte, msg []byte, binary bool) (int, error) {
 	ptr := s.acquire()
 	if ptr == nil {
@@ -653,6 +692,73 @@ func (s *Server) PublishWithOffset(user []byte, msg []byte, binary bool) (Publis
 		return Published{}, err
 	}
 	return Published{Delivered: int(out.delivered), Offset: uint64(out.offset)}, nil
+}
+
+// maxTimeoutMs is WSPUSH_MAX_TIMEOUT_MS, the longest timeout the library takes.
+const maxTimeoutMs = math.MaxUint32
+
+// PublishWait publishes like Publish and waits for the outcome, at most timeout (0: as long as
+// Config.RedisTimeout allows; never longer than that). With Redis (Config.RedisURL)
+// Published.Delivered is the number of NODES holding a connection of the user (each got the
+// message) and Published.Offset the message's offset in the user's stream (0 with history off).
+// ErrUnavailable when Redis did not confirm in time or is unreachable: the message may still be
+// applied. Without Redis it is PublishWithOffset and does not wait. It blocks the calling
+// goroutine's thread; inside a PublishAsync completion of this server it returns ErrInCallback.
+// A negative timeout is ErrInvalidArgument.
+func (s *Server) PublishWait(user []byte, msg []byte, binary bool, timeout time.Duration) (Published, error) {
+	if timeout < 0 {
+		return Published{}, &Error{Code: ResultInvalidArgument, Op: "PublishWait"}
+	}
+	ms := uint64(maxTimeoutMs)
+	if timeout > 0 {
+		// Rounded up so that a positive sub-millisecond timeout does not become 0.
+		ms = min(uint64((timeout+time.Millisecond-1)/time.Millisecond), maxTimeoutMs)
+	}
+	ptr := s.acquire()
+	if ptr == nil {
+		return Published{}, &Error{Code: ResultStopped, Op: "PublishWait"}
+	}
+	out := C.wspush_go_publish_wait(ptr, bytesPtr(user), C.size_t(len(user)), bytesPtr(msg), C.size_t(len(msg)), messageKind(binary), C.uint64_t(ms))
+	s.lifetime.RUnlock()
+	if err := check("PublishWait", out.result); err != nil {
+		return Published{}, err
+	}
+	return Published{Delivered: int(out.delivered), Offset: uint64(out.offset)}, nil
+}
+
+// PublishAsync publishes like Publish without waiting, and calls done exactly once with the
+// outcome: a Published as PublishWait returns it, or the error (ErrUnavailable: Redis did not
+// confirm in time, the message may still be applied; ErrStopped). It returns nil when the
+// publish was accepted; an error returned here (as Publish returns, plus ErrUnavailable when
+// Redis is known to be unreachable or too much already waits for it) means done is never
+// called.
+//
+// Without Redis done runs on the calling goroutine before PublishAsync returns. With Redis it
+// runs later on the engine's Redis thread, like a handler (keep it short: it holds up the other
+// completions; never runtime.Goexit, see the package documentation); there it may call any
+// method except PublishWait (ErrInCallback), and Stop only starts the stop. A panic in done is
+// recovered and logged to Config.ErrorLog. msg is copied; the caller may reuse it.
+func (s *Server) PublishAsync(user []byte, msg []byte, binary bool, done func(Published, error)) error {
+	if done == nil {
+		return &Error{Code: ResultNullArgument, Op: "PublishAsync"}
+	}
+	ptr := s.acquire()
+	if ptr == nil {
+		return &Error{Code: ResultStopped, Op: "PublishAsync"}
+	}
+	completion := &publishDone{done: done, errorLog: s.errorLog, onCaller: !s.redis}
+	handle := cgo.NewHandle(completion)
+	result := C.wspush_go_publish_async(ptr, bytesPtr(user), C.size_t(len(user)), bytesPtr(msg), C.size_t(len(msg)), messageKind(binary), C.uintptr_t(handle))
+	s.lifetime.RUnlock()
+	if err := check("PublishAsync", result); err != nil {
+		// Refused: the completion will never run, so the handle is still ours.
+		handle.Delete()
+		return err
+	}
+	if completion.onCaller {
+		completion.callerReturned()
+	}
+	return nil
 }
 
 // Broadcast sends msg to every open connection and returns how many were open.

@@ -5,7 +5,9 @@
  * stands in for real session checks) and are sent a welcome message. Lines on stdin of the form
  * "user<TAB>message" are published to every connection of that user. SIGINT/SIGTERM or the end
  * of stdin stops the server gracefully (clients get close code 1001); the exit status is then 0.
- * GET /health answers "ok".
+ * GET /health answers "ok". With WSPUSH_REDIS_URL=redis://HOST:PORT in the environment, several
+ * push_server processes share users through Redis: a line published on any of them reaches the
+ * user's tabs on all of them, and "delivered" then counts the processes (nodes) holding a tab.
  *
  * The RAII wrapper is examples/cpp/wspush.hpp (errors: setup throws wspush::Error, running calls
  * return std::error_code; see there).
@@ -27,6 +29,7 @@
 #include <cstdarg>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <map>
@@ -129,8 +132,11 @@ void publish_line(const wspush::ServerRef &server, std::string_view line) {
     std::string_view user = line.substr(0, tab);
     size_t delivered = 0;
     uint64_t offset = 0;
-    if (std::error_code failed = server.publish_with_offset(user, line.substr(tab + 1), &delivered, &offset)) {
-        // E.g. an empty or too long user ID: report it, keep serving.
+    // Waits for Redis when there is one (WSPUSH_REDIS_URL); without, it returns at once.
+    if (std::error_code failed =
+            server.publish_wait(user, line.substr(tab + 1), std::chrono::seconds(1), &delivered, &offset)) {
+        // E.g. an empty or too long user ID, or WSPUSH_RESULT_UNAVAILABLE (Redis did not confirm:
+        // the message may still arrive): report it, keep serving.
         log_line("publish user=%.*s failed: %s:%d (%s)", len(user), user.data(), failed.category().name(),
                  failed.value(), failed.message().c_str());
         return;
@@ -222,6 +228,9 @@ int main(int argc, char **argv) {
             .drain_timeout(std::chrono::seconds(1))
             .history(100) // a tab that reconnects with wspush.v1 gets what it missed
             .handlers(make_handlers(app));
+        if (const char *redis = std::getenv("WSPUSH_REDIS_URL"); redis != nullptr && *redis != '\0') {
+            config.redis_url(redis).redis_timeout(std::chrono::milliseconds(500));
+        }
         wspush::PushServer server = wspush::PushServer::start(std::move(config));
         log_line("listening on port %u", static_cast<unsigned>(server.port()));
 

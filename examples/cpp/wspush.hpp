@@ -12,6 +12,14 @@
 //   - UpgradeRequest / HttpRequest: the borrowed request of one callback, with string_view
 //                       accessors.
 //
+// SEVERAL NODES (Redis): Config::redis_url makes several servers share users through Redis; a
+// publish on any node reaches the user's connections on every node. ServerRef::publish then only
+// queues the message (delivered 0); ServerRef::publish_wait waits for Redis and tells how many
+// NODES hold a connection of the user and the message's offset. WSPUSH_RESULT_UNAVAILABLE means
+// Redis did not confirm in time: the message may still be applied (a retry may deliver it twice).
+// Without Redis publish_wait is publish_with_offset. For completions without blocking, call
+// wspush_publish_async on ServerRef::raw() (its callback must not throw).
+//
 // ERRORS (a deliberate split):
 //   - Setting up (Config setters, PushServer::start) throws wspush::Error, a std::system_error
 //     whose code() is in wspush::category(): a bad listen address or a port in use is fatal at
@@ -91,6 +99,16 @@ inline std::string_view view(const uint8_t *data, size_t len) noexcept {
     return {reinterpret_cast<const char *>(data), len};
 }
 
+/// A duration as the C API's milliseconds: negative counts as 0, longer than the library takes
+/// as WSPUSH_MAX_TIMEOUT_MS.
+inline uint64_t timeout_ms(std::chrono::milliseconds duration) noexcept {
+    if (duration.count() < 0) {
+        return 0;
+    }
+    return static_cast<uint64_t>(duration.count()) > WSPUSH_MAX_TIMEOUT_MS ? WSPUSH_MAX_TIMEOUT_MS
+                                                                            : static_cast<uint64_t>(duration.count());
+}
+
 }  // namespace detail
 
 enum class MessageKind : wspush_message_kind { Text = WSPUSH_MESSAGE_KIND_TEXT, Binary = WSPUSH_MESSAGE_KIND_BINARY };
@@ -115,6 +133,22 @@ public:
                                         uint64_t *offset, MessageKind kind = MessageKind::Text) const noexcept {
         return wspush_publish_with_offset(server_, detail::bytes(user), user.size(), detail::bytes(payload),
                                           payload.size(), static_cast<wspush_message_kind>(kind), delivered, offset);
+    }
+
+    /// Publishes and waits for the outcome, at most `timeout` and never longer than the Redis
+    /// timeout (Config::redis_timeout). With Redis (Config::redis_url) `delivered` (optional) gets
+    /// the number of NODES holding a connection of `user`, each of which got the message, and
+    /// `offset` (optional) its offset in the user's stream (0 with history off);
+    /// WSPUSH_RESULT_UNAVAILABLE when Redis did not confirm in time or is unreachable (the
+    /// message may still be applied). Without Redis it is `publish_with_offset` and does not
+    /// wait. Blocks the calling thread: call it from the host's threads (in a connection
+    /// callback it stalls that I/O thread meanwhile).
+    std::error_code publish_wait(std::string_view user, std::string_view payload, std::chrono::milliseconds timeout,
+                                 size_t *delivered = nullptr, uint64_t *offset = nullptr,
+                                 MessageKind kind = MessageKind::Text) const noexcept {
+        return wspush_publish_wait(server_, detail::bytes(user), user.size(), detail::bytes(payload), payload.size(),
+                                   static_cast<wspush_message_kind>(kind), detail::timeout_ms(timeout), delivered,
+                                   offset);
     }
 
     std::error_code broadcast(std::string_view payload, size_t *count = nullptr,
@@ -160,6 +194,9 @@ public:
 
     /// Graceful stop (close with 1001, drain); blocks until done except inside a callback.
     std::error_code stop() const noexcept { return wspush_server_stop(server_); }
+
+    /// The C server, for calls this wrapper does not cover (e.g. wspush_publish_async).
+    const wspush_server *raw() const noexcept { return server_; }
 
 protected:
     const wspush_server *server_;
@@ -372,6 +409,21 @@ public:
         detail::check(wspush_config_set_history_max_messages(raw(), max_messages), "history messages");
         detail::check(wspush_config_set_history_ttl_ms(raw(), millis(ttl)), "history ttl");
         detail::check(wspush_config_set_history_max_bytes(raw(), max_bytes), "history bytes");
+        return *this;
+    }
+    /// Several nodes sharing users through Redis: `url` is
+    /// "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]" (empty = off, the default). A publish on any
+    /// node then reaches the user's connections on every node, history (when on) is kept in
+    /// Redis, and `publish` only queues (see ServerRef::publish_wait). Throws (INVALID_ARGUMENT)
+    /// for a malformed URL; the message never contains the URL (it may hold a password).
+    Config &redis_url(std::string_view url) {
+        detail::check(wspush_config_set_redis_url(raw(), url.data(), url.size()), "redis url");
+        return *this;
+    }
+    /// How long Redis may take to answer before a publish fails with WSPUSH_RESULT_UNAVAILABLE
+    /// and the connection to Redis is remade (default 2 s, at least 10 ms).
+    Config &redis_timeout(std::chrono::milliseconds timeout) {
+        detail::check(wspush_config_set_redis_timeout_ms(raw(), millis(timeout)), "redis timeout");
         return *this;
     }
     Config &handlers(Handlers handlers) {

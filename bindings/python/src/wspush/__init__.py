@@ -14,6 +14,9 @@ Example::
 
     with wspush.Server("127.0.0.1:8080", on_upgrade=on_upgrade) as server:
         server.publish("alice", "you have mail")   # str -> text, bytes -> binary
+
+Several processes share users through Redis with ``redis_url="redis://host:6379"``; then
+``publish_wait`` and ``publish_async`` tell each publish's outcome.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ._errors import (
     PanicError,
     Result,
     StoppedError,
+    UnavailableError,
     WspushError,
     result_str,
 )
@@ -46,6 +50,7 @@ from ._server import (
     MessageCallback,
     OpenCallback,
     Payload,
+    PublishDoneCallback,
     Published,
     Request,
     Server,
@@ -81,7 +86,7 @@ for _public in (
     InvalidCloseCodeError, InvalidCloseReasonError, InvalidStatusError, InvalidUserIdError,
     InvalidUtf8Error, LibraryNotFoundError, MessageTooLargeError, NotFoundError,
     NullArgumentError, PanicError, Published, Request, Result, Server, Stats, StoppedError,
-    WspushError,
+    UnavailableError, WspushError,
 ):
     _public.__module__ = __name__
 del _public
@@ -110,12 +115,14 @@ __all__ = [
     "OpenCallback",
     "PanicError",
     "Payload",
+    "PublishDoneCallback",
     "Published",
     "Request",
     "Result",
     "Server",
     "Stats",
     "StoppedError",
+    "UnavailableError",
     "UpgradeCallback",
     "UserId",
     "WspushError",

@@ -27,6 +27,7 @@ class Result(enum.IntEnum):
     IO = 13
     IN_CALLBACK = 14
     PANIC = 15
+    UNAVAILABLE = 16
 
 
 def result_str(code: int) -> str:
@@ -108,11 +109,18 @@ class EngineIOError(WspushError):
 
 
 class InCallbackError(WspushError):
-    """IN_CALLBACK: not allowed inside a callback of this server (``free``)."""
+    """IN_CALLBACK: not allowed inside a callback of this server (``free``), or a call that would
+    wait for the thread it runs on (``publish_wait`` inside a ``publish_async`` completion)."""
 
 
 class PanicError(WspushError):
     """PANIC: a bug in wspush was caught at the C boundary."""
+
+
+class UnavailableError(WspushError):
+    """UNAVAILABLE: Redis (``redis_url``) did not confirm a publish within ``redis_timeout_ms``,
+    or is known to be unreachable. The message may still be applied (then it is delivered and
+    numbered like any other): retrying may deliver it twice."""
 
 
 _ERROR_CLASSES: dict[int, type[WspushError]] = {
@@ -131,6 +139,7 @@ _ERROR_CLASSES: dict[int, type[WspushError]] = {
     Result.IO: EngineIOError,
     Result.IN_CALLBACK: InCallbackError,
     Result.PANIC: PanicError,
+    Result.UNAVAILABLE: UnavailableError,
 }
 
 

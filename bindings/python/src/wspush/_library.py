@@ -100,6 +100,8 @@ ON_MESSAGE = CFUNCTYPE(None, c_void_p, c_void_p, c_uint64, c_void_p, c_size_t, c
 ON_CLOSE = CFUNCTYPE(None, c_void_p, c_void_p, c_uint64, c_void_p, c_size_t, c_uint16)
 ON_DROP = CFUNCTYPE(None, c_void_p, c_void_p, c_uint64, c_void_p, c_size_t, c_size_t)
 ON_HTTP = CFUNCTYPE(None, c_void_p, c_void_p, c_void_p)
+# wspush_publish_done_fn(userdata, result, delivered, offset)
+PUBLISH_DONE = CFUNCTYPE(None, c_void_p, c_uint32, c_size_t, c_uint64)
 
 
 class Callbacks(Structure):
@@ -158,6 +160,8 @@ _PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "wspush_config_set_history_max_messages": (_R, [_P, c_size_t]),
     "wspush_config_set_history_ttl_ms": (_R, [_P, c_uint64]),
     "wspush_config_set_history_max_bytes": (_R, [_P, c_size_t]),
+    "wspush_config_set_redis_url": (_R, [_P, c_char_p, c_size_t]),
+    "wspush_config_set_redis_timeout_ms": (_R, [_P, c_uint64]),
     "wspush_config_set_callbacks": (_R, [_P, POINTER(Callbacks)]),
     "wspush_request_method": (_R, [_P, _OUT_STR, _OUT_LEN]),
     "wspush_request_path": (_R, [_P, _OUT_STR, _OUT_LEN]),
@@ -182,6 +186,11 @@ _PROTOTYPES: dict[str, tuple[object, list[object]]] = {
         _R,
         [_P, c_char_p, c_size_t, c_char_p, c_size_t, c_uint32, _OUT_LEN, POINTER(c_uint64)],
     ),
+    "wspush_publish_wait": (
+        _R,
+        [_P, c_char_p, c_size_t, c_char_p, c_size_t, c_uint32, c_uint64, _OUT_LEN, POINTER(c_uint64)],
+    ),
+    "wspush_publish_async": (_R, [_P, c_char_p, c_size_t, c_char_p, c_size_t, c_uint32, PUBLISH_DONE, c_void_p]),
     "wspush_broadcast": (_R, [_P, c_char_p, c_size_t, c_uint32, _OUT_LEN]),
     "wspush_send": (_R, [_P, c_uint64, c_char_p, c_size_t, c_uint32]),
     "wspush_close": (_R, [_P, c_uint64, c_uint16, c_char_p, c_size_t]),

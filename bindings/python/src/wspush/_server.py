@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import ctypes
+import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -39,6 +41,10 @@ DropCallback = Callable[["Server", int, bytes, int], None]
 """``on_drop(server, conn, user, dropped_bytes)``: with ``slow_consumer="drop"``."""
 HttpCallback = Callable[["Server", "Request"], None]
 """``on_http(server, request)``: answer with ``request.respond(...)`` (default: 426)."""
+PublishDoneCallback = Callable[[Union["Published", WspushError]], None]
+"""``done(outcome)`` of :meth:`Server.publish_async`: a :class:`Published`, or the
+:class:`~wspush.WspushError` the publish failed with (:class:`~wspush.UnavailableError`,
+:class:`~wspush.StoppedError`)."""
 
 _SLOW_CONSUMER_POLICIES = {"close": SLOW_CONSUMER_CLOSE, "drop": SLOW_CONSUMER_DROP}
 
@@ -81,6 +87,7 @@ def _payload(data: Payload) -> Tuple[bytes, int]:
 _SIZE_MAX = 2 ** (8 * ctypes.sizeof(c_size_t)) - 1
 _U32_MAX = 2**32 - 1
 _U64_MAX = 2**64 - 1
+_MAX_TIMEOUT_MS = 2**32 - 1  # WSPUSH_MAX_TIMEOUT_MS
 
 
 def _in_range(value: int, low: int, high: int) -> bool:
@@ -180,13 +187,92 @@ class Stats:
 
 @dataclass(frozen=True)
 class Published:
-    """What :meth:`Server.publish_with_offset` did."""
+    """What :meth:`Server.publish_with_offset`, :meth:`Server.publish_wait` or
+    :meth:`Server.publish_async` did."""
 
     delivered: int
-    """Connections the message was queued to (0 when the user has none)."""
+    """Without Redis: connections the message was queued to (0 when the user has none). With
+    Redis (``redis_url``, :meth:`Server.publish_wait` and :meth:`Server.publish_async`): the
+    number of *nodes* (servers sharing the Redis) holding a connection of the user, each of
+    which got the message."""
     offset: Optional[int]
     """The message's offset in the user's history stream (1, 2, 3, ...; from 1 again when the
     stream starts a new epoch); ``None`` when history is off (``history_max_messages`` 0)."""
+
+
+class _PendingPublishes:
+    """The ``done`` functions of :meth:`Server.publish_async` calls whose completion has not run
+    yet, by token (the C userdata). The engine calls one C function for all of them
+    (``_PUBLISH_DONE``, alive as long as the module), so nothing per call needs to be kept alive
+    for C, and a completion that never came would leave only this entry behind."""
+
+    __slots__ = ("lock", "entries", "tokens")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entries: "dict[int, Tuple[_Handle, PublishDoneCallback]]" = {}
+        # Starts at 1: userdata 0 would arrive as None.
+        self.tokens = itertools.count(1)
+
+    def add(self, handle: "_Handle", done: PublishDoneCallback) -> int:
+        with self.lock:
+            token = next(self.tokens)
+            self.entries[token] = (handle, done)
+        return token
+
+    def take(self, token: int) -> "Optional[Tuple[_Handle, PublishDoneCallback]]":
+        with self.lock:
+            return self.entries.pop(token, None)
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(self.entries)
+
+
+_pending_publishes = _PendingPublishes()
+
+
+def _publish_done(userdata: Optional[int], result: int, delivered: int, offset: int) -> None:
+    """The ``wspush_publish_done_fn`` of every :meth:`Server.publish_async`: runs the host's
+    ``done`` once. Nothing it raises reaches the engine (it is logged)."""
+    try:
+        entry = _pending_publishes.take(userdata or 0)
+        if entry is None:
+            log.error("wspush: a publish completion for an unknown token %r (ignored)", userdata)
+            return
+        handle, done = entry
+        outcome: Union[Published, WspushError]
+        if result == Result.OK:
+            outcome = Published(delivered, offset or None)
+        else:
+            outcome = error_for(result, "publish_async")
+        # Marked as inside a callback of this server: free() there raises InCallbackError (the
+        # engine cannot join the thread it runs on), and a finalizer frees from another thread.
+        marker = handle.in_callback
+        marker.depth = getattr(marker, "depth", 0) + 1
+        try:
+            done(outcome)
+        finally:
+            marker.depth -= 1
+    except BaseException:
+        log.exception("wspush: publish_async done callback raised; the engine carries on")
+
+
+# One C function pointer for the life of the process: the engine may call it until the last
+# completion, and it holds no per-server state.
+_PUBLISH_DONE = _library.PUBLISH_DONE(_publish_done)
+
+
+def _timeout_ms(timeout: Optional[float]) -> int:
+    """``publish_wait``'s timeout in seconds as whole milliseconds (rounded up); ``None`` is the
+    longest the library takes (Redis's own timeout still caps the wait)."""
+    if timeout is None:
+        return _MAX_TIMEOUT_MS
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        raise error_for(Result.INVALID_ARGUMENT, f"timeout={timeout!r} (seconds, >= 0, or None)")
+    if math.isinf(timeout):
+        return _MAX_TIMEOUT_MS
+    return min(math.ceil(timeout * 1000), _MAX_TIMEOUT_MS)
 
 
 class _StatsSnapshot(ctypes.Structure):
@@ -573,6 +659,8 @@ class Server:
         history_max_messages: Optional[int] = None,
         history_ttl_ms: Optional[int] = None,
         history_max_bytes: Optional[int] = None,
+        redis_url: Optional[str] = None,
+        redis_timeout_ms: Optional[int] = None,
     ) -> None:
         """Start a server.
 
@@ -646,7 +734,18 @@ class Server:
                 expired is dropped: the user's next publish starts a new epoch at offset 1.
             history_max_bytes: bytes all users' histories together may take, payloads plus
                 bookkeeping (default 64 MiB, must be > 0); past it the least recently published
-                users' streams are dropped whole.
+                users' streams are dropped whole. Does not apply with ``redis_url`` (Redis's
+                maxmemory does).
+            redis_url: several servers ("nodes", in one or several processes) share users
+                through Redis: ``"redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]"``. A publish on any
+                node then reaches the user's connections on every node, history (when on) is kept
+                in Redis, and :meth:`publish` only queues the message (it returns 0): use
+                :meth:`publish_wait` or :meth:`publish_async` to learn the outcome. ``None`` or
+                ``""`` (default) is off; a malformed URL raises
+                :class:`~wspush.InvalidArgumentError`.
+            redis_timeout_ms: how long Redis may take to answer before a publish fails with
+                :class:`~wspush.UnavailableError` (the message may still be applied) and the
+                connection to Redis is remade (default 2000, at least 10).
 
         ``None`` keeps the library default (see include/wspush.h ``wspush_config_new``).
 
@@ -749,6 +848,7 @@ class Server:
                 ),
                 ("history_ttl_ms", history_ttl_ms, lib.wspush_config_set_history_ttl_ms, _U64_MAX),
                 ("history_max_bytes", history_max_bytes, lib.wspush_config_set_history_max_bytes, _SIZE_MAX),
+                ("redis_timeout_ms", redis_timeout_ms, lib.wspush_config_set_redis_timeout_ms, _U64_MAX),
             ]
             for name, value, setter, largest in numeric:
                 if value is None:
@@ -765,6 +865,15 @@ class Server:
                 check(
                     lib.wspush_config_set_socket_buffers(config, socket_send_buffer or 0, socket_recv_buffer or 0),
                     f"socket_send_buffer={socket_send_buffer!r}, socket_recv_buffer={socket_recv_buffer!r}",
+                )
+            if redis_url is not None:
+                if not isinstance(redis_url, str):
+                    raise TypeError(f"redis_url must be str, not {type(redis_url).__name__}")
+                encoded_url = redis_url.encode("utf-8")
+                # The detail leaves the URL out: it may carry a password.
+                check(
+                    lib.wspush_config_set_redis_url(config, encoded_url, len(encoded_url)),
+                    "redis_url (expected redis://[[USER]:PASSWORD@]HOST[:PORT][/DB])",
                 )
             if jwt_hs256_secret is not None:
                 secret = _secret_bytes(jwt_hs256_secret)
@@ -958,7 +1067,9 @@ class Server:
     def publish(self, user: UserId, data: Payload) -> int:
         """Send ``data`` to every open connection of ``user`` (``str`` → text, bytes → binary).
         Returns how many connections it was queued to; 0 when the user has none. Never blocks
-        on I/O; messages published by one thread arrive in the order published."""
+        on I/O; messages published by one thread arrive in the order published. With Redis
+        (``redis_url``) it only queues the message for Redis and returns 0 (see
+        :meth:`publish_wait` and :meth:`publish_async` for the outcome)."""
         if type(user) is str:
             user = user.encode("utf-8")
         elif type(user) is not bytes:
@@ -999,6 +1110,58 @@ class Server:
         )
         # The library reports 0 when history is off; offsets are never 0 otherwise.
         return Published(delivered.value, offset.value or None)
+
+    def publish_wait(self, user: UserId, data: Payload, timeout: Optional[float] = None) -> Published:
+        """Publishes like :meth:`publish` and waits for the outcome, at most ``timeout`` seconds
+        (``None``: as long as ``redis_timeout_ms`` allows; never longer than that).
+
+        With Redis (``redis_url``) ``Published.delivered`` is the number of *nodes* holding a
+        connection of ``user`` (each got the message) and ``Published.offset`` the message's
+        offset in the user's stream (``None`` with history off). Raises
+        :class:`~wspush.UnavailableError` when Redis did not confirm in time or is unreachable:
+        the message may still be applied. Without Redis it is :meth:`publish_with_offset` and
+        does not wait. Blocks the calling thread (the GIL is released meanwhile); inside a
+        :meth:`publish_async` completion of this server it raises
+        :class:`~wspush.InCallbackError`."""
+        encoded = _user_bytes(user)
+        payload, kind = _payload(data)
+        timeout_ms = _timeout_ms(timeout)
+        delivered, offset = c_size_t(), c_uint64()
+        self._call(
+            self._lib.wspush_publish_wait,
+            encoded, len(encoded), payload, len(payload), kind, timeout_ms, byref(delivered), byref(offset),
+        )
+        return Published(delivered.value, offset.value or None)
+
+    def publish_async(self, user: UserId, data: Payload, done: PublishDoneCallback) -> None:
+        """Publishes like :meth:`publish` without waiting, and calls ``done(outcome)`` exactly
+        once: ``outcome`` is a :class:`Published` (as :meth:`publish_wait` returns it) or the
+        :class:`~wspush.WspushError` it failed with (:class:`~wspush.UnavailableError`: Redis
+        did not confirm in time, the message may still be applied; :class:`~wspush.StoppedError`).
+
+        Without Redis ``done`` runs on the calling thread before this returns; with Redis it
+        runs later on the engine's Redis thread (keep it short: it holds up other completions).
+        An exception raised by ``done`` is logged (logger ``"wspush"``), never propagated. Inside
+        ``done`` the server may be used (``publish``, ``publish_async``, ``stop``, ...) except
+        :meth:`publish_wait` and :meth:`free` (:class:`~wspush.InCallbackError`).
+
+        Raises (and then ``done`` is never called) what :meth:`publish` raises, plus
+        :class:`~wspush.UnavailableError` when Redis is known to be unreachable or too much
+        already waits for it."""
+        if not callable(done):
+            raise TypeError(f"done must be callable, not {type(done).__name__}")
+        encoded = _user_bytes(user)
+        payload, kind = _payload(data)
+        token = _pending_publishes.add(self._handle, done)
+        try:
+            self._call(
+                self._lib.wspush_publish_async,
+                encoded, len(encoded), payload, len(payload), kind, _PUBLISH_DONE, c_void_p(token),
+            )
+        except BaseException:
+            # Refused: the engine will not call done (and, without Redis, has not).
+            _pending_publishes.take(token)
+            raise
 
     def broadcast(self, data: Payload) -> int:
         """Send ``data`` to every open connection. Returns how many were open."""
