@@ -43,11 +43,19 @@ impl std::str::FromStr for RedisUrl {
         if host_port.is_empty() || host_port.contains(['?', '#']) {
             return Err(BAD);
         }
-        // A port is present when the text after the last ':' is digits and, for IPv6, after ']'.
-        let has_port = host_port
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(':'));
-        let address = if has_port { host_port.to_string() } else { format!("{host_port}:6379") };
+        // HOST, HOST:PORT, [IPV6] or [IPV6]:PORT; a port is 1-65535.
+        let (host, port) = match host_port.strip_prefix('[') {
+            Some(bracketed) => {
+                let (ip, rest) = bracketed.split_once(']').ok_or(BAD)?;
+                (ip, if rest.is_empty() { "6379" } else { rest.strip_prefix(':').ok_or(BAD)? })
+            }
+            None => host_port.split_once(':').unwrap_or((host_port, "6379")),
+        };
+        let port: u16 = port.parse().ok().filter(|&port| port != 0).ok_or(BAD)?;
+        if host.is_empty() {
+            return Err(BAD);
+        }
+        let address = if host_port.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
         Ok(RedisUrl { address, user, password, db })
     }
 }
@@ -91,7 +99,20 @@ mod tests {
 
     #[test]
     fn malformed_urls_are_refused_and_passwords_never_printed() {
-        for bad in ["127.0.0.1:6379", "redis://", "redis://h/x", "redis://user@h", "redis://:%zz@h", "redis://h?x=1"] {
+        for bad in [
+            "127.0.0.1:6379",
+            "redis://",
+            "redis://h/x",
+            "redis://user@h",
+            "redis://:%zz@h",
+            "redis://h?x=1",
+            "redis://h:notaport",
+            "redis://h:0",
+            "redis://h:70000",
+            "redis://::1:6379",
+            "redis://[::1",
+            "redis://:6379",
+        ] {
             assert!(bad.parse::<RedisUrl>().is_err(), "{bad}");
         }
         let url: RedisUrl = "redis://:hunter2@h:1".parse().unwrap();
