@@ -264,6 +264,11 @@ type Stats struct {
 	ResumesTotal            uint64 `json:"resumes_total"`                // wspush.v1 connections that asked to resume (since=...)
 	RecoveriesTotal         uint64 `json:"recoveries_total"`             // resumes that recovered: everything after since was replayed
 	RecoveryFailuresTotal   uint64 `json:"recovery_failures_total"`      // resumes not honoured (other epoch, trimmed, expired, too large): the client resets
+	RedisConnected          uint64 `json:"redis_connected"`              // 1 while this node's Redis connections are all up (0 without Redis)
+	RedisSubscribedUsers    uint64 `json:"redis_subscribed_users"`       // users whose Redis channel this node is subscribed to
+	RedisPublishFailures    uint64 `json:"redis_publish_failures_total"` // publishes Redis did not confirm in time (they may still have been applied)
+	RedisFills              uint64 `json:"redis_fills_total"`            // stream reads to fill a jump in offsets or catch up after a lost Redis connection
+	RedisResets             uint64 `json:"redis_resets_total"`           // users whose wspush.v1 connections were closed with 1012: history under them was lost
 }
 
 // Published is what Server.PublishWithOffset, Server.PublishWait or Server.PublishAsync did.

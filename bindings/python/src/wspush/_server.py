@@ -183,6 +183,18 @@ class Stats:
     recovery_failures_total: int
     """Resumes that could not be honoured (other epoch, trimmed, expired, too large): the client
     resets."""
+    redis_connected: int
+    """1 while this node's Redis connections are all up and logged in (0 without Redis)."""
+    redis_subscribed_users: int
+    """Users whose Redis channel this node is subscribed to (local users, and for a moment those
+    whose last connection closed)."""
+    redis_publish_failures_total: int
+    """Publishes Redis did not confirm in time (they may still have been applied)."""
+    redis_fills_total: int
+    """Reads of a user's stream to fill a jump in offsets or catch up after a lost Redis
+    connection."""
+    redis_resets_total: int
+    """Users whose ``wspush.v1`` connections were closed with 1012: history under them was lost."""
 
 
 @dataclass(frozen=True)
