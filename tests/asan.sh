@@ -23,7 +23,8 @@ export ASAN_OPTIONS="${ASAN_OPTIONS:-halt_on_error=1:detect_leaks=1:detect_stack
 target="$(rustc -vV | sed -n 's/^host: //p')"
 
 cargo test --target "$target" --lib \
-  --test api --test frames --test http --test liveness --test ffi --test ffi_misuse --test faults --test auth --test history
+  --test api --test frames --test http --test liveness --test ffi --test ffi_misuse --test faults --test auth --test history \
+  --test redis_bridge
 # The daemon's own unit tests (command line, admin routing and protections), a workspace crate.
 cargo test --target "$target" -p wspushd
 cargo test --target "$target" --test conformance -- library::

@@ -338,18 +338,22 @@ impl Bridge {
         let covered = from.is_some_and(|from| from <= base)
             && newer.len() as u64 == top - base
             && newer.iter().zip(base + 1..).all(|(entry, offset)| entry.offset == offset);
-        if covered && (same_epoch || !after_outage) {
-            state.known = Some((epoch, top));
-            for entry in newer {
-                let stream = Some(stream_position(epoch, entry.offset));
-                self.shared.queue_to_user(user, entry.kind, &entry.payload, stream, &mut self.wakes);
-            }
-        } else if fill {
-            state.known = Some((epoch, top));
+        let complete = covered && (same_epoch || !after_outage);
+        if !complete && !fill {
+            // A greeting's read that does not cover the jump: the channel brings those messages
+            // (a loss among them is a jump the next message reveals).
+            return;
+        }
+        state.known = Some((epoch, top));
+        if !complete {
+            // The wspush.v1 connections are sent away first; raw ones (no offsets, nothing to
+            // resume) get what the stream still has.
             self.reset(user);
         }
-        // A greeting's read that does not cover the jump: the channel brings those messages (a
-        // loss among them is a jump the next message reveals).
+        for entry in newer {
+            let stream = Some(stream_position(epoch, entry.offset));
+            self.shared.queue_to_user(user, entry.kind, &entry.payload, stream, &mut self.wakes);
+        }
     }
 
     /// Replays the messages held during a fill through the order rule.

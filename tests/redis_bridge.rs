@@ -1,0 +1,217 @@
+//! The Redis bridge from inside one process, where a test can do what no well-behaved node does:
+//! write into a user's stream behind the nodes' backs (a jump the next message reveals), trim
+//! past what a node delivered, or point a server at a "Redis" that answers garbage or nothing.
+//! The three-node behaviour through wspushd is tests/cluster.rs.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use wspush::{Config, Error, MessageKind, Published, Server, ServerHandle};
+
+mod common;
+#[path = "cluster/redis.rs"]
+mod redis_process;
+
+use common::*;
+use redis_process::{redis_available, Redis};
+
+const TIMEOUT: Duration = Duration::from_millis(500);
+
+fn node(redis_url: &str, history: usize) -> (Server, Events) {
+    start(Config {
+        redis_url: Some(redis_url.to_string()),
+        redis_timeout: TIMEOUT,
+        history_max_messages: history,
+        ..config()
+    })
+}
+
+/// Waits until `user`'s channel has `nodes` subscribers in Redis.
+fn wait_subscribed(redis: &Redis, user: &str, nodes: i64) {
+    let channel = format!("wspush:{{u:{user}}}:c");
+    eventually(&format!("{nodes} node(s) subscribed to {user}"), || {
+        let reply = redis.command(&[b"PUBSUB", b"SHARDNUMSUB", channel.as_bytes()]);
+        reply.trim_end().ends_with(&format!(":{nodes}"))
+    });
+}
+
+fn publish_wait(server: &ServerHandle, user: &str, text: &str) -> Published {
+    server.publish_wait(user.as_bytes(), text.as_bytes(), MessageKind::Text, Duration::from_secs(2)).expect("publish")
+}
+
+#[test]
+fn a_jump_in_offsets_is_filled_from_the_stream_before_the_next_message() {
+    if !redis_available("a_jump_in_offsets_is_filled...") {
+        return;
+    }
+    let redis = Redis::start(false);
+    let (a, _) = node(&redis.url(), 100);
+    let (b, _) = node(&redis.url(), 100);
+    let mut tab = v1_connect(&b, "alice", None);
+    welcome(&mut tab);
+    wait_subscribed(&redis, "alice", 1);
+    assert_eq!(publish_wait(&a, "alice", "one"), Published { delivered: 1, offset: Some(1) });
+    assert_eq!(v1_message(&mut tab), (Some(1), "one".into()));
+
+    // Offset 2 goes into the stream without reaching any channel: node B has no idea.
+    redis.command(&[b"HINCRBY", b"wspush:{u:alice}:m", b"o", b"1"]);
+    redis.command(&[b"XADD", b"wspush:{u:alice}:s", b"0-2", b"k", b"t", b"d", b"hidden"]);
+    assert_eq!(publish_wait(&a, "alice", "three"), Published { delivered: 1, offset: Some(3) });
+
+    assert_eq!(v1_message(&mut tab), (Some(2), "hidden".into()), "the jump is filled first");
+    assert_eq!(v1_message(&mut tab), (Some(3), "three".into()));
+    assert_eq!(b.stats().redis_fills_total, 1);
+
+    // A copy of offset 3 arriving again (a replayed channel message) is dropped.
+    let epoch = redis.command(&[b"HGET", b"wspush:{u:alice}:m", b"e"]);
+    let epoch = epoch.lines().nth(1).expect("the epoch").to_string();
+    let copy = format!("{epoch}:3:t:three again");
+    redis.command(&[b"SPUBLISH", b"wspush:{u:alice}:c", copy.as_bytes()]);
+    assert_eq!(publish_wait(&a, "alice", "four"), Published { delivered: 1, offset: Some(4) });
+    assert_eq!(v1_message(&mut tab), (Some(4), "four".into()), "the copy never reaches the client");
+}
+
+#[test]
+fn a_jump_the_stream_no_longer_holds_closes_v1_connections_with_1012_never_a_silent_gap() {
+    if !redis_available("a_jump_the_stream_no_longer_holds...") {
+        return;
+    }
+    let redis = Redis::start(false);
+    let (a, _) = node(&redis.url(), 2);
+    let (b, _) = node(&redis.url(), 2);
+    let mut v1 = v1_connect(&b, "alice", None);
+    welcome(&mut v1);
+    let mut raw = ws_connect(b.local_addr(), "alice");
+    wait_subscribed(&redis, "alice", 1);
+    assert_eq!(publish_wait(&a, "alice", "one").offset, Some(1));
+    assert_eq!(v1_message(&mut v1), (Some(1), "one".into()));
+    assert_eq!(ws_text(&mut raw), "one");
+
+    // Offsets 2-4 appended behind the nodes' backs; with 2 kept per user, 2 is trimmed away.
+    for offset in 2..=4 {
+        redis.command(&[b"HINCRBY", b"wspush:{u:alice}:m", b"o", b"1"]);
+        let id = format!("0-{offset}");
+        redis.command(&[b"XADD", b"wspush:{u:alice}:s", b"MAXLEN", b"2", id.as_bytes(), b"k", b"t", b"d", b"gone"]);
+    }
+    assert_eq!(publish_wait(&a, "alice", "five").offset, Some(5));
+
+    let (code, _) = ws_close_frame(&mut v1);
+    assert_eq!(code, 1012, "the v1 client is sent away to resume and be told");
+    // A raw connection has no offsets to resume from: it gets what the stream still holds.
+    assert_eq!([ws_text(&mut raw), ws_text(&mut raw)], ["gone", "five"]);
+    assert_eq!(b.stats().redis_resets_total, 1);
+
+    let epoch = redis.command(&[b"HGET", b"wspush:{u:alice}:m", b"e"]);
+    let epoch = epoch.lines().nth(1).expect("the epoch").to_string();
+    let mut resumed = v1_connect(&b, "alice", Some(&format!("{epoch}:1")));
+    assert_eq!(welcome(&mut resumed), (epoch, 5, false), "2 is gone: not recovered");
+}
+
+/// A "Redis" that accepts connections and then misbehaves: `answer` is what it writes after
+/// each read (None: nothing, ever).
+fn fake_redis(answer: Option<&'static [u8]>) -> (String, mpsc::Receiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", listener.local_addr().unwrap());
+    let (connected, connections) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let _ = connected.send(());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    if let Some(answer) = answer {
+                        if stream.write_all(answer).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (url, connections)
+}
+
+fn assert_publishes_fail_in_bounded_time_and_the_server_serves_on(url: &str) {
+    let (server, mut events) = node(url, 100);
+    let started = Instant::now();
+    let outcome = server.publish_wait(b"alice", b"x", MessageKind::Text, Duration::from_secs(10));
+    assert!(matches!(outcome, Err(Error::Unavailable)), "{outcome:?}");
+    assert!(started.elapsed() < TIMEOUT * 4, "failed after {:?}", started.elapsed());
+    // Once Redis has been unusable for longer than the timeout, publishes fail at once.
+    std::thread::sleep(TIMEOUT);
+    let started = Instant::now();
+    assert!(matches!(server.publish(b"alice", b"x", MessageKind::Text), Err(Error::Unavailable)));
+    let (answered, done) = mpsc::channel();
+    let refused = server.publish_async(b"alice", b"x", MessageKind::Text, move |outcome| {
+        let _ = answered.send(outcome);
+    });
+    assert!(matches!(refused, Err(Error::Unavailable)), "{refused:?}");
+    assert!(done.try_recv().is_err(), "a refused publish_async never calls back");
+    assert!(started.elapsed() < Duration::from_millis(50));
+
+    // WebSocket clients are served all along: a raw one opens and gets broadcasts made here...
+    let mut raw = ws_connect(server.local_addr(), "bob");
+    events.opened(b"bob");
+    // ...and a wspush.v1 one, whose welcome needs Redis, is asked to come back later.
+    let mut v1 = v1_connect(&server, "carol", None);
+    let (code, _) = ws_close_frame(&mut v1);
+    assert_eq!(code, 1013, "try again later");
+    assert_eq!(server.stats().redis_connected, 0);
+    assert!(server.stats().redis_publish_failures_total >= 1);
+    drop(raw.close(None));
+}
+
+#[test]
+fn a_redis_that_answers_garbage_costs_the_connection_not_the_server() {
+    let (url, connections) = fake_redis(Some(b"?this is not RESP\r\n$-7\r\n"));
+    assert_publishes_fail_in_bounded_time_and_the_server_serves_on(&url);
+    assert!(connections.try_iter().count() >= 2, "the bridge keeps reconnecting");
+}
+
+#[test]
+fn a_redis_that_never_answers_fails_publishes_after_the_timeout() {
+    let (url, _) = fake_redis(None);
+    assert_publishes_fail_in_bounded_time_and_the_server_serves_on(&url);
+}
+
+#[test]
+fn a_redis_that_is_not_there_fails_publishes_after_the_timeout() {
+    let port = redis_process::free_port();
+    assert_publishes_fail_in_bounded_time_and_the_server_serves_on(&format!("redis://127.0.0.1:{port}"));
+}
+
+#[test]
+fn completions_run_once_and_a_waiting_publish_inside_one_is_refused_not_deadlocked() {
+    if !redis_available("completions_run_once...") {
+        return;
+    }
+    let redis = Redis::start(false);
+    let (a, _) = node(&redis.url(), 100);
+    let (answered, answers) = mpsc::channel();
+    let handle = a.handle();
+    a.publish_async(b"alice", b"first", MessageKind::Text, move |outcome| {
+        let inner = handle.publish_wait(b"alice", b"inner", MessageKind::Text, Duration::from_secs(1));
+        let _ = answered.send((outcome, inner));
+    })
+    .unwrap();
+    let (outcome, inner) = answers.recv_timeout(Duration::from_secs(5)).expect("the completion ran");
+    assert_eq!(outcome.unwrap(), Published { delivered: 0, offset: Some(1) });
+    assert!(matches!(inner, Err(Error::WouldDeadlock)), "{inner:?}");
+    assert!(answers.recv_timeout(Duration::from_millis(200)).is_err(), "exactly once");
+    // Publishes from a completion that do not wait are fine; stop from one does not hang.
+    let (stopped, stop_seen) = mpsc::channel();
+    let handle = a.handle();
+    a.publish_async(b"alice", b"second", MessageKind::Text, move |_| {
+        let _ = handle.publish(b"alice", b"third", MessageKind::Text);
+        handle.stop();
+        let _ = stopped.send(());
+    })
+    .unwrap();
+    stop_seen.recv_timeout(Duration::from_secs(5)).expect("stop from a completion returns");
+}
