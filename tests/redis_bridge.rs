@@ -215,3 +215,28 @@ fn completions_run_once_and_a_waiting_publish_inside_one_is_refused_not_deadlock
     .unwrap();
     stop_seen.recv_timeout(Duration::from_secs(5)).expect("stop from a completion returns");
 }
+
+#[test]
+fn a_stream_that_went_back_in_time_across_a_lost_connection_closes_v1_connections_with_1012() {
+    if !redis_available("a_stream_that_went_back_in_time...") {
+        return;
+    }
+    let redis = Redis::start(false);
+    let (a, _) = node(&redis.url(), 100);
+    let mut tab = v1_connect(&a, "alice", None);
+    welcome(&mut tab);
+    wait_subscribed(&redis, "alice", 1);
+    for (offset, text) in [(1, "one"), (2, "two"), (3, "three")] {
+        assert_eq!(publish_wait(&a, "alice", text).offset, Some(offset));
+        assert_eq!(v1_message(&mut tab), (Some(offset), text.into()));
+    }
+    // What a restart from an older snapshot looks like: 2 and 3 are gone, the epoch is the same,
+    // and the subscriber connections were lost.
+    redis.command(&[b"HSET", b"wspush:{u:alice}:m", b"o", b"1"]);
+    redis.command(&[b"XDEL", b"wspush:{u:alice}:s", b"0-2", b"0-3"]);
+    redis.command(&[b"CLIENT", b"KILL", b"TYPE", b"pubsub"]);
+
+    let (code, _) = ws_close_frame(&mut tab);
+    assert_eq!(code, 1012, "offsets 2 and 3 will be reused: the client must not keep its position");
+    assert_eq!(a.stats().redis_resets_total, 1);
+}

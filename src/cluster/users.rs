@@ -330,7 +330,13 @@ impl Bridge {
             return;
         };
         let same_epoch = known_epoch == epoch;
-        if same_epoch && top <= last {
+        if same_epoch && top < last {
+            // The stream went back in time: Redis restarted from a snapshot or an AOF that was
+            // not fsynced per write. Offsets after `top` will be reused for other messages.
+            state.known = Some((epoch, top));
+            return self.reset(user);
+        }
+        if same_epoch && top == last {
             return;
         }
         let base = if same_epoch { last } else { 0 };
