@@ -1,6 +1,9 @@
 //! What history costs in memory, measured on the real engine with a counting allocator (every
 //! byte the library asks the allocator for, live at the moment of reading):
-//! - per idle connection, raw and `wspush.v1`, history off and on (target: <= 128 B user space);
+//! - per idle connection, raw and `wspush.v1`, history off and on (target: <= 128 B user space),
+//!   and with Redis (several nodes; when `redis-server` is installed): there each connection here
+//!   is its own user, so the node's per-online-user state (its subscription and last offset) is
+//!   in the figure;
 //! - per stored message beyond its payload (target: <= 48 B), for several payload sizes.
 //!
 //! Publish time with history off and on: benches/hot_paths.rs, group `publish`.
@@ -67,7 +70,12 @@ impl Handler for ByQuery {
 }
 
 fn server(history: bool) -> Server {
+    server_with(history, None)
+}
+
+fn server_with(history: bool, redis_url: Option<String>) -> Server {
     let config = Config {
+        redis_url,
         listen: "127.0.0.1:0".into(),
         threads: 1,
         max_connections: 19_000,
@@ -116,19 +124,65 @@ fn settle(server: &Server, connections: u64) {
     std::thread::sleep(Duration::from_millis(1200)); // housekeeping gives slack back once a second
 }
 
+/// A throwaway redis-server on a free port, if one is installed.
+struct RedisProcess(std::process::Child, String);
+
+impl RedisProcess {
+    fn start() -> Option<RedisProcess> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--logfile", "/dev/null"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(RedisProcess(child, format!("redis://127.0.0.1:{port}")))
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn idle_connections(n: usize) {
-    println!("\nidle connections (n = {n}), library heap bytes per connection:");
-    for (history, v1) in [(false, false), (true, false), (false, true), (true, true)] {
-        let server = server(history);
+    println!("\nidle connections (n = {n}, one user each), library heap bytes per connection:");
+    let redis = RedisProcess::start();
+    if redis.is_none() {
+        println!("  (redis-server not installed: the Redis rows are skipped)");
+    }
+    let mut runs = vec![(false, false, None), (true, false, None), (false, true, None), (true, true, None)];
+    if let Some(redis) = &redis {
+        runs.push((true, false, Some(redis.1.clone())));
+        runs.push((true, true, Some(redis.1.clone())));
+    }
+    for (history, v1, redis_url) in runs {
+        let with_redis = redis_url.is_some();
+        let server = server_with(history, redis_url);
         settle(&server, 0);
         let before = live();
         let clients = connect(&server, n, v1);
         settle(&server, n as u64);
+        if with_redis {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while server.stats().redis_subscribed_users != n as u64 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let per_connection = (live() - before) as f64 / n as f64;
         println!(
-            "  history {:<3}  {:<9}  {per_connection:>6.1} B",
+            "  history {:<3}  {:<9}  {:<10} {per_connection:>6.1} B",
             if history { "on" } else { "off" },
-            if v1 { "wspush.v1" } else { "raw" }
+            if v1 { "wspush.v1" } else { "raw" },
+            if with_redis { "with Redis" } else { "" }
         );
         drop(clients);
         drop(server);

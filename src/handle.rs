@@ -46,6 +46,9 @@ pub(crate) enum Command {
     /// client resumes and is told `recovered: false`. Ignored while it waits for its welcome
     /// (that welcome will say so) and by connections without `wspush.v1`.
     Reset { conn: ConnId },
+    /// With Redis: name the users of this thread's open connections to the bridge again (it
+    /// lost a subscriber connection and keeps no user IDs).
+    Census,
     /// Graceful stop.
     Stop,
 }

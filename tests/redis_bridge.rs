@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use wspush::{Config, Error, MessageKind, Published, Server, ServerHandle};
 
 mod common;
+// Shared with tests/cluster.rs, which uses all of it.
+#[allow(dead_code)]
 #[path = "cluster/redis.rs"]
 mod redis_process;
 

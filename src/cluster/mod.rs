@@ -30,6 +30,7 @@ use crate::guard::guarded;
 use crate::handle::{ServerHandle, Shared, Wakes, BRIDGE_OF_THIS_THREAD};
 use crate::redis::resp::Reply;
 use crate::redis::{Outbox, RedisUrl, Request};
+use crate::registry::KeyMap;
 
 use link::Link;
 use state::{Greeter, HeldQueue, Pending, UserState, Waiting};
@@ -103,7 +104,9 @@ pub(crate) struct Bridge {
     /// Work waiting for the command link to be ready.
     waiting: VecDeque<Waiting>,
     subscribers: Vec<Subscriber>,
-    users: HashMap<Box<[u8]>, UserState>,
+    users: KeyMap<UserState>,
+    /// Keys `users` by a keyed hash of the user ID (random per process).
+    user_keys: std::hash::RandomState,
     /// Channel messages held while a user's stream is read to fill a jump.
     held: HashMap<Box<[u8]>, HeldQueue>,
     /// `wspush.v1` connections waiting for their user's subscription.
@@ -156,7 +159,8 @@ impl Bridge {
             pending: VecDeque::new(),
             waiting: VecDeque::new(),
             subscribers,
-            users: HashMap::new(),
+            users: KeyMap::default(),
+            user_keys: std::hash::RandomState::new(),
             held: HashMap::new(),
             greeters: HashMap::new(),
             leaving: VecDeque::new(),

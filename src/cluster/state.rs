@@ -51,19 +51,60 @@ impl Waiting {
     }
 }
 
-/// A subscribed user, as this node sees it (tens of bytes per online user, none per connection).
+/// A subscribed user, as this node sees it: 16 bytes plus the map's 8-byte key (a keyed hash of
+/// the user ID; the ID itself is not kept: messages, greetings and departures carry it, and
+/// after a lost link the I/O threads name their users again). Nothing per connection.
+#[derive(Clone, Copy, Default)]
 pub(super) struct UserState {
-    pub(super) link: u8,
-    /// The subscription is confirmed: messages published from now on reach this node.
-    pub(super) active: bool,
-    /// A read to fill a jump is under way: channel messages are held.
-    pub(super) filling: bool,
-    /// Resubscribed after its link was lost: read it again from `known` once active.
-    pub(super) needs_fill: bool,
-    /// Messages held during the fill were dropped (too many bytes): read again after it.
-    pub(super) refill: bool,
+    epoch: u64,
+    /// The last offset delivered (low 56 bits) and the flags below (high 8).
+    word: u64,
+}
+
+const OFFSET_MASK: u64 = (1 << 56) - 1;
+/// SSUBSCRIBE sent, not yet confirmed.
+pub(super) const SUBSCRIBING: u64 = 1 << 56;
+/// The subscription is confirmed: messages published from now on reach this node.
+pub(super) const ACTIVE: u64 = 1 << 57;
+/// A read to fill a jump is under way: channel messages are held.
+pub(super) const FILLING: u64 = 1 << 58;
+/// Resubscribed after its link was lost: read it again from `known` once active.
+pub(super) const NEEDS_FILL: u64 = 1 << 59;
+/// Messages held during the fill were dropped (too many bytes): read again after it.
+pub(super) const REFILL: u64 = 1 << 60;
+/// `epoch` and the offset are set.
+const KNOWN: u64 = 1 << 61;
+
+impl UserState {
+    pub(super) fn has(&self, flag: u64) -> bool {
+        self.word & flag != 0
+    }
+
+    pub(super) fn set(&mut self, flag: u64, on: bool) {
+        if on {
+            self.word |= flag;
+        } else {
+            self.word &= !flag;
+        }
+    }
+
+    /// Clears `flag`, returning whether it was set.
+    pub(super) fn take(&mut self, flag: u64) -> bool {
+        let was = self.has(flag);
+        self.set(flag, false);
+        was
+    }
+
     /// Epoch and last offset delivered here; None before the first message or read.
-    pub(super) known: Option<(u64, u64)>,
+    pub(super) fn known(&self) -> Option<(u64, u64)> {
+        self.has(KNOWN).then_some((self.epoch, self.word & OFFSET_MASK))
+    }
+
+    pub(super) fn set_known(&mut self, epoch: u64, last: u64) {
+        self.epoch = epoch;
+        // Offsets past 2^56 would take 2^56 publishes to one user.
+        self.word = (self.word & !OFFSET_MASK) | (last & OFFSET_MASK) | KNOWN;
+    }
 }
 
 /// A channel message held while its user's stream is read.

@@ -14,10 +14,11 @@ use std::hash::BuildHasher;
 use std::time::Instant;
 
 use super::commands::{position_of, stream_position};
-use super::state::{Greeter, Held, Read, ReadFor, UserState};
+use super::state::{Greeter, Held, Read, ReadFor, UserState, ACTIVE, FILLING, NEEDS_FILL, REFILL, SUBSCRIBING};
 use super::{Bridge, LINGER, SUBSCRIBER_LINKS};
 use crate::codec::close;
 use crate::conn_id;
+use crate::registry::UserKey;
 use crate::handle::{Command, ResumeOutcome, ANY_USER};
 use crate::history::{Epoch, Position, Stored};
 use crate::redis::keys::{self, ChannelMessage, BROADCAST_CHANNEL};
@@ -30,21 +31,23 @@ use crate::types::ConnId;
 const SUBSCRIBE_BATCH: usize = 1000;
 
 impl Bridge {
-    /// The subscriber link a user's channel is on: any stable spread will do.
-    fn link_of(user: &[u8]) -> u8 {
-        let spread = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(user);
-        (spread % SUBSCRIBER_LINKS as u64) as u8
+    /// The key a user's state is kept under (a keyed hash: the ID itself is not kept).
+    pub(super) fn key(&self, user: &[u8]) -> UserKey {
+        self.user_keys.hash_one(user)
     }
 
-    /// Makes sure `user` is (being) subscribed.
+    /// The subscriber link a user's channel is on: any stable spread will do.
+    fn link_of(key: UserKey) -> usize {
+        (key >> 32) as usize % SUBSCRIBER_LINKS
+    }
+
+    /// Makes sure `user` is subscribed, or being subscribed.
     fn ensure_user(&mut self, user: &[u8]) {
-        if self.users.contains_key(user) {
-            return;
-        }
-        let link = Self::link_of(user);
-        self.users.insert(user.into(), UserState { link, active: false, filling: false, needs_fill: false, refill: false, known: None });
-        let subscriber = &mut self.subscribers[usize::from(link)];
-        if subscriber.ready {
+        let key = self.key(user);
+        let state = self.users.entry(key).or_default();
+        let subscriber = &mut self.subscribers[Self::link_of(key)];
+        if subscriber.ready && !state.has(ACTIVE | SUBSCRIBING) {
+            state.set(SUBSCRIBING, true);
             subscriber.to_subscribe.push(keys::channel(user));
         }
     }
@@ -56,7 +59,7 @@ impl Bridge {
     pub(super) fn presence(&mut self, user: Box<[u8]>, now: Instant) {
         if self.has_local_connections(&user) {
             self.ensure_user(&user);
-        } else if self.users.contains_key(&user) {
+        } else if self.users.contains_key(&self.key(&user)) {
             self.leaving.push_back((now + LINGER, user));
         }
     }
@@ -66,18 +69,19 @@ impl Bridge {
         let mut to_unsubscribe: [Vec<Vec<u8>>; SUBSCRIBER_LINKS] = Default::default();
         while self.leaving.front().is_some_and(|(due, _)| *due <= now) {
             let Some((_, user)) = self.leaving.pop_front() else { break };
-            let Some(state) = self.users.get(&user) else { continue };
+            let key = self.key(&user);
+            let Some(state) = self.users.get(&key) else { continue };
             if self.has_local_connections(&user) {
                 continue;
             }
-            if !state.active || state.filling || self.greeters.contains_key(&user) {
+            if !state.has(ACTIVE) || state.has(FILLING) || self.greeters.contains_key(&user) {
                 // Settle first: an unsubscribe crossing a pending subscribe would confuse whose
                 // confirmation is whose.
                 self.leaving.push_back((now + LINGER, user));
                 continue;
             }
-            let link = usize::from(state.link);
-            self.users.remove(&user);
+            let link = Self::link_of(key);
+            self.users.remove(&key);
             self.held.remove(&user);
             if self.subscribers[link].ready {
                 to_unsubscribe[link].push(keys::channel(&user));
@@ -105,15 +109,19 @@ impl Bridge {
     }
 
     /// A subscriber link started connecting: log in, then subscribe its users (sent once
-    /// connected, in that order).
+    /// connected, in that order). The bridge keeps no user IDs, so the I/O threads name the
+    /// users of their open connections again; those not subscribed are then.
     pub(super) fn subscriber_connecting(&mut self, i: usize, now: Instant) {
         let subscriber = &mut self.subscribers[i];
         subscriber.setup_left = Self::send_login(&self.url, &mut subscriber.link, now);
         subscriber.ready = true;
-        subscriber.to_subscribe =
-            self.users.iter().filter(|(_, state)| usize::from(state.link) == i).map(|(user, _)| keys::channel(user)).collect();
         if i == 0 {
             subscriber.link.send(&[b"SUBSCRIBE", BROADCAST_CHANNEL], now);
+        }
+        if self.users.keys().any(|&key| Self::link_of(key) == i) {
+            for thread in self.shared.threads.iter() {
+                thread.push(Command::Census);
+            }
         }
     }
 
@@ -126,9 +134,10 @@ impl Bridge {
         subscriber.ready = false;
         subscriber.setup_left = 0;
         subscriber.to_subscribe.clear();
-        for state in self.users.values_mut().filter(|state| usize::from(state.link) == i) {
-            state.active = false;
-            state.needs_fill |= state.known.is_some();
+        for (_, state) in self.users.iter_mut().filter(|(&key, _)| Self::link_of(key) == i) {
+            state.set(ACTIVE | SUBSCRIBING, false);
+            let known = state.known().is_some();
+            state.set(NEEDS_FILL, known);
         }
     }
 
@@ -185,11 +194,13 @@ impl Bridge {
     }
 
     fn on_subscribed(&mut self, user: &[u8], now: Instant) {
-        let Some(state) = self.users.get_mut(user) else { return };
-        state.active = true;
-        if std::mem::take(&mut state.needs_fill) && !state.filling {
-            state.filling = true;
-            let from = state.known.map(|(_, last)| last);
+        let key = self.key(user);
+        let Some(state) = self.users.get_mut(&key) else { return };
+        state.set(SUBSCRIBING, false);
+        state.set(ACTIVE, true);
+        if state.take(NEEDS_FILL) && !state.has(FILLING) {
+            state.set(FILLING, true);
+            let from = state.known().map(|(_, last)| last);
             self.fill(user, from, true, now);
         }
         for greeter in self.greeters.remove(user).unwrap_or_default() {
@@ -200,7 +211,7 @@ impl Bridge {
     /// A `wspush.v1` connection of `user` opened here and waits for its welcome.
     pub(super) fn greet(&mut self, conn: ConnId, user: Box<[u8]>, since: Option<Option<Position>>, now: Instant) {
         self.ensure_user(&user);
-        if self.users.get(&user).is_some_and(|state| state.active) {
+        if self.users.get(&self.key(&user)).is_some_and(|state| state.has(ACTIVE)) {
             self.read_for_greeting(&user, conn, since, now);
         } else {
             self.greeters.entry(user).or_default().push(Greeter { conn, since, queued: now });
@@ -210,7 +221,7 @@ impl Bridge {
     /// Reads from the older of the client's `since` and what this node delivered, so the same
     /// read also brings the node's other connections up to the top the welcome names.
     fn read_for_greeting(&mut self, user: &[u8], conn: ConnId, since: Option<Option<Position>>, now: Instant) {
-        let known = self.users.get(user).and_then(|state| state.known);
+        let known = self.users.get(&self.key(user)).and_then(UserState::known);
         let asked = match since {
             Some(Some(Position { epoch: Epoch::Stream(epoch), offset })) => Some((epoch, offset)),
             _ => None,
@@ -244,22 +255,23 @@ impl Bridge {
 
     /// A message from `user`'s channel, in channel order.
     fn on_user_message(&mut self, user: &[u8], message: Held, now: Instant) {
-        let Some(state) = self.users.get_mut(user) else { return };
+        let key = self.key(user);
+        let Some(state) = self.users.get_mut(&key) else { return };
         let Some(Position { epoch: Epoch::Stream(epoch), offset }) = message.stream else {
             // History off: nothing to order by.
             return self.deliver(user, &message);
         };
-        if state.filling {
+        if state.has(FILLING) {
             let queue = self.held.entry(user.into()).or_default();
             queue.bytes += message.payload.len();
             queue.messages.push(message);
             if queue.bytes > self.shared.config.max_queue_bytes {
                 *queue = Default::default();
-                state.refill = true;
+                state.set(REFILL, true);
             }
             return;
         }
-        let fill_from = match state.known {
+        let fill_from = match state.known() {
             None => None,
             Some((known_epoch, last)) if known_epoch == epoch && offset <= last => return, // already delivered
             Some((known_epoch, last)) if known_epoch == epoch && offset == last + 1 => None,
@@ -269,11 +281,11 @@ impl Bridge {
         };
         match fill_from {
             None => {
-                state.known = Some((epoch, offset));
+                state.set_known(epoch, offset);
                 self.deliver(user, &message);
             }
             Some(from) => {
-                state.filling = true;
+                state.set(FILLING, true);
                 let queue = self.held.entry(user.into()).or_default();
                 queue.bytes += message.payload.len();
                 queue.messages.push(message);
@@ -301,8 +313,8 @@ impl Bridge {
             eprintln!("wspush: unexpected reply to a stream read");
             if let ReadFor::Greet { conn, .. } = read.why {
                 self.refuse_greeting(conn);
-            } else if let Some(state) = self.users.get_mut(&read.user) {
-                state.filling = false;
+            } else if let Some(state) = self.users.get_mut(&self.key(&read.user)) {
+                state.set(FILLING, false);
                 self.release_held(&read.user, now);
             }
             return;
@@ -312,8 +324,9 @@ impl Bridge {
         self.catch_up(&read.user, (epoch, top), &entries, read.from, fill, after_outage);
         match read.why {
             ReadFor::Fill { .. } => {
-                if let Some(state) = self.users.get_mut(&read.user) {
-                    state.filling = false;
+                let key = self.key(&read.user);
+                if let Some(state) = self.users.get_mut(&key) {
+                    state.set(FILLING, false);
                 }
                 self.release_held(&read.user, now);
             }
@@ -324,16 +337,17 @@ impl Bridge {
     /// Brings the user's connections here up to `top` with what the read brought, or, when
     /// that cannot be done without a gap and the read was meant to, resets them.
     fn catch_up(&mut self, user: &[u8], (epoch, top): (u64, u64), entries: &[Stored], from: Option<u64>, fill: bool, after_outage: bool) {
-        let Some(state) = self.users.get_mut(user) else { return };
-        let Some((known_epoch, last)) = state.known else {
-            state.known = Some((epoch, top));
+        let key = self.key(user);
+        let Some(state) = self.users.get_mut(&key) else { return };
+        let Some((known_epoch, last)) = state.known() else {
+            state.set_known(epoch, top);
             return;
         };
         let same_epoch = known_epoch == epoch;
         if same_epoch && top < last {
             // The stream went back in time: Redis restarted from a snapshot or an AOF that was
             // not fsynced per write. Offsets after `top` will be reused for other messages.
-            state.known = Some((epoch, top));
+            state.set_known(epoch, top);
             return self.reset(user);
         }
         if same_epoch && top == last {
@@ -350,7 +364,7 @@ impl Bridge {
             // (a loss among them is a jump the next message reveals).
             return;
         }
-        state.known = Some((epoch, top));
+        state.set_known(epoch, top);
         if !complete {
             // The wspush.v1 connections are sent away first; raw ones (no offsets, nothing to
             // resume) get what the stream still has.
@@ -367,10 +381,11 @@ impl Bridge {
         for message in self.held.remove(user).unwrap_or_default().messages {
             self.on_user_message(user, message, now);
         }
-        let Some(state) = self.users.get_mut(user) else { return };
-        if std::mem::take(&mut state.refill) && !state.filling {
-            state.filling = true;
-            let from = state.known.map(|(_, last)| last);
+        let key = self.key(user);
+        let Some(state) = self.users.get_mut(&key) else { return };
+        if state.take(REFILL) && !state.has(FILLING) {
+            state.set(FILLING, true);
+            let from = state.known().map(|(_, last)| last);
             self.fill(user, from, false, now);
         }
     }

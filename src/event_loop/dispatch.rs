@@ -10,6 +10,7 @@ use crate::conn_id;
 use crate::connection::{Interrupt, Received, State};
 use crate::handle::{Command, ResumeOutcome, ANY_USER};
 use crate::history::Position;
+use crate::redis::Request;
 use crate::registry::UserCheck;
 use crate::stats::bump;
 use crate::request::UpgradeDecision;
@@ -211,6 +212,7 @@ impl IoThread {
                     self.decide(slot, decision);
                 }
             }
+            Command::Census => self.census(),
             Command::Stop => self.begin_stop(),
         }
     }
@@ -298,6 +300,16 @@ impl IoThread {
                 }
                 Some(conn) if conn.state() == State::Open => self.queue_messages(slot, frames),
                 _ => {}
+            }
+        }
+    }
+
+    /// Tells the Redis bridge the user of every open connection here.
+    fn census(&self) {
+        let Some(redis) = &self.cx.shared.redis else { return };
+        for slot in 0..self.conns.capacity() {
+            if let Some(user) = self.conns.get(slot).filter(|conn| conn.state() == State::Open).and_then(|conn| conn.user()) {
+                redis.push(Request::Presence { user: user.into() });
             }
         }
     }
