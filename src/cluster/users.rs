@@ -74,16 +74,17 @@ impl Bridge {
             if self.has_local_connections(&user) {
                 continue;
             }
-            if !state.has(ACTIVE) || state.has(FILLING) || self.greeters.contains_key(&user) {
+            if state.has(SUBSCRIBING | FILLING) || self.greeters.contains_key(&user) {
                 // Settle first: an unsubscribe crossing a pending subscribe would confuse whose
                 // confirmation is whose.
                 self.leaving.push_back((now + LINGER, user));
                 continue;
             }
             let link = Self::link_of(key);
+            let subscribed = state.has(ACTIVE);
             self.users.remove(&key);
             self.held.remove(&user);
-            if self.subscribers[link].ready {
+            if subscribed && self.subscribers[link].ready {
                 to_unsubscribe[link].push(keys::channel(&user));
             }
         }
