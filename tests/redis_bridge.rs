@@ -242,3 +242,25 @@ fn a_stream_that_went_back_in_time_across_a_lost_connection_closes_v1_connection
     assert_eq!(code, 1012, "offsets 2 and 3 will be reused: the client must not keep its position");
     assert_eq!(a.stats().redis_resets_total, 1);
 }
+
+#[test]
+fn scripts_flushed_from_redis_are_loaded_again() {
+    if !redis_available("scripts_flushed_from_redis...") {
+        return;
+    }
+    let redis = Redis::start(false);
+    let (a, _) = node(&redis.url(), 100);
+    assert_eq!(publish_wait(&a, "alice", "one").offset, Some(1));
+    redis.command(&[b"SCRIPT", b"FLUSH"]);
+    let refused = a.publish_wait(b"alice", b"two", MessageKind::Text, Duration::from_secs(2));
+    assert!(matches!(refused, Err(Error::Unavailable)), "{refused:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let published = loop {
+        match a.publish_wait(b"alice", b"two", MessageKind::Text, Duration::from_secs(2)) {
+            Ok(published) => break published,
+            Err(e) => assert!(Instant::now() < deadline, "still failing: {e:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(published.offset, Some(2));
+}

@@ -81,11 +81,23 @@ impl Bridge {
                     None => {
                         eprintln!("wspush: Redis refused a publish: {}", String::from_utf8_lossy(&error_text(&reply)));
                         self.publish_failed(done);
+                        self.reload_if_scripts_gone(&reply, now);
                     }
                 }
             }
             Pending::Broadcast { bytes } => self.outbox.release(bytes),
-            Pending::Read(read) => self.on_read(read, reply, now),
+            Pending::Read(read) => {
+                self.reload_if_scripts_gone(&reply, now);
+                self.on_read(read, reply, now);
+            }
+        }
+    }
+
+    /// Someone ran SCRIPT FLUSH (or Redis failed over to a replica without our scripts): make
+    /// the link again, which loads them again.
+    fn reload_if_scripts_gone(&mut self, reply: &Reply, now: Instant) {
+        if matches!(reply, Reply::Error(text) if text.starts_with(b"NOSCRIPT")) {
+            self.command_failed("scripts are gone from Redis", now);
         }
     }
 
