@@ -372,7 +372,13 @@ impl ServerHandle {
     /// `Err(Unavailable)` if Redis did not confirm in time (the message may still be applied).
     /// Without Redis it is `publish_with_offset`. Blocks the calling thread: call it from host
     /// threads, not from callbacks (from a publish completion it returns `Err(WouldDeadlock)`).
-    pub fn publish_wait(&self, user: &[u8], payload: &[u8], kind: MessageKind, timeout: Duration) -> Result<Published, Error> {
+    pub fn publish_wait(
+        &self,
+        user: &[u8],
+        payload: &[u8],
+        kind: MessageKind,
+        timeout: Duration,
+    ) -> Result<Published, Error> {
         if self.shared.redis.is_none() {
             return self.publish_with_offset(user, payload, kind);
         }

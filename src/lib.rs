@@ -127,7 +127,9 @@ pub mod internals {
 
     /// What the Redis bridge reads from Redis: the RESP reply parser, and the message format on
     /// a user's channel (`Some((epoch, offset))` for a numbered one, the kind byte, the payload).
-    pub use crate::redis::resp::{parse as parse_redis_reply, ProtocolError as RedisProtocolError, Reply as RedisReply};
+    pub use crate::redis::resp::{
+        parse as parse_redis_reply, ProtocolError as RedisProtocolError, Reply as RedisReply,
+    };
     pub type ChannelMessageParts<'a> = (Option<(u64, u64)>, u8, &'a [u8]);
     pub fn parse_channel_message(raw: &[u8]) -> Option<ChannelMessageParts<'_>> {
         let message = crate::redis::keys::ChannelMessage::parse(raw)?;

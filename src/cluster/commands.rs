@@ -161,7 +161,9 @@ impl Bridge {
                             now,
                         );
                     }
-                    None => self.command.send(&[b"SPUBLISH", &channel, &ChannelMessage::unnumbered(kind, &payload)], now),
+                    None => {
+                        self.command.send(&[b"SPUBLISH", &channel, &ChannelMessage::unnumbered(kind, &payload)], now)
+                    }
                 }
                 self.pending.push_back(Pending::Publish { done, bytes: counted_bytes(&user, &payload) });
             }
@@ -174,10 +176,8 @@ impl Bridge {
                 let Some(history) = &self.history else { return };
                 let (meta, stream) = (keys::meta(&read.user), keys::stream(&read.user));
                 let from = read.from.map(|from| from.to_string().into_bytes()).unwrap_or_default();
-                self.command.send(
-                    &[b"EVALSHA", &self.read_sha, b"2", &meta, &stream, &epoch, &from, &history.ttl_secs],
-                    now,
-                );
+                self.command
+                    .send(&[b"EVALSHA", &self.read_sha, b"2", &meta, &stream, &epoch, &from, &history.ttl_secs], now);
                 self.pending.push_back(Pending::Read(read));
             }
         }

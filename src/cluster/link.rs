@@ -73,9 +73,12 @@ impl Link {
             _ => return Ok(false),
         }
         // Resolved at every attempt: the name may point elsewhere after a failover.
-        let address = url.address.to_socket_addrs().ok().and_then(|mut addrs| addrs.next()).ok_or(Dead("cannot resolve"))?;
+        let address =
+            url.address.to_socket_addrs().ok().and_then(|mut addrs| addrs.next()).ok_or(Dead("cannot resolve"))?;
         let mut stream = TcpStream::connect(address).map_err(|_| Dead("cannot connect"))?;
-        registry.register(&mut stream, self.token, Interest::READABLE | Interest::WRITABLE).map_err(|_| Dead("cannot poll"))?;
+        registry
+            .register(&mut stream, self.token, Interest::READABLE | Interest::WRITABLE)
+            .map_err(|_| Dead("cannot poll"))?;
         let _ = stream.set_nodelay(true);
         self.stream = Some(stream);
         self.phase = Phase::Connecting { since: now };

@@ -216,7 +216,9 @@ impl Bridge {
             Request::Publish { user, kind, payload, done, queued } => {
                 self.publish(Waiting::Publish { user, kind, payload, done, queued }, now)
             }
-            Request::Broadcast { kind, payload, queued } => self.publish(Waiting::Broadcast { kind, payload, queued }, now),
+            Request::Broadcast { kind, payload, queued } => {
+                self.publish(Waiting::Broadcast { kind, payload, queued }, now)
+            }
             Request::Greet { conn, user, since } => self.greet(conn, user, since, now),
             Request::Presence { user } => self.presence(user, now),
             Request::Stop => self.stopping = true,
@@ -259,7 +261,8 @@ impl Bridge {
         }
         self.expire_waiting(now);
         self.sweep_leaving(now);
-        let connected = self.command_ready && self.subscribers.iter().all(|s| s.ready && s.setup_left == 0 && s.link.is_up());
+        let connected =
+            self.command_ready && self.subscribers.iter().all(|s| s.ready && s.setup_left == 0 && s.link.is_up());
         self.outbox.stats.connected.store(u64::from(connected), std::sync::atomic::Ordering::Relaxed);
         self.outbox.stats.subscribed_users.store(self.users.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let down_too_long = self.down_since.is_some_and(|since| now.duration_since(since) >= self.timeout);

@@ -13,8 +13,13 @@ pub(super) enum Pending {
     Login,
     LoadScript(Script),
     Ping,
-    Publish { done: Option<Done>, bytes: usize },
-    Broadcast { bytes: usize },
+    Publish {
+        done: Option<Done>,
+        bytes: usize,
+    },
+    Broadcast {
+        bytes: usize,
+    },
     Read(Read),
 }
 
@@ -40,7 +45,9 @@ pub(super) enum Waiting {
 impl Waiting {
     pub(super) fn queued(&self) -> Instant {
         match self {
-            Waiting::Publish { queued, .. } | Waiting::Broadcast { queued, .. } | Waiting::Read { queued, .. } => *queued,
+            Waiting::Publish { queued, .. } | Waiting::Broadcast { queued, .. } | Waiting::Read { queued, .. } => {
+                *queued
+            }
         }
     }
 

@@ -18,11 +18,11 @@ use super::state::{Greeter, Held, Read, ReadFor, UserState, ACTIVE, FILLING, NEE
 use super::{Bridge, LINGER, SUBSCRIBER_LINKS};
 use crate::codec::close;
 use crate::conn_id;
-use crate::registry::UserKey;
 use crate::handle::{Command, ResumeOutcome, ANY_USER};
 use crate::history::{Epoch, Position, Stored};
 use crate::redis::keys::{self, ChannelMessage, BROADCAST_CHANNEL};
 use crate::redis::resp::Reply;
+use crate::registry::UserKey;
 use crate::stats::bump;
 use crate::subprotocol;
 use crate::types::ConnId;
@@ -173,8 +173,12 @@ impl Bridge {
         };
         match super::bytes_at(&items, 0) {
             Some(b"smessage") => {
-                let (Some(channel), Some(data)) = (super::bytes_at(&items, 1), super::bytes_at(&items, 2)) else { return };
-                let (Some(user), Some(message)) = (keys::user_of_channel(channel), ChannelMessage::parse(data)) else { return };
+                let (Some(channel), Some(data)) = (super::bytes_at(&items, 1), super::bytes_at(&items, 2)) else {
+                    return;
+                };
+                let (Some(user), Some(message)) = (keys::user_of_channel(channel), ChannelMessage::parse(data)) else {
+                    return;
+                };
                 let held = Held { stream: message.stream, kind: message.kind, payload: message.payload.into() };
                 self.on_user_message(&user, held, now);
             }
@@ -337,7 +341,15 @@ impl Bridge {
 
     /// Brings the user's connections here up to `top` with what the read brought, or, when
     /// that cannot be done without a gap and the read was meant to, resets them.
-    fn catch_up(&mut self, user: &[u8], (epoch, top): (u64, u64), entries: &[Stored], from: Option<u64>, fill: bool, after_outage: bool) {
+    fn catch_up(
+        &mut self,
+        user: &[u8],
+        (epoch, top): (u64, u64),
+        entries: &[Stored],
+        from: Option<u64>,
+        fill: bool,
+        after_outage: bool,
+    ) {
         let key = self.key(user);
         let Some(state) = self.users.get_mut(&key) else { return };
         let Some((known_epoch, last)) = state.known() else {
@@ -409,12 +421,13 @@ impl Bridge {
         let (frames, resume) = match since {
             None => (vec![subprotocol::welcome(Some(top), false)], ResumeOutcome::NotAsked),
             Some(since) => {
-                let replay = since.filter(|since| since.epoch == top.epoch && since.offset <= top.offset).and_then(|since| {
-                    let missed = &entries[entries.partition_point(|entry| entry.offset <= since.offset)..];
-                    let complete = missed.len() as u64 == top.offset - since.offset
-                        && missed.iter().zip(since.offset + 1..).all(|(entry, offset)| entry.offset == offset);
-                    complete.then(|| subprotocol::replay(top, missed, self.shared.config.max_queue_bytes)).flatten()
-                });
+                let replay =
+                    since.filter(|since| since.epoch == top.epoch && since.offset <= top.offset).and_then(|since| {
+                        let missed = &entries[entries.partition_point(|entry| entry.offset <= since.offset)..];
+                        let complete = missed.len() as u64 == top.offset - since.offset
+                            && missed.iter().zip(since.offset + 1..).all(|(entry, offset)| entry.offset == offset);
+                        complete.then(|| subprotocol::replay(top, missed, self.shared.config.max_queue_bytes)).flatten()
+                    });
                 match replay {
                     Some(frames) => (frames, ResumeOutcome::Recovered),
                     None => (vec![subprotocol::welcome(Some(top), false)], ResumeOutcome::NotRecovered),

@@ -184,7 +184,8 @@ impl Conn {
                 redis.push(Request::Presence { user: user.into() });
             }
             if greeted_by_bridge {
-                cx.awaiting_welcome.insert(slot, AwaitingWelcome { generation: self.generation, held: Vec::new(), bytes: 0 });
+                cx.awaiting_welcome
+                    .insert(slot, AwaitingWelcome { generation: self.generation, held: Vec::new(), bytes: 0 });
                 redis.push(Request::Greet { conn: id, user: user.into(), since: negotiated.since });
             }
         }

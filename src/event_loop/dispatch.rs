@@ -12,8 +12,8 @@ use crate::handle::{Command, ResumeOutcome, ANY_USER};
 use crate::history::Position;
 use crate::redis::Request;
 use crate::registry::UserCheck;
-use crate::stats::bump;
 use crate::request::UpgradeDecision;
+use crate::stats::bump;
 use crate::subprotocol;
 use crate::types::ConnId;
 
@@ -202,7 +202,8 @@ impl IoThread {
                 let waiting = |slot| self.cx.awaiting_welcome.contains_key(&slot);
                 if let Some(slot) = self.lookup(conn, State::Open, ANY_USER).filter(|&slot| !waiting(slot)) {
                     if self.conns[slot].speaks_v1() {
-                        let step = self.conns[slot].start_close(&mut self.cx, slot, close::SERVICE_RESTART, "history lost");
+                        let step =
+                            self.conns[slot].start_close(&mut self.cx, slot, close::SERVICE_RESTART, "history lost");
                         self.settle(slot, step);
                     }
                 }
@@ -242,7 +243,8 @@ impl IoThread {
         awaiting.held.push((frame.clone(), stream));
         if awaiting.bytes > self.cx.config().max_queue_bytes {
             self.cx.awaiting_welcome.remove(&slot);
-            let step = self.conns[slot].start_close(&mut self.cx, slot, close::TRY_AGAIN_LATER, "too much before welcome");
+            let step =
+                self.conns[slot].start_close(&mut self.cx, slot, close::TRY_AGAIN_LATER, "too much before welcome");
             self.settle(slot, step);
         }
         true
@@ -308,7 +310,9 @@ impl IoThread {
     fn census(&self) {
         let Some(redis) = &self.cx.shared.redis else { return };
         for slot in 0..self.conns.capacity() {
-            if let Some(user) = self.conns.get(slot).filter(|conn| conn.state() == State::Open).and_then(|conn| conn.user()) {
+            if let Some(user) =
+                self.conns.get(slot).filter(|conn| conn.state() == State::Open).and_then(|conn| conn.user())
+            {
                 redis.push(Request::Presence { user: user.into() });
             }
         }

@@ -447,7 +447,10 @@ pub unsafe extern "C" fn wspush_config_set_redis_url(
 /// # Safety
 /// `config` must be NULL or a live configuration not used by another thread.
 #[no_mangle]
-pub unsafe extern "C" fn wspush_config_set_redis_timeout_ms(config: *mut wspush_config, timeout_ms: u64) -> wspush_result {
+pub unsafe extern "C" fn wspush_config_set_redis_timeout_ms(
+    config: *mut wspush_config,
+    timeout_ms: u64,
+) -> wspush_result {
     // SAFETY: forwarded contract.
     unsafe {
         update(config, |c| {

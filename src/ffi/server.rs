@@ -8,8 +8,7 @@ use super::handle::{arc_from_handle, arc_into_handle, borrow, borrow_arc, ArcCas
 use super::handler::CallbackHandler;
 use super::types::{
     message_kind_from_c, wspush_config, wspush_message_kind, wspush_publish_done_fn, wspush_server,
-    WSPUSH_MAX_CLOSE_REASON_LEN,
-    WSPUSH_MAX_USER_ID_LEN,
+    WSPUSH_MAX_CLOSE_REASON_LEN, WSPUSH_MAX_USER_ID_LEN,
 };
 use crate::handle::{Shared, ENGINE_OF_THIS_THREAD};
 use crate::{Server, ServerHandle};

@@ -18,8 +18,8 @@ mod store;
 use parking_lot::{Mutex, MutexGuard};
 
 pub(crate) use memory::MemoryStore;
-pub use position::{Epoch, Position};
 pub(crate) use position::random_u64;
+pub use position::{Epoch, Position};
 pub(crate) use store::{HistoryStore, Limits, Stored};
 
 /// Order locks: enough that publishers of different users rarely meet.

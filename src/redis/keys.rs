@@ -204,11 +204,18 @@ mod tests {
         assert_eq!(message.stream, Some(Position { epoch: Epoch::Stream(255), offset: 7 }));
         assert_eq!((message.kind, message.payload), (MessageKind::Binary, &b"pay:load"[..]));
         let plain = ChannelMessage::unnumbered(MessageKind::Text, b"");
-        assert_eq!(ChannelMessage::parse(&plain).unwrap(), ChannelMessage { stream: None, kind: MessageKind::Text, payload: b"" });
-        for bad in [&b""[..], b"ff:1:t:x", b"00000000000000ff:x:t:", b"00000000000000ff:1:q:", b"00000000000000ff:1:t"] {
+        assert_eq!(
+            ChannelMessage::parse(&plain).unwrap(),
+            ChannelMessage { stream: None, kind: MessageKind::Text, payload: b"" }
+        );
+        for bad in [&b""[..], b"ff:1:t:x", b"00000000000000ff:x:t:", b"00000000000000ff:1:q:", b"00000000000000ff:1:t"]
+        {
             assert_eq!(ChannelMessage::parse(bad), None, "{bad:?}");
         }
-        assert_eq!(parse_broadcast(&broadcast_message(MessageKind::Text, b"a:b")), Some((MessageKind::Text, &b"a:b"[..])));
+        assert_eq!(
+            parse_broadcast(&broadcast_message(MessageKind::Text, b"a:b")),
+            Some((MessageKind::Text, &b"a:b"[..]))
+        );
         assert_eq!(parse_epoch(&epoch_text(u64::MAX)), Some(u64::MAX));
     }
 }

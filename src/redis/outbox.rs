@@ -16,13 +16,29 @@ use crate::types::{ConnId, MessageKind, Published};
 pub(crate) type Done = Box<dyn FnOnce(Result<Published, Error>) + Send>;
 
 pub(crate) enum Request {
-    Publish { user: Box<[u8]>, kind: MessageKind, payload: Box<[u8]>, done: Option<Done>, queued: Instant },
-    Broadcast { kind: MessageKind, payload: Box<[u8]>, queued: Instant },
+    Publish {
+        user: Box<[u8]>,
+        kind: MessageKind,
+        payload: Box<[u8]>,
+        done: Option<Done>,
+        queued: Instant,
+    },
+    Broadcast {
+        kind: MessageKind,
+        payload: Box<[u8]>,
+        queued: Instant,
+    },
     /// A `wspush.v1` connection opened: it waits for its welcome (and replay) from the bridge.
-    Greet { conn: ConnId, user: Box<[u8]>, since: Option<Option<Position>> },
+    Greet {
+        conn: ConnId,
+        user: Box<[u8]>,
+        since: Option<Option<Position>>,
+    },
     /// The user's first local connection opened or its last closed: the bridge looks at the
     /// registry and subscribes or (after a linger) unsubscribes.
-    Presence { user: Box<[u8]> },
+    Presence {
+        user: Box<[u8]>,
+    },
     Stop,
 }
 
@@ -73,7 +89,13 @@ pub(crate) struct Outbox {
 
 impl Outbox {
     pub(crate) fn new(waker: mio::Waker) -> Outbox {
-        Outbox { queue: Mutex::new(Vec::new()), waker, queued_bytes: AtomicUsize::new(0), down: AtomicBool::new(false), stats: BridgeStats::default() }
+        Outbox {
+            queue: Mutex::new(Vec::new()),
+            waker,
+            queued_bytes: AtomicUsize::new(0),
+            down: AtomicBool::new(false),
+            stats: BridgeStats::default(),
+        }
     }
 
     /// Queues `request`, waking the bridge if its queue was empty.

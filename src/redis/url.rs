@@ -93,7 +93,10 @@ mod tests {
         assert_eq!(parsed("redis://cache"), ("cache:6379".into(), None, None, 0));
         assert_eq!(parsed("redis://cache/3"), ("cache:6379".into(), None, None, 3));
         assert_eq!(parsed("redis://:s%40cret@cache:1/2"), ("cache:1".into(), None, Some("s@cret".into()), 2));
-        assert_eq!(parsed("redis://push:pw@[::1]:7000"), ("[::1]:7000".into(), Some("push".into()), Some("pw".into()), 0));
+        assert_eq!(
+            parsed("redis://push:pw@[::1]:7000"),
+            ("[::1]:7000".into(), Some("push".into()), Some("pw".into()), 0)
+        );
         assert_eq!(parsed("redis://[::1]"), ("[::1]:6379".into(), None, None, 0));
     }
 

@@ -240,7 +240,8 @@ fn route(admin: &Admin, request: &AdminRequest<'_>) -> Routed {
                 .into();
             }
             if path == "/broadcast" {
-                let result = server.broadcast(request.body, kind).map(|delivered| Published { delivered, offset: None });
+                let result =
+                    server.broadcast(request.body, kind).map(|delivered| Published { delivered, offset: None });
                 return published_reply(result).into();
             }
             let user = match user_param(param("user")) {
@@ -314,7 +315,9 @@ fn engine_error(e: wspush::Error) -> Reply {
         wspush::Error::MessageTooLarge => Reply::error(StatusCode::PAYLOAD_TOO_LARGE, "message too large"),
         wspush::Error::InvalidUserId => Reply::error(StatusCode::BAD_REQUEST, "user must be 1 to 255 bytes"),
         wspush::Error::InvalidCloseCode => Reply::error(StatusCode::BAD_REQUEST, "invalid close code"),
-        wspush::Error::Unavailable => Reply::error(StatusCode::SERVICE_UNAVAILABLE, "Redis did not confirm the publish in time"),
+        wspush::Error::Unavailable => {
+            Reply::error(StatusCode::SERVICE_UNAVAILABLE, "Redis did not confirm the publish in time")
+        }
         other => Reply::error(StatusCode::INTERNAL_SERVER_ERROR, &other.to_string()),
     }
 }
@@ -369,7 +372,9 @@ mod tests {
         let request = AdminRequest { method: &method, path, query, binary: false, body };
         let reply = match route(admin, &request) {
             Routed::Now(reply) => reply,
-            Routed::Publishing(mut outcome) => published_reply(outcome.try_recv().expect("answered at once without Redis")),
+            Routed::Publishing(mut outcome) => {
+                published_reply(outcome.try_recv().expect("answered at once without Redis"))
+            }
         };
         let allow = reply.extra_header.filter(|(name, _)| name == header::ALLOW).map(|(_, value)| value.to_string());
         (reply.status.as_u16(), String::from_utf8(reply.body.to_vec()).unwrap(), allow)
