@@ -5,7 +5,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -31,20 +30,6 @@ struct Daemon {
     stderr: Arc<Mutex<String>>,
 }
 
-/// Copies a pipe into a shared string (so the daemon never blocks on a full pipe), reporting each
-/// line on `lines` as well.
-fn collect(pipe: impl Read + Send + 'static, into: Arc<Mutex<String>>, lines: Option<mpsc::Sender<String>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            into.lock().unwrap().push_str(&format!("{line}\n"));
-            if let Some(lines) = &lines {
-                let _ = lines.send(line);
-            }
-        }
-    });
-}
-
 impl Daemon {
     /// The daemon process's thread count.
     fn threads(&self) -> usize {
@@ -64,34 +49,14 @@ impl Daemon {
 
     /// `command` runs the daemon (directly, or through a wrapper such as prlimit).
     fn start_command(mut command: Command, auth_args: &[&str], extra_args: &[&str]) -> Daemon {
-        let mut child = command
+        command
             .args(auth_args)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--threads", "2"])
             .args(["--drain-timeout-ms", "1000"])
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start wspushd");
-        let stdout = Arc::new(Mutex::new(String::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (lines_tx, lines) = mpsc::channel();
-        collect(child.stdout.take().unwrap(), Arc::clone(&stdout), Some(lines_tx));
-        collect(child.stderr.take().unwrap(), Arc::clone(&stderr), None);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let listening = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) if line.starts_with("wspushd listening on ") => break line,
-                Ok(_) => continue,
-                Err(_) => panic!("no listening line; stderr: {}", stderr.lock().unwrap()),
-            }
-        };
-        // "wspushd listening on ws://127.0.0.1:PORT/ws, admin on http://127.0.0.1:PORT"
-        let ws = listening.split("ws://").nth(1).and_then(|rest| rest.split('/').next()).unwrap();
-        let admin = listening.split("http://").nth(1).unwrap().trim();
-        Daemon { child, ws: ws.parse().unwrap(), admin: admin.parse().unwrap(), stdout, stderr }
+            .args(extra_args);
+        let common::processes::Wspushd { child, ws, admin, stdout, stderr } =
+            common::processes::spawn_wspushd(command, "wspushd");
+        Daemon { child, ws, admin, stdout, stderr }
     }
 
     fn connect(&self, query: &str) -> WebSocket<TcpStream> {

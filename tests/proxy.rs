@@ -6,16 +6,15 @@
 //! The HAProxy test needs the `haproxy` binary (Debian package haproxy). Without it the test
 //! is skipped with a loud message, unless WSPUSH_REQUIRE_HAPROXY=1 (CI sets it), where it fails.
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::FromRawFd;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{upgrade_request, Harness, Raw, WAIT};
+use common::{processes, upgrade_request, Harness, Raw, WAIT};
 use wspush::{Config, UpgradeDecision};
 
 /// A TCP connection to `addr` from `source` (any 127.0.0.0/8 address is local on Linux): lets
@@ -172,35 +171,10 @@ impl Drop for Killed {
 
 /// Starts wspushd (demo mode) with `args`; returns it and its WebSocket address once listening.
 fn start_daemon(args: &[&str]) -> (Killed, SocketAddr, Arc<Mutex<String>>) {
-    let binary = common::build_workspace_binary("wspushd");
-    let mut child = Command::new(binary)
-        .args(["--demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--threads", "2"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start wspushd");
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let into = Arc::clone(&log);
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            into.lock().unwrap().push_str(&format!("{line}\n"));
-            let _ = tx.send(line);
-        }
-    });
-    let daemon = Killed(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("wspushd listening");
-        // "wspushd listening on ws://127.0.0.1:PORT/ws, admin on http://127.0.0.1:PORT"
-        if let Some(rest) = line.strip_prefix("wspushd listening on ws://") {
-            let ws = rest.split('/').next().unwrap().parse().unwrap();
-            return (daemon, ws, log);
-        }
-    }
+    let mut command = Command::new(common::build_workspace_binary("wspushd"));
+    command.args(["--demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--threads", "2"]).args(args);
+    let daemon = processes::spawn_wspushd(command, "wspushd");
+    (Killed(daemon.child), daemon.ws, daemon.stdout)
 }
 
 /// Starts HAProxy in front of `backend`: frontends on the two returned ports forward with a
@@ -215,41 +189,8 @@ fn start_haproxy(backend: SocketAddr, dir: &std::path::Path) -> (Killed, u16, u1
          frontend with_v2\n    bind 127.0.0.1:{v2}\n    default_backend wspushd_v2\n\
          backend wspushd_v2\n    server ws {backend} send-proxy-v2\n"
     );
-    let path = dir.join("haproxy.cfg");
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new("haproxy")
-        .arg("-db") // foreground
-        .arg("-f")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start haproxy");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", v1)).is_err() || TcpStream::connect(("127.0.0.1", v2)).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut stderr = String::new();
-            let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
-            panic!("haproxy exited ({status}): {stderr}");
-        }
-        assert!(Instant::now() < deadline, "haproxy is not listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = processes::spawn_haproxy(&config, dir, &[v1, v2]);
     (Killed(child), v1, v2)
-}
-
-/// Whether the HAProxy test can run; when it can't, says so loudly, or fails under CI.
-fn haproxy_available() -> bool {
-    if Command::new("haproxy").arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok() {
-        return true;
-    }
-    let why = "haproxy is not installed (apt-get install haproxy)";
-    if std::env::var("WSPUSH_REQUIRE_HAPROXY").as_deref() == Ok("1") {
-        panic!("cannot run the HAProxy test ({why}) but WSPUSH_REQUIRE_HAPROXY=1");
-    }
-    eprintln!("\n*** SKIPPED wspushd_behind_haproxy: {why}. CI sets WSPUSH_REQUIRE_HAPROXY=1. ***\n");
-    false
 }
 
 fn upgrade_from(source: Ipv4Addr, port: u16, user: &str) -> Result<Raw, u16> {
@@ -263,7 +204,7 @@ fn upgrade_from(source: Ipv4Addr, port: u16, user: &str) -> Result<Raw, u16> {
 
 #[test]
 fn wspushd_behind_haproxy_counts_each_client_address_and_refuses_untrusted_headers() {
-    if !haproxy_available() {
+    if !processes::haproxy_available("wspushd_behind_haproxy") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("wspush-proxy-test-{}", std::process::id()));

@@ -72,6 +72,18 @@ unsafe fn write_optional<T>(out: *mut T, value: T) {
     }
 }
 
+/// Writes a publish's outcome to the optional out-parameters (offset 0: history off).
+///
+/// # Safety
+/// Each pointer must be NULL or writable.
+unsafe fn write_published(delivered: *mut usize, offset: *mut u64, published: crate::Published) {
+    // SAFETY: per this function's contract.
+    unsafe {
+        write_optional(delivered, published.delivered);
+        write_optional(offset, published.offset.unwrap_or(0));
+    }
+}
+
 /// This library's version, e.g. "0.1.0" (static, NUL-terminated).
 #[no_mangle]
 pub extern "C" fn wspush_version() -> *const c_char {
@@ -234,10 +246,7 @@ pub unsafe extern "C" fn wspush_publish_with_offset(
         let (user, payload) = unsafe { (user_arg(user, user_len)?, payload_arg(&server, payload, payload_len)?) };
         let published = engine(server.publish_with_offset(user, payload, message_kind_from_c(kind)?))?;
         // SAFETY: per this function's contract.
-        unsafe {
-            write_optional(delivered, published.delivered);
-            write_optional(offset, published.offset.unwrap_or(0));
-        }
+        unsafe { write_published(delivered, offset, published) };
         Ok(wspush_result::Ok)
     })
 }
@@ -274,10 +283,7 @@ pub unsafe extern "C" fn wspush_publish_wait(
         let timeout = std::time::Duration::from_millis(timeout_ms);
         let published = engine(server.publish_wait(user, payload, message_kind_from_c(kind)?, timeout))?;
         // SAFETY: per this function's contract.
-        unsafe {
-            write_optional(delivered, published.delivered);
-            write_optional(offset, published.offset.unwrap_or(0));
-        }
+        unsafe { write_published(delivered, offset, published) };
         Ok(wspush_result::Ok)
     })
 }

@@ -4,26 +4,15 @@
 //! Needs the `haproxy` binary (Debian package haproxy). Without it the test is skipped with a
 //! loud message, unless WSPUSH_REQUIRE_HAPROXY=1 (CI sets it), where it fails.
 
-use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
 
+use crate::common::processes::spawn_haproxy;
 use crate::common::{self, Ws};
 use crate::redis::free_port;
 
-pub fn haproxy_available(test: &str) -> bool {
-    if Command::new("haproxy").arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok() {
-        return true;
-    }
-    let why = "haproxy is not installed (apt-get install haproxy)";
-    if std::env::var("WSPUSH_REQUIRE_HAPROXY").as_deref() == Ok("1") {
-        panic!("cannot run {test} ({why}) but WSPUSH_REQUIRE_HAPROXY=1");
-    }
-    eprintln!("\n*** SKIPPED {test}: {why}. CI sets WSPUSH_REQUIRE_HAPROXY=1. ***\n");
-    false
-}
+pub use crate::common::processes::haproxy_available;
 
 /// A running HAProxy with two frontends, each forwarding with a PROXY v2 header:
 /// `round_robin` spreads connections over all the nodes (`balance roundrobin`), `first_node`
@@ -53,29 +42,7 @@ impl Haproxy {
              backend node0\n    server node0 {} send-proxy-v2\n",
             nodes[0]
         );
-        let path = dir.join("haproxy.cfg");
-        std::fs::write(&path, config).unwrap();
-        let mut child = Command::new("haproxy")
-            .arg("-db") // foreground
-            .arg("-f")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start haproxy");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", round_robin)).is_err()
-            || TcpStream::connect(("127.0.0.1", first_node)).is_err()
-        {
-            if let Ok(Some(status)) = child.try_wait() {
-                let mut stderr = String::new();
-                let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
-                panic!("haproxy exited ({status}): {stderr}");
-            }
-            assert!(Instant::now() < deadline, "haproxy is not listening");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = spawn_haproxy(&config, &dir, &[round_robin, first_node]);
         // The probes above were forwarded to nodes too (in TCP mode HAProxy connects to a server
         // at once) and closed; they moved the round-robin position, but any three consecutive
         // connections still land on three different nodes.

@@ -5,12 +5,11 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::common::processes::{spawn_wspushd, Wspushd};
 use crate::common::{self, Ws, NO_PER_IP_LIMITS};
 
 /// How long an admin request may take before the test fails (well above the 1 s Redis timeout,
@@ -33,22 +32,6 @@ pub struct Node {
     stderr: Arc<Mutex<String>>,
 }
 
-/// Copies a pipe into a shared string, and each line to `lines` if given.
-fn collect(
-    pipe: impl Read + Send + 'static,
-    into: Arc<Mutex<String>>,
-    lines: Option<mpsc::Sender<String>>,
-) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            into.lock().unwrap().push_str(&format!("{line}\n"));
-            if let Some(lines) = &lines {
-                let _ = lines.send(line);
-            }
-        }
-    })
-}
-
 impl Node {
     /// Starts a node on `redis_url` with `extra` flags (later flags override earlier ones: the
     /// per-address limits are off unless `extra` sets them).
@@ -60,54 +43,14 @@ impl Node {
     /// Starts a node with `args` after the common ones (demo mode, ports 0/0, two I/O threads,
     /// per-address limits off): no Redis unless `args` names one.
     pub fn spawn(name: &str, args: &[&str]) -> Node {
-        let mut child = Command::new(wspushd())
+        let mut command = Command::new(wspushd());
+        command
             .args(["--demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--threads", "2"])
             .args(["--drain-timeout-ms", "500"])
             .args(NO_PER_IP_LIMITS)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start wspushd");
-        let stdout = Arc::new(Mutex::new(String::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (lines_tx, lines) = mpsc::channel();
-        collect(child.stdout.take().unwrap(), Arc::clone(&stdout), Some(lines_tx));
-        let stderr_reader = collect(child.stderr.take().unwrap(), Arc::clone(&stderr), None);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let listening = loop {
-            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) if line.starts_with("wspushd listening on ") => break line,
-                Ok(_) => continue,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    // stdout closed: the process exited. Its stderr says why.
-                    let status = child.wait().expect("wait for wspushd");
-                    let _ = stderr_reader.join();
-                    panic!(
-                        "node {name}: wspushd exited ({status}) before listening; stderr:\n{}stdout:\n{}",
-                        stderr.lock().unwrap(),
-                        stdout.lock().unwrap()
-                    );
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("node {name}: no listening line within 20 s; stderr:\n{}", stderr.lock().unwrap());
-                }
-            }
-        };
-        // "wspushd listening on ws://127.0.0.1:PORT/ws, admin on http://127.0.0.1:PORT"
-        let ws = listening.split("ws://").nth(1).and_then(|rest| rest.split('/').next()).unwrap();
-        let admin = listening.split("http://").nth(1).unwrap().trim();
-        Node {
-            name: name.to_owned(),
-            child: Some(child),
-            ws: ws.parse().unwrap(),
-            admin: admin.parse().unwrap(),
-            stdout,
-            stderr,
-        }
+            .args(args);
+        let Wspushd { child, ws, admin, stdout, stderr } = spawn_wspushd(command, &format!("node {name}"));
+        Node { name: name.to_owned(), child: Some(child), ws, admin, stdout, stderr }
     }
 
     /// The node's output so far, for failure messages.
