@@ -152,10 +152,10 @@ impl Bridge {
                                 &meta,
                                 &stream,
                                 &epoch,
+                                &history.ttl_secs,
                                 &kind,
                                 &payload,
                                 &history.max_messages,
-                                &history.ttl_secs,
                                 &channel,
                             ],
                             now,
@@ -177,7 +177,7 @@ impl Bridge {
                 let (meta, stream) = (keys::meta(&read.user), keys::stream(&read.user));
                 let from = read.from.map(|from| from.to_string().into_bytes()).unwrap_or_default();
                 self.command
-                    .send(&[b"EVALSHA", &self.read_sha, b"2", &meta, &stream, &epoch, &from, &history.ttl_secs], now);
+                    .send(&[b"EVALSHA", &self.read_sha, b"2", &meta, &stream, &epoch, &history.ttl_secs, &from], now);
                 self.pending.push_back(Pending::Read(read));
             }
         }

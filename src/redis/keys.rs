@@ -140,44 +140,52 @@ pub(crate) fn parse_broadcast(raw: &[u8]) -> Option<(MessageKind, &[u8])> {
     }
 }
 
-/// Appends to the user's stream and publishes on its channel, atomically: KEYS meta, stream;
-/// ARGV epoch-if-new, kind, payload, max messages, TTL seconds, channel. Returns
-/// {epoch, offset, nodes that received it}. A missing hash means a new epoch (expired, evicted,
-/// or a Redis that lost its data): the stream, if any is left, is dropped with it, so offsets
-/// always restart at 1 in a new epoch.
-pub(crate) const PUBLISH_SCRIPT: &str = r#"
+/// The start of both scripts: KEYS meta, stream; ARGV[1] an epoch for a new stream, ARGV[2] the
+/// TTL in seconds. A missing hash means a new epoch (expired, evicted, or a Redis that lost its
+/// data): the stream, if any is left, is dropped with it, so offsets always restart at 1 in a
+/// new epoch.
+macro_rules! epoch_or_new {
+    () => {
+        r#"
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
-local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '0-' .. offset, 'k', ARGV[2], 'd', ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-local nodes = redis.call('SPUBLISH', ARGV[6], epoch .. ':' .. offset .. ':' .. ARGV[2] .. ':' .. ARGV[3])
-return {epoch, offset, nodes}
-"#;
+"#
+    };
+}
 
-/// The user's epoch and top, and (when ARGV[2] is an offset) the stream's entries after it:
-/// KEYS meta, stream; ARGV epoch-if-new, since-or-empty, TTL seconds. A user without a hash gets
-/// one now (a new epoch at offset 0, expiring like a stream), so the position a client is
-/// welcomed with names an epoch that a later loss changes.
-pub(crate) const READ_SCRIPT: &str = r#"
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-end
+/// Appends to the user's stream and publishes on its channel, atomically. ARGV after the two
+/// above: kind, payload, max messages, channel. Returns {epoch, offset, nodes that received it}.
+pub(crate) const PUBLISH_SCRIPT: &str = concat!(
+    epoch_or_new!(),
+    r#"
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], '0-' .. offset, 'k', ARGV[3], 'd', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+local nodes = redis.call('SPUBLISH', ARGV[6], epoch .. ':' .. offset .. ':' .. ARGV[3] .. ':' .. ARGV[4])
+return {epoch, offset, nodes}
+"#
+);
+
+/// The user's epoch and top, and (when ARGV[3] is an offset rather than empty) the stream's
+/// entries after it. A user without a hash gets one now (a new epoch at offset 0, expiring like
+/// a stream), so the position a client is welcomed with names an epoch that a later loss
+/// changes.
+pub(crate) const READ_SCRIPT: &str = concat!(
+    epoch_or_new!(),
+    r#"
 local top = tonumber(redis.call('HGET', KEYS[1], 'o'))
-if ARGV[2] == '' then
+if ARGV[3] == '' then
   return {epoch, top}
 end
-return {epoch, top, redis.call('XRANGE', KEYS[2], '(0-' .. ARGV[2], '+')}
-"#;
+return {epoch, top, redis.call('XRANGE', KEYS[2], '(0-' .. ARGV[3], '+')}
+"#
+);
 
 #[cfg(test)]
 mod tests {
