@@ -126,11 +126,11 @@ SEEDS = {
         "v2_unix": PROXY_V2_SIG + bytes([0x21, 0x31, 0, 216]) + bytes(216),
     },
     # redis_reply: what the Redis bridge reads (replies to its scripts, pub/sub pushes with a
-    # user's message, XRANGE entries, errors).
+    # user's message, a history read, errors).
     "redis_reply": {
         "publish_script": b"*3\r\n$16\r\n00000000000000ff\r\n:7\r\n:2\r\n",
         "smessage": b"*3\r\n$8\r\nsmessage\r\n$16\r\nwspush:{u:alice}:c\r\n$24\r\n00000000000000ff:7:t:hey\r\n",
-        "xrange": b"*3\r\n$16\r\n00000000000000ff\r\n:2\r\n*1\r\n*2\r\n$3\r\n0-2\r\n*4\r\n$1\r\nk\r\n$1\r\nb\r\n$1\r\nd\r\n$2\r\n\x00\xff\r\n",
+        "history_read": b"*3\r\n$16\r\n00000000000000ff\r\n:2\r\n*2\r\n$2\r\ntx\r\n$3\r\nb\x00\xff\r\n",
         "errors_and_nulls": b"-NOSCRIPT No matching script\r\n$-1\r\n*-1\r\n+OK\r\n",
     },
     # connection: [flags, chunk sizes..., payload]; flags bit 0 = target sends its own upgrade

@@ -57,9 +57,9 @@ fn a_jump_in_offsets_is_filled_from_the_stream_before_the_next_message() {
     assert_eq!(publish_wait(&a, "alice", "one"), Published { delivered: 1, offset: Some(1) });
     assert_eq!(v1_message(&mut tab), (Some(1), "one".into()));
 
-    // Offset 2 goes into the stream without reaching any channel: node B has no idea.
+    // Offset 2 goes into the history without reaching any channel: node B has no idea.
     redis.command(&[b"HINCRBY", b"wspush:{u:alice}:m", b"o", b"1"]);
-    redis.command(&[b"XADD", b"wspush:{u:alice}:s", b"0-2", b"k", b"t", b"d", b"hidden"]);
+    redis.command(&[b"RPUSH", b"wspush:{u:alice}:h", b"thidden"]);
     assert_eq!(publish_wait(&a, "alice", "three"), Published { delivered: 1, offset: Some(3) });
 
     assert_eq!(v1_message(&mut tab), (Some(2), "hidden".into()), "the jump is filled first");
@@ -92,10 +92,10 @@ fn a_jump_the_stream_no_longer_holds_closes_v1_connections_with_1012_never_a_sil
     assert_eq!(ws_text(&mut raw), "one");
 
     // Offsets 2-4 appended behind the nodes' backs; with 2 kept per user, 2 is trimmed away.
-    for offset in 2..=4 {
+    for _ in 2..=4 {
         redis.command(&[b"HINCRBY", b"wspush:{u:alice}:m", b"o", b"1"]);
-        let id = format!("0-{offset}");
-        redis.command(&[b"XADD", b"wspush:{u:alice}:s", b"MAXLEN", b"2", id.as_bytes(), b"k", b"t", b"d", b"gone"]);
+        redis.command(&[b"RPUSH", b"wspush:{u:alice}:h", b"tgone"]);
+        redis.command(&[b"LTRIM", b"wspush:{u:alice}:h", b"-2", b"-1"]);
     }
     assert_eq!(publish_wait(&a, "alice", "five").offset, Some(5));
 
@@ -235,7 +235,7 @@ fn a_stream_that_went_back_in_time_across_a_lost_connection_closes_v1_connection
     // What a restart from an older snapshot looks like: 2 and 3 are gone, the epoch is the same,
     // and the subscriber connections were lost.
     redis.command(&[b"HSET", b"wspush:{u:alice}:m", b"o", b"1"]);
-    redis.command(&[b"XDEL", b"wspush:{u:alice}:s", b"0-2", b"0-3"]);
+    redis.command(&[b"LTRIM", b"wspush:{u:alice}:h", b"0", b"0"]);
     redis.command(&[b"CLIENT", b"KILL", b"TYPE", b"pubsub"]);
 
     let (code, _) = ws_close_frame(&mut tab);

@@ -142,7 +142,7 @@ impl Bridge {
                 let epoch = self.next_epoch();
                 match &self.history {
                     Some(history) => {
-                        let (meta, stream) = (keys::meta(&user), keys::stream(&user));
+                        let (meta, history_key) = (keys::meta(&user), keys::history(&user));
                         let kind = [keys::kind_byte(kind)];
                         self.command.send(
                             &[
@@ -150,7 +150,7 @@ impl Bridge {
                                 &self.publish_sha,
                                 b"2",
                                 &meta,
-                                &stream,
+                                &history_key,
                                 &epoch,
                                 &history.ttl_secs,
                                 &kind,
@@ -174,10 +174,12 @@ impl Bridge {
             Waiting::Read { read, .. } => {
                 let epoch = self.next_epoch();
                 let Some(history) = &self.history else { return };
-                let (meta, stream) = (keys::meta(&read.user), keys::stream(&read.user));
+                let (meta, history_key) = (keys::meta(&read.user), keys::history(&read.user));
                 let from = read.from.map(|from| from.to_string().into_bytes()).unwrap_or_default();
-                self.command
-                    .send(&[b"EVALSHA", &self.read_sha, b"2", &meta, &stream, &epoch, &history.ttl_secs, &from], now);
+                self.command.send(
+                    &[b"EVALSHA", &self.read_sha, b"2", &meta, &history_key, &epoch, &history.ttl_secs, &from],
+                    now,
+                );
                 self.pending.push_back(Pending::Read(read));
             }
         }

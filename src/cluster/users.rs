@@ -313,7 +313,10 @@ impl Bridge {
     pub(super) fn on_read(&mut self, read: Read, reply: Reply, now: Instant) {
         let items = reply.into_array().unwrap_or_default();
         let position = position_of(&items);
-        let entries = items.get(2).map(entries_of).unwrap_or_default();
+        let entries = match (position, items.get(2)) {
+            (Some((_, top)), Some(list)) => entries_of(list, top),
+            _ => Vec::new(),
+        };
         let Some((epoch, top)) = position else {
             eprintln!("wspush: unexpected reply to a stream read");
             if let ReadFor::Greet { conn, .. } = read.why {
@@ -454,26 +457,17 @@ impl Bridge {
     }
 }
 
-/// XRANGE's entries: `[[ "0-OFFSET", [k, KIND, d, PAYLOAD]], ...]`; malformed ones are skipped
-/// (they then count as missing).
-fn entries_of(reply: &Reply) -> Vec<Stored> {
+/// The history entries a read returned (`KIND PAYLOAD` each, the last one at offset `top`),
+/// numbered; a malformed one ends the list there (what follows counts as missing).
+fn entries_of(reply: &Reply, top: u64) -> Vec<Stored> {
     let Some(items) = reply.as_array() else { return Vec::new() };
+    let Some(first) = (top + 1).checked_sub(items.len() as u64).filter(|&first| first >= 1) else { return Vec::new() };
     items
         .iter()
-        .filter_map(|item| {
-            let item = item.as_array()?;
-            let id = item.first()?.as_bytes()?;
-            let offset = std::str::from_utf8(id.strip_prefix(b"0-")?).ok()?.parse().ok()?;
-            let fields = item.get(1)?.as_array()?;
-            let (mut kind, mut payload) = (None, None);
-            for pair in fields.chunks(2) {
-                match (pair.first().and_then(Reply::as_bytes), pair.get(1).and_then(Reply::as_bytes)) {
-                    (Some(b"k"), Some([byte])) => kind = keys::kind_of(*byte),
-                    (Some(b"d"), Some(data)) => payload = Some(data.into()),
-                    _ => {}
-                }
-            }
-            Some(Stored { offset, kind: kind?, payload: payload? })
+        .zip(first..)
+        .map_while(|(item, offset)| {
+            let (&kind, payload) = item.as_bytes()?.split_first()?;
+            Some(Stored { offset, kind: keys::kind_of(kind)?, payload: payload.into() })
         })
         .collect()
 }
