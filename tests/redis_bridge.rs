@@ -264,3 +264,35 @@ fn scripts_flushed_from_redis_are_loaded_again() {
     };
     assert_eq!(published.offset, Some(2));
 }
+
+/// The IDs of the clients connected to Redis, from CLIENT LIST (the asking one included).
+fn client_ids(redis: &Redis) -> Vec<String> {
+    let list = redis.command(&[b"CLIENT", b"LIST"]);
+    let mut ids: Vec<String> =
+        list.split_whitespace().filter(|field| field.starts_with("id=")).map(str::to_owned).collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn idle_links_stay_up_with_and_without_subscriptions() {
+    if !redis_available("idle_links_stay_up...") {
+        return;
+    }
+    let redis = Redis::start(false);
+    let (a, _) = node(&redis.url(), 100);
+    eventually("the node is connected", || a.stats().redis_connected == 1);
+    // A user comes and goes: its link ends up subscribed to nothing again.
+    let raw = ws_connect(a.local_addr(), "alice");
+    wait_subscribed(&redis, "alice", 1);
+    drop(raw);
+    wait_subscribed(&redis, "alice", 0);
+    let before = client_ids(&redis);
+    // Several keepalive rounds (a ping every half timeout when idle).
+    std::thread::sleep(TIMEOUT * 4);
+    assert_eq!(a.stats().redis_connected, 1);
+    let after = client_ids(&redis);
+    // The harness's own command connection is new each time; the node's are the same ones.
+    let kept = before.iter().filter(|id| after.contains(id)).count();
+    assert!(kept >= 3, "the node's three connections were remade: before {before:?}, after {after:?}");
+}

@@ -169,7 +169,9 @@ impl Bridge {
                 eprintln!("wspush: Redis refused a subscription: {}", String::from_utf8_lossy(&error));
                 return self.subscriber_failed(i, "subscription refused", now);
             }
-            _ => return,
+            // A connection subscribed to nothing (all its users left) is out of subscriber mode:
+            // its PING is answered +PONG.
+            _ => return subscriber.link.answered(),
         };
         match super::bytes_at(&items, 0) {
             Some(b"smessage") => {
