@@ -296,3 +296,62 @@ fn idle_links_stay_up_with_and_without_subscriptions() {
     let kept = before.iter().filter(|id| after.contains(id)).count();
     assert!(kept >= 3, "the node's three connections were remade: before {before:?}, after {after:?}");
 }
+
+#[test]
+fn a_redis_cluster_of_three_primaries_carries_users_of_every_slot() {
+    if !redis_available("a_redis_cluster_of_three_primaries...") {
+        return;
+    }
+    let primaries: Vec<Redis> = (0..3).map(|_| Redis::start_cluster_node()).collect();
+    redis_process::create_cluster(&primaries);
+    // Each node is pointed at a different primary: it finds the others itself.
+    let (a, _) = node(&primaries[0].url(), 100);
+    let (b, _) = node(&primaries[1].url(), 100);
+    let users: Vec<String> = (0..12).map(|i| format!("user{i}")).collect();
+    let owners: std::collections::HashSet<String> = users
+        .iter()
+        .map(|user| {
+            let key = format!("wspush:{{u:{user}}}:h");
+            primaries[0].command(&[b"CLUSTER", b"KEYSLOT", key.as_bytes()])
+        })
+        .map(|slot| {
+            let slot: u32 = slot.trim_start_matches(':').trim().parse().unwrap();
+            (slot * 3 / 16384).to_string() // create_cluster splits the slots in three ranges
+        })
+        .collect();
+    assert_eq!(owners.len(), 3, "the users' slots span the three primaries");
+
+    let mut tabs: Vec<Ws> = users.iter().map(|user| v1_connect(&b, user, None)).collect();
+    let epochs: Vec<String> = tabs.iter_mut().map(|tab| welcome(tab).0).collect();
+    for user in &users {
+        let channel = format!("wspush:{{u:{user}}}:c");
+        eventually(&format!("{user} subscribed"), || {
+            let subscribed = primaries
+                .iter()
+                .map(|primary| primary.command(&[b"PUBSUB", b"SHARDNUMSUB", channel.as_bytes()]))
+                .filter(|reply| reply.trim_end().ends_with(":1"))
+                .count();
+            subscribed == 1
+        });
+    }
+    for (user, tab) in users.iter().zip(&mut tabs) {
+        assert_eq!(publish_wait(&a, user, "one"), Published { delivered: 1, offset: Some(1) }, "{user}");
+        assert_eq!(v1_message(tab), (Some(1), "one".into()));
+    }
+
+    // Resume on the other node, against the same primaries.
+    let (user, epoch) = (&users[5], &epochs[5]);
+    drop(tabs.remove(5));
+    for text in ["two", "three"] {
+        publish_wait(&b, user, text);
+    }
+    let mut resumed = v1_connect(&a, user, Some(&format!("{epoch}:1")));
+    assert_eq!(welcome(&mut resumed), (epoch.clone(), 3, true));
+    assert_eq!(v1_message(&mut resumed), (Some(2), "two".into()));
+    assert_eq!(v1_message(&mut resumed), (Some(3), "three".into()));
+    // Broadcasts reach every node's connections.
+    a.broadcast(b"everyone", MessageKind::Text).unwrap();
+    let broadcast = next_json(&mut tabs[0]);
+    assert_eq!(broadcast["data"], "everyone", "{broadcast}");
+    assert_eq!(a.stats().redis_connected, 1);
+}

@@ -12,7 +12,6 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use crate::redis::resp::{self, Reply};
-use crate::redis::RedisUrl;
 
 /// Reconnect delays grow from this to `MAX_BACKOFF` while Redis stays unreachable.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -67,14 +66,14 @@ impl Link {
     }
 
     /// Starts connecting if the link is down and its retry time has come.
-    pub(super) fn maybe_connect(&mut self, registry: &Registry, url: &RedisUrl, now: Instant) -> Result<bool, Dead> {
+    pub(super) fn maybe_connect(&mut self, registry: &Registry, address: &str, now: Instant) -> Result<bool, Dead> {
         match self.phase {
             Phase::Down { retry_at } if now >= retry_at => {}
             _ => return Ok(false),
         }
         // Resolved at every attempt: the name may point elsewhere after a failover.
         let address =
-            url.address.to_socket_addrs().ok().and_then(|mut addrs| addrs.next()).ok_or(Dead("cannot resolve"))?;
+            address.to_socket_addrs().ok().and_then(|mut addrs| addrs.next()).ok_or(Dead("cannot resolve"))?;
         let mut stream = TcpStream::connect(address).map_err(|_| Dead("cannot connect"))?;
         registry
             .register(&mut stream, self.token, Interest::READABLE | Interest::WRITABLE)

@@ -5,8 +5,10 @@
 //!   numbers it in the user's stream, appends it, trims, sets the TTL and publishes it on the
 //!   user's channel; every node holding a connection of the user is subscribed to that channel
 //!   and queues the message to its connections. Its own too: one path, one order.
-//! - `link.rs`: one connection to Redis. There is one command link (scripts, pipelined) and a
-//!   few subscriber links; users are spread over them by hash.
+//! - `link.rs`: one connection to Redis. Per Redis primary (one, or each primary of a Redis
+//!   Cluster: `topology.rs`) there is one command link (scripts, pipelined) and two subscriber
+//!   links; a user's keys and channel live on the primary of its hash slot, and its users are
+//!   spread over the two subscriber links by hash.
 //! - `commands.rs`: the command link: publishes, broadcasts and reads of a user's stream, each
 //!   reply matched to its request in order, and what waits while the link is down.
 //! - `users.rs`: subscriptions, which follow local users, and the order rule: per local user the
@@ -18,6 +20,7 @@
 mod commands;
 mod link;
 mod state;
+mod topology;
 mod users;
 
 use std::collections::{HashMap, VecDeque};
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token, Waker};
 
 use crate::guard::guarded;
-use crate::handle::{ServerHandle, Shared, Wakes, BRIDGE_OF_THIS_THREAD};
+use crate::handle::{Command, ServerHandle, Shared, Wakes, BRIDGE_OF_THIS_THREAD};
 use crate::redis::resp::Reply;
 use crate::redis::{Outbox, RedisUrl, Request};
 use crate::registry::KeyMap;
@@ -36,11 +39,14 @@ use link::Link;
 use state::{Greeter, HeldQueue, Pending, UserState, Waiting};
 
 const WAKER: Token = Token(0);
-const COMMAND: Token = Token(1);
-/// Subscriber link `i` has token `FIRST_SUBSCRIBER + i`.
-const FIRST_SUBSCRIBER: usize = 2;
-/// Subscriber links: enough that one slow socket does not hold up every user's messages.
-const SUBSCRIBER_LINKS: usize = 2;
+/// Primaries a node talks to at most (a Redis Cluster with more is refused).
+const MAX_SHARDS: usize = 64;
+/// Command link `i` has token `FIRST_COMMAND + i`, subscriber link `j` `FIRST_SUBSCRIBER + j`.
+const FIRST_COMMAND: usize = 1;
+const FIRST_SUBSCRIBER: usize = FIRST_COMMAND + MAX_SHARDS;
+/// Subscriber links per primary: enough that one slow socket does not hold up every user's
+/// messages.
+const SUBSCRIBERS_PER_SHARD: usize = 2;
 
 /// What `Server::start` makes before spawning the bridge thread.
 pub(crate) struct BridgeSetup {
@@ -77,6 +83,21 @@ struct HistoryArgs {
     ttl_secs: Vec<u8>,
 }
 
+/// The link that runs scripts on one primary, with the replies it owes, in order.
+struct CommandLink {
+    link: Link,
+    /// Setup replies (AUTH, SELECT, CLUSTER SLOTS, SCRIPT LOAD) still owed.
+    setup_left: usize,
+    ready: bool,
+    pending: VecDeque<Pending>,
+}
+
+impl CommandLink {
+    fn new(shard: usize, now: Instant) -> CommandLink {
+        CommandLink { link: Link::new(Token(FIRST_COMMAND + shard), now), setup_left: 0, ready: false, pending: VecDeque::new() }
+    }
+}
+
 struct Subscriber {
     link: Link,
     /// AUTH/SELECT replies still to come before subscribing.
@@ -86,6 +107,12 @@ struct Subscriber {
     to_subscribe: Vec<Vec<u8>>,
 }
 
+impl Subscriber {
+    fn new(index: usize, now: Instant) -> Subscriber {
+        Subscriber { link: Link::new(Token(FIRST_SUBSCRIBER + index), now), setup_left: 0, ready: false, to_subscribe: Vec::new() }
+    }
+}
+
 pub(crate) struct Bridge {
     shared: Arc<Shared>,
     outbox: Arc<Outbox>,
@@ -93,17 +120,24 @@ pub(crate) struct Bridge {
     timeout: Duration,
     history: Option<HistoryArgs>,
     poll: Poll,
-    command: Link,
-    /// Setup replies (AUTH, SELECT, SCRIPT LOAD) still owed on the command link.
-    setup_left: usize,
-    command_ready: bool,
+    /// Per shard (a Redis primary): its address, its command link, and (in `subscribers`) its
+    /// `SUBSCRIBERS_PER_SHARD` subscriber links. Shard 0 starts as the URL's address.
+    addresses: Vec<String>,
+    commands: Vec<CommandLink>,
+    subscribers: Vec<Subscriber>,
+    /// Redis Cluster: the shard serving each hash slot. None with one Redis, or before the
+    /// first CLUSTER SLOTS answer (`topology_known`).
+    slots: Option<Box<[u16]>>,
+    topology_known: bool,
+    /// A CLUSTER SLOTS asked after a MOVED is under way.
+    refreshing: bool,
+    /// Bumped when the links are remade for a new topology: replies read from a link before
+    /// that are dropped.
+    generation: u64,
     publish_sha: Vec<u8>,
     read_sha: Vec<u8>,
-    /// One entry per reply owed on the command link, in order.
-    pending: VecDeque<Pending>,
-    /// Work waiting for the command link to be ready.
+    /// Work waiting for its shard's command link to be ready (or for the topology).
     waiting: VecDeque<Waiting>,
-    subscribers: Vec<Subscriber>,
     users: KeyMap<UserState>,
     /// Keys `users` by a keyed hash of the user ID (random per process).
     user_keys: std::hash::RandomState,
@@ -114,7 +148,7 @@ pub(crate) struct Bridge {
     /// Users whose last local connection closed, due to be unsubscribed (after a linger, so a
     /// reloading tab does not unsubscribe and resubscribe).
     leaving: VecDeque<(Instant, Box<[u8]>)>,
-    /// Since when the command link has not been ready (None: it is).
+    /// Since when no command link has been ready (None: one is).
     down_since: Option<Instant>,
     wakes: Wakes,
     /// Epoch candidates (used when a publish or read creates a stream): a bijective mix of a
@@ -137,28 +171,22 @@ impl Bridge {
             ttl_secs: config.history_ttl.as_secs().max(1).to_string().into_bytes(),
         });
         let now = Instant::now();
-        let subscribers = (0..SUBSCRIBER_LINKS)
-            .map(|i| Subscriber {
-                link: Link::new(Token(FIRST_SUBSCRIBER + i), now),
-                setup_left: 0,
-                ready: false,
-                to_subscribe: Vec::new(),
-            })
-            .collect();
         Some(Bridge {
             timeout: config.redis_timeout,
             outbox: setup.outbox,
+            addresses: vec![url.address.clone()],
             url,
             history,
             poll: setup.poll,
-            command: Link::new(COMMAND, now),
-            setup_left: 0,
-            command_ready: false,
+            commands: vec![CommandLink::new(0, now)],
+            subscribers: Vec::new(),
+            slots: None,
+            topology_known: false,
+            refreshing: false,
+            generation: 0,
             publish_sha: Vec::new(),
             read_sha: Vec::new(),
-            pending: VecDeque::new(),
             waiting: VecDeque::new(),
-            subscribers,
             users: KeyMap::default(),
             user_keys: std::hash::RandomState::new(),
             held: HashMap::new(),
@@ -188,13 +216,10 @@ impl Bridge {
             }
             let now = Instant::now();
             for event in events.iter() {
-                match event.token() {
-                    WAKER => {}
-                    COMMAND => self.on_command_event(&mut replies, now),
-                    Token(t) if (FIRST_SUBSCRIBER..FIRST_SUBSCRIBER + SUBSCRIBER_LINKS).contains(&t) => {
-                        self.on_subscriber_event(t - FIRST_SUBSCRIBER, &mut replies, now)
-                    }
-                    Token(_) => {}
+                match event.token().0 {
+                    0 => {} // the waker
+                    t if t < FIRST_SUBSCRIBER => self.on_command_event(t - FIRST_COMMAND, &mut replies, now),
+                    t => self.on_subscriber_event(t - FIRST_SUBSCRIBER, &mut replies, now),
                 }
             }
             self.outbox.take(&mut requests);
@@ -228,41 +253,43 @@ impl Bridge {
     /// Timers: overdue links, reconnects, keepalive pings, what waited too long, lingering
     /// subscriptions.
     fn tick(&mut self, now: Instant) {
-        if let Err(dead) = self.command.check_overdue(now, self.timeout) {
-            self.command_failed(dead.0, now);
+        for shard in 0..self.commands.len() {
+            if let Err(dead) = self.commands[shard].link.check_overdue(now, self.timeout) {
+                self.command_failed(shard, dead.0, now);
+            }
+            let registry = self.poll.registry();
+            match self.commands[shard].link.maybe_connect(registry, &self.addresses[shard], now) {
+                Ok(true) => self.command_connecting(shard, now),
+                Ok(false) => {}
+                Err(dead) => self.command_failed(shard, dead.0, now),
+            }
+            let command = &mut self.commands[shard];
+            if command.ready && command.link.wants_ping(now, self.timeout) {
+                command.link.send(&[b"PING"], now);
+                command.pending.push_back(Pending::Ping);
+            }
         }
-        for i in 0..SUBSCRIBER_LINKS {
+        for i in 0..self.subscribers.len() {
             if let Err(dead) = self.subscribers[i].link.check_overdue(now, self.timeout) {
                 self.subscriber_failed(i, dead.0, now);
             }
-        }
-        let registry = self.poll.registry();
-        match self.command.maybe_connect(registry, &self.url, now) {
-            Ok(true) => self.command_connecting(now),
-            Ok(false) => {}
-            Err(dead) => self.command_failed(dead.0, now),
-        }
-        for i in 0..SUBSCRIBER_LINKS {
             let registry = self.poll.registry();
-            match self.subscribers[i].link.maybe_connect(registry, &self.url, now) {
+            let address = &self.addresses[i / SUBSCRIBERS_PER_SHARD];
+            match self.subscribers[i].link.maybe_connect(registry, address, now) {
                 Ok(true) => self.subscriber_connecting(i, now),
                 Ok(false) => {}
                 Err(dead) => self.subscriber_failed(i, dead.0, now),
             }
-        }
-        if self.command_ready && self.command.wants_ping(now, self.timeout) {
-            self.command.send(&[b"PING"], now);
-            self.pending.push_back(Pending::Ping);
-        }
-        for subscriber in &mut self.subscribers {
+            let subscriber = &mut self.subscribers[i];
             if subscriber.ready && subscriber.link.wants_ping(now, self.timeout) {
                 subscriber.link.send(&[b"PING"], now);
             }
         }
         self.expire_waiting(now);
         self.sweep_leaving(now);
-        let connected =
-            self.command_ready && self.subscribers.iter().all(|s| s.ready && s.setup_left == 0 && s.link.is_up());
+        let connected = self.topology_known
+            && self.commands.iter().all(|c| c.ready)
+            && self.subscribers.iter().all(|s| s.ready && s.setup_left == 0 && s.link.is_up());
         self.outbox.stats.connected.store(u64::from(connected), std::sync::atomic::Ordering::Relaxed);
         self.outbox.stats.subscribed_users.store(self.users.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let down_too_long = self.down_since.is_some_and(|since| now.duration_since(since) >= self.timeout);
@@ -273,10 +300,12 @@ impl Bridge {
 
     fn flush_links(&mut self, now: Instant) {
         self.flush_subscriptions(now);
-        if let Err(dead) = self.command.flush() {
-            self.command_failed(dead.0, now);
+        for shard in 0..self.commands.len() {
+            if let Err(dead) = self.commands[shard].link.flush() {
+                self.command_failed(shard, dead.0, now);
+            }
         }
-        for i in 0..SUBSCRIBER_LINKS {
+        for i in 0..self.subscribers.len() {
             if let Err(dead) = self.subscribers[i].link.flush() {
                 self.subscriber_failed(i, dead.0, now);
             }
@@ -285,7 +314,7 @@ impl Bridge {
 
     /// The earliest time something must happen without an event.
     fn next_deadline(&self, now: Instant) -> Option<Instant> {
-        let links = std::iter::once(&self.command).chain(self.subscribers.iter().map(|s| &s.link));
+        let links = self.commands.iter().map(|c| &c.link).chain(self.subscribers.iter().map(|s| &s.link));
         let mut next = links.filter_map(|link| link.next_deadline(self.timeout)).min();
         let mut consider = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
         if let Some(queued) = self.waiting.front().map(Waiting::queued) {
@@ -294,10 +323,33 @@ impl Bridge {
         if let Some((due, _)) = self.leaving.front() {
             consider(*due);
         }
-        if !self.greeters.is_empty() || self.down_since.is_some() {
+        if !self.greeters.is_empty() || self.down_since.is_some() || !self.waiting.is_empty() {
             consider(now + self.timeout / 4);
         }
         next
+    }
+
+    /// Makes the links for a new topology (`slots`: None for one Redis at `addresses[0]`):
+    /// everything owed on the old links is failed or queued again (as when a link is lost),
+    /// every user is resubscribed where its slot now lives (the I/O threads name them again)
+    /// and read again from what this node delivered.
+    fn rebuild(&mut self, addresses: Vec<String>, slots: Option<Box<[u16]>>, now: Instant) {
+        for shard in 0..self.commands.len() {
+            self.command_failed(shard, "the cluster's topology changed", now);
+        }
+        for i in 0..self.subscribers.len() {
+            self.subscriber_failed(i, "the cluster's topology changed", now);
+        }
+        self.generation += 1;
+        self.commands = (0..addresses.len()).map(|shard| CommandLink::new(shard, now)).collect();
+        self.subscribers = (0..addresses.len() * SUBSCRIBERS_PER_SHARD).map(|i| Subscriber::new(i, now)).collect();
+        self.addresses = addresses;
+        self.slots = slots;
+        self.topology_known = true;
+        self.refreshing = false;
+        for thread in self.shared.threads.iter() {
+            thread.push(Command::Census);
+        }
     }
 
     /// Sends AUTH and SELECT as the URL asks, on a link that just connected; how many replies
@@ -330,7 +382,9 @@ impl Bridge {
     /// Stopping (or failed): every publish still waiting is answered, every greeting refused.
     fn fail_everything(&mut self) {
         let now = Instant::now();
-        self.command_failed("stopping", now);
+        for shard in 0..self.commands.len() {
+            self.command_failed(shard, "stopping", now);
+        }
         let waiting: Vec<Waiting> = self.waiting.drain(..).collect();
         for item in waiting {
             self.give_up(item);

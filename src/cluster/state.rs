@@ -7,20 +7,16 @@ use crate::history::Position;
 use crate::redis::Done;
 use crate::types::{ConnId, MessageKind};
 
-/// What a reply owed on the command link answers.
+/// What a reply owed on a command link answers.
 pub(super) enum Pending {
     /// AUTH, SELECT or the PING that opens a link without them.
     Login,
     LoadScript(Script),
+    /// CLUSTER SLOTS: which primary serves which slot (an error from a Redis that is no cluster).
+    Topology,
     Ping,
-    Publish {
-        done: Option<Done>,
-        bytes: usize,
-    },
-    Broadcast {
-        bytes: usize,
-    },
-    Read(Read),
+    /// A publish, broadcast or read, kept whole so that one answered MOVED can be sent again.
+    Work(Waiting),
 }
 
 pub(super) enum Script {
@@ -64,11 +60,13 @@ impl Waiting {
 #[derive(Clone, Copy, Default)]
 pub(super) struct UserState {
     epoch: u64,
-    /// The last offset delivered (low 56 bits) and the flags below (high 8).
+    /// The last offset delivered (low 48 bits), the subscriber link it is on (next 8) and the
+    /// flags below (high 8).
     word: u64,
 }
 
-const OFFSET_MASK: u64 = (1 << 56) - 1;
+const OFFSET_MASK: u64 = (1 << 48) - 1;
+const ROUTE_SHIFT: u32 = 48;
 /// SSUBSCRIBE sent, not yet confirmed.
 pub(super) const SUBSCRIBING: u64 = 1 << 56;
 /// The subscription is confirmed: messages published from now on reach this node.
@@ -109,8 +107,17 @@ impl UserState {
 
     pub(super) fn set_known(&mut self, epoch: u64, last: u64) {
         self.epoch = epoch;
-        // Offsets past 2^56 would take 2^56 publishes to one user.
+        // Offsets past 2^48 would take 2^48 publishes to one user.
         self.word = (self.word & !OFFSET_MASK) | (last & OFFSET_MASK) | KNOWN;
+    }
+
+    /// The subscriber link (index into `Bridge::subscribers`) the user's channel is on.
+    pub(super) fn route(&self) -> usize {
+        ((self.word >> ROUTE_SHIFT) & 0xff) as usize
+    }
+
+    pub(super) fn set_route(&mut self, route: usize) {
+        self.word = (self.word & !(0xff << ROUTE_SHIFT)) | (((route as u64) & 0xff) << ROUTE_SHIFT);
     }
 }
 

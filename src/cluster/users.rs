@@ -15,7 +15,8 @@ use std::time::Instant;
 
 use super::commands::{position_of, stream_position};
 use super::state::{Greeter, Held, Read, ReadFor, UserState, ACTIVE, FILLING, NEEDS_FILL, REFILL, SUBSCRIBING};
-use super::{Bridge, LINGER, SUBSCRIBER_LINKS};
+use super::topology::slot_of;
+use super::{Bridge, LINGER, SUBSCRIBERS_PER_SHARD};
 use crate::codec::close;
 use crate::conn_id;
 use crate::handle::{Command, ResumeOutcome, ANY_USER};
@@ -36,17 +37,30 @@ impl Bridge {
         self.user_keys.hash_one(user)
     }
 
-    /// The subscriber link a user's channel is on: any stable spread will do.
-    fn link_of(key: UserKey) -> usize {
-        (key >> 32) as usize % SUBSCRIBER_LINKS
+    /// The shard (Redis primary) serving `user`'s keys and channel: its hash slot's, in a
+    /// cluster.
+    pub(super) fn shard_of(&self, user: &[u8]) -> usize {
+        match &self.slots {
+            Some(table) => usize::from(table[usize::from(slot_of(&keys::channel(user)))]),
+            None => 0,
+        }
     }
 
-    /// Makes sure `user` is subscribed, or being subscribed.
+    /// The subscriber link for `user`: one of its shard's, spread by the key.
+    fn route_of(&self, user: &[u8], key: UserKey) -> usize {
+        self.shard_of(user) * SUBSCRIBERS_PER_SHARD + (key >> 32) as usize % SUBSCRIBERS_PER_SHARD
+    }
+
+    /// Makes sure `user` is subscribed, or being subscribed (once the topology is known).
     fn ensure_user(&mut self, user: &[u8]) {
         let key = self.key(user);
+        let route = self.route_of(user, key);
         let state = self.users.entry(key).or_default();
-        let subscriber = &mut self.subscribers[Self::link_of(key)];
-        if subscriber.ready && !state.has(ACTIVE | SUBSCRIBING) {
+        if state.has(ACTIVE | SUBSCRIBING) {
+            return;
+        }
+        state.set_route(route);
+        if let Some(subscriber) = self.subscribers.get_mut(route).filter(|subscriber| subscriber.ready) {
             state.set(SUBSCRIBING, true);
             subscriber.to_subscribe.push(keys::channel(user));
         }
@@ -66,7 +80,7 @@ impl Bridge {
 
     /// Unsubscribes users whose linger is over and who did not come back.
     pub(super) fn sweep_leaving(&mut self, now: Instant) {
-        let mut to_unsubscribe: [Vec<Vec<u8>>; SUBSCRIBER_LINKS] = Default::default();
+        let mut to_unsubscribe: Vec<Vec<Vec<u8>>> = vec![Vec::new(); self.subscribers.len()];
         while self.leaving.front().is_some_and(|(due, _)| *due <= now) {
             let Some((_, user)) = self.leaving.pop_front() else { break };
             let key = self.key(&user);
@@ -80,16 +94,16 @@ impl Bridge {
                 self.leaving.push_back((now + LINGER, user));
                 continue;
             }
-            let link = Self::link_of(key);
-            let subscribed = state.has(ACTIVE);
+            let (route, subscribed) = (state.route(), state.has(ACTIVE));
             self.users.remove(&key);
             self.held.remove(&user);
-            if subscribed && self.subscribers[link].ready {
-                to_unsubscribe[link].push(keys::channel(&user));
+            if subscribed && self.subscribers.get(route).is_some_and(|subscriber| subscriber.ready) {
+                to_unsubscribe[route].push(keys::channel(&user));
             }
         }
+        let batch_size = self.subscribe_batch();
         for (link, channels) in to_unsubscribe.iter().enumerate() {
-            for batch in channels.chunks(SUBSCRIBE_BATCH) {
+            for batch in channels.chunks(batch_size) {
                 let mut args: Vec<&[u8]> = vec![b"SUNSUBSCRIBE"];
                 args.extend(batch.iter().map(Vec::as_slice));
                 self.subscribers[link].link.send_owing(&args, batch.len(), now);
@@ -97,11 +111,21 @@ impl Bridge {
         }
     }
 
+    /// Channels per SSUBSCRIBE / SUNSUBSCRIBE: a Redis Cluster wants one slot per command.
+    fn subscribe_batch(&self) -> usize {
+        if self.slots.is_some() {
+            1
+        } else {
+            SUBSCRIBE_BATCH
+        }
+    }
+
     /// Sends this round's subscriptions, batched.
     pub(super) fn flush_subscriptions(&mut self, now: Instant) {
+        let batch_size = self.subscribe_batch();
         for subscriber in &mut self.subscribers {
             let channels = std::mem::take(&mut subscriber.to_subscribe);
-            for batch in channels.chunks(SUBSCRIBE_BATCH) {
+            for batch in channels.chunks(batch_size) {
                 let mut args: Vec<&[u8]> = vec![b"SSUBSCRIBE"];
                 args.extend(batch.iter().map(Vec::as_slice));
                 subscriber.link.send_owing(&args, batch.len(), now);
@@ -119,7 +143,7 @@ impl Bridge {
         if i == 0 {
             subscriber.link.send(&[b"SUBSCRIBE", BROADCAST_CHANNEL], now);
         }
-        if self.users.keys().any(|&key| Self::link_of(key) == i) {
+        if self.users.values().any(|state| state.route() == i) {
             for thread in self.shared.threads.iter() {
                 thread.push(Command::Census);
             }
@@ -127,7 +151,7 @@ impl Bridge {
     }
 
     pub(super) fn subscriber_failed(&mut self, i: usize, why: &str, now: Instant) {
-        let subscriber = &mut self.subscribers[i];
+        let Some(subscriber) = self.subscribers.get_mut(i) else { return };
         if subscriber.ready && subscriber.link.is_up() {
             eprintln!("wspush: lost a Redis subscriber connection ({why}); reconnecting");
         }
@@ -135,7 +159,7 @@ impl Bridge {
         subscriber.ready = false;
         subscriber.setup_left = 0;
         subscriber.to_subscribe.clear();
-        for (_, state) in self.users.iter_mut().filter(|(&key, _)| Self::link_of(key) == i) {
+        for state in self.users.values_mut().filter(|state| state.route() == i) {
             state.set(ACTIVE | SUBSCRIBING, false);
             let known = state.known().is_some();
             state.set(NEEDS_FILL, known);
@@ -143,11 +167,16 @@ impl Bridge {
     }
 
     pub(super) fn on_subscriber_event(&mut self, i: usize, replies: &mut Vec<Reply>, now: Instant) {
-        let result = self.subscribers[i].link.on_event(replies, now);
+        let Some(subscriber) = self.subscribers.get_mut(i) else { return };
+        let result = subscriber.link.on_event(replies, now);
+        let generation = self.generation;
         for reply in replies.drain(..) {
+            if self.generation != generation {
+                continue; // the links were remade: these replies are for the old ones
+            }
             self.on_subscriber_reply(i, reply, now);
         }
-        if let Err(dead) = result {
+        if let (Err(dead), true) = (result, self.generation == generation) {
             self.subscriber_failed(i, dead.0, now);
         }
     }
@@ -165,6 +194,12 @@ impl Bridge {
         }
         let items = match reply {
             Reply::Array(Some(items)) => items,
+            Reply::Error(error) if error.starts_with(b"MOVED ") => {
+                // The channel's slot is served elsewhere now: once the topology is known again
+                // every user is subscribed where it belongs.
+                subscriber.link.answered();
+                return self.refresh_topology(now);
+            }
             Reply::Error(error) => {
                 eprintln!("wspush: Redis refused a subscription: {}", String::from_utf8_lossy(&error));
                 return self.subscriber_failed(i, "subscription refused", now);

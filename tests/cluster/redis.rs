@@ -43,6 +43,8 @@ pub struct Redis {
     port: u16,
     dir: PathBuf,
     aof: bool,
+    /// More arguments (Redis Cluster mode).
+    extra: Vec<String>,
     /// Redis logs to stdout (`--logfile ""`); kept for failure messages, across restarts.
     log: Arc<Mutex<String>>,
 }
@@ -56,7 +58,25 @@ impl Redis {
         let dir = std::env::temp_dir().join(format!("wspush-cluster-redis-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create the Redis directory");
-        let mut redis = Redis { child: None, port: free_port(), dir, aof, log: Arc::default() };
+        let mut redis = Redis { child: None, port: free_port(), dir, aof, extra: Vec::new(), log: Arc::default() };
+        redis.spawn();
+        redis
+    }
+
+    /// Starts a Redis Cluster node (no slots yet: see [`create_cluster`]), without persistence.
+    pub fn start_cluster_node() -> Redis {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("wspush-redis-cluster-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the Redis directory");
+        // The cluster bus port is chosen too: port + 10000 may be taken.
+        let extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port"]
+            .iter()
+            .map(|arg| arg.to_string())
+            .chain([free_port().to_string()])
+            .collect();
+        let mut redis = Redis { child: None, port: free_port(), dir, aof: false, extra, log: Arc::default() };
         redis.spawn();
         redis
     }
@@ -80,6 +100,7 @@ impl Redis {
         } else {
             command.args(["--appendonly", "no"]);
         }
+        command.args(&self.extra);
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -285,4 +306,25 @@ pub fn array_items(reply: &str) -> Vec<String> {
         at += len;
     }
     items
+}
+
+/// Makes `nodes` (started with [`Redis::start_cluster_node`]) one Redis Cluster of primaries
+/// sharing the 16,384 slots, and waits until every node says `cluster_state:ok`.
+pub fn create_cluster(nodes: &[Redis]) {
+    let addresses: Vec<String> = nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)).collect();
+    let output = Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("create")
+        .args(&addresses)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("run redis-cli --cluster create");
+    assert!(output.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&output.stdout));
+    let deadline = Instant::now() + START_TIMEOUT;
+    for node in nodes {
+        while !node.command(&[b"CLUSTER", b"INFO"]).contains("cluster_state:ok") {
+            assert!(Instant::now() < deadline, "the cluster does not come up; log:\n{}", node.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
