@@ -27,6 +27,8 @@ mod haproxy;
 mod harness;
 #[path = "cluster/node.rs"]
 mod node;
+// Shared with tests/redis_bridge.rs, which also starts Redis Cluster nodes.
+#[allow(dead_code)]
 #[path = "cluster/redis.rs"]
 mod redis;
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use wspush::{Config, Error, MessageKind, Published, Server, ServerHandle};
 
 mod common;
-// Shared with tests/cluster.rs, which uses all of it.
+// Shared with tests/cluster.rs, which uses the parts this file does not.
 #[allow(dead_code)]
 #[path = "cluster/redis.rs"]
 mod redis_process;
@@ -354,4 +354,65 @@ fn a_redis_cluster_of_three_primaries_carries_users_of_every_slot() {
     let broadcast = next_json(&mut tabs[0]);
     assert_eq!(broadcast["data"], "everyone", "{broadcast}");
     assert_eq!(a.stats().redis_connected, 1);
+}
+
+/// Moves the slot of `user`'s keys to another primary, keys and all, as `redis-cli --cluster
+/// reshard` does (CLUSTER SETSLOT IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE everywhere).
+fn move_slot_of(user: &str, primaries: &[Redis]) {
+    let key = format!("wspush:{{u:{user}}}:h");
+    let slot = primaries[0].command(&[b"CLUSTER", b"KEYSLOT", key.as_bytes()]);
+    let slot = slot.trim_start_matches(':').trim().to_string();
+    let ids: Vec<String> = primaries
+        .iter()
+        .map(|p| redis_process::array_items(&format!("*1\r\n{}", p.command(&[b"CLUSTER", b"MYID"])))[0].clone())
+        .collect();
+    let owner = primaries
+        .iter()
+        .position(|p| p.command(&[b"CLUSTER", b"COUNTKEYSINSLOT", slot.as_bytes()]) != ":0\r\n")
+        .expect("the slot holds the user's keys");
+    let target = (owner + 1) % primaries.len();
+    let (source, destination) = (&primaries[owner], &primaries[target]);
+    destination.command(&[b"CLUSTER", b"SETSLOT", slot.as_bytes(), b"IMPORTING", ids[owner].as_bytes()]);
+    source.command(&[b"CLUSTER", b"SETSLOT", slot.as_bytes(), b"MIGRATING", ids[target].as_bytes()]);
+    let keys = redis_process::array_items(&source.command(&[b"CLUSTER", b"GETKEYSINSLOT", slot.as_bytes(), b"100"]));
+    for key in keys {
+        let port = destination.port().to_string();
+        let reply = source.command(&[b"MIGRATE", b"127.0.0.1", port.as_bytes(), key.as_bytes(), b"0", b"5000"]);
+        assert_eq!(reply, "+OK\r\n", "MIGRATE {key}");
+    }
+    for primary in primaries {
+        primary.command(&[b"CLUSTER", b"SETSLOT", slot.as_bytes(), b"NODE", ids[target].as_bytes()]);
+    }
+}
+
+#[test]
+fn a_slot_moved_between_primaries_is_followed_by_publishers_and_subscribers() {
+    if !redis_available("a_slot_moved_between_primaries...") {
+        return;
+    }
+    let primaries: Vec<Redis> = (0..3).map(|_| Redis::start_cluster_node()).collect();
+    redis_process::create_cluster(&primaries);
+    let (a, _) = node(&primaries[0].url(), 100);
+    let (b, _) = node(&primaries[0].url(), 100);
+    let mut tab = v1_connect(&b, "alice", None);
+    let (epoch, _, _) = welcome(&mut tab);
+    eventually("alice subscribed", || {
+        a.publish_wait(b"bob", b"-", MessageKind::Text, TIMEOUT).is_ok() && {
+            let channel = b"wspush:{u:alice}:c";
+            primaries.iter().any(|p| p.command(&[b"PUBSUB", b"SHARDNUMSUB", channel]).trim_end().ends_with(":1"))
+        }
+    });
+    assert_eq!(publish_wait(&a, "alice", "one"), Published { delivered: 1, offset: Some(1) });
+    assert_eq!(v1_message(&mut tab), (Some(1), "one".into()));
+
+    move_slot_of("alice", &primaries);
+    // A's next publish is answered MOVED and sent again to the new primary; B, whose subscription
+    // Redis dropped with the slot, subscribes there and catches up from the history.
+    let published = publish_wait(&a, "alice", "two");
+    assert_eq!(published.offset, Some(2), "the history moved with the slot: same epoch, next offset");
+    assert_eq!(v1_message(&mut tab), (Some(2), "two".into()));
+    assert_eq!(publish_wait(&a, "alice", "three"), Published { delivered: 1, offset: Some(3) });
+    assert_eq!(v1_message(&mut tab), (Some(3), "three".into()));
+    let mut resumed = v1_connect(&a, "alice", Some(&format!("{epoch}:1")));
+    assert_eq!(welcome(&mut resumed), (epoch, 3, true));
 }

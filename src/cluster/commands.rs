@@ -139,7 +139,10 @@ impl Bridge {
                 }
             }
             None => {
-                eprintln!("wspush: unexpected answer to CLUSTER SLOTS: {}", String::from_utf8_lossy(&error_text(reply)));
+                eprintln!(
+                    "wspush: unexpected answer to CLUSTER SLOTS: {}",
+                    String::from_utf8_lossy(&error_text(reply))
+                );
                 return self.command_failed(shard, "no topology", now);
             }
         }
@@ -260,7 +263,10 @@ impl Bridge {
                 let Some(history) = &self.history else { return };
                 let (meta, history_key) = (keys::meta(&read.user), keys::history(&read.user));
                 let from = read.from.map(|from| from.to_string().into_bytes()).unwrap_or_default();
-                link.send(&[b"EVALSHA", &self.read_sha, b"2", &meta, &history_key, &epoch, &history.ttl_secs, &from], now);
+                link.send(
+                    &[b"EVALSHA", &self.read_sha, b"2", &meta, &history_key, &epoch, &history.ttl_secs, &from],
+                    now,
+                );
             }
         }
         self.commands[shard].pending.push_back(Pending::Work(item));

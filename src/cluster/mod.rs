@@ -94,7 +94,12 @@ struct CommandLink {
 
 impl CommandLink {
     fn new(shard: usize, now: Instant) -> CommandLink {
-        CommandLink { link: Link::new(Token(FIRST_COMMAND + shard), now), setup_left: 0, ready: false, pending: VecDeque::new() }
+        CommandLink {
+            link: Link::new(Token(FIRST_COMMAND + shard), now),
+            setup_left: 0,
+            ready: false,
+            pending: VecDeque::new(),
+        }
     }
 }
 
@@ -109,7 +114,12 @@ struct Subscriber {
 
 impl Subscriber {
     fn new(index: usize, now: Instant) -> Subscriber {
-        Subscriber { link: Link::new(Token(FIRST_SUBSCRIBER + index), now), setup_left: 0, ready: false, to_subscribe: Vec::new() }
+        Subscriber {
+            link: Link::new(Token(FIRST_SUBSCRIBER + index), now),
+            setup_left: 0,
+            ready: false,
+            to_subscribe: Vec::new(),
+        }
     }
 }
 
@@ -334,12 +344,18 @@ impl Bridge {
     /// every user is resubscribed where its slot now lives (the I/O threads name them again)
     /// and read again from what this node delivered.
     fn rebuild(&mut self, addresses: Vec<String>, slots: Option<Box<[u16]>>, now: Instant) {
+        if self.topology_known {
+            eprintln!("wspush: the Redis Cluster's slots moved; reconnecting to {}", addresses.join(", "));
+        }
+        // The links are remade on purpose: not worth a line each.
+        let stopping = std::mem::replace(&mut self.stopping, true);
         for shard in 0..self.commands.len() {
             self.command_failed(shard, "the cluster's topology changed", now);
         }
         for i in 0..self.subscribers.len() {
             self.subscriber_failed(i, "the cluster's topology changed", now);
         }
+        self.stopping = stopping;
         self.generation += 1;
         self.commands = (0..addresses.len()).map(|shard| CommandLink::new(shard, now)).collect();
         self.subscribers = (0..addresses.len() * SUBSCRIBERS_PER_SHARD).map(|i| Subscriber::new(i, now)).collect();

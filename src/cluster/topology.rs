@@ -34,7 +34,8 @@ pub(super) fn parse_cluster_slots(reply: &Reply) -> Option<(Vec<String>, Box<[u1
     let mut table = vec![u16::MAX; SLOTS].into_boxed_slice();
     for range in reply.as_array()? {
         let range = range.as_array()?;
-        let (first, last) = (usize::try_from(range.first()?.as_int()?).ok()?, usize::try_from(range.get(1)?.as_int()?).ok()?);
+        let (first, last) =
+            (usize::try_from(range.first()?.as_int()?).ok()?, usize::try_from(range.get(1)?.as_int()?).ok()?);
         let primary = range.get(2)?.as_array()?;
         let host = std::str::from_utf8(primary.first()?.as_bytes()?).ok()?;
         let port = primary.get(1)?.as_int()?;
@@ -69,7 +70,9 @@ mod tests {
     #[test]
     fn a_cluster_slots_table_maps_every_slot_to_its_primary() {
         let node = |port: i64| Reply::Array(Some(vec![Reply::Bulk(Some(b"127.0.0.1".to_vec())), Reply::Int(port)]));
-        let range = |a: i64, b: i64, port: i64| Reply::Array(Some(vec![Reply::Int(a), Reply::Int(b), node(port), node(port + 1)]));
+        let range = |a: i64, b: i64, port: i64| {
+            Reply::Array(Some(vec![Reply::Int(a), Reply::Int(b), node(port), node(port + 1)]))
+        };
         let reply = Reply::Array(Some(vec![range(0, 5460, 7000), range(5461, 10922, 7002), range(10923, 16383, 7000)]));
         let (primaries, table) = parse_cluster_slots(&reply).unwrap();
         assert_eq!(primaries, ["127.0.0.1:7000", "127.0.0.1:7002"]);

@@ -151,8 +151,9 @@ impl Bridge {
     }
 
     pub(super) fn subscriber_failed(&mut self, i: usize, why: &str, now: Instant) {
+        let stopping = self.stopping;
         let Some(subscriber) = self.subscribers.get_mut(i) else { return };
-        if subscriber.ready && subscriber.link.is_up() {
+        if subscriber.ready && subscriber.link.is_up() && !stopping {
             eprintln!("wspush: lost a Redis subscriber connection ({why}); reconnecting");
         }
         subscriber.link.drop_connection(self.poll.registry(), now);
@@ -230,7 +231,19 @@ impl Bridge {
                     self.on_subscribed(&user, now);
                 }
             }
-            Some(b"subscribe" | b"sunsubscribe" | b"unsubscribe" | b"pong") => subscriber.link.answered(),
+            Some(b"sunsubscribe") => {
+                let user = super::bytes_at(&items, 1).and_then(keys::user_of_channel);
+                let subscribed =
+                    user.is_some_and(|user| self.users.get(&self.key(&user)).is_some_and(|s| s.has(ACTIVE)));
+                if subscribed {
+                    // Not asked for (a user is forgotten before its SUNSUBSCRIBE goes out): Redis
+                    // Cluster moved the channel's slot to another primary.
+                    self.refresh_topology(now);
+                } else {
+                    self.subscribers[i].link.answered();
+                }
+            }
+            Some(b"subscribe" | b"unsubscribe" | b"pong") => subscriber.link.answered(),
             _ => {}
         }
     }
