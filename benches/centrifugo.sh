@@ -120,11 +120,12 @@ for rate in "${RATES[@]}"; do
   common=(--peer centrifugo --centrifugo-secret "$SECRET" --centrifugo-api-key "$API_KEY" --json
     -n "$CONNS_PER_NODE" --phases connect,idle,publish --publish-rate "$((rate / 2))"
     --publish-secs "$PUBLISH_SECS" --admin-conns "$ADMIN_CONNS" --source-ips 2)
-  "$LOADGEN" "${common[@]}" --centrifugo-user-prefix a --source-base "127.0.$RUN.2" \
+  # /usr/bin/time: the client's own CPU (coordinator and workers, whole run) for context.
+  /usr/bin/time -f "%U %S" -o "$dir/time-a" "$LOADGEN" "${common[@]}" --centrifugo-user-prefix a --source-base "127.0.$RUN.2" \
     --url "ws://127.0.0.1:${ports[0]}/connection/websocket" --admin "127.0.0.1:${ports[1]}" --server-pid "${nodes[0]}" \
     > "$OUT/centrifugo-$rate-a.json" 2> "$OUT/centrifugo-$rate-a.log" &
   a=$!
-  "$LOADGEN" "${common[@]}" --centrifugo-user-prefix b --source-base "127.0.$RUN.4" \
+  /usr/bin/time -f "%U %S" -o "$dir/time-b" "$LOADGEN" "${common[@]}" --centrifugo-user-prefix b --source-base "127.0.$RUN.4" \
     --url "ws://127.0.0.1:${ports[1]}/connection/websocket" --admin "127.0.0.1:${ports[0]}" --server-pid "${nodes[1]}" \
     > "$OUT/centrifugo-$rate-b.json" 2> "$OUT/centrifugo-$rate-b.log" &
   b=$!
@@ -135,7 +136,8 @@ for rate in "${RATES[@]}"; do
   stop "$sampler"
   python3 benches/peers/centrifugo/summarize.py report "$rate" "$dir/samples-$rate" node1,node2,redis \
     "$OUT/centrifugo-$rate-a.json" "$OUT/centrifugo-$rate-b.json" "$OUT/centrifugo-$rate.json" "$OUT/centrifugo-$rate.txt" \
-    "install_secs=$INSTALL_SECS" "redis_version=$REDIS_VERSION" "centrifugo_version=$VERSION" \
+    "loadgen_cpu_secs_whole_run=$(tail -qn1 "$dir/time-a" "$dir/time-b" | tr ' ' '\n' | paste -sd+ | bc)" \
+    "admin_conns_per_loadgen=$ADMIN_CONNS" "install_secs=$INSTALL_SECS" "redis_version=$REDIS_VERSION" "centrifugo_version=$VERSION" \
     "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)" "load_average=$(cut -d' ' -f1-3 /proc/loadavg)"
   for pid in "${nodes[@]}"; do stop "$pid"; done
   sleep 1

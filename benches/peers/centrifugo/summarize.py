@@ -158,6 +158,11 @@ def report(rate, samples_path, names, a_path, b_path, out_json, out_txt, extra):
         f"CPU over the {window:.1f} s publish window (publishing + draining), per publish: "
         + ", ".join(f"{n} {result['cpu_us_per_publish'][n]:.1f} µs ({result['cpu_share_of_window'][n] * 100:.0f}% of a core)" for n in names)
     )
+    lines.append(
+        f"client (both loadgens, whole run incl. connect) {extra.get('loadgen_cpu_secs_whole_run', '?')} CPU-s; "
+        f"{extra.get('admin_conns_per_loadgen', '?')} API connections per loadgen; load average at the end "
+        f"{extra.get('load_average', '?')}"
+    )
     with open(out_txt, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
