@@ -3,13 +3,14 @@
 
   summarize.py sample OUT PID...   every 100 ms, one line to OUT: CLOCK_MONOTONIC ns, then per PID
                                    utime+stime (seconds) and RssAnon (KiB); runs until SIGTERM.
-  summarize.py report RATE SAMPLES NAMES A.json B.json OUT.json OUT.txt [KEY=VALUE ...]
-                                   combines the two loadgen reports (one per node) and the samples
-                                   (NAMES: comma-separated names of the sampled PIDs, in order).
+  summarize.py report RATE SAMPLES NAMES OUT A.json[,B.json] [KEY=VALUE ...]
+                                   combines the loadgen reports (one per loadgen process) and the
+                                   samples (NAMES: comma-separated names of the sampled PIDs, in
+                                   order) into OUT.json and OUT.txt; KEY=VALUE pairs are recorded.
 
-Both loadgen processes publish at the same time; their publish phases (publishing and draining)
-are bounded by start_mono_ns/end_mono_ns in their reports. CPU is taken over the union of the two
-phases, from the samples, and divided by all publishes of both (so it covers the API request on one
+With two loadgen processes both publish at the same time; their publish phases (publishing and
+draining) are bounded by start_mono_ns/end_mono_ns in their reports. CPU is taken over the union of
+the phases, from the samples, and divided by all publishes (so it covers the API request on one
 node, Redis, and the delivery on the other).
 """
 import json
@@ -78,9 +79,10 @@ def us(ns):
     return f"{ns / 1000:,.0f} µs"
 
 
-def report(rate, samples_path, names, a_path, b_path, out_json, out_txt, extra):
+def report(rate, samples_path, names, out, paths, extra):
+    out_json, out_txt = out + ".json", out + ".txt"
     runs = []
-    for path in (a_path, b_path):
+    for path in paths:
         with open(path) as f:
             text = f.read().strip()
         if not text:
@@ -95,7 +97,6 @@ def report(rate, samples_path, names, a_path, b_path, out_json, out_txt, extra):
     window = (end - start) / 1e9
     cpu = {name: at(rows, end, i) - at(rows, start, i) for i, name in enumerate(names)}
     result = {
-        "peer": "centrifugo",
         "publish_rate_target": rate,
         "window_secs": window,
         "published": published,
@@ -138,9 +139,14 @@ def report(rate, samples_path, names, a_path, b_path, out_json, out_txt, extra):
     with open(out_json, "w") as f:
         json.dump(result, f, indent=1)
         f.write("\n")
+    server = "Centrifugo v6.9.1, Redis engine" if extra.get("server") == "centrifugo" else "wspushd --redis"
+    shape = (
+        "half the clients on each node, publishing through the node the user is NOT on"
+        if len(runs) == 2
+        else "all clients on node 1, every publish through node 2"
+    )
     lines = [
-        f"Centrifugo v6.9.1, Redis engine, 2 nodes, {result['connections']:,} connections; "
-        f"publish target {rate:,}/s to random users through the node the user is NOT on",
+        f"{server}, 2 nodes, {result['connections']:,} connections ({shape}); publish target {rate:,}/s to random users",
         f"published {published:,} at {result['publish_rate']:,.0f}/s (errors {result['publish_errors']}); "
         f"lost {result['lost']}, duplicated {result['duplicated']}, reordered {result['reordered']}, "
         f"unexpected {result['unexpected']}, closed by server {result['closed_by_server']}",
@@ -171,8 +177,8 @@ def report(rate, samples_path, names, a_path, b_path, out_json, out_txt, extra):
 if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "sample":
         sample(sys.argv[2], [int(p) for p in sys.argv[3:]])
-    elif len(sys.argv) >= 9 and sys.argv[1] == "report":
-        extra = dict(kv.split("=", 1) for kv in sys.argv[9:])
-        report(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8], extra)
+    elif len(sys.argv) >= 7 and sys.argv[1] == "report":
+        extra = dict(kv.split("=", 1) for kv in sys.argv[7:])
+        report(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6].split(","), extra)
     else:
         sys.exit(__doc__)
