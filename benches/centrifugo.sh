@@ -25,6 +25,8 @@ PUBLISH_SECS=${PUBLISH_SECS:-10}
 # Publishing connections per loadgen: Centrifugo's API answers in ~0.3-1 ms, and each connection
 # has one request in flight, so 4 (loadgen's default) would cap the rate below the target.
 ADMIN_CONNS=${ADMIN_CONNS:-32}
+# A loadgen that has not finished after this many seconds is stopped (its own waits are bounded).
+LOADGEN_TIMEOUT=${LOADGEN_TIMEOUT:-600}
 if [ "${1:-}" = "--quick" ]; then
   CONNS_PER_NODE=500; RATES=(1000); PUBLISH_SECS=2
 fi
@@ -80,11 +82,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-stop() { # pid: TERM, up to 10 s, then KILL
+stop() { # pid: TERM, up to 10 s, then KILL; forgotten by cleanup (its number may be reused)
   kill -TERM "$1" 2>/dev/null || true
   for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
   kill -KILL "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true
+  local kept=() pid
+  for pid in "${PIDS[@]}"; do [ "$pid" = "$1" ] || kept+=("$pid"); done
+  PIDS=("${kept[@]}")
 }
 
 # Exactly one listener, and it is $2 (a leftover with SO_REUSEPORT would take part of the load).
@@ -109,7 +114,8 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --d
 REDIS_PID=$!
 PIDS+=("$REDIS_PID")
 wait_listener "$REDIS_PORT" "$REDIS_PID" redis "$dir/redis.log"
-until redis-cli -p "$REDIS_PORT" PING >/dev/null 2>&1; do sleep 0.05; done
+for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" PING >/dev/null 2>&1 && break; sleep 0.1; done
+redis-cli -p "$REDIS_PORT" PING >/dev/null || { echo "redis-server does not answer:" >&2; cat "$dir/redis.log" >&2; exit 1; }
 REDIS_VERSION=$(redis-server --version | grep -o 'v=[0-9.]*' | cut -c3-)
 
 SECRET=$(random_hex 32)
@@ -167,7 +173,7 @@ for rate in "${RATES[@]}"; do
     # loadgen A: users a0.. on node 1, published to through node 2's API; loadgen B the reverse.
     for side in a b; do
       if [ $side = a ]; then here=0 there=1 base=2; else here=1 there=0 base=4; fi
-      /usr/bin/time -f "%U %S" -o "$dir/time-$side" "$LOADGEN" "${common[@]}" -n "$CONNS_PER_NODE" \
+      timeout "$LOADGEN_TIMEOUT" /usr/bin/time -f "%U %S" -o "$dir/time-$side" "$LOADGEN" "${common[@]}" -n "$CONNS_PER_NODE" \
         --publish-rate "$((rate / 2))" --centrifugo-user-prefix $side --source-base "127.0.$RUN.$base" \
         --url "ws://127.0.0.1:${ws_ports[$here]}$WS_PATH" --admin "127.0.0.1:${api_ports[$there]}" \
         --server-pid "${nodes[$here]}" > "$OUT/$NAME-$rate-$side.json" 2> "$OUT/$NAME-$rate-$side.log" &
@@ -175,7 +181,7 @@ for rate in "${RATES[@]}"; do
     done
   else
     # One loadgen: every client on node 1, every publish through node 2's API.
-    /usr/bin/time -f "%U %S" -o "$dir/time-a" "$LOADGEN" "${common[@]}" -n "$((2 * CONNS_PER_NODE))" \
+    timeout "$LOADGEN_TIMEOUT" /usr/bin/time -f "%U %S" -o "$dir/time-a" "$LOADGEN" "${common[@]}" -n "$((2 * CONNS_PER_NODE))" \
       --publish-rate "$rate" --source-base "127.0.$RUN.2" \
       --url "ws://127.0.0.1:${ws_ports[0]}$WS_PATH" --admin "127.0.0.1:${api_ports[1]}" \
       --server-pid "${nodes[0]}" > "$OUT/$NAME-$rate-a.json" 2> "$OUT/$NAME-$rate-a.log" &
