@@ -15,6 +15,7 @@
 //!   with the `X-API-Key` header; a refused command still answers HTTP 200, with `{"error":{...}}`
 //!   at the top (publish) or per channel (broadcast).
 
+use std::borrow::Cow;
 use std::io;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -170,9 +171,9 @@ fn judge_api_response(response: Response) -> Response {
     }
 }
 
-/// One message from the server, as far as loadgen cares.
+/// One message from the server, as far as loadgen cares (borrowing from the frame).
 #[derive(Debug, PartialEq, Eq)]
-pub enum Event {
+pub enum Event<'a> {
     /// `{}`: a ping.
     Ping,
     /// The reply to the connect command: `pong` says whether pings must be answered.
@@ -181,8 +182,9 @@ pub enum Event {
     Error { id: u32, text: String },
     /// A successful reply to command `id` other than connect.
     Reply { id: u32 },
-    /// A publication's data, when it is a JSON string (loadgen's payloads always are).
-    Publication(Vec<u8>),
+    /// A publication's data, when it is a JSON string (loadgen's payloads always are; without
+    /// escapes, as they are, it is borrowed from the frame).
+    Publication(Cow<'a, str>),
     /// A disconnect push.
     Disconnect(String),
     /// Anything else (other pushes, unparsable lines).
@@ -190,12 +192,13 @@ pub enum Event {
 }
 
 #[derive(Deserialize)]
-struct Reply {
+struct Reply<'a> {
     #[serde(default)]
     id: u32,
     error: Option<ReplyError>,
     connect: Option<ConnectResult>,
-    push: Option<Push>,
+    #[serde(borrow)]
+    push: Option<Push<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -213,15 +216,19 @@ struct ConnectResult {
 }
 
 #[derive(Deserialize)]
-struct Push {
-    #[serde(rename = "pub")]
-    publication: Option<Publication>,
+struct Push<'a> {
+    #[serde(rename = "pub", borrow)]
+    publication: Option<Publication<'a>>,
     disconnect: Option<Disconnect>,
 }
 
+/// `data` must be a JSON string (loadgen publishes nothing else); another type makes the whole
+/// message unreadable, counted as unknown. (serde borrows a `Cow<str>` field only when it is not
+/// inside an Option: a missing `data` becomes "", an unknown message too.)
 #[derive(Deserialize)]
-struct Publication {
-    data: Option<Value>,
+struct Publication<'a> {
+    #[serde(borrow, default)]
+    data: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
@@ -232,18 +239,19 @@ struct Disconnect {
     reason: String,
 }
 
-/// Every message in one WebSocket frame (newline-separated JSON), in order.
-pub fn parse_frame(payload: &[u8], events: &mut Vec<Event>) {
+/// Calls `on_event` with every message in one WebSocket frame (newline-separated JSON), in order,
+/// until it returns an error.
+pub fn for_each_message<E>(payload: &[u8], mut on_event: impl FnMut(Event<'_>) -> Result<(), E>) -> Result<(), E> {
     for line in payload.split(|&b| b == b'\n') {
         let line = line.trim_ascii();
-        if line.is_empty() {
-            continue;
+        if !line.is_empty() {
+            on_event(parse_message(line))?;
         }
-        events.push(parse_message(line));
     }
+    Ok(())
 }
 
-fn parse_message(line: &[u8]) -> Event {
+fn parse_message(line: &[u8]) -> Event<'_> {
     if line == b"{}" {
         return Event::Ping;
     }
@@ -258,9 +266,7 @@ fn parse_message(line: &[u8]) -> Event {
         return Event::Reply { id: reply.id };
     }
     match reply.push {
-        Some(Push { publication: Some(Publication { data: Some(Value::String(data)) }), .. }) => {
-            Event::Publication(data.into_bytes())
-        }
+        Some(Push { publication: Some(Publication { data }), .. }) => Event::Publication(data),
         Some(Push { disconnect: Some(d), .. }) => Event::Disconnect(format!("disconnect {} {}", d.code, d.reason)),
         _ => Event::Other,
     }
@@ -272,27 +278,43 @@ mod tests {
 
     #[test]
     fn frames_split_into_messages() {
+        fn events(frame: &[u8]) -> Vec<String> {
+            let mut seen = Vec::new();
+            for_each_message(frame, |event| {
+                if let Event::Publication(data) = &event {
+                    assert!(matches!(data, Cow::Borrowed(_)), "unescaped data is borrowed");
+                }
+                seen.push(format!("{event:?}"));
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+            seen
+        }
         let frame = b"{\"id\":1,\"connect\":{\"client\":\"c\",\"version\":\"6.9.1\",\"subs\":{\"#u3\":{}},\"ping\":25,\"pong\":true}}\n\
             {\"push\":{\"channel\":\"#u3\",\"pub\":{\"data\":\"p 1 42\",\"offset\":1}}}\n{}";
-        let mut events = Vec::new();
-        parse_frame(frame, &mut events);
-        assert_eq!(events, [Event::Connected { pong: true }, Event::Publication(b"p 1 42".to_vec()), Event::Ping]);
-        events.clear();
-        parse_frame(br#"{"id":2,"error":{"code":108,"message":"not available"}}"#, &mut events);
-        parse_frame(br#"{"id":2,"rpc":{}}"#, &mut events);
-        parse_frame(br#"{"push":{"disconnect":{"code":3501,"reason":"bad request"}}}"#, &mut events);
-        parse_frame(br##"{"push":{"channel":"#u3","join":{}}}"##, &mut events);
-        parse_frame(b"not json", &mut events);
+        assert_eq!(events(frame), ["Connected { pong: true }", "Publication(\"p 1 42\")", "Ping"]);
         assert_eq!(
-            events,
-            [
-                Event::Error { id: 2, text: "error 108 not available".into() },
-                Event::Reply { id: 2 },
-                Event::Disconnect("disconnect 3501 bad request".into()),
-                Event::Other,
-                Event::Other,
-            ]
+            events(br#"{"id":2,"error":{"code":108,"message":"not available"}}"#),
+            ["Error { id: 2, text: \"error 108 not available\" }"]
         );
+        assert_eq!(events(br#"{"id":2,"rpc":{}}"#), ["Reply { id: 2 }"]);
+        assert_eq!(
+            events(br#"{"push":{"disconnect":{"code":3501,"reason":"bad request"}}}"#),
+            ["Disconnect(\"disconnect 3501 bad request\")"]
+        );
+        assert_eq!(events(br##"{"push":{"channel":"#u3","join":{}}}"##), ["Other"]);
+        assert_eq!(events(br##"{"push":{"channel":"#u3","pub":{"data":{"a":1}}}}"##), ["Other"]);
+        assert_eq!(events(b"not json\n\n"), ["Other"]);
+        // The callback's error stops the walk.
+        let mut calls = 0;
+        assert_eq!(
+            for_each_message(b"{}\n{}", |_| {
+                calls += 1;
+                Err("stop")
+            }),
+            Err("stop")
+        );
+        assert_eq!(calls, 1);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::codec::{encode_masked, write_frame};
 use super::connection::mark_open;
 use super::messages::on_message;
 use super::Context;
-use crate::peer::centrifugo::{parse_frame, Event, Settings, CONNECT_ID, PONG, PROBE, PROBE_ID};
+use crate::peer::centrifugo::{for_each_message, Event, Settings, CONNECT_ID, PONG, PROBE, PROBE_ID};
 use crate::peer::PeerOptions;
 
 /// What a worker keeps for Centrifugo.
@@ -20,17 +20,13 @@ pub struct PeerState {
     settings: Settings,
     /// The connect replies said `"pong":true`: pings must be answered.
     answer_pings: bool,
-    /// Reused for the messages of one frame.
-    events: Vec<Event>,
 }
 
 impl PeerState {
     pub fn new(peer: &PeerOptions) -> Option<PeerState> {
         match peer {
             PeerOptions::Wspush => None,
-            PeerOptions::Centrifugo(settings) => {
-                Some(PeerState { settings: settings.clone(), answer_pings: false, events: Vec::new() })
-            }
+            PeerOptions::Centrifugo(settings) => Some(PeerState { settings: settings.clone(), answer_pings: false }),
         }
     }
 
@@ -50,22 +46,10 @@ pub fn login(client: &mut Client, context: &mut Context, user: usize) -> Result<
 
 /// One complete data frame from the server.
 pub fn on_frame(payload: &[u8], client: &mut Client, context: &mut Context) -> Result<(), Stop> {
-    let Some(peer) = context.peer.as_mut() else { return Ok(()) };
-    let mut events = std::mem::take(&mut peer.events);
-    parse_frame(payload, &mut events);
-    let mut outcome = Ok(());
-    for event in events.drain(..) {
-        if outcome.is_ok() {
-            outcome = on_event(event, client, context);
-        }
-    }
-    if let Some(peer) = context.peer.as_mut() {
-        peer.events = events;
-    }
-    outcome
+    for_each_message(payload, |event| on_event(event, client, context))
 }
 
-fn on_event(event: Event, client: &mut Client, context: &mut Context) -> Result<(), Stop> {
+fn on_event(event: Event<'_>, client: &mut Client, context: &mut Context) -> Result<(), Stop> {
     match event {
         Event::Ping => {
             if context.peer.as_ref().is_some_and(|p| p.answer_pings) {
@@ -83,7 +67,7 @@ fn on_event(event: Event, client: &mut Client, context: &mut Context) -> Result<
             return Err(Stop::Failed(Failure::Other, format!("connect refused: {text}")));
         }
         Event::Reply { id: PROBE_ID } | Event::Error { id: PROBE_ID, .. } => context.counters.probe_echoes += 1,
-        Event::Publication(data) => return on_message(&data, client, context),
+        Event::Publication(data) => return on_message(data.as_bytes(), client, context),
         Event::Disconnect(text) => return Err(Stop::ServerClosed(text)),
         Event::Connected { .. } | Event::Error { .. } | Event::Reply { .. } | Event::Other => {
             context.counters.unknown_msgs += 1
