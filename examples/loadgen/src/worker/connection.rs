@@ -329,6 +329,10 @@ impl Worker {
             Stop::ServerClosed(text) => {
                 // Our close reply was queued by process_frames; give it one chance to go out.
                 self.flush(index);
+                if self.clients[index].state == State::Handshaking {
+                    // Closed during a peer's login (worker/centrifugo.rs): a failed attempt.
+                    return self.fail(index, Failure::Other, &format!("during login: {text}"));
+                }
                 self.lose(index, &text)
             }
             Stop::ProtocolError(text) => {
