@@ -13,6 +13,8 @@ pub struct AdminClient {
     /// Response bytes read past the current response (never expected; kept for correctness).
     buffer: Vec<u8>,
     request: Vec<u8>,
+    /// Header lines after Host (each ending in CRLF); a peer's API may need others.
+    headers: String,
 }
 
 /// A parsed response.
@@ -37,7 +39,21 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl AdminClient {
     pub fn new(addr: SocketAddr) -> AdminClient {
-        AdminClient { addr, host_header: addr.to_string(), stream: None, buffer: Vec::new(), request: Vec::new() }
+        AdminClient {
+            addr,
+            host_header: addr.to_string(),
+            stream: None,
+            buffer: Vec::new(),
+            request: Vec::new(),
+            headers: "Content-Type: text/plain\r\n".into(),
+        }
+    }
+
+    /// Replaces the header lines sent after Host (default `Content-Type: text/plain`).
+    pub fn set_headers(&mut self, lines: &str) {
+        if self.headers != lines {
+            self.headers = lines.to_string();
+        }
     }
 
     fn connect(&mut self) -> io::Result<&mut TcpStream> {
@@ -82,8 +98,9 @@ impl AdminClient {
     fn try_request(&mut self, method: &str, target: &str, body: &[u8]) -> Result<Response, PostError> {
         self.request.clear();
         let head = format!(
-            "{method} {target} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+            "{method} {target} HTTP/1.1\r\nHost: {}\r\n{}Content-Length: {}\r\n\r\n",
             self.host_header,
+            self.headers,
             body.len()
         );
         self.request.extend_from_slice(head.as_bytes());

@@ -188,6 +188,9 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = count_u64, help_heading = "OUTPUT")]
     seed: Option<u64>,
 
+    #[command(flatten)]
+    peer: crate::peer::PeerArgs,
+
     /// Run as a worker process (started by loadgen itself).
     #[arg(long, hide = true)]
     worker: bool,
@@ -243,6 +246,8 @@ pub struct Options {
     pub drop_rst: bool,
     pub json: bool,
     pub seed: u64,
+    /// The server's protocol (--peer).
+    pub peer: crate::peer::PeerOptions,
     /// Run as a worker holding connections worker_first..worker_first+worker_count.
     pub worker: bool,
     pub worker_first: usize,
@@ -386,6 +391,7 @@ impl Options {
             drop_rst: args.drop_mode == "rst",
             json: args.json,
             seed: args.seed.unwrap_or_else(|| mono_ns() ^ (std::process::id() as u64) << 32),
+            peer: crate::peer::PeerOptions::from_args(args.peer)?,
             worker: args.worker,
             worker_first: args.worker_first,
             worker_count: args.worker_count,
@@ -401,6 +407,9 @@ impl Options {
         }
         if o.max_per_worker == 0 || o.max_per_worker > MAX_PER_WORKER {
             return Err(format!("--max-per-worker must be 1..={MAX_PER_WORKER}"));
+        }
+        if !o.worker {
+            o.peer.validate(&o.phases)?;
         }
         let storm = o.phases.contains(&Phase::Storm);
         if storm && o.tabs != 1 {

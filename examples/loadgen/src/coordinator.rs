@@ -102,6 +102,7 @@ impl Workers {
             if o.v1 {
                 command.arg("--v1");
             }
+            command.args(o.peer.worker_args());
             let mut child = command.spawn().map_err(|e| format!("cannot start worker: {e}"))?;
             let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
                 return Err("worker pipes missing".into());

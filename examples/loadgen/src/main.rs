@@ -21,6 +21,7 @@ mod cli;
 mod coordinator;
 mod hist;
 mod lanes;
+mod peer;
 mod phases;
 mod protocol;
 mod report;
@@ -54,6 +55,7 @@ fn main() {
             connect_timeout: Duration::from_secs_f64(options.connect_timeout),
             seed: options.seed,
             v1: options.v1,
+            peer: options.peer.clone(),
         };
         if let Err(e) = worker::run(config) {
             eprintln!("loadgen worker: {e}");

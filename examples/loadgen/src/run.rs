@@ -92,8 +92,7 @@ pub fn run(options: Options) -> Result<i32, String> {
     let before = if options.phases.contains(&Phase::Idle) {
         // One admin request first, so the admin channel's own fixed cost (its thread, buffers)
         // is in the baseline and not charged to the WebSocket connections.
-        AdminClient::new(options.admin)
-            .post("/broadcast", b"warm-up")
+        crate::peer::post(&options, &mut AdminClient::new(options.admin), "/broadcast", b"warm-up")
             .map_err(|e| format!("admin API at {} not answering: {e}", options.admin))?;
         Some(sys::sample_memory(options.server_pid).map_err(|e| format!("cannot sample memory: {e}"))?)
     } else {

@@ -17,7 +17,8 @@ impl Run {
         let mut delivered_claimed = 0;
         for index in 1..=count {
             let body = self.padded_payload(format!("b {index} {}", mono_ns()));
-            let response = admin.post("/broadcast", &body).map_err(|e| format!("broadcast {index} failed: {e}"))?;
+            let response = crate::peer::post(&self.options, &mut admin, "/broadcast", &body)
+                .map_err(|e| format!("broadcast {index} failed: {e}"))?;
             if response.status != 200 {
                 return Err(format!("broadcast {index} answered HTTP {}", response.status));
             }

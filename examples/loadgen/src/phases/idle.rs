@@ -16,7 +16,8 @@ impl Run {
         self.workers.send_all(&Command::Probe)?;
         let mut admin = AdminClient::new(self.options.admin);
         let body = self.padded_payload(format!("w {}", mono_ns()));
-        let response = admin.post("/broadcast", &body).map_err(|e| format!("warm-up broadcast failed: {e}"))?;
+        let response = crate::peer::post(&self.options, &mut admin, "/broadcast", &body)
+            .map_err(|e| format!("warm-up broadcast failed: {e}"))?;
         if response.status != 200 {
             return Err(format!("warm-up broadcast answered HTTP {}", response.status));
         }

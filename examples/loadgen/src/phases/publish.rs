@@ -18,6 +18,7 @@ impl Run {
         let cpu_before = o.server_pid.and_then(|pid| sys::cpu_seconds(pid).ok());
         let stop_at = Instant::now() + Duration::from_secs_f64(o.publish_secs);
         let start = Instant::now();
+        let start_ns = sys::mono_ns();
         let lanes = Lanes::start(&o, users, o.conns, stop_at, false);
         let mut last_print = Instant::now();
         while !lanes.finished() {
@@ -48,6 +49,7 @@ impl Run {
         let Delivery { report, lost, unexpected, dup, reordered, latency, checks } =
             self.await_deliveries(Phase::Publish, Stream::Pub, "draining: ")?;
         // Publishing and delivering, admin HTTP included; the idle connections' pings too.
+        let end_ns = sys::mono_ns();
         let cpu = o.server_pid.and_then(|pid| Some(sys::cpu_seconds(pid).ok()? - cpu_before?));
         let rate = ok as f64 / send_secs.max(1e-9);
         let mut fields = vec![
@@ -56,6 +58,10 @@ impl Run {
             ("publish_rate_target", Value::Float(o.publish_rate)),
             ("publish_rate", Value::Float(rate)),
             ("secs", Value::Float(send_secs)),
+            // CLOCK_MONOTONIC bounds of the phase (publishing and draining), to line it up with
+            // samples taken outside (other processes' CPU, e.g. benches/centrifugo.sh).
+            ("start_mono_ns", Value::Int(start_ns)),
+            ("end_mono_ns", Value::Int(end_ns)),
             ("max_schedule_lag_ns", Value::Int(max_lag_ns)),
             ("server_delivered", Value::Int(delivered_claimed)),
             ("server_delivered_mismatch", Value::Int(delivered_mismatch)),

@@ -41,6 +41,9 @@ pub struct Client {
     pub echo: bool,
     /// wspush.v1 bookkeeping (unused for raw clients).
     pub v1: V1,
+    /// A peer protocol's login (Centrifugo's connect command) is sent and not answered yet; the
+    /// state stays Handshaking until it is.
+    pub peer_login: bool,
 }
 
 /// A wspush.v1 client's view of its user's stream, and its resume check.
@@ -77,6 +80,7 @@ impl Client {
             warm: false,
             echo: false,
             v1: V1::default(),
+            peer_login: false,
         }
     }
 }

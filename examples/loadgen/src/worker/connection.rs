@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use mio::{Interest, Token};
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use super::client::{Failure, State, Stop};
+use super::client::{Client, Failure, State, Stop};
 use super::codec::{check_upgrade_response, encode_masked, process_frames};
 use super::seq::SeqCheck;
 use super::socket::{classify, open_client_socket};
-use super::{Worker, MAX_RESPONSE_HEAD, TICK};
+use super::{Context, Worker, MAX_RESPONSE_HEAD, TICK};
 use crate::protocol::End;
 use crate::sys::mono_ns;
 
@@ -117,6 +117,7 @@ impl Worker {
         client.inbuf = Vec::new();
         client.outbuf = Vec::new();
         client.fragments = None;
+        client.peer_login = false;
     }
 
     /// Ends an opened connection (the server closed it, or it broke).
@@ -291,7 +292,7 @@ impl Worker {
 
     pub(super) fn process_buffered(&mut self, index: usize) -> Result<(), Stop> {
         let client = &mut self.clients[index];
-        if client.state == State::Handshaking {
+        if client.state == State::Handshaking && !client.peer_login {
             let Some(head_end) = crate::admin::find(&client.inbuf, b"\r\n\r\n").map(|p| p + 4) else {
                 if client.inbuf.len() > MAX_RESPONSE_HEAD {
                     return Err(Stop::Failed(Failure::Other, "upgrade response head too long".into()));
@@ -301,22 +302,13 @@ impl Worker {
             check_upgrade_response(&client.inbuf[..head_end], &self.accept_key, self.config.v1)
                 .map_err(|(f, t)| Stop::Failed(f, t))?;
             client.inbuf.drain(..head_end);
-            client.state = State::Open;
-            client.ever_open = true;
-            let now = mono_ns();
-            if self.context.soak {
-                client.opened_ns = now;
-                client.first_pub = 0;
-                client.publishes = SeqCheck::default();
+            if self.context.peer.is_some() {
+                // Open once the peer's login is answered (worker/centrifugo.rs).
+                let user = (self.config.first + index) / self.config.tabs;
+                super::centrifugo::login(client, &mut self.context, user)?;
+            } else {
+                mark_open(client, &mut self.context);
             }
-            let counters = &mut self.context.counters;
-            counters.inflight -= 1;
-            counters.connected += 1;
-            counters.open += 1;
-            if counters.first_open_ns == 0 {
-                counters.first_open_ns = now;
-            }
-            counters.last_open_ns = now;
         }
         if client.inbuf.is_empty() {
             return Ok(());
@@ -337,6 +329,10 @@ impl Worker {
             Stop::ServerClosed(text) => {
                 // Our close reply was queued by process_frames; give it one chance to go out.
                 self.flush(index);
+                if self.clients[index].state == State::Handshaking {
+                    // Closed during a peer's login (worker/centrifugo.rs): a failed attempt.
+                    return self.fail(index, Failure::Other, &format!("during login: {text}"));
+                }
                 self.lose(index, &text)
             }
             Stop::ProtocolError(text) => {
@@ -379,4 +375,24 @@ impl Worker {
         self.write_bytes(index, &frame);
         self.context.frame = frame;
     }
+}
+
+/// The connection is usable: counted as open (after the 101, or a peer's login reply).
+pub(super) fn mark_open(client: &mut Client, context: &mut Context) {
+    client.state = State::Open;
+    client.ever_open = true;
+    let now = mono_ns();
+    if context.soak {
+        client.opened_ns = now;
+        client.first_pub = 0;
+        client.publishes = SeqCheck::default();
+    }
+    let counters = &mut context.counters;
+    counters.inflight -= 1;
+    counters.connected += 1;
+    counters.open += 1;
+    if counters.first_open_ns == 0 {
+        counters.first_open_ns = now;
+    }
+    counters.last_open_ns = now;
 }

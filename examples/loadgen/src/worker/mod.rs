@@ -6,6 +6,7 @@
 //! messages (what each server message means), socket (socket setup), soak (incarnations, churn),
 //! v1 (the wspush.v1 subprotocol and the resume phase).
 
+mod centrifugo;
 mod client;
 mod codec;
 mod connection;
@@ -55,6 +56,8 @@ pub struct WorkerConfig {
     pub seed: u64,
     /// Offer the wspush.v1 subprotocol (and require it in the 101).
     pub v1: bool,
+    /// The server's protocol (--peer).
+    pub peer: crate::peer::PeerOptions,
 }
 
 /// Counters reported to the coordinator; the field names are the report keys.
@@ -156,6 +159,8 @@ struct Context {
     resume_missed: u32,
     resume_expected: u32,
     resume_latency: Histogram,
+    /// A peer protocol's state (worker/centrifugo.rs); None for wspushd.
+    peer: Option<centrifugo::PeerState>,
 }
 
 impl Context {
@@ -256,6 +261,7 @@ pub fn run(config: WorkerConfig) -> io::Result<()> {
             resume_missed: 0,
             resume_expected: 0,
             resume_latency: Histogram::default(),
+            peer: centrifugo::PeerState::new(&config.peer),
         },
         config,
         poll,
@@ -303,9 +309,10 @@ impl Worker {
                 self.connect_started.get_or_insert_with(Instant::now);
             }
             Command::Probe => {
+                let probe: &[u8] = self.context.peer.as_ref().map_or(b"i", |peer| peer.probe());
                 for index in 0..self.clients.len() {
                     if self.clients[index].state == State::Open {
-                        self.send_text(index, b"i");
+                        self.send_text(index, probe);
                     }
                 }
             }

@@ -40,6 +40,9 @@ struct Frame {
 /// One complete data message from the server: a v1 frame when the worker speaks wspush.v1,
 /// else a raw payload.
 pub fn on_server_message(payload: &[u8], client: &mut Client, context: &mut Context) -> Result<(), Stop> {
+    if context.peer.is_some() {
+        return super::centrifugo::on_frame(payload, client, context);
+    }
     if !context.v1 {
         return on_message(payload, client, context);
     }
