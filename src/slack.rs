@@ -21,6 +21,12 @@ pub(crate) fn release_vec<T>(vector: &mut Vec<T>) {
     }
 }
 
+pub(crate) fn release_deque<T>(deque: &mut std::collections::VecDeque<T>) {
+    if worth_shrinking(deque.len(), deque.capacity()) {
+        deque.shrink_to(deque.len() * 2);
+    }
+}
+
 pub(crate) fn release_map<K: Eq + Hash, V, S: BuildHasher>(map: &mut HashMap<K, V, S>) {
     if worth_shrinking(map.len(), map.capacity()) {
         map.shrink_to(map.len() * 2);

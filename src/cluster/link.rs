@@ -18,6 +18,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Bytes read per call.
 const READ_CHUNK: usize = 64 * 1024;
+/// Buffer room a link keeps between bursts.
+const KEPT_BUFFER: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
@@ -120,6 +122,8 @@ impl Link {
         if self.written == self.out.len() {
             self.out.clear();
             self.written = 0;
+            // A reconnect storm's subscriptions and reads are not kept as idle capacity.
+            self.out.shrink_to(KEPT_BUFFER);
         }
         Ok(())
     }
@@ -160,6 +164,7 @@ impl Link {
             used += n;
         }
         self.input.drain(..used);
+        self.input.shrink_to(KEPT_BUFFER.max(self.input.len()));
         self.flush()
     }
 

@@ -34,6 +34,7 @@ use crate::handle::{Command, ServerHandle, Shared, Wakes, BRIDGE_OF_THIS_THREAD}
 use crate::redis::resp::Reply;
 use crate::redis::{Outbox, RedisUrl, Request};
 use crate::registry::KeyMap;
+use crate::slack;
 
 use link::Link;
 use state::{Greeter, HeldQueue, Pending, UserState, Waiting};
@@ -236,6 +237,8 @@ impl Bridge {
             for request in requests.drain(..) {
                 self.on_request(request, now);
             }
+            // The queue after a storm of arrivals (tens of bytes per user) is not kept.
+            slack::release_vec(&mut requests);
             if self.stopping {
                 self.fail_everything();
                 return;
@@ -297,6 +300,14 @@ impl Bridge {
         }
         self.expire_waiting(now);
         self.sweep_leaving(now);
+        slack::release_map(&mut self.users);
+        slack::release_map(&mut self.held);
+        slack::release_map(&mut self.greeters);
+        slack::release_deque(&mut self.waiting);
+        slack::release_deque(&mut self.leaving);
+        for command in &mut self.commands {
+            slack::release_deque(&mut command.pending);
+        }
         let connected = self.topology_known
             && self.commands.iter().all(|c| c.ready)
             && self.subscribers.iter().all(|s| s.ready && s.setup_left == 0 && s.link.is_up());

@@ -272,6 +272,7 @@ impl IoThread {
             self.cx.wheel.clear();
         }
         slack::release_vec(&mut self.cx.again);
+        slack::release_map(&mut self.cx.awaiting_welcome);
         round.release_slack();
     }
 
