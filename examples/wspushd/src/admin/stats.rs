@@ -62,7 +62,7 @@ mod tests {
 
     #[test]
     fn stats_json_has_every_counter_in_order() {
-        let stats = Stats { connections: 3, publishes_total: 7, recovery_failures_total: 9, ..Stats::default() };
+        let stats = Stats { connections: 3, publishes_total: 7, redis_resets_total: 9, ..Stats::default() };
         let json = stats_json(&stats);
         let parsed: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&json).unwrap();
         assert_eq!(parsed.len(), Stats::COUNT);
@@ -72,7 +72,7 @@ mod tests {
         assert_eq!(names, table);
         assert_eq!((parsed["connections"].as_u64(), parsed["publishes_total"].as_u64()), (Some(3), Some(7)));
         assert!(json.starts_with(r#"{"connections":3,"handshakes":0,"#), "{json}");
-        assert!(json.ends_with(r#","recovery_failures_total":9}"#), "{json}");
+        assert!(json.ends_with(r#","redis_resets_total":9}"#), "{json}");
     }
 
     #[test]
