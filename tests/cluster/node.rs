@@ -110,6 +110,11 @@ impl Node {
         }
     }
 
+    /// The wspushd process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the node is running").id()
+    }
+
     /// The node's output so far, for failure messages.
     pub fn logs(&self) -> String {
         format!(

@@ -68,7 +68,8 @@ pub struct Lanes {
 impl Lanes {
     /// Publishes at --publish-rate to random users among `users` until `stop_at` or `stop()`.
     pub fn start(o: &Options, users: usize, conns: usize, stop_at: Instant, log_times: bool) -> Lanes {
-        let lanes = o.admin_conns.min(users).max(1);
+        // At least one lane per node, so publishes go through every node's admin API.
+        let lanes = o.admin_conns.max(o.admins.len()).min(users).max(1);
         let sent_total = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::new();
@@ -153,7 +154,13 @@ fn publish_lane(o: &Options, plan: &LanePlan) -> Result<LaneResult, String> {
     if my_users == 0 || o.publish_rate <= 0.0 {
         return Ok(result);
     }
-    let mut admin = AdminClient::new(o.admin);
+    // Lane L publishes through node L mod n: a user's publishes all go through one node, in
+    // order, and reach its tabs on the other nodes through the broker.
+    let node = lane % o.admins.len();
+    let mut admin = AdminClient::new(o.admins[node]);
+    // With several nodes the payload names the node ("p SEQ T NODE") so that the workers can
+    // tell cross-node deliveries from local ones.
+    let via = if o.admins.len() > 1 { format!(" {node}") } else { String::new() };
     let interval = Duration::from_secs_f64(lanes as f64 / o.publish_rate);
     let mut rng = o.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(lane as u64) | 1;
     let start = Instant::now();
@@ -182,7 +189,7 @@ fn publish_lane(o: &Options, plan: &LanePlan) -> Result<LaneResult, String> {
         let user = lane + local * lanes;
         let seq = result.sent[local] + 1;
         let sent_ns = mono_ns();
-        let mut payload = format!("p {seq} {sent_ns}");
+        let mut payload = format!("p {seq} {sent_ns}{via}");
         if payload.len() < o.payload_bytes {
             payload.push(' ');
             payload.extend(std::iter::repeat_n('.', o.payload_bytes - payload.len()));
@@ -202,8 +209,10 @@ fn publish_lane(o: &Options, plan: &LanePlan) -> Result<LaneResult, String> {
                 plan.sent_total.fetch_add(1, Ordering::Relaxed);
                 let delivered = response.delivered().unwrap_or(0);
                 result.delivered += delivered;
-                let tabs = o.tabs.min(conns.saturating_sub(user * o.tabs)) as u64;
-                if delivered != tabs {
+                // Connections of the user, or with --cluster the distinct nodes holding them.
+                let tabs = o.tabs.min(conns.saturating_sub(user * o.tabs));
+                let expected = if o.cluster { tabs.min(o.targets.len()) } else { tabs } as u64;
+                if delivered != expected {
                     result.delivered_mismatch += 1;
                 }
             }
