@@ -2,7 +2,7 @@
 # Cluster benchmark (issue 16): two wspushd nodes sharing one Redis, against one wspushd without
 # Redis, under the same load in the same sitting, side by side.
 #
-#   bash benches/cluster.sh              # 19,000 connections, publish 5,000/s then 20,000/s, 10 s each
+#   bash benches/cluster.sh              # 19,000 connections, publish 5,000, 10,000, 20,000/s, 10 s each
 #   bash benches/cluster.sh --quick      # 2,000 connections, 1,000/s and 2,000/s for 3 s (plumbing)
 #
 # Every run starts everything afresh on free ports (Redis, the nodes; checked to be the only
@@ -23,17 +23,23 @@ ROOT=$PWD
 export PATH="$HOME/.cargo/bin:$PATH"
 
 CONNS=19000
-RATES=(5000 20000)
+RATES=(5000 10000 20000)
 PUBLISH_SECS=10
-# Publishing lanes (keep-alive admin connections, one request in flight each): at ~1 ms per
-# request on this machine, 20,000/s needs more than a handful.
-ADMIN_CONNS=32
+# Publishing lanes (loadgen threads, one keep-alive admin connection and one request in flight
+# each): the client's concurrency, sized per configuration to offer the target rate. One node
+# answers a publish in ~0.1-0.4 ms here, so 4 lanes offer 20,000/s (as in compare.sh; 32 lanes
+# there only add threads fighting for the 2 cores: p50 35 ms instead of 0.5 ms). Through Redis
+# the request includes the node-Redis round trip (~0.6-2 ms), so the same rate needs ~8x the
+# requests in flight: 32 lanes, 16 per node.
+LANES_SINGLE=4
+LANES_CLUSTER=32
 if [ "${1:-}" = "--quick" ]; then
   CONNS=2000; RATES=(1000 2000); PUBLISH_SECS=3
 fi
 OUT=benches/results
 mkdir -p "$OUT"
-rm -f "$OUT"/cluster-*.json "$OUT"/cluster-*.log
+rm -f "$OUT"/cluster-*.json "$OUT"/cluster-*.log "$OUT"/cluster-*.txt
+RATE=
 
 command -v redis-server >/dev/null || { echo "redis-server is not installed (apt-get install redis-server)" >&2; exit 1; }
 echo "== building wspushd and loadgen" >&2
@@ -82,7 +88,7 @@ NODE_WS= NODE_ADMIN= NODE_PID=
 start_node() { # name [wspushd flags...]
   local name=$1; shift
   NODE_WS=$(free_port); NODE_ADMIN=$(free_port)
-  local log="$OUT/cluster-$name.log"
+  local log="$OUT/cluster-$name-$RATE.log"
   # Per-address limits off: the load generator is a few addresses opening thousands of
   # connections. History: 100 messages per user (the daemon's default, spelled out).
   "$WSPUSHD" --demo --listen "127.0.0.1:$NODE_WS" --admin-listen "127.0.0.1:$NODE_ADMIN" \
@@ -102,31 +108,35 @@ start_node() { # name [wspushd flags...]
 # Each run connects from its own source addresses (127.0.R.2 and .3), so the previous run's
 # client ports in TIME_WAIT cannot slow its connects down. Two worker processes (9,500 each).
 RUN=0
-common_args() { # rate
+common_args() { # rate lanes
   RUN=$((RUN + 1))
   echo --json --conns "$CONNS" --tabs 2 --workers 2 --source-base "127.0.$RUN.2" --source-ips 2 \
     --phases connect,idle,publish --settle-secs 2 --publish-rate "$1" --publish-secs "$PUBLISH_SECS" \
-    --admin-conns "$ADMIN_CONNS" --drain-secs 5
+    --admin-conns "$2" --drain-secs 5
 }
 
 for rate in "${RATES[@]}"; do
+  RATE=$rate
   echo "== cluster: Redis + 2 nodes, $CONNS connections, publish $rate/s" >&2
   start_redis
   start_node A --redis "redis://127.0.0.1:$REDIS_PORT"
   A_WS=$NODE_WS A_ADMIN=$NODE_ADMIN A_PID=$NODE_PID
   start_node B --redis "redis://127.0.0.1:$REDIS_PORT"
   # shellcheck disable=SC2046
-  "$LOADGEN" $(common_args "$rate") \
+  "$LOADGEN" $(common_args "$rate" "$LANES_CLUSTER") \
     --url "ws://127.0.0.1:$A_WS/ws,ws://127.0.0.1:$NODE_WS/ws" --admin "127.0.0.1:$A_ADMIN,127.0.0.1:$NODE_ADMIN" \
     --server-pid "$A_PID,$NODE_PID" --redis-pid "$REDIS_PID" --redis-addr "127.0.0.1:$REDIS_PORT" \
     > "$OUT/cluster-cluster-$rate.json" \
     || echo "loadgen reported anomalies (see $OUT/cluster-cluster-$rate.json)" >&2
   cleanup; sleep 1
+  # Redis links the nodes dropped as overdue and reconnected (each resubscribes its users and
+  # reads their streams from the last delivered offset).
+  cat "$OUT/cluster-A-$rate.log" "$OUT/cluster-B-$rate.log" | grep -c "lost a Redis" > "$OUT/cluster-links-lost-$rate.txt" || true
 
   echo "== single: 1 wspushd without Redis, $CONNS connections, publish $rate/s" >&2
   start_node single
   # shellcheck disable=SC2046
-  "$LOADGEN" $(common_args "$rate") \
+  "$LOADGEN" $(common_args "$rate" "$LANES_SINGLE") \
     --url "ws://127.0.0.1:$NODE_WS/ws" --admin "127.0.0.1:$NODE_ADMIN" --server-pid "$NODE_PID" \
     > "$OUT/cluster-single-$rate.json" \
     || echo "loadgen reported anomalies (see $OUT/cluster-single-$rate.json)" >&2
@@ -137,9 +147,9 @@ done
   echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, Linux $(uname -r); $(redis-server --version | cut -d' ' -f1-3)"
   echo "- Command: bash benches/cluster.sh ${1:-}"
   echo
-  python3 - "$OUT" "$CONNS" "${RATES[@]}" <<'EOF'
+  python3 - "$OUT" "$CONNS" "$LANES_CLUSTER" "$LANES_SINGLE" "${RATES[@]}" <<'EOF'
 import json, sys
-out, conns, rates = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+out, conns, lanes_c, lanes_s, rates = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
 def load(kind, rate):
     with open(f"{out}/cluster-{kind}-{rate}.json") as f:
         return json.load(f)
@@ -157,6 +167,8 @@ for rate in rates:
         ("publish→delivery p99", us(cp["latency_p99_ns"]) + ratio(cp["latency_p99_ns"], sp["latency_p99_ns"]), us(sp["latency_p99_ns"])),
         ("publish→delivery p99.9", us(cp["latency_p999_ns"]) + ratio(cp["latency_p999_ns"], sp["latency_p999_ns"]), us(sp["latency_p999_ns"])),
         ("cross-node only: p50 / p99 / p99.9", f"{us(cp['cross_node_latency_p50_ns'])} / {us(cp['cross_node_latency_p99_ns'])} / {us(cp['cross_node_latency_p999_ns'])} ({cp['cross_node_deliveries']:,} deliveries)", "-"),
+        ("publishing lanes (admin requests in flight)", f"{lanes_c}", f"{lanes_s}"),
+        ("Redis links dropped as overdue (node logs)", open(f"{out}/cluster-links-lost-{rate}.txt").read().strip(), "-"),
         ("admin request p50 / p99", f"{us(cp['admin_request_p50_ns'])} / {us(cp['admin_request_p99_ns'])}", f"{us(sp['admin_request_p50_ns'])} / {us(sp['admin_request_p99_ns'])}"),
         ("lost / duplicated / reordered", f"{cp['lost']} / {cp['duplicated']} / {cp['reordered']}", f"{sp['lost']} / {sp['duplicated']} / {sp['reordered']}"),
         ("delivered ≠ expected (admin replies)", f"{cp['server_delivered_mismatch']:,} (nodes)", f"{sp['server_delivered_mismatch']:,} (connections)"),

@@ -547,8 +547,13 @@ mod tests {
     fn defaults_match_the_help() {
         let o = parse("").unwrap();
         assert_eq!((o.conns, o.tabs, o.workers, o.max_per_worker, o.source_ips), (1000, 1, 1, 19_000, 1));
-        assert_eq!(o.target, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!((o.host_header.as_str(), o.path.as_str()), ("127.0.0.1:8080", "/ws"));
+        assert_eq!(o.targets.len(), 1);
+        assert_eq!(o.targets[0].addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!((o.targets[0].host_header.as_str(), o.targets[0].path.as_str()), ("127.0.0.1:8080", "/ws"));
+        assert_eq!(
+            (o.admins.as_slice(), o.server_pids.len(), o.cluster),
+            (["127.0.0.1:8081".parse().unwrap()].as_slice(), 0, false)
+        );
         assert_eq!(o.admin, "127.0.0.1:8081".parse().unwrap());
         assert_eq!(o.phases, [Phase::Connect, Phase::Idle, Phase::Publish, Phase::Broadcast, Phase::Echo]);
         assert_eq!((o.publish_rate, o.publish_secs, o.drain_secs, o.soak_secs), (1000.0, 10.0, 5.0, 600.0));
@@ -578,5 +583,38 @@ mod tests {
         assert_eq!((resume.conns, resume.missed, resume.drop_rst), (200, 5, false));
         assert!(!parse("--phases publish").unwrap().v1 && parse("--v1").unwrap().v1);
         assert!(parse("--phases resume --drop fin").is_err());
+    }
+
+    #[test]
+    fn several_nodes_by_repeating_or_by_commas() {
+        let repeated = parse(
+            "--url ws://127.0.0.1:1/ws --url ws://127.0.0.1:2/x --admin 127.0.0.1:3 --admin 127.0.0.1:4 \
+             --server-pid 10 --pid 11 --redis-pid 12 --redis-addr 127.0.0.1:5",
+        )
+        .unwrap();
+        let commas = parse(
+            "--url ws://127.0.0.1:1/ws,ws://127.0.0.1:2/x --admin 127.0.0.1:3,127.0.0.1:4 --server-pid 10,11 \
+             --redis-pid 12 --redis-addr 127.0.0.1:5",
+        )
+        .unwrap();
+        for o in [&repeated, &commas] {
+            assert_eq!(o.targets.iter().map(|t| t.addr.port()).collect::<Vec<_>>(), [1, 2]);
+            assert_eq!(o.targets[1].path, "/x");
+            assert_eq!(o.admins, ["127.0.0.1:3".parse().unwrap(), "127.0.0.1:4".parse().unwrap()]);
+            assert_eq!((o.admin, o.server_pids.as_slice(), o.server_pid), (o.admins[0], [10, 11].as_slice(), Some(10)));
+            assert_eq!((o.redis_pid, o.redis_addr), (Some(12), Some("127.0.0.1:5".parse().unwrap())));
+            assert!(o.cluster, "several admin APIs imply --cluster");
+            assert_eq!(o.urls(), "ws://127.0.0.1:1/ws,ws://127.0.0.1:2/x");
+        }
+        // One node: delivered counts connections unless told otherwise.
+        assert!(!parse("").unwrap().cluster && parse("--cluster").unwrap().cluster);
+        assert!(parse("--url ws://127.0.0.1:1/ws,ws://127.0.0.1:2/ws --server-pid 1,2,3")
+            .unwrap_err()
+            .contains("one --server-pid per --url"));
+        assert!(parse("--url ws://127.0.0.1:1/ws,ws://127.0.0.1:2/ws --phases storm")
+            .unwrap_err()
+            .contains("one server"));
+        assert!(parse("--url ws://127.0.0.1:1/ws,ws://127.0.0.1:2/ws --phases resume").is_err());
+        assert!(parse("--url ws://127.0.0.1:1/ws,http://x").is_err());
     }
 }

@@ -122,3 +122,19 @@ pub fn on_message(payload: &[u8], client: &mut Client, context: &mut Context) ->
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_payloads_may_name_the_node_they_went_through() {
+        assert_eq!(two_numbers(b"p 7 123"), Some((7, 123)));
+        assert_eq!(via_node(b"p 7 123"), None);
+        assert_eq!(two_numbers(b"p 7 123 1"), Some((7, 123)));
+        assert_eq!(via_node(b"p 7 123 1"), Some(1));
+        assert_eq!(via_node(b"p 7 123 1 ....."), Some(1));
+        // Padding after the two numbers (one server, --payload-bytes) is not a node.
+        assert_eq!(via_node(b"p 7 123 ....."), None);
+    }
+}
