@@ -26,15 +26,16 @@ CONNS=19000
 RATES=(5000 10000 20000)
 PUBLISH_SECS=10
 # Publishing lanes (loadgen threads, one keep-alive admin connection and one request in flight
-# each): the client's concurrency, sized per configuration to offer the target rate. One node
-# answers a publish in ~0.1-0.4 ms here, so 4 lanes offer 20,000/s (as in compare.sh; 32 lanes
-# there only add threads fighting for the 2 cores: p50 35 ms instead of 0.5 ms). Through Redis
-# the request includes the node-Redis round trip (~0.6-2 ms), so the same rate needs ~8x the
-# requests in flight: 32 lanes, 16 per node.
+# each): the client's concurrency, sized per configuration and rate to offer the target rate with
+# as few threads as possible (every extra thread competes for the 2 cores with the servers). One
+# node answers a publish in ~0.1-0.4 ms here, so 4 lanes offer 20,000/s (as in compare.sh; with 32
+# lanes its p50 at 20,000/s was 35 ms instead of 0.5 ms). Through Redis a request includes the
+# node-Redis round trip (~0.5-2 ms), so a rate needs more requests in flight: 8 lanes at 5,000/s
+# (16 there gave p99 128 ms instead of 2 ms, and 4,500/s), doubled with the rate.
 LANES_SINGLE=4
-LANES_CLUSTER=32
+LANES_CLUSTER=(8 16 32)
 if [ "${1:-}" = "--quick" ]; then
-  CONNS=2000; RATES=(1000 2000); PUBLISH_SECS=3
+  CONNS=2000; RATES=(1000 2000); PUBLISH_SECS=3; LANES_CLUSTER=(4 8)
 fi
 OUT=benches/results
 mkdir -p "$OUT"
@@ -115,7 +116,8 @@ common_args() { # rate lanes
     --admin-conns "$2" --drain-secs 5
 }
 
-for rate in "${RATES[@]}"; do
+for i in "${!RATES[@]}"; do
+  rate=${RATES[$i]} lanes=${LANES_CLUSTER[$i]}
   RATE=$rate
   echo "== cluster: Redis + 2 nodes, $CONNS connections, publish $rate/s" >&2
   start_redis
@@ -123,7 +125,7 @@ for rate in "${RATES[@]}"; do
   A_WS=$NODE_WS A_ADMIN=$NODE_ADMIN A_PID=$NODE_PID
   start_node B --redis "redis://127.0.0.1:$REDIS_PORT"
   # shellcheck disable=SC2046
-  "$LOADGEN" $(common_args "$rate" "$LANES_CLUSTER") \
+  "$LOADGEN" $(common_args "$rate" "$lanes") \
     --url "ws://127.0.0.1:$A_WS/ws,ws://127.0.0.1:$NODE_WS/ws" --admin "127.0.0.1:$A_ADMIN,127.0.0.1:$NODE_ADMIN" \
     --server-pid "$A_PID,$NODE_PID" --redis-pid "$REDIS_PID" --redis-addr "127.0.0.1:$REDIS_PORT" \
     > "$OUT/cluster-cluster-$rate.json" \
@@ -147,9 +149,9 @@ done
   echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, Linux $(uname -r); $(redis-server --version | cut -d' ' -f1-3)"
   echo "- Command: bash benches/cluster.sh ${1:-}"
   echo
-  python3 - "$OUT" "$CONNS" "$LANES_CLUSTER" "$LANES_SINGLE" "${RATES[@]}" <<'EOF'
+  python3 - "$OUT" "$CONNS" "$LANES_SINGLE" "${RATES[@]}" <<'EOF'
 import json, sys
-out, conns, lanes_c, lanes_s, rates = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
+out, conns, rates = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 def load(kind, rate):
     with open(f"{out}/cluster-{kind}-{rate}.json") as f:
         return json.load(f)
@@ -157,6 +159,7 @@ us = lambda ns: f"{ns / 1000:,.0f} µs" if ns is not None else "-"
 rows = []
 for rate in rates:
     c, s = load("cluster", rate), load("single", rate)
+    lanes_c, lanes_s = c["publish"]["lanes"], s["publish"]["lanes"]
     cp, sp, ci, si = c["publish"], s["publish"], c["idle"], s["idle"]
     ratio = lambda a, b: f" ({a / b:.2f}×)" if a and b else ""
     per_node = ci.get("server_bytes_per_conn_per_node", [])

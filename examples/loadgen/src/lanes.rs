@@ -90,6 +90,11 @@ impl Lanes {
         Lanes { handles, lanes, users, sent_total, stop }
     }
 
+    /// How many publishing threads (keep-alive admin connections) there are.
+    pub fn count(&self) -> usize {
+        self.lanes
+    }
+
     pub fn finished(&self) -> bool {
         self.handles.iter().all(|h| h.is_finished())
     }

@@ -34,6 +34,7 @@ impl Run {
                 });
             }
         }
+        let lane_count = lanes.count();
         let Published { sent, ok, errors, delivered_claimed, delivered_mismatch, max_lag_ns, request_latency, .. } =
             lanes.join()?;
         let send_secs = start.elapsed().as_secs_f64();
@@ -57,6 +58,7 @@ impl Run {
             ("publish_rate_target", Value::Float(o.publish_rate)),
             ("publish_rate", Value::Float(rate)),
             ("secs", Value::Float(send_secs)),
+            ("lanes", Value::Int(lane_count as u64)),
             ("max_schedule_lag_ns", Value::Int(max_lag_ns)),
             ("server_delivered", Value::Int(delivered_claimed)),
             ("server_delivered_mismatch", Value::Int(delivered_mismatch)),
