@@ -4,6 +4,7 @@
 #
 #   bash benches/cluster.sh              # 19,000 connections, publish 5,000, 10,000, 20,000/s, 10 s each
 #   bash benches/cluster.sh --quick      # 2,000 connections, 1,000/s and 2,000/s for 3 s (plumbing)
+#   bash benches/cluster.sh --summary    # only rewrite cluster-summary.md from the last run's JSON
 #
 # Every run starts everything afresh on free ports (Redis, the nodes; checked to be the only
 # listeners), so the idle memory figures are on fresh processes and Redis starts empty:
@@ -34,17 +35,26 @@ PUBLISH_SECS=10
 # (16 there gave p99 128 ms instead of 2 ms, and 4,500/s), doubled with the rate.
 LANES_SINGLE=4
 LANES_CLUSTER=(8 16 32)
+SUMMARY_ONLY=
+if [ "${1:-}" = "--summary" ]; then
+  SUMMARY_ONLY=1
+  # The last run's sizes, from its JSON.
+  CONNS=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["conns"])' benches/results/cluster-single-*.json 2>/dev/null | head -1)
+  mapfile -t RATES < <(ls benches/results/cluster-single-*.json | sed 's/.*-\([0-9]*\)\.json/\1/' | sort -n)
+fi
 if [ "${1:-}" = "--quick" ]; then
   CONNS=2000; RATES=(1000 2000); PUBLISH_SECS=3; LANES_CLUSTER=(4 8)
 fi
 OUT=benches/results
 mkdir -p "$OUT"
-rm -f "$OUT"/cluster-*.json "$OUT"/cluster-*.log "$OUT"/cluster-*.txt
+[ -n "$SUMMARY_ONLY" ] || rm -f "$OUT"/cluster-*.json "$OUT"/cluster-*.log "$OUT"/cluster-*.txt
 RATE=
 
 command -v redis-server >/dev/null || { echo "redis-server is not installed (apt-get install redis-server)" >&2; exit 1; }
-echo "== building wspushd and loadgen" >&2
-cargo build --release -p wspushd -p loadgen >&2
+if [ -z "$SUMMARY_ONLY" ]; then
+  echo "== building wspushd and loadgen" >&2
+  cargo build --release -p wspushd -p loadgen >&2
+fi
 WSPUSHD=$ROOT/target/release/wspushd
 LOADGEN=$ROOT/target/release/loadgen
 
@@ -117,6 +127,7 @@ common_args() { # rate lanes
 }
 
 for i in "${!RATES[@]}"; do
+  [ -z "$SUMMARY_ONLY" ] || break
   rate=${RATES[$i]} lanes=${LANES_CLUSTER[$i]}
   RATE=$rate
   echo "== cluster: Redis + 2 nodes, $CONNS connections, publish $rate/s" >&2
@@ -146,10 +157,10 @@ for i in "${!RATES[@]}"; do
 done
 
 {
-  echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, Linux $(uname -r); $(redis-server --version | cut -d' ' -f1-3)"
-  echo "- Command: bash benches/cluster.sh ${1:-}"
+  echo "- Date: $(date -u -r "$OUT/cluster-single-${RATES[0]}.json" '+%Y-%m-%d %H:%M UTC'); machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, Linux $(uname -r); $(redis-server --version | cut -d' ' -f1-3)"
+  echo "- Command: bash benches/cluster.sh$([ "$CONNS" = 2000 ] && echo ' --quick')"
   echo
-  python3 - "$OUT" "$CONNS" "$LANES_SINGLE" "${RATES[@]}" <<'EOF'
+  python3 - "$OUT" "$CONNS" "${RATES[@]}" <<'EOF'
 import json, sys
 out, conns, rates = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 def load(kind, rate):
