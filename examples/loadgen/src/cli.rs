@@ -62,8 +62,8 @@ pub struct Args {
     url: Vec<String>,
     /// Admin HTTP API (POST /publish?user=U, POST /broadcast, each answering
     /// 200 {"delivered":N}; keep-alive). Repeatable or comma-separated like --url, one per node
-    /// in the same order; publishing lane L uses the (L mod n)-th, so each user is always
-    /// published to through the same node (its lane) and publishes spread over the nodes.
+    /// in the same order; publishing lane L sends its k-th publish through the ((L + k) mod n)-th,
+    /// so the publishes, and each user's, spread over the nodes.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8081", action = ArgAction::Append,
           value_delimiter = ',', help_heading = "TARGET")]
     admin: Vec<String>,
@@ -140,8 +140,9 @@ pub struct Args {
     /// Publish phase length in seconds.
     #[arg(long, value_name = "T", default_value = "10", help_heading = "PHASES")]
     publish_secs: f64,
-    /// Keep-alive admin connections used to publish (a user always goes over the same one, so
-    /// its publishes stay in order).
+    /// Publishing threads ("lanes"), each with one keep-alive admin connection (one per node
+    /// with several --admin) and one request in flight; a user always goes through the same
+    /// lane, so its publishes stay in order.
     #[arg(long, value_name = "C", default_value = "4", value_parser = count, help_heading = "PHASES")]
     admin_conns: usize,
     /// Pad publish and broadcast payloads to at least B bytes.

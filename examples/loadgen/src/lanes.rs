@@ -68,8 +68,7 @@ pub struct Lanes {
 impl Lanes {
     /// Publishes at --publish-rate to random users among `users` until `stop_at` or `stop()`.
     pub fn start(o: &Options, users: usize, conns: usize, stop_at: Instant, log_times: bool) -> Lanes {
-        // At least one lane per node, so publishes go through every node's admin API.
-        let lanes = o.admin_conns.max(o.admins.len()).min(users).max(1);
+        let lanes = o.admin_conns.min(users).max(1);
         let sent_total = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::new();
@@ -90,7 +89,7 @@ impl Lanes {
         Lanes { handles, lanes, users, sent_total, stop }
     }
 
-    /// How many publishing threads (keep-alive admin connections) there are.
+    /// How many publishing threads there are (each with one keep-alive connection per node).
     pub fn count(&self) -> usize {
         self.lanes
     }
@@ -159,13 +158,12 @@ fn publish_lane(o: &Options, plan: &LanePlan) -> Result<LaneResult, String> {
     if my_users == 0 || o.publish_rate <= 0.0 {
         return Ok(result);
     }
-    // Lane L publishes through node L mod n: a user's publishes all go through one node, in
-    // order, and reach its tabs on the other nodes through the broker.
-    let node = lane % o.admins.len();
-    let mut admin = AdminClient::new(o.admins[node]);
-    // With several nodes the payload names the node ("p SEQ T NODE") so that the workers can
-    // tell cross-node deliveries from local ones.
-    let via = if o.admins.len() > 1 { format!(" {node}") } else { String::new() };
+    // One keep-alive connection per node: the lane's k-th publish goes through node
+    // (lane + k) mod n, so each user's publishes go through every node (still one request at a
+    // time, so the broker must keep them in order) and even with one tab per user about half
+    // of the deliveries cross nodes.
+    let mut admins: Vec<AdminClient> = o.admins.iter().map(|&addr| AdminClient::new(addr)).collect();
+    let several = admins.len() > 1;
     let interval = Duration::from_secs_f64(lanes as f64 / o.publish_rate);
     let mut rng = o.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(lane as u64) | 1;
     let start = Instant::now();
@@ -193,8 +191,12 @@ fn publish_lane(o: &Options, plan: &LanePlan) -> Result<LaneResult, String> {
         let local = (rng % my_users as u64) as usize;
         let user = lane + local * lanes;
         let seq = result.sent[local] + 1;
+        let node = (lane + n as usize) % admins.len();
+        let admin = &mut admins[node];
         let sent_ns = mono_ns();
-        let mut payload = format!("p {seq} {sent_ns}{via}");
+        // With several nodes the payload names the node ("p SEQ T NODE") so that the workers
+        // can tell cross-node deliveries from local ones.
+        let mut payload = if several { format!("p {seq} {sent_ns} {node}") } else { format!("p {seq} {sent_ns}") };
         if payload.len() < o.payload_bytes {
             payload.push(' ');
             payload.extend(std::iter::repeat_n('.', o.payload_bytes - payload.len()));
