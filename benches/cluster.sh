@@ -190,7 +190,9 @@ for rate in rates:
         ("Redis CPU-s per 1,000 publishes (% of one core)", f"{cp['redis_cpu_secs_per_1000']:.3f} ({cp['redis_cpu_pct_of_one_core']:.1f}%)", "-"),
         ("bytes / idle conn, user space (A / B)", " / ".join(f"{b:,.0f} B" for b in per_node), f"{si['server_bytes_per_conn']:,.0f} B"),
         ("Redis used_memory per online user", f"{ci['redis_bytes_per_online_user']:,.0f} B ({ci['redis_users_online']:,} users)", "-"),
-        ("Redis used_memory per stored message", f"{stored / max(cp['published'], 1):,.0f} B (max {cp['max_publishes_per_user']} per user, history cap 100)", "-"),
+        # Redis 7 preallocates 4 KB per new stream node: per user with history, not per message,
+        # until a user's listpack fills (see benches/RESULTS.md).
+        ("Redis used_memory added by publishing", f"{stored / 1e6:.1f} MB = {stored / max(cp['published'], 1):,.0f} B per publish = {stored / (conns // 2):,.0f} B per user (max {cp['max_publishes_per_user']} publishes per user, history cap 100)", "-"),
     ]))
 print(f"{conns:,} connections = {conns // 2:,} users x 2 tabs; cluster: tab 0 on node A, tab 1 on node B.\n")
 for rate, table in rows:
