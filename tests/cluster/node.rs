@@ -110,7 +110,8 @@ impl Node {
         }
     }
 
-    /// The wspushd process ID.
+    /// The wspushd process ID (tests/loadgen_cluster.rs passes it to loadgen's --server-pid).
+    #[allow(dead_code)]
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("the node is running").id()
     }
