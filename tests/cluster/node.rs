@@ -53,6 +53,12 @@ impl Node {
         Node { name: name.to_owned(), child: Some(child), ws, admin, stdout, stderr }
     }
 
+    /// The wspushd process ID (tests/loadgen_cluster.rs passes it to loadgen's --server-pid).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the node is running").id()
+    }
+
     /// The node's output so far, for failure messages.
     pub fn logs(&self) -> String {
         format!(

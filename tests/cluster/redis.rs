@@ -161,7 +161,8 @@ impl Redis {
         self.log.lock().unwrap().clone()
     }
 
-    fn pid(&self) -> libc::pid_t {
+    /// The redis-server process ID.
+    pub fn pid(&self) -> libc::pid_t {
         self.child.as_ref().expect("Redis is running").id() as libc::pid_t
     }
 

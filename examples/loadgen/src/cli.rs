@@ -2,7 +2,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
 
-use clap::Parser;
+use clap::{ArgAction, Parser};
 
 use crate::sys::mono_ns;
 
@@ -54,18 +54,41 @@ const AFTER_HELP: &str = include_str!("help.txt");
 #[command(name = "loadgen", version, after_help = AFTER_HELP, args_override_self = true, max_term_width = 100)]
 pub struct Args {
     /// WebSocket endpoint, ws://HOST:PORT/PATH. Each client connects to URL?user=uI
-    /// (I = connection / tabs).
-    #[arg(long, value_name = "URL", default_value = "ws://127.0.0.1:8080/ws", help_heading = "TARGET")]
-    url: String,
+    /// (I = connection / tabs). Several servers ("nodes" sharing users, e.g. wspushd --redis):
+    /// repeat the flag or separate URLs with commas; connection C goes to the (C mod n)-th URL,
+    /// so the tabs of one user land on different nodes (up to n of them).
+    #[arg(long, value_name = "URL", default_value = "ws://127.0.0.1:8080/ws", action = ArgAction::Append,
+          value_delimiter = ',', help_heading = "TARGET")]
+    url: Vec<String>,
     /// Admin HTTP API (POST /publish?user=U, POST /broadcast, each answering
-    /// 200 {"delivered":N}; keep-alive).
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8081", help_heading = "TARGET")]
-    admin: String,
+    /// 200 {"delivered":N}; keep-alive). Repeatable or comma-separated like --url, one per node
+    /// in the same order; publishing lane L sends its k-th publish through the ((L + k) mod n)-th,
+    /// so the publishes, and each user's, spread over the nodes.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8081", action = ArgAction::Append,
+          value_delimiter = ',', help_heading = "TARGET")]
+    admin: Vec<String>,
     /// Server process, for memory per connection (idle phase, from /proc/PID/status RssAnon) and
-    /// CPU per message (echo phase). Measure memory on a freshly started server: memory its
-    /// allocator kept from earlier connections is reused and hides the cost.
+    /// CPU per message (echo and publish phases). Measure memory on a freshly started server:
+    /// memory its allocator kept from earlier connections is reused and hides the cost.
+    /// Several nodes: repeat (or comma-separate) in --url order; figures are summed and given
+    /// per node.
+    #[arg(long, visible_alias = "pid", value_name = "PID", action = ArgAction::Append, value_delimiter = ',',
+          help_heading = "TARGET")]
+    server_pid: Vec<u32>,
+    /// The servers share users through a broker (wspushd --redis): an admin publish answers
+    /// {"delivered":N} with N = the nodes holding a connection of the user, not connections, so
+    /// N is checked against the distinct nodes holding the user's tabs. On by default with more
+    /// than one --admin.
+    #[arg(long, help_heading = "TARGET")]
+    cluster: bool,
+    /// Redis process (wspushd --redis): its CPU seconds and RssAnon are reported over the
+    /// publish, soak and idle phases like the server's.
     #[arg(long, value_name = "PID", help_heading = "TARGET")]
-    server_pid: Option<u32>,
+    redis_pid: Option<u32>,
+    /// Redis address: INFO memory used_memory is sampled before connecting, after the idle
+    /// phase and after publishing (Redis memory per online user and per stored message).
+    #[arg(long, value_name = "HOST:PORT", help_heading = "TARGET")]
+    redis_addr: Option<String>,
 
     /// Connections to open [default: 1000; 15000 when resume is the only phase].
     #[arg(short = 'n', long, visible_alias = "clients", value_name = "N", value_parser = count, help_heading = "CONNECTIONS")]
@@ -117,8 +140,9 @@ pub struct Args {
     /// Publish phase length in seconds.
     #[arg(long, value_name = "T", default_value = "10", help_heading = "PHASES")]
     publish_secs: f64,
-    /// Keep-alive admin connections used to publish (a user always goes over the same one, so
-    /// its publishes stay in order).
+    /// Publishing threads ("lanes"), each with one keep-alive admin connection (one per node
+    /// with several --admin) and one request in flight; a user always goes through the same
+    /// lane, so its publishes stay in order.
     #[arg(long, value_name = "C", default_value = "4", value_parser = count, help_heading = "PHASES")]
     admin_conns: usize,
     /// Pad publish and broadcast payloads to at least B bytes.
@@ -204,12 +228,19 @@ pub struct Args {
 
 #[derive(Clone, Debug)]
 pub struct Options {
-    pub url: String,
-    pub target: SocketAddrV4,
-    pub host_header: String,
-    pub path: String,
+    /// The servers' WebSocket endpoints (one per node); connection C uses targets[C % n].
+    pub targets: Vec<Target>,
+    /// The servers' admin APIs, one per node in --url order (fewer or more are allowed).
+    pub admins: Vec<SocketAddr>,
+    /// The first admin API (phases that talk to one node).
     pub admin: SocketAddr,
+    /// The server processes (one per node); the first is `server_pid`.
+    pub server_pids: Vec<u32>,
     pub server_pid: Option<u32>,
+    /// delivered counts nodes (see --cluster).
+    pub cluster: bool,
+    pub redis_pid: Option<u32>,
+    pub redis_addr: Option<SocketAddr>,
     pub conns: usize,
     pub tabs: usize,
     pub workers: usize,
@@ -254,6 +285,22 @@ pub struct Options {
     pub worker_count: usize,
 }
 
+/// One WebSocket endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub url: String,
+    pub addr: SocketAddrV4,
+    pub host_header: String,
+    pub path: String,
+}
+
+impl Options {
+    /// The URLs, comma-separated (reports).
+    pub fn urls(&self) -> String {
+        self.targets.iter().map(|t| t.url.as_str()).collect::<Vec<_>>().join(",")
+    }
+}
+
 /// A whole number; `_` may group digits (19_000).
 fn count(text: &str) -> Result<usize, String> {
     text.replace('_', "").parse().map_err(|_| format!("{text:?} is not a valid number"))
@@ -266,6 +313,11 @@ fn count_u64(text: &str) -> Result<u64, String> {
 /// A rate, optionally written with a "/s" suffix.
 fn rate(text: &str) -> Result<f64, String> {
     text.trim_end_matches("/s").replace('_', "").parse().map_err(|_| format!("{text:?} is not a valid rate"))
+}
+
+fn parse_target(url: &str) -> Result<Target, String> {
+    let (addr, host_header, path) = parse_url(url)?;
+    Ok(Target { url: url.to_string(), addr, host_header, path })
 }
 
 fn parse_url(url: &str) -> Result<(SocketAddrV4, String, String), String> {
@@ -346,16 +398,23 @@ impl Options {
     }
 
     pub fn from_args(args: Args) -> Result<Options, String> {
-        let (target, host_header, path) = parse_url(&args.url)?;
+        let targets = args.url.iter().map(|url| parse_target(url)).collect::<Result<Vec<_>, _>>()?;
+        let admins = args.admin.iter().map(|admin| parse_admin(admin)).collect::<Result<Vec<_>, _>>()?;
+        if targets.is_empty() || admins.is_empty() {
+            return Err("--url and --admin need at least one value".into());
+        }
         let resume_only = args.phases.0.iter().all(|p| matches!(p, Phase::Connect | Phase::Resume))
             && args.phases.0.contains(&Phase::Resume);
+        let redis_addr = args.redis_addr.as_deref().map(parse_admin).transpose()?;
         let mut options = Options {
-            target,
-            host_header,
-            path,
-            admin: parse_admin(&args.admin)?,
-            url: args.url,
-            server_pid: args.server_pid,
+            cluster: args.cluster || admins.len() > 1,
+            admin: admins[0],
+            admins,
+            targets,
+            server_pid: args.server_pid.first().copied(),
+            server_pids: args.server_pid,
+            redis_pid: args.redis_pid,
+            redis_addr,
             conns: args.conns.unwrap_or(if resume_only { 15_000 } else { 1000 }),
             tabs: args.tabs,
             workers: args.workers.unwrap_or(0),
@@ -412,6 +471,13 @@ impl Options {
             o.peer.validate(&o.phases)?;
         }
         let storm = o.phases.contains(&Phase::Storm);
+        let several = o.targets.len() > 1 || o.admins.len() > 1 || o.server_pids.len() > 1;
+        if several && o.phases.iter().any(|p| matches!(p, Phase::Storm | Phase::Resume)) {
+            return Err("the storm and resume phases talk to one server: give one --url/--admin/--server-pid".into());
+        }
+        if o.server_pids.len() > 1 && o.server_pids.len() != o.targets.len() {
+            return Err("give one --server-pid per --url (same order), or one for a single server".into());
+        }
         if storm && o.tabs != 1 {
             return Err("the storm phase uses one connection per user: leave --tabs at 1".into());
         }
@@ -470,7 +536,7 @@ impl Options {
         }
         // A source address outside loopback would not route to a loopback target, and a
         // non-loopback target needs the kernel's own source choice.
-        if !o.target.ip().is_loopback() {
+        if o.targets.iter().any(|t| !t.addr.ip().is_loopback()) {
             o.bind_sources = false;
         }
         Ok(())
@@ -491,8 +557,13 @@ mod tests {
     fn defaults_match_the_help() {
         let o = parse("").unwrap();
         assert_eq!((o.conns, o.tabs, o.workers, o.max_per_worker, o.source_ips), (1000, 1, 1, 19_000, 1));
-        assert_eq!(o.target, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!((o.host_header.as_str(), o.path.as_str()), ("127.0.0.1:8080", "/ws"));
+        assert_eq!(o.targets.len(), 1);
+        assert_eq!(o.targets[0].addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!((o.targets[0].host_header.as_str(), o.targets[0].path.as_str()), ("127.0.0.1:8080", "/ws"));
+        assert_eq!(
+            (o.admins.as_slice(), o.server_pids.len(), o.cluster),
+            (["127.0.0.1:8081".parse().unwrap()].as_slice(), 0, false)
+        );
         assert_eq!(o.admin, "127.0.0.1:8081".parse().unwrap());
         assert_eq!(o.phases, [Phase::Connect, Phase::Idle, Phase::Publish, Phase::Broadcast, Phase::Echo]);
         assert_eq!((o.publish_rate, o.publish_secs, o.drain_secs, o.soak_secs), (1000.0, 10.0, 5.0, 600.0));
@@ -522,5 +593,38 @@ mod tests {
         assert_eq!((resume.conns, resume.missed, resume.drop_rst), (200, 5, false));
         assert!(!parse("--phases publish").unwrap().v1 && parse("--v1").unwrap().v1);
         assert!(parse("--phases resume --drop fin").is_err());
+    }
+
+    #[test]
+    fn several_nodes_by_repeating_or_by_commas() {
+        let repeated = parse(
+            "--url ws://127.0.0.1:1/ws --url ws://127.0.0.1:2/x --admin 127.0.0.1:3 --admin 127.0.0.1:4 \
+             --server-pid 10 --pid 11 --redis-pid 12 --redis-addr 127.0.0.1:5",
+        )
+        .unwrap();
+        let commas = parse(
+            "--url ws://127.0.0.1:1/ws,ws://127.0.0.1:2/x --admin 127.0.0.1:3,127.0.0.1:4 --server-pid 10,11 \
+             --redis-pid 12 --redis-addr 127.0.0.1:5",
+        )
+        .unwrap();
+        for o in [&repeated, &commas] {
+            assert_eq!(o.targets.iter().map(|t| t.addr.port()).collect::<Vec<_>>(), [1, 2]);
+            assert_eq!(o.targets[1].path, "/x");
+            assert_eq!(o.admins, ["127.0.0.1:3".parse().unwrap(), "127.0.0.1:4".parse().unwrap()]);
+            assert_eq!((o.admin, o.server_pids.as_slice(), o.server_pid), (o.admins[0], [10, 11].as_slice(), Some(10)));
+            assert_eq!((o.redis_pid, o.redis_addr), (Some(12), Some("127.0.0.1:5".parse().unwrap())));
+            assert!(o.cluster, "several admin APIs imply --cluster");
+            assert_eq!(o.urls(), "ws://127.0.0.1:1/ws,ws://127.0.0.1:2/x");
+        }
+        // One node: delivered counts connections unless told otherwise.
+        assert!(!parse("").unwrap().cluster && parse("--cluster").unwrap().cluster);
+        assert!(parse("--url ws://127.0.0.1:1/ws,ws://127.0.0.1:2/ws --server-pid 1,2,3")
+            .unwrap_err()
+            .contains("one --server-pid per --url"));
+        assert!(parse("--url ws://127.0.0.1:1/ws,ws://127.0.0.1:2/ws --phases storm")
+            .unwrap_err()
+            .contains("one server"));
+        assert!(parse("--url ws://127.0.0.1:1/ws,ws://127.0.0.1:2/ws --phases resume").is_err());
+        assert!(parse("--url ws://127.0.0.1:1/ws,http://x").is_err());
     }
 }

@@ -82,7 +82,7 @@ impl Workers {
             let mut command = Process::new(&exe);
             command
                 .arg("--worker")
-                .args(["--url", &o.url])
+                .args(["--url", &o.urls()])
                 .args(["--conns", &o.conns.to_string()])
                 .args(["--tabs", &o.tabs.to_string()])
                 .args(["--worker-first", &first.to_string()])

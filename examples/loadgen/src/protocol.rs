@@ -18,6 +18,9 @@ use crate::hist::WireHistogram;
 pub enum Stream {
     /// Publishes to users.
     Pub,
+    /// Publishes made through another node's admin API than the receiving connection's node
+    /// (histograms only; a subset of `Pub`).
+    PubRemote,
     /// Broadcasts to everyone.
     Bcast,
     /// Echo round trips (histograms only).

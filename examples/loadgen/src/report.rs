@@ -14,6 +14,8 @@ pub enum Value {
     Int(u64),
     Float(f64),
     Text(String),
+    /// One value per node (JSON array).
+    List(Vec<Value>),
 }
 
 impl Serialize for Value {
@@ -24,6 +26,7 @@ impl Serialize for Value {
             Value::Float(x) if x.is_finite() => serializer.serialize_f64((x * 1000.0).round() / 1000.0),
             Value::Float(_) => serializer.serialize_none(),
             Value::Text(text) => serializer.serialize_str(text),
+            Value::List(values) => serializer.collect_seq(values),
         }
     }
 }
@@ -61,7 +64,10 @@ impl Serialize for JsonReport<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let o = self.options;
         let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("url", &o.url)?;
+        map.serialize_entry("url", &o.urls())?;
+        if o.targets.len() > 1 {
+            map.serialize_entry("nodes", &o.targets.len())?;
+        }
         map.serialize_entry("conns", &o.conns)?;
         map.serialize_entry("tabs", &o.tabs)?;
         map.serialize_entry("users", &o.conns.div_ceil(o.tabs))?;
@@ -96,6 +102,13 @@ pub fn format_kib(kib: f64) -> String {
 pub fn latency_fields(prefix: &'static str, hist: &Histogram) -> Vec<(&'static str, Value)> {
     let names: [&'static str; 5] = match prefix {
         "latency" => ["latency_p50_ns", "latency_p99_ns", "latency_p999_ns", "latency_max_ns", "latency_mean_ns"],
+        "cross_node_latency" => [
+            "cross_node_latency_p50_ns",
+            "cross_node_latency_p99_ns",
+            "cross_node_latency_p999_ns",
+            "cross_node_latency_max_ns",
+            "cross_node_latency_mean_ns",
+        ],
         _ => ["rtt_p50_ns", "rtt_p99_ns", "rtt_p999_ns", "rtt_max_ns", "rtt_mean_ns"],
     };
     vec![

@@ -83,18 +83,28 @@ pub fn run(options: Options) -> Result<i32, String> {
     if options.phases.is_empty() {
         return Err("no phases selected".into());
     }
-    check_listeners(options.target.port(), "WebSocket", options.server_pid);
+    // Node k's WebSocket and admin ports belong to --server-pid number k.
+    for (node, target) in options.targets.iter().enumerate() {
+        check_listeners(target.addr.port(), "WebSocket", options.server_pids.get(node).copied());
+    }
     if options.phases.iter().any(|p| {
         matches!(p, Phase::Idle | Phase::Publish | Phase::Broadcast | Phase::Resume | Phase::Soak | Phase::Storm)
     }) {
-        check_listeners(options.admin.port(), "admin", options.server_pid);
+        for (node, admin) in options.admins.iter().enumerate() {
+            check_listeners(admin.port(), "admin", options.server_pids.get(node).copied());
+        }
     }
     let before = if options.phases.contains(&Phase::Idle) {
-        // One admin request first, so the admin channel's own fixed cost (its thread, buffers)
-        // is in the baseline and not charged to the WebSocket connections.
-        crate::peer::post(&options, &mut AdminClient::new(options.admin), "/broadcast", b"warm-up")
-            .map_err(|e| format!("admin API at {} not answering: {e}", options.admin))?;
-        Some(sys::sample_memory(options.server_pid).map_err(|e| format!("cannot sample memory: {e}"))?)
+        // One admin request to each node first, so the admin channel's own fixed cost (its
+        // thread, buffers) is in the baseline and not charged to the WebSocket connections.
+        for &admin in &options.admins {
+            crate::peer::post(&options, &mut AdminClient::new(admin), "/broadcast", b"warm-up")
+                .map_err(|e| format!("admin API at {admin} not answering: {e}"))?;
+        }
+        Some(
+            sys::sample_memory(&options.server_pids, options.redis_pid, options.redis_addr)
+                .map_err(|e| format!("cannot sample memory: {e}"))?,
+        )
     } else {
         None
     };
@@ -104,7 +114,7 @@ pub fn run(options: Options) -> Result<i32, String> {
             options.conns,
             options.conns.div_ceil(options.tabs),
             options.tabs,
-            options.url,
+            options.urls(),
             options.workers,
             if options.bind_sources {
                 format!(", source addresses {}+{}", options.source_base, options.source_ips)
@@ -264,5 +274,84 @@ impl Run {
             });
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// The servers' and Redis's CPU seconds at the start of a phase (--server-pid, --redis-pid).
+pub struct CpuMark {
+    servers: Option<Vec<f64>>,
+    redis: Option<f64>,
+    at: Instant,
+}
+
+/// CPU used over a phase: each server's seconds and Redis's, plus the wall time.
+pub struct CpuUsed {
+    /// Per node, in --server-pid order (empty without --server-pid).
+    pub servers: Vec<f64>,
+    pub redis: Option<f64>,
+    pub wall_secs: f64,
+}
+
+impl CpuMark {
+    pub fn now(o: &Options) -> CpuMark {
+        CpuMark {
+            servers: sys::cpu_seconds_each(&o.server_pids),
+            redis: o.redis_pid.and_then(|pid| sys::cpu_seconds(pid).ok()),
+            at: Instant::now(),
+        }
+    }
+
+    pub fn used(&self, o: &Options) -> CpuUsed {
+        let servers = match (&self.servers, sys::cpu_seconds_each(&o.server_pids)) {
+            (Some(before), Some(after)) => after.iter().zip(before).map(|(a, b)| a - b).collect(),
+            _ => Vec::new(),
+        };
+        let redis = o.redis_pid.and_then(|pid| Some(sys::cpu_seconds(pid).ok()? - self.redis?));
+        CpuUsed { servers, redis, wall_secs: self.at.elapsed().as_secs_f64() }
+    }
+}
+
+impl CpuUsed {
+    /// The servers' CPU seconds together (None without --server-pid).
+    pub fn server_total(&self) -> Option<f64> {
+        (!self.servers.is_empty()).then(|| self.servers.iter().sum())
+    }
+
+    /// JSON fields and a text fragment; `per` = how many messages the phase handled (publishes),
+    /// for CPU per 1,000 of them.
+    pub fn report(&self, per: u64, what: &str) -> (Vec<(&'static str, Value)>, String) {
+        let mut fields = Vec::new();
+        let mut text = String::new();
+        let per_k = |cpu: f64| cpu * 1000.0 / per.max(1) as f64;
+        if let Some(total) = self.server_total() {
+            if self.servers.len() > 1 {
+                fields.push((
+                    "server_cpu_secs_per_node",
+                    Value::List(self.servers.iter().map(|&c| Value::Float(c)).collect()),
+                ));
+                let each: Vec<String> = self.servers.iter().map(|c| format!("{c:.2}")).collect();
+                text.push_str(&format!(
+                    "; servers CPU {total:.2} s ({} s per node) = {:.3} s per 1000 {what}",
+                    each.join(" + "),
+                    per_k(total)
+                ));
+            } else {
+                text.push_str(&format!("; server CPU {total:.2} s = {:.3} s per 1000 {what}", per_k(total)));
+            }
+            fields.push(("server_cpu_secs_per_1000", Value::Float(per_k(total))));
+            fields.push(("server_cpu_pct_of_one_core", Value::Float(total * 100.0 / self.wall_secs.max(1e-9))));
+        }
+        if let Some(redis) = self.redis {
+            let pct = redis * 100.0 / self.wall_secs.max(1e-9);
+            fields.push(("redis_cpu_secs", Value::Float(redis)));
+            fields.push(("redis_cpu_secs_per_1000", Value::Float(per_k(redis))));
+            fields.push(("redis_cpu_pct_of_one_core", Value::Float(pct)));
+            text.push_str(&format!(
+                "; Redis CPU {redis:.2} s = {:.3} s per 1000 {what} ({pct:.1}% of a core)",
+                per_k(redis)
+            ));
+        }
+        fields.push(("cpu_wall_secs", Value::Float(self.wall_secs)));
+        (fields, text)
     }
 }

@@ -1,8 +1,10 @@
 //! Reading the machine: the shared monotonic clock, /proc figures for the server process and the
 //! kernel, and the listener check.
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
+use std::time::Duration;
 
 /// CLOCK_MONOTONIC in nanoseconds. Every process on the machine reads the same clock, so a
 /// timestamp written by the parent into a payload can be compared with a worker's receive time.
@@ -18,10 +20,15 @@ pub fn mono_ns() -> u64 {
 }
 
 /// A snapshot of memory figures taken around the idle phase.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct MemSample {
-    /// Server's anonymous resident memory, KiB (None without --server-pid).
+    /// Servers' anonymous resident memory summed, KiB (None without --server-pid).
     pub rss_anon_kib: Option<u64>,
+    /// Each server's (--server-pid order).
+    pub rss_anon_kib_each: Vec<u64>,
+    /// Redis's RssAnon, KiB (--redis-pid) and INFO used_memory, bytes (--redis-addr).
+    pub redis_rss_anon_kib: Option<u64>,
+    pub redis_used_memory: Option<u64>,
     /// Kernel slab, KiB (/proc/meminfo `Slab:`).
     pub slab_kib: u64,
     /// TCP sockets in use (/proc/net/sockstat).
@@ -30,17 +37,24 @@ pub struct MemSample {
     pub tcp_mem_pages: u64,
 }
 
-pub fn sample_memory(server_pid: Option<u32>) -> io::Result<MemSample> {
-    let rss_anon_kib = match server_pid {
-        Some(pid) => Some(status_field_kib(pid, "RssAnon:")?),
-        None => None,
-    };
+pub fn sample_memory(
+    server_pids: &[u32],
+    redis_pid: Option<u32>,
+    redis_addr: Option<SocketAddr>,
+) -> io::Result<MemSample> {
+    let rss_anon_kib_each = server_pids.iter().map(|&pid| self::rss_anon_kib(pid)).collect::<io::Result<Vec<_>>>()?;
+    let redis_rss_anon_kib = redis_pid.map(self::rss_anon_kib).transpose()?;
+    let rss_anon_kib = (!server_pids.is_empty()).then(|| rss_anon_kib_each.iter().sum());
+    let redis_used_memory = redis_addr.map(redis_used_memory).transpose()?;
     let meminfo = std::fs::read_to_string("/proc/meminfo")?;
     let slab_kib = field_after(&meminfo, "Slab:").unwrap_or(0);
     let sockstat = std::fs::read_to_string("/proc/net/sockstat")?;
     let tcp_line = sockstat.lines().find(|line| line.starts_with("TCP:")).unwrap_or("");
     Ok(MemSample {
         rss_anon_kib,
+        rss_anon_kib_each,
+        redis_rss_anon_kib,
+        redis_used_memory,
         slab_kib,
         tcp_inuse: field_after(tcp_line, "inuse").unwrap_or(0),
         tcp_mem_pages: field_after(tcp_line, "mem").unwrap_or(0),
@@ -89,6 +103,45 @@ pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
     Ok((utime + stime) as f64 / ticks)
+}
+
+/// CPU seconds of each process, in order; None if any cannot be read (it exited).
+pub fn cpu_seconds_each(pids: &[u32]) -> Option<Vec<f64>> {
+    pids.iter().map(|&pid| cpu_seconds(pid).ok()).collect()
+}
+
+/// Redis's `used_memory` (bytes its allocator holds for data and buffers), from `INFO memory`
+/// over a fresh connection (RESP inline command; no client library).
+pub fn redis_used_memory(addr: SocketAddr) -> io::Result<u64> {
+    let info = redis_info(addr, "memory")?;
+    field_after(&info.replace(':', " "), "used_memory")
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no used_memory in INFO memory"))
+}
+
+/// The text of `INFO section`.
+pub fn redis_info(addr: SocketAddr, section: &str) -> io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(format!("INFO {section}\r\n").as_bytes())?;
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "Redis closed the connection"));
+        }
+        reply.extend_from_slice(&chunk[..n]);
+        // A bulk string: $LEN\r\n then LEN bytes and \r\n.
+        if let Some(end) = reply.windows(2).position(|w| w == b"\r\n") {
+            let head = String::from_utf8_lossy(&reply[..end]).into_owned();
+            let Some(len) = head.strip_prefix('$').and_then(|l| l.parse::<usize>().ok()) else {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("Redis answered {head:?}")));
+            };
+            if reply.len() >= end + 2 + len {
+                return Ok(String::from_utf8_lossy(&reply[end + 2..end + 2 + len]).into_owned());
+            }
+        }
+    }
 }
 
 /// How many sockets listen on TCP `port` (any address), per `ss`. None when ss can't be run.

@@ -14,8 +14,14 @@ impl Run {
     pub fn echo(&mut self) -> Result<PhaseResult, String> {
         let o = self.options.clone();
         let workers = self.workers.ranges.len();
-        let cpu_before =
-            o.server_pid.map(sys::cpu_seconds).transpose().map_err(|e| format!("cannot read server CPU: {e}"))?;
+        // All servers together (several --server-pid: the echo is local to each node).
+        let cpu_before = o
+            .server_pids
+            .iter()
+            .map(|&pid| sys::cpu_seconds(pid))
+            .sum::<std::io::Result<f64>>()
+            .map(|cpu| (!o.server_pids.is_empty()).then_some(cpu))
+            .map_err(|e| format!("cannot read server CPU: {e}"))?;
         let start_ns = mono_ns();
         let millis = (o.echo_secs * 1000.0).round() as u64;
         for index in 0..workers {
@@ -44,8 +50,14 @@ impl Run {
             |r| r.get("echo_inflight") == 0,
             |r| format!("{} echo replies outstanding", r.get("echo_inflight")),
         )?;
-        let cpu_after =
-            o.server_pid.map(sys::cpu_seconds).transpose().map_err(|e| format!("cannot read server CPU: {e}"))?;
+        // All servers together (several --server-pid: the echo is local to each node).
+        let cpu_after = o
+            .server_pids
+            .iter()
+            .map(|&pid| sys::cpu_seconds(pid))
+            .sum::<std::io::Result<f64>>()
+            .map(|cpu| (!o.server_pids.is_empty()).then_some(cpu))
+            .map_err(|e| format!("cannot read server CPU: {e}"))?;
         let rtt = self.workers.histogram(Stream::Echo, false)?;
         let messages = report.get("echo_msgs");
         let conns = report.get("echo_conns");

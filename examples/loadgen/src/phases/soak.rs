@@ -11,14 +11,16 @@ use crate::hist::Histogram;
 use crate::lanes::{Lanes, Published};
 use crate::protocol::{Answer, Command, End, Incarnation, Stream};
 use crate::report::{format_kib, latency_fields, latency_text, progress, PhaseResult, Value};
-use crate::run::Run;
+use crate::run::{CpuMark, Run};
 use crate::sys;
 
 /// The server's memory and descriptors at one moment.
-#[derive(Clone, Copy)]
+/// All servers' figures (several --server-pid: RssAnon summed, fds per node).
+#[derive(Clone)]
 struct ServerSample {
     rss_anon_kib: u64,
     fds: u64,
+    fds_each: Vec<u64>,
 }
 
 /// What one round (warm-up or soak) showed.
@@ -153,18 +155,23 @@ fn judge(round: &mut Round, inc: &Incarnation, sent: u32, times: &[u64], grace_n
 impl Run {
     pub fn soak(&mut self) -> Result<PhaseResult, String> {
         let o = self.options.clone();
-        let pid = o.server_pid.ok_or("the soak phase needs --server-pid")?;
+        if o.server_pids.is_empty() {
+            return Err("the soak phase needs --server-pid".into());
+        }
+        let cpu_mark = CpuMark::now(&o);
         self.workers.send_all(&Command::SoakMode)?;
-        // One admin request first, so the admin API's own fixed cost (its thread, buffers) is in
-        // the baseline and not charged to the WebSocket connections.
-        AdminClient::new(o.admin).get("/stats").map_err(|e| format!("admin API at {} not answering: {e}", o.admin))?;
-        let before = self.sample_server(pid, None)?;
+        // One admin request to each node first, so the admin API's own fixed cost (its thread,
+        // buffers) is in the baseline and not charged to the WebSocket connections.
+        for &admin in &o.admins {
+            AdminClient::new(admin).get("/stats").map_err(|e| format!("admin API at {admin} not answering: {e}"))?;
+        }
+        let before = self.sample_server(None)?;
         eprintln!("[soak] before any connection: server RssAnon {} KiB, {} open fds", before.rss_anon_kib, before.fds);
 
         // The warm-up churns once, halfway, whatever the period.
         let warm = self.soak_round("warm-up", o.warmup_secs, &[o.warmup_secs / 2.0], Command::Connect)?;
         self.everyone_leaves()?;
-        let warmed = self.sample_server(pid, Some(before.fds))?;
+        let warmed = self.sample_server(Some(&before.fds_each))?;
         eprintln!("[soak] after the warm-up: server RssAnon {} KiB, {} open fds", warmed.rss_anon_kib, warmed.fds);
         self.anomalies += warm.anomalies();
         self.results.push(PhaseResult {
@@ -178,14 +185,14 @@ impl Run {
             (0..).map(|k| (k as f64 + 0.5) * o.churn_secs).take_while(|&at| at < o.soak_secs).collect();
         let soak = self.soak_round("soak", o.soak_secs, &churns, Command::Reconnect)?;
         self.everyone_leaves()?;
-        let after = self.sample_server(pid, Some(before.fds))?;
+        let after = self.sample_server(Some(&before.fds_each))?;
         eprintln!("[soak] after everyone left: server RssAnon {} KiB, {} open fds", after.rss_anon_kib, after.fds);
         self.anomalies += soak.anomalies();
 
         let growth_pct =
             (after.rss_anon_kib as f64 - warmed.rss_anon_kib as f64) * 100.0 / warmed.rss_anon_kib.max(1) as f64;
         let memory_ok = growth_pct <= o.rss_tolerance_pct;
-        let fds_ok = after.fds == before.fds;
+        let fds_ok = after.fds_each == before.fds_each;
         self.anomalies += u64::from(!memory_ok) + u64::from(!fds_ok);
         if !memory_ok {
             eprintln!(
@@ -195,9 +202,14 @@ impl Run {
             );
         }
         if !fds_ok {
-            eprintln!("loadgen: soak: server holds {} open fds, {} before any connection", after.fds, before.fds);
+            eprintln!(
+                "loadgen: soak: server(s) hold {:?} open fds, {:?} before any connection",
+                after.fds_each, before.fds_each
+            );
         }
         let mut fields = soak.fields();
+        let (cpu_fields, cpu_text) = cpu_mark.used(&o).report(soak.published, "publishes");
+        fields.extend(cpu_fields);
         fields.extend([
             ("rss_anon_before_kib", Value::Int(before.rss_anon_kib)),
             ("rss_anon_warm_kib", Value::Int(warmed.rss_anon_kib)),
@@ -221,7 +233,7 @@ impl Run {
             warmed.fds,
             after.fds,
             if fds_ok { "ok" } else { "LEAK" },
-        );
+        ) + &cpu_text;
         Ok(PhaseResult { phase: Phase::Soak, headline: soak.headline(), details, fields })
     }
 
@@ -328,43 +340,56 @@ impl Run {
         Ok(())
     }
 
-    /// Every client closes its connection; returns once /stats shows no connection left.
+    /// Every client closes its connection; returns once /stats shows no connection left on
+    /// any node.
     fn everyone_leaves(&mut self) -> Result<(), String> {
         self.workers.ask_all(&Command::Leave, "left")?;
-        let mut admin = AdminClient::new(self.options.admin);
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let stats = admin.get("/stats").map_err(|e| format!("GET /stats failed: {e}"))?;
-            let open = stats.json_number("connections").unwrap_or(u64::MAX);
-            let handshaking = stats.json_number("handshakes").unwrap_or(u64::MAX);
-            if open == 0 && handshaking == 0 {
-                return Ok(());
+        for &addr in &self.options.admins {
+            let mut admin = AdminClient::new(addr);
+            loop {
+                let stats = admin.get("/stats").map_err(|e| format!("GET /stats at {addr} failed: {e}"))?;
+                let open = stats.json_number("connections").unwrap_or(u64::MAX);
+                let handshaking = stats.json_number("handshakes").unwrap_or(u64::MAX);
+                if open == 0 && handshaking == 0 {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "30 s after every client left the server at {addr} still reports {open} open and \
+                         {handshaking} handshaking connections"
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "30 s after every client left the server still reports {open} open and {handshaking} \
-                     handshaking connections"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
-    /// Server RssAnon and open fds after --settle-secs. With `fds_target`, first waits up to
-    /// 10 s for the fd count to reach it (admin connections and sockets close asynchronously).
-    fn sample_server(&self, pid: u32, fds_target: Option<u64>) -> Result<ServerSample, String> {
+    /// Every server's RssAnon and open fds after --settle-secs. With `fds_target` (per server),
+    /// first waits up to 10 s for the fd counts to reach it (admin connections and sockets
+    /// close asynchronously).
+    fn sample_server(&self, fds_target: Option<&[u64]>) -> Result<ServerSample, String> {
         std::thread::sleep(Duration::from_secs_f64(self.options.settle_secs));
-        let read_fds = || sys::open_fds(pid).map_err(|e| format!("cannot read /proc/{pid}/fd: {e}"));
-        let mut fds = read_fds()?;
+        let pids = &self.options.server_pids;
+        let read_fds = || {
+            pids.iter()
+                .map(|&pid| sys::open_fds(pid).map_err(|e| format!("cannot read /proc/{pid}/fd: {e}")))
+                .collect::<Result<Vec<u64>, String>>()
+        };
+        let mut fds_each = read_fds()?;
         if let Some(target) = fds_target {
             let deadline = Instant::now() + Duration::from_secs(10);
-            while fds != target && Instant::now() < deadline {
+            while fds_each != target && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(100));
-                fds = read_fds()?;
+                fds_each = read_fds()?;
             }
         }
-        let rss_anon_kib = sys::rss_anon_kib(pid).map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
-        Ok(ServerSample { rss_anon_kib, fds })
+        let mut rss_anon_kib = 0;
+        for &pid in pids {
+            rss_anon_kib += sys::rss_anon_kib(pid).map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
+        }
+        Ok(ServerSample { rss_anon_kib, fds: fds_each.iter().sum(), fds_each })
     }
 }
 

@@ -75,14 +75,15 @@ fn sample_stats(o: &Options, interval: Duration, stop: &AtomicBool) -> Peaks {
 fn round_trip(o: &Options) -> Result<(), String> {
     let timeout = Duration::from_secs(5);
     let mut stream =
-        TcpStream::connect_timeout(&SocketAddr::V4(o.target), timeout).map_err(|e| format!("connect: {e}"))?;
+        TcpStream::connect_timeout(&SocketAddr::V4(o.targets[0].addr), timeout).map_err(|e| format!("connect: {e}"))?;
     stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     let key = tungstenite::handshake::client::generate_key();
-    let separator = if o.path.contains('?') { '&' } else { '?' };
+    let target = &o.targets[0];
+    let separator = if target.path.contains('?') { '&' } else { '?' };
     let request = format!(
         "GET {}{separator}user=storm-probe HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        o.path, o.host_header
+        target.path, target.host_header
     );
     stream.write_all(request.as_bytes()).map_err(|e| format!("send upgrade: {e}"))?;
     let mut buffer = Vec::new();

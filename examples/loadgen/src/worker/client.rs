@@ -39,6 +39,8 @@ pub struct Client {
     pub warm: bool,
     /// Takes part in the echo phase (one message in flight).
     pub echo: bool,
+    /// The node (index of the --url) this connection goes to.
+    pub node: u16,
     /// wspush.v1 bookkeeping (unused for raw clients).
     pub v1: V1,
     /// A peer protocol's login (Centrifugo's connect command) is sent and not answered yet; the
@@ -65,8 +67,9 @@ pub struct V1 {
 }
 
 impl Client {
-    pub fn new() -> Client {
+    pub fn new(node: u16) -> Client {
         Client {
+            node,
             stream: None,
             state: State::NotStarted,
             inbuf: Vec::new(),

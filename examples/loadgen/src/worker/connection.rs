@@ -56,7 +56,8 @@ impl Worker {
         let client = &mut self.clients[index];
         client.state = State::Connecting;
         client.v1.connect_start_ns = mono_ns();
-        match open_client_socket(self.config.target, source) {
+        let target = self.config.targets[global % self.config.targets.len()].addr;
+        match open_client_socket(target, source) {
             Ok(mut stream) => {
                 if let Err(e) =
                     self.poll.registry().register(&mut stream, Token(index), Interest::READABLE | Interest::WRITABLE)
@@ -183,8 +184,10 @@ impl Worker {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
             Err(e) => return self.fail(index, classify(&e), &e.to_string()),
         }
-        let user = (self.config.first + index) / self.config.tabs;
-        let separator = if self.config.path.contains('?') { '&' } else { '?' };
+        let global = self.config.first + index;
+        let user = global / self.config.tabs;
+        let target = &self.config.targets[global % self.config.targets.len()];
+        let separator = if target.path.contains('?') { '&' } else { '?' };
         // wspush.v1: offer the subprotocol; a resuming client says where it left off.
         let (since, protocol) = match (&self.clients[index].v1, self.config.v1) {
             (v1, true) if v1.resuming => {
@@ -196,7 +199,7 @@ impl Worker {
         let request = format!(
             "GET {}{separator}user=u{user}{since} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n",
-            self.config.path, self.config.host_header, self.key
+            target.path, target.host_header, self.key
         );
         self.clients[index].state = State::Handshaking;
         self.write_bytes(index, request.as_bytes());

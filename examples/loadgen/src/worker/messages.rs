@@ -16,8 +16,23 @@ pub fn two_numbers(payload: &[u8]) -> Option<(u64, u64)> {
     Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
 }
 
+/// The node a publish was made through: the optional third number of "p SEQ T NODE".
+pub fn via_node(payload: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(payload.get(2..)?).ok()?;
+    text.split_ascii_whitespace().nth(2)?.parse().ok()
+}
+
+/// Records a publish's latency, and separately when it was made through another node than the
+/// one this connection is on (cross-node delivery, through the broker).
+fn record_publish_latency(payload: &[u8], latency_ns: u64, client: &Client, context: &mut Context) {
+    context.pub_latency.record(latency_ns);
+    if via_node(payload).is_some_and(|node| node != client.node as u64) {
+        context.pub_remote_latency.record(latency_ns);
+    }
+}
+
 /// One complete message from the server. The first byte says what it is (the parent writes
-/// every payload): `p SEQ T` publish, `b INDEX T` broadcast, `w T` idle warm-up broadcast,
+/// every payload): `p SEQ T [NODE]` publish (NODE: the admin API it went through), `b INDEX T` broadcast, `w T` idle warm-up broadcast,
 /// `e...` echo reply, `i` echo of our own idle probe.
 pub fn on_message(payload: &[u8], client: &mut Client, context: &mut Context) -> Result<(), Stop> {
     let now = mono_ns();
@@ -43,7 +58,7 @@ pub fn on_message(payload: &[u8], client: &mut Client, context: &mut Context) ->
                 Seen::New { late } => {
                     counters.pub_distinct += 1;
                     counters.pub_reordered += late as u64;
-                    context.pub_latency.record(now.saturating_sub(sent_ns));
+                    record_publish_latency(payload, now.saturating_sub(sent_ns), client, context);
                 }
                 Seen::Duplicate => counters.pub_dup += 1,
             }
@@ -59,7 +74,7 @@ pub fn on_message(payload: &[u8], client: &mut Client, context: &mut Context) ->
                 Seen::New { late } => {
                     counters.pub_distinct += 1;
                     counters.pub_reordered += late as u64;
-                    context.pub_latency.record(now.saturating_sub(sent_ns));
+                    record_publish_latency(payload, now.saturating_sub(sent_ns), client, context);
                 }
                 Seen::Duplicate => counters.pub_dup += 1,
             }
@@ -106,4 +121,20 @@ pub fn on_message(payload: &[u8], client: &mut Client, context: &mut Context) ->
         _ => counters.unknown_msgs += 1,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_payloads_may_name_the_node_they_went_through() {
+        assert_eq!(two_numbers(b"p 7 123"), Some((7, 123)));
+        assert_eq!(via_node(b"p 7 123"), None);
+        assert_eq!(two_numbers(b"p 7 123 1"), Some((7, 123)));
+        assert_eq!(via_node(b"p 7 123 1"), Some(1));
+        assert_eq!(via_node(b"p 7 123 1 ....."), Some(1));
+        // Padding after the two numbers (one server, --payload-bytes) is not a node.
+        assert_eq!(via_node(b"p 7 123 ....."), None);
+    }
 }

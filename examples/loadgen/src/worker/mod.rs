@@ -18,7 +18,7 @@ mod v1;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{self, BufRead, Write};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token, Waker};
 use serde::Serialize;
 
+use crate::cli::Target;
 use crate::hist::Histogram;
 use crate::protocol::{to_line, Answer, Command, End, Incarnation, Stream};
 use crate::sys::mono_ns;
@@ -44,9 +45,8 @@ pub struct WorkerConfig {
     pub first: usize,
     pub count: usize,
     pub tabs: usize,
-    pub target: SocketAddrV4,
-    pub host_header: String,
-    pub path: String,
+    /// The servers; connection g connects to targets[g % targets.len()] (its node).
+    pub targets: Vec<Target>,
     /// Source addresses to bind (base, how many); connection g uses base + g % how-many.
     pub sources: Option<(Ipv4Addr, u32)>,
     /// Handshakes started per second by this worker; 0 = as fast as `max_inflight` allows.
@@ -138,6 +138,8 @@ struct Context {
     notes_sent: BTreeSet<String>,
     rng: u64,
     pub_latency: Histogram,
+    /// Publishes made through another node than the receiving connection's.
+    pub_remote_latency: Histogram,
     bcast_latency: Histogram,
     echo_rtt: Histogram,
     /// Per-user publish counts for this worker's users (index = user - expected_first_user).
@@ -240,13 +242,14 @@ pub fn run(config: WorkerConfig) -> io::Result<()> {
     let key = tungstenite::handshake::client::generate_key();
     let accept_key = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut worker = Worker {
-        clients: (0..config.count).map(|_| Client::new()).collect(),
+        clients: (0..config.count).map(|i| Client::new(((config.first + i) % config.targets.len()) as u16)).collect(),
         context: Context {
             counters: Counters { pending: config.count as u64, ..Counters::default() },
             http_statuses: BTreeMap::new(),
             notes_sent: BTreeSet::new(),
             rng: config.seed | 1,
             pub_latency: Histogram::default(),
+            pub_remote_latency: Histogram::default(),
             bcast_latency: Histogram::default(),
             echo_rtt: Histogram::default(),
             expected_publishes: Vec::new(),
@@ -341,6 +344,7 @@ impl Worker {
             Command::Hist { stream, reset } => {
                 let hist = match stream {
                     Stream::Pub => &mut self.context.pub_latency,
+                    Stream::PubRemote => &mut self.context.pub_remote_latency,
                     Stream::Bcast => &mut self.context.bcast_latency,
                     Stream::Echo => &mut self.context.echo_rtt,
                     Stream::Resume => &mut self.context.resume_latency,
@@ -440,6 +444,15 @@ impl Worker {
             _ => BTreeMap::new(),
         };
         report.insert("soak_behind".into(), self.soak_behind());
+        if self.config.targets.len() > 1 {
+            let mut open = vec![0u64; self.config.targets.len()];
+            for client in self.clients.iter().filter(|c| c.state == State::Open) {
+                open[client.node as usize] += 1;
+            }
+            for (node, n) in open.into_iter().enumerate() {
+                report.insert(format!("open_node{node}"), n);
+            }
+        }
         for (status, n) in &self.context.http_statuses {
             report.insert(format!("http_{status}"), *n);
         }
