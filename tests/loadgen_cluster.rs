@@ -117,21 +117,15 @@ fn churn_soak_across_two_nodes_loses_nothing() {
     // test at 300 connections; the allocator's noise is percents); the fds must come back
     // exactly on both nodes.
     //
-    // The grace: a node subscribes to a user's Redis channel only after it answered the user's
-    // first local connection with its 101 (asynchronously, batched), and until it has delivered
-    // one message of that user it knows no offset to fill from (src/cluster/users.rs: the first
-    // message received is delivered as is; after a lost subscriber link only users with a known
-    // offset are refilled). So a publish started shortly after the 101 can miss that connection
-    // for good: seen here as 4 of 1,142 required deliveries without a grace and 2 of 1,094 with
-    // 100 ms while the machine was busy, in the warm-up round, where every subscription is new.
-    // A server gap for raw clients (wspush.v1 clients get their welcome after the subscription),
-    // not loadgen's; 500 ms keeps this test about loadgen's accounting.
+    // No grace: a node answers a user's first local connection with its 101 only once it is
+    // subscribed to the user's channel (src/connection/lifecycle.rs), so a publish made right
+    // after the 101, through either node, reaches it. (Before that, 2-4 of ~1,100 required
+    // deliveries of the warm-up round were missed here.)
     let (code, json) = run_loadgen(
         &[&a, &b],
         &redis,
         "--phases soak --conns 300 --tabs 2 --publish-rate 300 --soak-secs 4 --churn-secs 2 \
-         --churn-fraction 0.1 --warmup-secs 2 --drain-secs 3 --settle-secs 0.5 --rss-tolerance-pct 25 \
-         --soak-grace-ms 500",
+         --churn-fraction 0.1 --warmup-secs 2 --drain-secs 3 --settle-secs 0.5 --rss-tolerance-pct 25",
     );
     let logs = || format!("{}\n{}\n---- redis:\n{}", a.logs(), b.logs(), redis.log());
     assert_eq!(code, 0, "loadgen reported anomalies or failed\n{}", logs());

@@ -416,3 +416,46 @@ fn a_slot_moved_between_primaries_is_followed_by_publishers_and_subscribers() {
     let mut resumed = v1_connect(&a, "alice", Some(&format!("{epoch}:1")));
     assert_eq!(welcome(&mut resumed), (epoch, 3, true));
 }
+
+#[test]
+fn a_raw_connection_gets_everything_published_after_its_upgrade_also_on_a_fresh_node() {
+    if !redis_available("a_raw_connection_gets_everything_published_after_its_upgrade...") {
+        return;
+    }
+    let redis = Redis::start(false);
+    let (a, _) = node(&redis.url(), 100);
+    let (b, _) = node(&redis.url(), 100);
+    eventually("both nodes connected", || a.stats().redis_connected == 1 && b.stats().redis_connected == 1);
+    // Every user's first connection on B, from 4 threads at once, each published to through A
+    // the moment its 101 arrives: B subscribes to a user's channel only when the user arrives,
+    // and answers the upgrade once it has, so none of these publishes may miss its connection.
+    let b_addr = b.local_addr();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let a = a.handle();
+            std::thread::spawn(move || {
+                let mut clients = Vec::new();
+                for i in 0..75 {
+                    let user = format!("fresh{t}-{i}");
+                    let raw = ws_connect(b_addr, &user);
+                    a.publish(user.as_bytes(), b"right after the 101", MessageKind::Text).expect("queued");
+                    clients.push((user, raw));
+                }
+                clients
+            })
+        })
+        .collect();
+    for thread in threads {
+        for (user, mut raw) in thread.join().unwrap() {
+            assert_eq!(ws_text(&mut raw), "right after the 101", "{user}");
+        }
+    }
+    // Nodes without history: a wspush.v1 connection is welcomed locally, after the same wait.
+    let (c, _) = node(&redis.url(), 0);
+    let (d, _) = node(&redis.url(), 0);
+    let mut v1 = v1_connect(&c, "plain-v1", None);
+    let frame = next_json(&mut v1);
+    assert_eq!((frame["type"].as_str(), frame["epoch"].as_str()), (Some("welcome"), Some("")), "{frame}");
+    d.publish(b"plain-v1", b"v1 too", MessageKind::Text).unwrap();
+    assert_eq!(v1_message(&mut v1), (None, "v1 too".into()));
+}

@@ -154,7 +154,7 @@ pub(crate) struct Bridge {
     user_keys: std::hash::RandomState,
     /// Channel messages held while a user's stream is read to fill a jump.
     held: HashMap<Box<[u8]>, HeldQueue>,
-    /// `wspush.v1` connections waiting for their user's subscription.
+    /// Connections waiting for their user's subscription.
     greeters: HashMap<Box<[u8]>, Vec<Greeter>>,
     /// Users whose last local connection closed, due to be unsubscribed (after a linger, so a
     /// reloading tab does not unsubscribe and resubscribe).
@@ -257,7 +257,7 @@ impl Bridge {
             Request::Broadcast { kind, payload, queued } => {
                 self.publish(Waiting::Broadcast { kind, payload, queued }, now)
             }
-            Request::Greet { conn, user, since } => self.greet(conn, user, since, now),
+            Request::Greet { conn, user, since, read } => self.greet(conn, user, since, read, now),
             Request::Presence { user } => self.presence(user, now),
             Request::Stop => self.stopping = true,
         }

@@ -136,10 +136,11 @@ pub(super) struct HeldQueue {
     pub(super) bytes: usize,
 }
 
-/// A `wspush.v1` connection waiting for its user's subscription, then its welcome.
+/// A connection waiting for its user's subscription, then (`read`) its welcome from Redis.
 pub(super) struct Greeter {
     pub(super) conn: ConnId,
     pub(super) since: Option<Option<Position>>,
+    pub(super) read: bool,
     pub(super) queued: Instant,
 }
 

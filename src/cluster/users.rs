@@ -259,17 +259,35 @@ impl Bridge {
             self.fill(user, from, true, now);
         }
         for greeter in self.greeters.remove(user).unwrap_or_default() {
-            self.read_for_greeting(user, greeter.conn, greeter.since, now);
+            self.greet_now(user, greeter.conn, greeter.since, greeter.read, now);
         }
     }
 
-    /// A `wspush.v1` connection of `user` opened here and waits for its welcome.
-    pub(super) fn greet(&mut self, conn: ConnId, user: Box<[u8]>, since: Option<Option<Position>>, now: Instant) {
+    /// A connection of `user` opened here and waits for its user's subscription (and with
+    /// `read`, its welcome from Redis).
+    pub(super) fn greet(
+        &mut self,
+        conn: ConnId,
+        user: Box<[u8]>,
+        since: Option<Option<Position>>,
+        read: bool,
+        now: Instant,
+    ) {
         self.ensure_user(&user);
         if self.users.get(&self.key(&user)).is_some_and(|state| state.has(ACTIVE)) {
-            self.read_for_greeting(&user, conn, since, now);
+            self.greet_now(&user, conn, since, read, now);
         } else {
-            self.greeters.entry(user).or_default().push(Greeter { conn, since, queued: now });
+            self.greeters.entry(user).or_default().push(Greeter { conn, since, read, queued: now });
+        }
+    }
+
+    /// The user's channel is subscribed: a waiting connection is let go (its upgrade answered),
+    /// or its welcome read.
+    fn greet_now(&mut self, user: &[u8], conn: ConnId, since: Option<Option<Position>>, read: bool, now: Instant) {
+        if read {
+            self.read_for_greeting(user, conn, since, now);
+        } else {
+            self.post(conn, Command::Welcome { conn, frames: Vec::new(), top: None, resume: ResumeOutcome::NotAsked });
         }
     }
 
@@ -290,21 +308,30 @@ impl Bridge {
         self.issue_read(Read { user: user.into(), from, why: ReadFor::Greet { conn, since } }, now);
     }
 
+    /// Connections that waited longer than the timeout for their user's subscription: one that
+    /// needs its welcome from Redis is refused (1013); any other is let go, at most once, as
+    /// while Redis is down.
     pub(super) fn expire_greeters(&mut self, now: Instant) {
         let timeout = self.timeout;
-        let mut refused = Vec::new();
+        let mut expired = Vec::new();
         self.greeters.retain(|_, list| {
             list.retain(|greeter| {
                 let keep = now.duration_since(greeter.queued) < timeout;
                 if !keep {
-                    refused.push(greeter.conn);
+                    expired.push((greeter.conn, greeter.read));
                 }
                 keep
             });
             !list.is_empty()
         });
-        for conn in refused {
-            self.refuse_greeting(conn);
+        for (conn, read) in expired {
+            match read {
+                true => self.refuse_greeting(conn),
+                false => self.post(
+                    conn,
+                    Command::Welcome { conn, frames: Vec::new(), top: None, resume: ResumeOutcome::NotAsked },
+                ),
+            }
         }
     }
 

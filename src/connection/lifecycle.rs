@@ -173,20 +173,38 @@ impl Conn {
         if order.is_some() {
             crate::test_hooks::race_point(crate::test_hooks::RacePoint::ResumeRegistered);
         }
-        // With Redis and history, the welcome comes from the bridge (src/cluster/users.rs) once
-        // the user's channel is subscribed; what is published meanwhile waits for it here.
+        // With Redis, the connection waits for the bridge (src/cluster/users.rs) until its
+        // user's channel is subscribed here, so that nothing published after its upgrade misses
+        // it; what is published meanwhile waits for it here. A wspush.v1 one with history gets its
+        // welcome (and replay) from Redis after its 101; any other gets its 101 then.
         let redis = cx.shared.redis.as_ref();
         let greeted_by_bridge = negotiated.v1 && redis.is_some() && cx.config().history_max_messages > 0;
-        let greeting = (negotiated.v1 && !greeted_by_bridge).then(|| greeting(cx, user, negotiated.since));
+        let mut greeting = (negotiated.v1 && !greeted_by_bridge).then(|| greeting(cx, user, negotiated.since));
         drop(order);
+        let subprotocol = negotiated.v1.then_some(subprotocol::NAME);
+        let mut upgrade = Some(handshake::switching_protocols(accept_key, subprotocol));
         if let Some(redis) = redis {
             if first {
                 redis.push(Request::Presence { user: user.into() });
             }
-            if greeted_by_bridge {
-                cx.awaiting_welcome
-                    .insert(slot, AwaitingWelcome { generation: self.generation, held: Vec::new(), bytes: 0 });
-                redis.push(Request::Greet { conn: id, user: user.into(), since: negotiated.since });
+            // While Redis is known to be unreachable a connection that needs nothing from it is
+            // upgraded at once (delivery is at most once then anyway).
+            if greeted_by_bridge || !redis.is_down() {
+                let waiting_upgrade = (!greeted_by_bridge)
+                    .then(|| (upgrade.take().unwrap_or_default(), greeting.take().unwrap_or_default()));
+                let awaiting = AwaitingWelcome {
+                    generation: self.generation,
+                    held: Vec::new(),
+                    bytes: 0,
+                    upgrade: waiting_upgrade,
+                };
+                cx.awaiting_welcome.insert(slot, awaiting);
+                redis.push(Request::Greet {
+                    conn: id,
+                    user: user.into(),
+                    since: negotiated.since,
+                    read: greeted_by_bridge,
+                });
             }
         }
         self.leave_handshake(cx, slot);
@@ -203,8 +221,9 @@ impl Conn {
         }
         bump(&cx.stats().upgrades_total, 1);
         bump(&cx.stats().connections, 1);
-        let subprotocol = negotiated.v1.then_some(subprotocol::NAME);
-        self.send_control(cx, slot, &handshake::switching_protocols(accept_key, subprotocol))?;
+        if let Some(upgrade) = upgrade {
+            self.send_control(cx, slot, &upgrade)?;
+        }
         if negotiated.v1 {
             self.flags |= V1;
         }
@@ -277,9 +296,33 @@ impl Conn {
         drop_by(&cx.stats().connections, 1);
     }
 
-    /// Starts the close handshake from our side (host close, stop, ...).
+    /// Starts the close handshake from our side (host close, stop, ...). A connection whose 101
+    /// still waits for the Redis bridge was never upgraded: it is answered 503 instead.
     pub(crate) fn start_close(&mut self, cx: &mut Context, slot: usize, code: u16, reason: &str) -> Step {
+        if self.awaits_upgrade(cx, slot) {
+            cx.awaiting_welcome.remove(&slot);
+            return self.enter_closing(cx, slot, code, &handshake::error_response(503));
+        }
         self.enter_closing(cx, slot, code, codec::close_frame(code, reason).as_bytes())
+    }
+
+    /// Whether the connection's 101 waits for the Redis bridge (see `AwaitingWelcome`).
+    pub(crate) fn awaits_upgrade(&self, cx: &Context, slot: usize) -> bool {
+        cx.awaiting_welcome
+            .get(&slot)
+            .is_some_and(|awaiting| awaiting.generation == self.generation && awaiting.upgrade.is_some())
+    }
+
+    /// Answers a waiting upgrade (the 101 and what follows it at once), when it waits.
+    pub(crate) fn answer_waiting_upgrade(
+        &mut self,
+        cx: &mut Context,
+        slot: usize,
+        upgrade: Option<(Vec<u8>, Vec<Frame>)>,
+    ) -> Step {
+        let Some((response, greeting)) = upgrade else { return Ok(()) };
+        self.send_control(cx, slot, &response)?;
+        self.queue_messages(cx, slot, &greeting)
     }
 
     /// Sends our last bytes, then waits (bounded by close_timeout) for the peer to close.
@@ -361,6 +404,11 @@ impl Conn {
             return Ok(());
         }
         match fire {
+            TimerAction::Ping if self.awaits_upgrade(cx, slot) => {
+                // No frame before the 101: look again in a ping interval.
+                self.arm_timer(cx, slot, now + cx.ticks.ping);
+                Ok(())
+            }
             TimerAction::Ping => {
                 self.flags |= PINGED;
                 bump(&cx.stats().pings_total, 1);

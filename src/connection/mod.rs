@@ -144,17 +144,21 @@ pub(crate) struct Context {
     /// Connections holding an incomplete frame or message, as (slot, generation): each must
     /// complete within `message_timeout`. Flagged `PARTIAL_TRACKED` while listed.
     pub(crate) partial_inputs: Vec<(usize, u32)>,
-    /// With Redis: `wspush.v1` connections waiting for their welcome from the bridge, by slot,
-    /// with what was published to them meanwhile.
+    /// With Redis: connections waiting for the bridge (their user's subscription, their
+    /// welcome), by slot, with what was published to them meanwhile.
     pub(crate) awaiting_welcome: HashMap<usize, AwaitingWelcome>,
 }
 
-/// What a `wspush.v1` connection was sent while it waits for its welcome (with Redis): queued
-/// after the welcome unless the welcome's replay already holds it.
+/// What a connection was sent while it waits for the Redis bridge (its user's subscription, its
+/// welcome): queued after the welcome unless the welcome's replay already holds it.
 pub(crate) struct AwaitingWelcome {
     pub(crate) generation: u32,
     pub(crate) held: Vec<(Frame, Option<Position>)>,
     pub(crate) bytes: usize,
+    /// The 101 response, when it waits too (a connection that is not welcomed from Redis waits
+    /// for its user's subscription before its upgrade is answered), and the frames that follow
+    /// it at once (the history-less `wspush.v1` welcome).
+    pub(crate) upgrade: Option<(Vec<u8>, Vec<Frame>)>,
 }
 
 impl Context {

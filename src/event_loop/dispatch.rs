@@ -242,7 +242,7 @@ impl IoThread {
         awaiting.bytes += frame.len();
         awaiting.held.push((frame.clone(), stream));
         if awaiting.bytes > self.cx.config().max_queue_bytes {
-            self.cx.awaiting_welcome.remove(&slot);
+            // Closing drops the entry (and answers 503 if the 101 had not gone out yet).
             let step =
                 self.conns[slot].start_close(&mut self.cx, slot, close::TRY_AGAIN_LATER, "too much before welcome");
             self.settle(slot, step);
@@ -254,6 +254,10 @@ impl IoThread {
     /// top does not already cover.
     fn welcome(&mut self, slot: usize, mut frames: Vec<Frame>, top: Option<Position>, resume: ResumeOutcome) {
         let Some(awaiting) = self.cx.awaiting_welcome.remove(&slot) else { return };
+        let step = self.conns[slot].answer_waiting_upgrade(&mut self.cx, slot, awaiting.upgrade);
+        if step.is_err() {
+            return self.settle(slot, step);
+        }
         let stats = self.cx.stats();
         match resume {
             ResumeOutcome::NotAsked => {}

@@ -28,11 +28,14 @@ pub(crate) enum Request {
         payload: Box<[u8]>,
         queued: Instant,
     },
-    /// A `wspush.v1` connection opened: it waits for its welcome (and replay) from the bridge.
+    /// A connection opened and waits for the bridge: until its user's channel is subscribed
+    /// here (so that nothing published after its upgrade can miss it), and with `read` (a
+    /// `wspush.v1` connection with history) for its welcome and replay from Redis.
     Greet {
         conn: ConnId,
         user: Box<[u8]>,
         since: Option<Option<Position>>,
+        read: bool,
     },
     /// The user's first local connection opened or its last closed: the bridge looks at the
     /// registry and subscribes or (after a linger) unsubscribes.
