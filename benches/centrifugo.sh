@@ -8,6 +8,7 @@
 #   SHAPE=one-sided bash benches/centrifugo.sh               # one loadgen: all 19,000 clients on node 1,
 #                                                            # every publish through node 2
 #   SERVER=wspush SHAPE=one-sided bash benches/centrifugo.sh # the same with two wspushd --redis nodes
+#   SERVER=wspush bash benches/centrifugo.sh                 # two wspushd --redis nodes, clients split
 #
 # Installs Centrifugo with `go install` through the module proxy when it is not in the cache yet.
 # Needs redis-server (Debian package). Writes benches/results/centrifugo-*.json|txt|log.
@@ -33,9 +34,7 @@ fi
 SERVER=${SERVER:-centrifugo}
 SHAPE=${SHAPE:-split}
 case $SERVER-$SHAPE in
-  centrifugo-split|centrifugo-one-sided|wspush-one-sided) ;;
-  # loadgen's wspush protocol names users u0.. in every process: two processes would share users.
-  wspush-split) echo "SERVER=wspush needs SHAPE=one-sided (two loadgens would share user names)" >&2; exit 2 ;;
+  centrifugo-split|centrifugo-one-sided|wspush-split|wspush-one-sided) ;;
   *) echo "SERVER is centrifugo or wspush, SHAPE split or one-sided" >&2; exit 2 ;;
 esac
 OUT=benches/results
@@ -169,7 +168,17 @@ for rate in "${RATES[@]}"; do
     --admin-conns "$ADMIN_CONNS" --source-ips 2)
   # /usr/bin/time: the client's own CPU (coordinator and workers, whole run) for context.
   runs=()
-  if [ "$SHAPE" = split ]; then
+  if [ "$SERVER-$SHAPE" = wspush-split ]; then
+    # One loadgen over both nodes (loadgen's several-node mode: client C on node C mod 2, each
+    # lane publishing through the nodes in turn). wspush delivers through Redis on the
+    # publishing node too, so every delivery crosses Redis as in Centrifugo's split shape.
+    timeout "$LOADGEN_TIMEOUT" /usr/bin/time -f "%U %S" -o "$dir/time-a" "$LOADGEN" "${common[@]}" -n "$((2 * CONNS_PER_NODE))" \
+      --publish-rate "$rate" --source-base "127.0.$RUN.2" \
+      --url "ws://127.0.0.1:${ws_ports[0]}$WS_PATH" --url "ws://127.0.0.1:${ws_ports[1]}$WS_PATH" \
+      --admin "127.0.0.1:${api_ports[0]}" --admin "127.0.0.1:${api_ports[1]}" \
+      --server-pid "${nodes[0]}" --server-pid "${nodes[1]}" > "$OUT/$NAME-$rate-a.json" 2> "$OUT/$NAME-$rate-a.log" &
+    runs+=($!)
+  elif [ "$SHAPE" = split ]; then
     # loadgen A: users a0.. on node 1, published to through node 2's API; loadgen B the reverse.
     for side in a b; do
       if [ $side = a ]; then here=0 there=1 base=2; else here=1 there=0 base=4; fi
@@ -192,7 +201,7 @@ for rate in "${RATES[@]}"; do
   [ "$status" = 0 ] || echo "loadgen reported anomalies or failed at $rate/s (status $status; see $OUT/$NAME-$rate-*.log)" >&2
   stop "$sampler"
   reports=("$OUT/$NAME-$rate-a.json")
-  [ "$SHAPE" = split ] && reports+=("$OUT/$NAME-$rate-b.json")
+  [ "$SERVER-$SHAPE" = centrifugo-split ] && reports+=("$OUT/$NAME-$rate-b.json")
   python3 benches/peers/centrifugo/summarize.py report "$rate" "$dir/samples-$rate" node1,node2,redis \
     "$OUT/$NAME-$rate" "$(IFS=,; echo "${reports[*]}")" \
     "server=$SERVER" "shape=$SHAPE" \
