@@ -270,13 +270,14 @@ impl IoThread {
                 bump(&stats.recovery_failures_total, 1);
             }
         }
+        let v1 = self.conns[slot].speaks_v1();
         for (frame, stream) in awaiting.held {
             let newer = match (stream, top) {
                 (Some(stream), Some(top)) => stream.epoch == top.epoch && stream.offset > top.offset,
                 _ => true, // broadcasts and sends: not in any stream
             };
             if newer {
-                frames.push(subprotocol::message_from_frame(&frame, stream));
+                frames.push(if v1 { subprotocol::message_from_frame(&frame, stream) } else { frame });
             }
         }
         self.queue_messages(slot, &frames);
