@@ -55,19 +55,25 @@ const PATIENT: &[&str] = &["--redis-timeout-ms", "5000"];
 /// and a second set beside them makes Redis miss the nodes' 1 s timeout.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// Redis and nodes A and B on it, one test at a time; None (skipped) without redis-server.
+fn two_nodes() -> Option<(std::sync::MutexGuard<'static, ()>, Redis, Node, Node)> {
+    if !redis_available("loadgen_cluster") {
+        return None;
+    }
+    let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let redis = Redis::start(false);
+    let a = Node::start("A", &redis.url(), PATIENT);
+    let b = Node::start("B", &redis.url(), PATIENT);
+    Some((serial, redis, a, b))
+}
+
 fn get(json: &serde_json::Value, phase: &str, key: &str) -> f64 {
     json[phase][key].as_f64().unwrap_or_else(|| panic!("no number {phase}.{key} in {json}"))
 }
 
 #[test]
 fn publishes_through_either_node_reach_every_tab_on_both_nodes_once_and_in_order() {
-    if !redis_available("loadgen_cluster") {
-        return;
-    }
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let redis = Redis::start(false);
-    let a = Node::start("A", &redis.url(), PATIENT);
-    let b = Node::start("B", &redis.url(), PATIENT);
+    let Some((_serial, redis, a, b)) = two_nodes() else { return };
     // 300 connections = 150 users x 2 tabs: tab 0 of each user on A, tab 1 on B. 1,000
     // publishes over 4 lanes, each alternating between the two nodes' admin APIs, so a user's
     // publishes go through both nodes and must still arrive in order on both tabs.
@@ -105,13 +111,7 @@ fn publishes_through_either_node_reach_every_tab_on_both_nodes_once_and_in_order
 
 #[test]
 fn churn_soak_across_two_nodes_loses_nothing() {
-    if !redis_available("loadgen_cluster") {
-        return;
-    }
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let redis = Redis::start(false);
-    let a = Node::start("A", &redis.url(), PATIENT);
-    let b = Node::start("B", &redis.url(), PATIENT);
+    let Some((_serial, redis, a, b)) = two_nodes() else { return };
     // 300 connections, 300 publishes/s through both nodes, 10% of the connections killed with
     // an RST every 2 s; each reconnects to the same node. The memory bound is loose (a smoke
     // test at 300 connections; the allocator's noise is percents); the fds must come back

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use crate::cli::Phase;
+use crate::cli::{Options, Phase};
 use crate::protocol::{Command, Stream};
 use crate::report::{latency_fields, latency_text, progress, PhaseResult, Value};
 use crate::run::Run;
@@ -14,14 +14,7 @@ impl Run {
     pub fn echo(&mut self) -> Result<PhaseResult, String> {
         let o = self.options.clone();
         let workers = self.workers.ranges.len();
-        // All servers together (several --server-pid: the echo is local to each node).
-        let cpu_before = o
-            .server_pids
-            .iter()
-            .map(|&pid| sys::cpu_seconds(pid))
-            .sum::<std::io::Result<f64>>()
-            .map(|cpu| (!o.server_pids.is_empty()).then_some(cpu))
-            .map_err(|e| format!("cannot read server CPU: {e}"))?;
+        let cpu_before = servers_cpu(&o)?;
         let start_ns = mono_ns();
         let millis = (o.echo_secs * 1000.0).round() as u64;
         for index in 0..workers {
@@ -50,14 +43,7 @@ impl Run {
             |r| r.get("echo_inflight") == 0,
             |r| format!("{} echo replies outstanding", r.get("echo_inflight")),
         )?;
-        // All servers together (several --server-pid: the echo is local to each node).
-        let cpu_after = o
-            .server_pids
-            .iter()
-            .map(|&pid| sys::cpu_seconds(pid))
-            .sum::<std::io::Result<f64>>()
-            .map(|cpu| (!o.server_pids.is_empty()).then_some(cpu))
-            .map_err(|e| format!("cannot read server CPU: {e}"))?;
+        let cpu_after = servers_cpu(&o)?;
         let rtt = self.workers.histogram(Stream::Echo, false)?;
         let messages = report.get("echo_msgs");
         let conns = report.get("echo_conns");
@@ -85,4 +71,15 @@ impl Run {
         }
         Ok(PhaseResult { phase: Phase::Echo, headline: format!("{messages} msgs @ {rate:.0} msg/s"), details, fields })
     }
+}
+
+/// CPU seconds of all servers together (several --server-pid: the echo is local to each node);
+/// None without a --server-pid.
+fn servers_cpu(o: &Options) -> Result<Option<f64>, String> {
+    o.server_pids
+        .iter()
+        .map(|&pid| sys::cpu_seconds(pid))
+        .sum::<std::io::Result<f64>>()
+        .map(|cpu| (!o.server_pids.is_empty()).then_some(cpu))
+        .map_err(|e| format!("cannot read server CPU: {e}"))
 }
