@@ -459,3 +459,33 @@ fn a_raw_connection_gets_everything_published_after_its_upgrade_also_on_a_fresh_
     d.publish(b"plain-v1", b"v1 too", MessageKind::Text).unwrap();
     assert_eq!(v1_message(&mut v1), (None, "v1 too".into()));
 }
+
+#[test]
+fn what_a_connection_waiting_for_its_upgrade_is_sent_is_bounded_by_its_queue() {
+    if !redis_available("what_a_connection_waiting_for_its_upgrade...") {
+        return;
+    }
+    let redis = Redis::start(false);
+    // A long Redis timeout: with Redis paused the node keeps waiting for the subscription
+    // instead of giving up on Redis, so the connection's 101 stays pending.
+    let (server, mut events) = start(Config {
+        redis_url: Some(redis.url()),
+        redis_timeout: Duration::from_secs(20),
+        max_queue_bytes: 4096,
+        ..config()
+    });
+    eventually("the node is connected", || server.stats().redis_connected == 1);
+    redis.pause();
+    let mut raw = Raw::connect(server.local_addr());
+    raw.send(upgrade_request("/ws?user=mallory", "").as_bytes());
+    let conn = events.opened(b"mallory"); // registered; its 101 waits for the subscription
+                                          // The host (or publishes) keep sending to it: held, up to the send queue's limit, then the
+                                          // upgrade is refused instead of holding more.
+    for _ in 0..8 {
+        let _ = server.send(conn, &[b'x'; 1024], MessageKind::Binary);
+    }
+    let response = raw.read_response_head();
+    assert_eq!(response.status, 503, "{response:?}");
+    events.closed(conn);
+    redis.resume();
+}

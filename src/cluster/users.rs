@@ -217,8 +217,7 @@ impl Bridge {
                 let (Some(user), Some(message)) = (keys::user_of_channel(channel), ChannelMessage::parse(data)) else {
                     return;
                 };
-                let held = Held { stream: message.stream, kind: message.kind, payload: message.payload.into() };
-                self.on_user_message(&user, held, now);
+                self.on_user_message(&user, message, now);
             }
             Some(b"message") => {
                 if let Some((kind, payload)) = super::bytes_at(&items, 2).and_then(keys::parse_broadcast) {
@@ -336,7 +335,7 @@ impl Bridge {
     }
 
     /// A message from `user`'s channel, in channel order.
-    fn on_user_message(&mut self, user: &[u8], message: Held, now: Instant) {
+    fn on_user_message(&mut self, user: &[u8], message: ChannelMessage<'_>, now: Instant) {
         let key = self.key(user);
         let Some(state) = self.users.get_mut(&key) else { return };
         let Some(Position { epoch: Epoch::Stream(epoch), offset }) = message.stream else {
@@ -344,14 +343,7 @@ impl Bridge {
             return self.deliver(user, &message);
         };
         if state.has(FILLING) {
-            let queue = self.held.entry(user.into()).or_default();
-            queue.bytes += message.payload.len();
-            queue.messages.push(message);
-            if queue.bytes > self.shared.config.max_queue_bytes {
-                *queue = Default::default();
-                state.set(REFILL, true);
-            }
-            return;
+            return self.hold(user, key, &message);
         }
         let fill_from = match state.known() {
             None => None,
@@ -368,10 +360,22 @@ impl Bridge {
             }
             Some(from) => {
                 state.set(FILLING, true);
-                let queue = self.held.entry(user.into()).or_default();
-                queue.bytes += message.payload.len();
-                queue.messages.push(message);
+                self.hold(user, key, &message);
                 self.fill(user, Some(from), false, now);
+            }
+        }
+    }
+
+    /// Keeps a message (the only copy the bridge makes of one) while the user's history is
+    /// read; past the send-queue limit the held ones are dropped and read again after the fill.
+    fn hold(&mut self, user: &[u8], key: UserKey, message: &ChannelMessage<'_>) {
+        let queue = self.held.entry(user.into()).or_default();
+        queue.bytes += message.payload.len();
+        queue.messages.push(Held { stream: message.stream, kind: message.kind, payload: message.payload.into() });
+        if queue.bytes > self.shared.config.max_queue_bytes {
+            *queue = Default::default();
+            if let Some(state) = self.users.get_mut(&key) {
+                state.set(REFILL, true);
             }
         }
     }
@@ -382,8 +386,8 @@ impl Bridge {
         self.issue_read(Read { user: user.into(), from, why: ReadFor::Fill { after_outage } }, now);
     }
 
-    fn deliver(&mut self, user: &[u8], message: &Held) {
-        self.shared.queue_to_user(user, message.kind, &message.payload, message.stream, &mut self.wakes);
+    fn deliver(&mut self, user: &[u8], message: &ChannelMessage<'_>) {
+        self.shared.queue_to_user(user, message.kind, message.payload, message.stream, &mut self.wakes);
     }
 
     /// A read of a user's stream came back.
@@ -471,7 +475,8 @@ impl Bridge {
 
     /// Replays the messages held during a fill through the order rule.
     fn release_held(&mut self, user: &[u8], now: Instant) {
-        for message in self.held.remove(user).unwrap_or_default().messages {
+        for held in self.held.remove(user).unwrap_or_default().messages {
+            let message = ChannelMessage { stream: held.stream, kind: held.kind, payload: &held.payload };
             self.on_user_message(user, message, now);
         }
         let key = self.key(user);

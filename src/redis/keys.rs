@@ -8,6 +8,8 @@
 //! 7.0, default `stream-node-max-bytes`); offsets need no stream IDs because they are contiguous
 //! by construction (the list's last element is the top offset).
 
+use std::borrow::Cow;
+
 use crate::history::{Epoch, Position};
 use crate::types::MessageKind;
 
@@ -52,16 +54,19 @@ pub(crate) fn channel(user: &[u8]) -> Vec<u8> {
 }
 
 /// The user a channel name belongs to; `None` for a name we did not make.
-pub(crate) fn user_of_channel(channel: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn user_of_channel(channel: &[u8]) -> Option<Cow<'_, [u8]>> {
     let tag = channel.strip_prefix(b"wspush:{")?.strip_suffix(b"}:c")?;
     if let Some(user) = tag.strip_prefix(b"u:") {
-        return Some(user.to_vec());
+        return Some(Cow::Borrowed(user)); // the common case: no copy per message
     }
     let hex = tag.strip_prefix(b"x:")?;
     if hex.len() % 2 != 0 {
         return None;
     }
-    hex.chunks(2).map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()).collect()
+    hex.chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect::<Option<Vec<u8>>>()
+        .map(Cow::Owned)
 }
 
 /// Channel every node subscribes to for broadcasts (plain pub/sub: in a cluster it reaches all
