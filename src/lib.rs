@@ -63,6 +63,7 @@ mod handshake;
 mod history;
 mod ip_limits;
 mod jwt;
+mod keymap;
 mod proxy_protocol;
 mod redis;
 mod registry;

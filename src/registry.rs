@@ -2,20 +2,21 @@
 //!
 //! Memory is the whole game here (one entry per idle user), so the registry stores no user bytes:
 //! a user is keyed by a 64-bit keyed hash of its ID (SipHash-1-3, random key per server), and a
-//! user with one or two connections costs one 16-byte map entry per connection. The ID bytes live
-//! only in the connections (inline when short). Two users whose keys collide (probability ~2^-64
-//! per pair) are told apart by a second, independent 64-bit keyed hash, the [`UserCheck`], that
-//! travels with every publish and that the owning I/O thread compares before delivering: a
-//! message never reaches another user's connection; only the counts returned for such a pair
-//! could be off. Shards keep publishers on different threads off each other's lock.
+//! user with one or two connections costs one 16-byte entry per connection in a packed table
+//! ([`KeyMap`]: 18-21 bytes with its spare room). The ID bytes live only in the connections
+//! (inline when short). Two users whose keys collide (probability ~2^-64 per pair) are told apart
+//! by a second, independent 64-bit keyed hash, the [`UserCheck`], that travels with every publish
+//! and that the owning I/O thread compares before delivering: a message never reaches another
+//! user's connection; only the counts returned for such a pair could be off. Shards keep
+//! publishers on different threads off each other's lock.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::slack;
+use crate::keymap::KeyMap;
+use crate::keymap::UserKey;
 use crate::types::ConnId;
 
 const SHARDS: usize = 64;
@@ -55,33 +56,9 @@ impl std::ops::Deref for UserId {
     }
 }
 
-/// The registry's name for a user.
-pub(crate) type UserKey = u64;
-
 /// A second keyed hash of a user ID, never 0, that proves a connection belongs to the user a
 /// message was published to (see the module docs).
 pub(crate) type UserCheck = u64;
-
-/// The keys are already uniformly random, so the maps use them as their own hash.
-#[derive(Default)]
-pub(crate) struct KeyIsHash(u64);
-
-impl Hasher for KeyIsHash {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only reached for keys other than u128, which the registry doesn't use; fold anyway.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, key: u64) {
-        self.0 = key;
-    }
-}
-
-pub(crate) type KeyMap<V> = HashMap<UserKey, V, BuildHasherDefault<KeyIsHash>>;
 
 /// One shard of the registry. A user's first connection is in `first`, its second in `second`
 /// and any more in `more`: users with one or two tabs (nearly all) cost one or two 16-byte
@@ -95,11 +72,11 @@ struct Shard {
 
 impl Shard {
     fn for_each(&self, key: UserKey, mut f: impl FnMut(ConnId)) -> usize {
-        let Some(&first) = self.first.get(&key) else { return 0 };
+        let Some(&first) = self.first.get(key) else { return 0 };
         f(first);
-        let Some(&second) = self.second.get(&key) else { return 1 };
+        let Some(&second) = self.second.get(key) else { return 1 };
         f(second);
-        let more = self.more.get(&key).map_or(&[][..], Vec::as_slice);
+        let more = self.more.get(key).map_or(&[][..], Vec::as_slice);
         more.iter().for_each(|&id| f(id));
         2 + more.len()
     }
@@ -110,14 +87,14 @@ impl Shard {
             [] => {}
             [first] => {
                 self.first.insert(key, *first);
-                self.second.remove(&key);
-                self.more.remove(&key);
+                self.second.remove(key);
+                self.more.remove(key);
             }
             [first, second, more @ ..] => {
                 self.first.insert(key, *first);
                 self.second.insert(key, *second);
                 if more.is_empty() {
-                    self.more.remove(&key);
+                    self.more.remove(key);
                 } else {
                     self.more.insert(key, more.to_vec());
                 }
@@ -175,7 +152,7 @@ impl Registry {
             1 => {
                 shard.second.insert(key, conn);
             }
-            _ => shard.more.entry(key).or_default().push(conn),
+            _ => shard.more.get_or_insert_default(key).push(conn),
         }
         Ok(held == 0)
     }
@@ -185,13 +162,13 @@ impl Registry {
         let key = self.key(user);
         let mut shard = self.shard(key).lock();
         let shard = &mut *shard;
-        if !shard.second.contains_key(&key) {
+        if !shard.second.contains_key(key) {
             // The common case: a user's only connection leaves.
-            if shard.first.get(&key) == Some(&conn) {
-                shard.first.remove(&key);
+            if shard.first.get(key) == Some(&conn) {
+                shard.first.remove(key);
                 self.users.fetch_sub(1, Ordering::Relaxed);
                 // Give memory back when a shard empties after a storm of disconnects.
-                slack::release_map(&mut shard.first);
+                shard.first.release_slack();
                 return true;
             }
             return false;
@@ -200,8 +177,8 @@ impl Registry {
         shard.for_each(key, |id| conns.push(id));
         conns.retain(|&id| id != conn);
         shard.store(key, &conns);
-        slack::release_map(&mut shard.second);
-        slack::release_map(&mut shard.more);
+        shard.second.release_slack();
+        shard.more.release_slack();
         false
     }
 

@@ -9,7 +9,7 @@ use std::hash::{BuildHasher, Hash};
 /// Room a table in use may keep whatever it holds: too small to be worth a reallocation.
 const KEEP_ALWAYS: usize = 16;
 
-fn worth_shrinking(len: usize, capacity: usize) -> bool {
+pub(crate) fn worth_shrinking(len: usize, capacity: usize) -> bool {
     // An empty table always goes: a few hundred tables of a few hundred bytes each, left
     // wherever the peak put them, would pin heap pages that could otherwise go back.
     (len == 0 && capacity > 0) || (capacity > KEEP_ALWAYS && len * 4 <= capacity)

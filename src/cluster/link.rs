@@ -12,13 +12,14 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use crate::redis::resp::{self, Reply};
+use crate::slack;
 
 /// Reconnect delays grow from this to `MAX_BACKOFF` while Redis stays unreachable.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Bytes read per call.
 const READ_CHUNK: usize = 64 * 1024;
-/// Buffer room a link keeps between bursts.
+/// Buffer room a link keeps between bursts until the next housekeeping.
 const KEPT_BUFFER: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +127,12 @@ impl Link {
             self.out.shrink_to(KEPT_BUFFER);
         }
         Ok(())
+    }
+
+    /// Frees the buffers if they are drained.
+    pub(super) fn release_buffers(&mut self) {
+        slack::release_vec(&mut self.out);
+        slack::release_vec(&mut self.input);
     }
 
     /// A poll event for this link: finishes a connect, reads and parses replies into `replies`.

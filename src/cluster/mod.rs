@@ -31,9 +31,9 @@ use mio::{Events, Poll, Token, Waker};
 
 use crate::guard::guarded;
 use crate::handle::{Command, ServerHandle, Shared, Wakes, BRIDGE_OF_THIS_THREAD};
+use crate::keymap::KeyMap;
 use crate::redis::resp::Reply;
 use crate::redis::{Outbox, RedisUrl, Request};
-use crate::registry::KeyMap;
 use crate::slack;
 
 use link::Link;
@@ -165,6 +165,7 @@ pub(crate) struct Bridge {
     /// Epoch candidates (used when a publish or read creates a stream): a bijective mix of a
     /// counter from a random start, unique without a syscall per publish.
     epoch_counter: u64,
+    next_housekeeping: Instant,
     stopping: bool,
 }
 
@@ -172,6 +173,8 @@ pub(crate) struct Bridge {
 /// that reconnects to the same node within it (a reload behind a sticky balancer) costs no
 /// unsubscribe and subscribe, and departures in a storm go out in batches.
 const LINGER: Duration = Duration::from_secs(1);
+/// How often the bridge gives memory back (as the I/O threads do).
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 impl Bridge {
     fn new(setup: BridgeSetup, shared: Arc<Shared>) -> Option<Bridge> {
@@ -206,6 +209,7 @@ impl Bridge {
             down_since: Some(now),
             wakes: Wakes::default(),
             epoch_counter: crate::history::random_u64(),
+            next_housekeeping: now + HOUSEKEEPING,
             stopping: false,
             shared,
         })
@@ -237,8 +241,10 @@ impl Bridge {
             for request in requests.drain(..) {
                 self.on_request(request, now);
             }
-            // The queue after a storm of arrivals (tens of bytes per user) is not kept.
+            // The queue after a storm of arrivals (tens of bytes per user) is not kept, nor
+            // the replies of a storm's subscriptions.
             slack::release_vec(&mut requests);
+            slack::release_vec(&mut replies);
             if self.stopping {
                 self.fail_everything();
                 return;
@@ -300,13 +306,9 @@ impl Bridge {
         }
         self.expire_waiting(now);
         self.sweep_leaving(now);
-        slack::release_map(&mut self.users);
-        slack::release_map(&mut self.held);
-        slack::release_map(&mut self.greeters);
-        slack::release_deque(&mut self.waiting);
-        slack::release_deque(&mut self.leaving);
-        for command in &mut self.commands {
-            slack::release_deque(&mut command.pending);
+        if now >= self.next_housekeeping {
+            self.next_housekeeping = now + HOUSEKEEPING;
+            self.release_slack();
         }
         let connected = self.topology_known
             && self.commands.iter().all(|c| c.ready)
@@ -333,6 +335,23 @@ impl Bridge {
         }
     }
 
+    /// Gives back what a storm left: room in the tables, and the links' buffers once drained
+    /// (an idle node holds none, like an idle connection).
+    fn release_slack(&mut self) {
+        self.users.release_slack();
+        slack::release_map(&mut self.held);
+        slack::release_map(&mut self.greeters);
+        slack::release_deque(&mut self.waiting);
+        slack::release_deque(&mut self.leaving);
+        for command in &mut self.commands {
+            slack::release_deque(&mut command.pending);
+            command.link.release_buffers();
+        }
+        for subscriber in &mut self.subscribers {
+            subscriber.link.release_buffers();
+        }
+    }
+
     /// The earliest time something must happen without an event.
     fn next_deadline(&self, now: Instant) -> Option<Instant> {
         let links = self.commands.iter().map(|c| &c.link).chain(self.subscribers.iter().map(|s| &s.link));
@@ -344,6 +363,7 @@ impl Bridge {
         if let Some((due, _)) = self.leaving.front() {
             consider(*due);
         }
+        consider(self.next_housekeeping);
         if !self.greeters.is_empty() || self.down_since.is_some() || !self.waiting.is_empty() {
             consider(now + self.timeout / 4);
         }

@@ -21,9 +21,9 @@ use crate::codec::close;
 use crate::conn_id;
 use crate::handle::{Command, ResumeOutcome, ANY_USER};
 use crate::history::{Epoch, Position, Stored};
+use crate::keymap::UserKey;
 use crate::redis::keys::{self, ChannelMessage, BROADCAST_CHANNEL};
 use crate::redis::resp::Reply;
-use crate::registry::UserKey;
 use crate::stats::bump;
 use crate::subprotocol;
 use crate::types::ConnId;
@@ -55,7 +55,7 @@ impl Bridge {
     fn ensure_user(&mut self, user: &[u8]) {
         let key = self.key(user);
         let route = self.route_of(user, key);
-        let state = self.users.entry(key).or_default();
+        let state = self.users.get_or_insert_default(key);
         if state.has(ACTIVE | SUBSCRIBING) {
             return;
         }
@@ -73,7 +73,7 @@ impl Bridge {
     pub(super) fn presence(&mut self, user: Box<[u8]>, now: Instant) {
         if self.has_local_connections(&user) {
             self.ensure_user(&user);
-        } else if self.users.contains_key(&self.key(&user)) {
+        } else if self.users.contains_key(self.key(&user)) {
             self.leaving.push_back((now + LINGER, user));
         }
     }
@@ -84,7 +84,7 @@ impl Bridge {
         while self.leaving.front().is_some_and(|(due, _)| *due <= now) {
             let Some((_, user)) = self.leaving.pop_front() else { break };
             let key = self.key(&user);
-            let Some(state) = self.users.get(&key) else { continue };
+            let Some(state) = self.users.get(key) else { continue };
             if self.has_local_connections(&user) {
                 continue;
             }
@@ -95,7 +95,7 @@ impl Bridge {
                 continue;
             }
             let (route, subscribed) = (state.route(), state.has(ACTIVE));
-            self.users.remove(&key);
+            self.users.remove(key);
             self.held.remove(&user);
             if subscribed && self.subscribers.get(route).is_some_and(|subscriber| subscriber.ready) {
                 to_unsubscribe[route].push(keys::channel(&user));
@@ -233,7 +233,7 @@ impl Bridge {
             Some(b"sunsubscribe") => {
                 let user = super::bytes_at(&items, 1).and_then(keys::user_of_channel);
                 let subscribed =
-                    user.is_some_and(|user| self.users.get(&self.key(&user)).is_some_and(|s| s.has(ACTIVE)));
+                    user.is_some_and(|user| self.users.get(self.key(&user)).is_some_and(|s| s.has(ACTIVE)));
                 if subscribed {
                     // Not asked for (a user is forgotten before its SUNSUBSCRIBE goes out): Redis
                     // Cluster moved the channel's slot to another primary.
@@ -249,7 +249,7 @@ impl Bridge {
 
     fn on_subscribed(&mut self, user: &[u8], now: Instant) {
         let key = self.key(user);
-        let Some(state) = self.users.get_mut(&key) else { return };
+        let Some(state) = self.users.get_mut(key) else { return };
         state.set(SUBSCRIBING, false);
         state.set(ACTIVE, true);
         if state.take(NEEDS_FILL) && !state.has(FILLING) {
@@ -273,7 +273,7 @@ impl Bridge {
         now: Instant,
     ) {
         self.ensure_user(&user);
-        if self.users.get(&self.key(&user)).is_some_and(|state| state.has(ACTIVE)) {
+        if self.users.get(self.key(&user)).is_some_and(|state| state.has(ACTIVE)) {
             self.greet_now(&user, conn, since, read, now);
         } else {
             self.greeters.entry(user).or_default().push(Greeter { conn, since, read, queued: now });
@@ -293,7 +293,7 @@ impl Bridge {
     /// Reads from the older of the client's `since` and what this node delivered, so the same
     /// read also brings the node's other connections up to the top the welcome names.
     fn read_for_greeting(&mut self, user: &[u8], conn: ConnId, since: Option<Option<Position>>, now: Instant) {
-        let known = self.users.get(&self.key(user)).and_then(UserState::known);
+        let known = self.users.get(self.key(user)).and_then(UserState::known);
         let asked = match since {
             Some(Some(Position { epoch: Epoch::Stream(epoch), offset })) => Some((epoch, offset)),
             _ => None,
@@ -337,7 +337,7 @@ impl Bridge {
     /// A message from `user`'s channel, in channel order.
     fn on_user_message(&mut self, user: &[u8], message: ChannelMessage<'_>, now: Instant) {
         let key = self.key(user);
-        let Some(state) = self.users.get_mut(&key) else { return };
+        let Some(state) = self.users.get_mut(key) else { return };
         let Some(Position { epoch: Epoch::Stream(epoch), offset }) = message.stream else {
             // History off: nothing to order by.
             return self.deliver(user, &message);
@@ -374,7 +374,7 @@ impl Bridge {
         queue.messages.push(Held { stream: message.stream, kind: message.kind, payload: message.payload.into() });
         if queue.bytes > self.shared.config.max_queue_bytes {
             *queue = Default::default();
-            if let Some(state) = self.users.get_mut(&key) {
+            if let Some(state) = self.users.get_mut(key) {
                 state.set(REFILL, true);
             }
         }
@@ -402,7 +402,7 @@ impl Bridge {
             eprintln!("wspush: unexpected reply to a stream read");
             if let ReadFor::Greet { conn, .. } = read.why {
                 self.refuse_greeting(conn);
-            } else if let Some(state) = self.users.get_mut(&self.key(&read.user)) {
+            } else if let Some(state) = self.users.get_mut(self.key(&read.user)) {
                 state.set(FILLING, false);
                 self.release_held(&read.user, now);
             }
@@ -414,7 +414,7 @@ impl Bridge {
         match read.why {
             ReadFor::Fill { .. } => {
                 let key = self.key(&read.user);
-                if let Some(state) = self.users.get_mut(&key) {
+                if let Some(state) = self.users.get_mut(key) {
                     state.set(FILLING, false);
                 }
                 self.release_held(&read.user, now);
@@ -435,7 +435,7 @@ impl Bridge {
         after_outage: bool,
     ) {
         let key = self.key(user);
-        let Some(state) = self.users.get_mut(&key) else { return };
+        let Some(state) = self.users.get_mut(key) else { return };
         let Some((known_epoch, last)) = state.known() else {
             state.set_known(epoch, top);
             return;
@@ -480,7 +480,7 @@ impl Bridge {
             self.on_user_message(user, message, now);
         }
         let key = self.key(user);
-        let Some(state) = self.users.get_mut(&key) else { return };
+        let Some(state) = self.users.get_mut(key) else { return };
         if state.take(REFILL) && !state.has(FILLING) {
             state.set(FILLING, true);
             let from = state.known().map(|(_, last)| last);
