@@ -5,7 +5,8 @@
 //! seven eighths full, so the room per entry stays between 1.14x and 1.29x its size (a std
 //! `HashMap` doubles: 1.14x to 2.29x, plus a control byte per slot). The keys are already
 //! uniformly random (keyed SipHash), so they are their own hash; a lookup probes ~4 adjacent
-//! slots at the fullest. (At 15/16 full the room would be 1.07x-1.2x, for lookups 20% slower.) Key 0 marks an empty slot: a key of 0 is stored as 1, which only merges two keys
+//! slots at the fullest. (At 15/16 full the room would be 1.07x-1.2x, for lookups 20% slower.)
+//! Tables under 1 KiB double instead (see `SMALL_TABLE_BYTES`). Key 0 marks an empty slot: a key of 0 is stored as 1, which only merges two keys
 //! that are both 2^-64 unlikely (the registry's check value tells such users apart anyway).
 
 use crate::slack;
@@ -17,6 +18,10 @@ const EMPTY: UserKey = 0;
 /// Grow when an insert would pass 7/8 of the slots.
 const MAX_LOAD: (usize, usize) = (7, 8);
 const MIN_SLOTS: usize = 4;
+/// Tables up to this size double instead: malloc caches freed small blocks per size (glibc keeps
+/// up to 7 of each size up to 1 KiB per thread), so many sizes of small tables would each leave
+/// blocks behind after a crowd leaves, while their room costs next to nothing.
+const SMALL_TABLE_BYTES: usize = 1024;
 
 pub(crate) struct KeyMap<V> {
     slots: Box<[(UserKey, V)]>,
@@ -157,7 +162,17 @@ impl<V: Default> KeyMap<V> {
     fn reserve_one(&mut self) {
         if (self.len + 1) * MAX_LOAD.1 > self.slots.len() * MAX_LOAD.0 {
             let slots = self.slots.len();
-            self.resize((slots + slots / 8).max(MIN_SLOTS).max((self.len + 1) * MAX_LOAD.1 / MAX_LOAD.0 + 1));
+            self.resize(Self::rounded((slots + slots / 8).max((self.len + 1) * MAX_LOAD.1 / MAX_LOAD.0 + 1)));
+        }
+    }
+
+    /// `slots`, or for a small table the power of two at or above it (see `SMALL_TABLE_BYTES`).
+    fn rounded(slots: usize) -> usize {
+        let slots = slots.max(MIN_SLOTS);
+        if slots * std::mem::size_of::<(UserKey, V)>() <= SMALL_TABLE_BYTES {
+            slots.next_power_of_two()
+        } else {
+            slots
         }
     }
 
@@ -174,7 +189,7 @@ impl<V: Default> KeyMap<V> {
     /// Gives room back after a peak (the policy in [`slack`]).
     pub(crate) fn release_slack(&mut self) {
         if slack::worth_shrinking(self.len, self.slots.len()) {
-            let keep = if self.len == 0 { 0 } else { (self.len * 2).max(MIN_SLOTS) };
+            let keep = if self.len == 0 { 0 } else { Self::rounded(self.len * 2) };
             self.resize(keep);
         }
     }
