@@ -17,6 +17,8 @@
 #            19,000 connections (both tabs of a user on it), the same publishes.
 # Phases per run: connect, idle (memory per connection; Redis used_memory per online user),
 # publish at the run's rate (latency, CPU of each node and of Redis, Redis memory per message).
+# Then one idle-only cluster run at twice the connections (memory per connection at 19,000 per
+# node, and the slope from the runs' 9,500).
 # Writes benches/results/cluster-{cluster,single}-RATE.json and benches/results/cluster-summary.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -156,6 +158,26 @@ for i in "${!RATES[@]}"; do
   cleanup; sleep 1
 done
 
+# Idle memory at twice the connections per node (19,000 each at full size): the project's
+# per-connection target is read at N = 19,000 per process and as the slope from the smaller N,
+# which leaves out what a process pays once (allocator metadata, the admin API's first requests).
+if [ -z "$SUMMARY_ONLY" ]; then
+  RATE=idle
+  echo "== cluster idle: Redis + 2 nodes, $((CONNS * 2)) connections (memory only)" >&2
+  start_redis
+  start_node A --redis "redis://127.0.0.1:$REDIS_PORT"
+  A_WS=$NODE_WS A_ADMIN=$NODE_ADMIN A_PID=$NODE_PID
+  start_node B --redis "redis://127.0.0.1:$REDIS_PORT"
+  RUN=$((RUN + 1))
+  "$LOADGEN" --json --conns $((CONNS * 2)) --tabs 2 --workers 4 --source-base "127.0.$RUN.2" --source-ips 4 \
+    --phases connect,idle --settle-secs 2 \
+    --url "ws://127.0.0.1:$A_WS/ws,ws://127.0.0.1:$NODE_WS/ws" --admin "127.0.0.1:$A_ADMIN,127.0.0.1:$NODE_ADMIN" \
+    --server-pid "$A_PID,$NODE_PID" --redis-pid "$REDIS_PID" --redis-addr "127.0.0.1:$REDIS_PORT" \
+    > "$OUT/cluster-cluster-idle.json" \
+    || echo "loadgen reported anomalies (see $OUT/cluster-cluster-idle.json)" >&2
+  cleanup; sleep 1
+fi
+
 {
   echo "- Date: $(date -u -r "$OUT/cluster-single-${RATES[0]}.json" '+%Y-%m-%d %H:%M UTC'); machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, Linux $(uname -r); $(redis-server --version | cut -d' ' -f1-3)"
   echo "- Command: bash benches/cluster.sh$([ "$CONNS" = 2000 ] && echo ' --quick')"
@@ -201,6 +223,24 @@ for rate, table in rows:
     print("|---|---|---|")
     for name, a, b in table:
         print(f"| {name} | {a} | {b} |")
+    print()
+try:
+    big = json.load(open(f"{out}/cluster-cluster-idle.json"))["idle"]
+except (OSError, KeyError, ValueError):
+    big = None
+if big:
+    n_big, b_big = big["open_per_node"], big["server_bytes_per_conn_per_node"]
+    print(f"Idle memory per node with Redis at {n_big[0]:,} / {n_big[1]:,} connections (fresh processes):\n")
+    print("| node | bytes / idle conn at this N | slope from each run's smaller N (bytes per added conn) |")
+    print("|---|---|---|")
+    for k in range(len(n_big)):
+        slopes = []
+        for rate in rates:
+            small = load("cluster", rate)["idle"]
+            n_small, b_small = small["open_per_node"][k], small["server_bytes_per_conn_per_node"][k]
+            if n_big[k] > n_small:
+                slopes.append((b_big[k] * n_big[k] - b_small * n_small) / (n_big[k] - n_small))
+        print(f"| {'AB'[k]} | {b_big[k]:,.0f} B | {' / '.join(f'{x:,.0f} B' for x in slopes)} |")
     print()
 EOF
 } > "$OUT/cluster-summary.md"

@@ -244,6 +244,27 @@ fn a_stream_that_went_back_in_time_across_a_lost_connection_closes_v1_connection
 }
 
 #[test]
+fn a_raw_connection_gets_what_was_published_while_its_node_was_unsubscribed_even_before_any_message() {
+    if !redis_available("a_raw_connection_gets_what_was_published_while...") {
+        return;
+    }
+    let redis = Redis::start(false);
+    let (a, _) = node(&redis.url(), 100);
+    let (b, _) = node(&redis.url(), 100);
+    // Carol has only a raw connection, on B, and nothing was ever delivered to her there.
+    let mut tab = ws_connect(b.local_addr(), "carol");
+    wait_subscribed(&redis, "carol", 1);
+    // Published while B's subscriber connections are down: into her stream, through no channel.
+    redis.command(&[b"HINCRBY", b"wspush:{u:carol}:m", b"o", b"1"]);
+    redis.command(&[b"RPUSH", b"wspush:{u:carol}:h", b"tmissed"]);
+    redis.command(&[b"CLIENT", b"KILL", b"TYPE", b"pubsub"]);
+    assert_eq!(ws_text(&mut tab), "missed", "caught up from where the node learned her stream was");
+    wait_subscribed(&redis, "carol", 1);
+    assert_eq!(publish_wait(&a, "carol", "next").offset, Some(2));
+    assert_eq!(ws_text(&mut tab), "next", "then live, in order, nothing twice");
+}
+
+#[test]
 fn scripts_flushed_from_redis_are_loaded_again() {
     if !redis_available("scripts_flushed_from_redis...") {
         return;

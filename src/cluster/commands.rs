@@ -294,7 +294,9 @@ impl Bridge {
                 }
                 Pending::Work(Waiting::Broadcast { payload, .. }) => self.outbox.release(payload.len()),
                 Pending::Work(Waiting::Read { read, .. }) => match read.why {
-                    ReadFor::Fill { .. } => self.waiting.push_back(Waiting::Read { read, queued: now }),
+                    ReadFor::Fill { .. } | ReadFor::Position => {
+                        self.waiting.push_back(Waiting::Read { read, queued: now })
+                    }
                     ReadFor::Greet { conn, .. } => self.refuse_greeting(conn),
                 },
                 Pending::Topology => self.refreshing = false,

@@ -50,7 +50,7 @@ impl Waiting {
     /// Whether it is dropped after the timeout (a fill of a user's gap is not: it waits for
     /// Redis however long that takes, holding the user's newer messages).
     pub(super) fn expires(&self) -> bool {
-        !matches!(self, Waiting::Read { read: Read { why: ReadFor::Fill { .. }, .. }, .. })
+        !matches!(self, Waiting::Read { read: Read { why: ReadFor::Fill { .. } | ReadFor::Position, .. }, .. })
     }
 }
 
@@ -152,4 +152,7 @@ pub(super) enum ReadFor {
     /// A jump in the user's offsets, or a resubscription after a lost link (`after_outage`:
     /// then an epoch change means history was lost, not just a stream that expired).
     Fill { after_outage: bool },
+    /// A user's raw connections wait for the node to learn where its stream is, so that a lost
+    /// subscriber link can be caught up from there (channel messages are held meanwhile).
+    Position,
 }

@@ -257,6 +257,32 @@ impl Bridge {
             let from = state.known().map(|(_, last)| last);
             self.fill(user, from, true, now);
         }
+        self.greet_waiting(user, true, now);
+    }
+
+    /// Whether a raw connection of a user in `state` must wait for the node to learn the user's
+    /// position: with history, a node that never delivered to the user would have nothing to
+    /// catch it up from after a lost subscriber link (a `wspush.v1` welcome teaches it anyway).
+    fn position_first(&self, state: UserState, read: bool) -> bool {
+        !read && self.history.is_some() && state.known().is_none()
+    }
+
+    /// Lets go the connections waiting for `user`, once it is subscribed and no read of its
+    /// stream is under way; first reads its position if a raw one needs it (`learn`).
+    fn greet_waiting(&mut self, user: &[u8], learn: bool, now: Instant) {
+        let Some(&state) = self.users.get(self.key(user)) else { return };
+        if !state.has(ACTIVE) || state.has(FILLING) {
+            return;
+        }
+        let waiting = self.greeters.get(user).map_or(&[][..], Vec::as_slice);
+        if learn && waiting.iter().any(|greeter| self.position_first(state, greeter.read)) {
+            // The messages that arrive meanwhile are held and, once the position is known,
+            // those after it are delivered to these connections (still waiting for their 101).
+            if let Some(state) = self.users.get_mut(self.key(user)) {
+                state.set(FILLING, true);
+            }
+            return self.issue_read(Read { user: user.into(), from: None, why: ReadFor::Position }, now);
+        }
         for greeter in self.greeters.remove(user).unwrap_or_default() {
             self.greet_now(user, greeter.conn, greeter.since, greeter.read, now);
         }
@@ -273,10 +299,12 @@ impl Bridge {
         now: Instant,
     ) {
         self.ensure_user(&user);
-        if self.users.get(self.key(&user)).is_some_and(|state| state.has(ACTIVE)) {
+        let state = self.users.get(self.key(&user)).copied().unwrap_or_default();
+        if state.has(ACTIVE) && !self.position_first(state, read) {
             self.greet_now(&user, conn, since, read, now);
         } else {
-            self.greeters.entry(user).or_default().push(Greeter { conn, since, read, queued: now });
+            self.greeters.entry(user.clone()).or_default().push(Greeter { conn, since, read, queued: now });
+            self.greet_waiting(&user, true, now);
         }
     }
 
@@ -405,22 +433,38 @@ impl Bridge {
             } else if let Some(state) = self.users.get_mut(self.key(&read.user)) {
                 state.set(FILLING, false);
                 self.release_held(&read.user, now);
+                // Without a position rather than not at all (another read could fail alike).
+                self.greet_waiting(&read.user, false, now);
             }
             return;
         };
-        let fill = matches!(read.why, ReadFor::Fill { .. });
-        let after_outage = matches!(read.why, ReadFor::Fill { after_outage: true });
-        self.catch_up(&read.user, (epoch, top), &entries, read.from, fill, after_outage);
         match read.why {
-            ReadFor::Fill { .. } => {
-                let key = self.key(&read.user);
-                if let Some(state) = self.users.get_mut(key) {
-                    state.set(FILLING, false);
-                }
-                self.release_held(&read.user, now);
+            ReadFor::Fill { after_outage } => {
+                self.catch_up(&read.user, (epoch, top), &entries, read.from, true, after_outage);
+                self.fill_done(&read.user, now);
             }
-            ReadFor::Greet { conn, since } => self.welcome(conn, stream_position(epoch, top), since, &entries),
+            ReadFor::Position => {
+                // Unless a welcome's read taught it meanwhile: then that one holds.
+                if let Some(state) = self.users.get_mut(self.key(&read.user)).filter(|state| state.known().is_none()) {
+                    state.set_known(epoch, top);
+                }
+                self.fill_done(&read.user, now);
+            }
+            ReadFor::Greet { conn, since } => {
+                self.catch_up(&read.user, (epoch, top), &entries, read.from, false, false);
+                self.welcome(conn, stream_position(epoch, top), since, &entries);
+            }
         }
+    }
+
+    /// A fill or position read is over: the messages held meanwhile go through the order rule,
+    /// and the connections that waited for it are let go.
+    fn fill_done(&mut self, user: &[u8], now: Instant) {
+        if let Some(state) = self.users.get_mut(self.key(user)) {
+            state.set(FILLING, false);
+        }
+        self.release_held(user, now);
+        self.greet_waiting(user, true, now);
     }
 
     /// Brings the user's connections here up to `top` with what the read brought, or, when
