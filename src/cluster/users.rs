@@ -276,12 +276,7 @@ impl Bridge {
         }
         let waiting = self.greeters.get(user).map_or(&[][..], Vec::as_slice);
         if learn && waiting.iter().any(|greeter| self.position_first(state, greeter.read)) {
-            // The messages that arrive meanwhile are held and, once the position is known,
-            // those after it are delivered to these connections (still waiting for their 101).
-            if let Some(state) = self.users.get_mut(self.key(user)) {
-                state.set(FILLING, true);
-            }
-            return self.issue_read(Read { user: user.into(), from: None, why: ReadFor::Position }, now);
+            return self.learn_position(user, now);
         }
         for greeter in self.greeters.remove(user).unwrap_or_default() {
             self.greet_now(user, greeter.conn, greeter.since, greeter.read, now);
@@ -303,9 +298,21 @@ impl Bridge {
         if state.has(ACTIVE) && !self.position_first(state, read) {
             self.greet_now(&user, conn, since, read, now);
         } else {
-            self.greeters.entry(user.clone()).or_default().push(Greeter { conn, since, read, queued: now });
-            self.greet_waiting(&user, true, now);
+            if state.has(ACTIVE) && !state.has(FILLING) {
+                self.learn_position(&user, now);
+            }
+            self.greeters.entry(user).or_default().push(Greeter { conn, since, read, queued: now });
         }
+    }
+
+    /// Reads where `user`'s stream is; the messages that arrive meanwhile are held and, once the
+    /// position is known, those after it are delivered (to connections still waiting for their
+    /// 101, which are let go then).
+    fn learn_position(&mut self, user: &[u8], now: Instant) {
+        if let Some(state) = self.users.get_mut(self.key(user)) {
+            state.set(FILLING, true);
+        }
+        self.issue_read(Read { user: user.into(), from: None, why: ReadFor::Position }, now);
     }
 
     /// The user's channel is subscribed: a waiting connection is let go (its upgrade answered),
