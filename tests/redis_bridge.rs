@@ -323,8 +323,7 @@ fn a_redis_cluster_of_three_primaries_carries_users_of_every_slot() {
     if !redis_available("a_redis_cluster_of_three_primaries...") {
         return;
     }
-    let primaries: Vec<Redis> = (0..3).map(|_| Redis::start_cluster_node()).collect();
-    redis_process::create_cluster(&primaries);
+    let primaries = redis_process::start_cluster(3);
     // Each node is pointed at a different primary: it finds the others itself.
     let (a, _) = node(&primaries[0].url(), 100);
     let (b, _) = node(&primaries[1].url(), 100);
@@ -337,7 +336,7 @@ fn a_redis_cluster_of_three_primaries_carries_users_of_every_slot() {
         })
         .map(|slot| {
             let slot: u32 = slot.trim_start_matches(':').trim().parse().unwrap();
-            (slot * 3 / 16384).to_string() // create_cluster splits the slots in three ranges
+            (slot * 3 / 16384).to_string() // start_cluster splits the slots in three ranges
         })
         .collect();
     assert_eq!(owners.len(), 3, "the users' slots span the three primaries");
@@ -411,8 +410,7 @@ fn a_slot_moved_between_primaries_is_followed_by_publishers_and_subscribers() {
     if !redis_available("a_slot_moved_between_primaries...") {
         return;
     }
-    let primaries: Vec<Redis> = (0..3).map(|_| Redis::start_cluster_node()).collect();
-    redis_process::create_cluster(&primaries);
+    let primaries = redis_process::start_cluster(3);
     let (a, _) = node(&primaries[0].url(), 100);
     let (b, _) = node(&primaries[0].url(), 100);
     let mut tab = v1_connect(&b, "alice", None);

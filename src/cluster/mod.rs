@@ -241,15 +241,19 @@ impl Bridge {
             for request in requests.drain(..) {
                 self.on_request(request, now);
             }
-            // The queue after a storm of arrivals (tens of bytes per user) is not kept, nor
-            // the replies of a storm's subscriptions.
-            slack::release_vec(&mut requests);
-            slack::release_vec(&mut replies);
             if self.stopping {
                 self.fail_everything();
                 return;
             }
             self.tick(now);
+            if now >= self.next_housekeeping {
+                self.next_housekeeping = now + HOUSEKEEPING;
+                self.release_slack();
+                // Nor are a storm's arrivals (tens of bytes per user) and its subscriptions'
+                // replies kept as idle room.
+                slack::release_vec(&mut requests);
+                slack::release_vec(&mut replies);
+            }
             self.flush_links(now);
             std::mem::take(&mut self.wakes).wake(&self.shared.threads);
         }
@@ -306,10 +310,6 @@ impl Bridge {
         }
         self.expire_waiting(now);
         self.sweep_leaving(now);
-        if now >= self.next_housekeeping {
-            self.next_housekeeping = now + HOUSEKEEPING;
-            self.release_slack();
-        }
         let connected = self.topology_known
             && self.commands.iter().all(|c| c.ready)
             && self.subscribers.iter().all(|s| s.ready && s.setup_left == 0 && s.link.is_up());

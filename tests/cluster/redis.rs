@@ -63,8 +63,8 @@ impl Redis {
         redis
     }
 
-    /// Starts a Redis Cluster node (no slots yet: see [`create_cluster`]), without persistence.
-    pub fn start_cluster_node() -> Redis {
+    /// Starts a Redis Cluster node (no slots yet: see [`start_cluster`]), without persistence.
+    fn start_cluster_node() -> Redis {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("wspush-redis-cluster-{}-{n}", std::process::id()));
@@ -309,9 +309,10 @@ pub fn array_items(reply: &str) -> Vec<String> {
     items
 }
 
-/// Makes `nodes` (started with [`Redis::start_cluster_node`]) one Redis Cluster of primaries
-/// sharing the 16,384 slots, and waits until every node says `cluster_state:ok`.
-pub fn create_cluster(nodes: &[Redis]) {
+/// Starts `primaries` Redis Cluster nodes and makes them one cluster sharing the 16,384 slots in
+/// as many ranges, once every node says `cluster_state:ok`.
+pub fn start_cluster(primaries: usize) -> Vec<Redis> {
+    let nodes: Vec<Redis> = (0..primaries).map(|_| Redis::start_cluster_node()).collect();
     let addresses: Vec<String> = nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)).collect();
     let output = Command::new("redis-cli")
         .arg("--cluster")
@@ -322,10 +323,11 @@ pub fn create_cluster(nodes: &[Redis]) {
         .expect("run redis-cli --cluster create");
     assert!(output.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&output.stdout));
     let deadline = Instant::now() + START_TIMEOUT;
-    for node in nodes {
+    for node in &nodes {
         while !node.command(&[b"CLUSTER", b"INFO"]).contains("cluster_state:ok") {
             assert!(Instant::now() < deadline, "the cluster does not come up; log:\n{}", node.log());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    nodes
 }
